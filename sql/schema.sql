@@ -1,0 +1,143 @@
+-- pg_backups control schema: tables, roles and grants.
+--
+-- Loaded by the extension (extension_sql_file!, bootstrap) into the schema
+-- `backups`. The extension records intent here; the agent does the work and
+-- writes status back. Postgres is the queue: agents claim pending transfers
+-- with FOR UPDATE SKIP LOCKED.
+
+-- Refuse to install anywhere but the control database, like pg_cron: the
+-- scheduler worker connects to exactly one database.
+DO $guard$
+DECLARE
+    control text := coalesce(nullif(current_setting('backups.database_name', true), ''), 'postgres');
+BEGIN
+    IF current_database() <> control THEN
+        RAISE EXCEPTION 'pg_backups can only be created in the control database "%"', control
+            USING HINT = format('The control database is set by the GUC backups.database_name. Connect to %I and run CREATE EXTENSION there, or set backups.database_name = %L in postgresql.conf and restart the server.',
+                                control, current_database());
+    END IF;
+END
+$guard$;
+
+-- Roles are cluster-wide and outlive the extension, so create them only once.
+-- pg_backups_user:  capture, wait, list, info, url, database_info
+-- pg_backups_admin: everything a user can, plus restore, copy, delete,
+--                   schedule, unschedule, cancel
+-- pg_backups_agent: the agent's role; the only one with DML on the tables
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_user') THEN
+        CREATE ROLE pg_backups_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_admin') THEN
+        CREATE ROLE pg_backups_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_agent') THEN
+        CREATE ROLE pg_backups_agent NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                   JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+                   JOIN pg_catalog.pg_roles a ON a.oid = m.member
+                   WHERE r.rolname = 'pg_backups_user' AND a.rolname = 'pg_backups_admin') THEN
+        GRANT pg_backups_user TO pg_backups_admin;
+    END IF;
+END
+$roles$;
+
+-- Name counters, one row per prefix: b (manual capture), a (scheduled
+-- capture), r (restore), c (copy), created on first use. A row update is
+-- transactional (unlike a sequence), so numbers are gapless and never reused,
+-- even after a backup is deleted.
+CREATE TABLE backups.counters (
+    prefix     text PRIMARY KEY CHECK (prefix IN ('a', 'b', 'c', 'r')),
+    last_value integer NOT NULL
+);
+
+-- One schedule per database. `cron` and `timezone` are the normalised form
+-- of `spec`, which is kept as the user wrote it.
+CREATE TABLE backups.schedules (
+    id             bigserial PRIMARY KEY,
+    database       name NOT NULL UNIQUE,
+    spec           text NOT NULL,
+    cron           text NOT NULL,
+    timezone       text NOT NULL,
+    retain_daily   integer NOT NULL CHECK (retain_daily >= 0),
+    retain_weekly  integer NOT NULL CHECK (retain_weekly >= 0),
+    retain_monthly integer NOT NULL CHECK (retain_monthly >= 0),
+    next_run_at    timestamptz NOT NULL,
+    last_run_at    timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Captures, restores and copies.
+CREATE TABLE backups.transfers (
+    id                  bigserial PRIMARY KEY,
+    name                text NOT NULL UNIQUE,           -- b001, a001, r001, c001
+    kind                text NOT NULL CHECK (kind IN ('capture', 'restore', 'copy')),
+    status              text NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'expired')),
+    database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
+    source              text,                           -- capture: named source from the agent config (NULL: this cluster);
+                                                        -- restore: backup name or URL; copy: source database or named source
+    target              text,                           -- restore/copy: target database
+    options             jsonb NOT NULL DEFAULT '{}',    -- e.g. {"jobs": 4}
+    schedule_id         bigint REFERENCES backups.schedules (id) ON DELETE SET NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          name NOT NULL DEFAULT session_user,
+    created_xid         xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    started_at          timestamptz,
+    finished_at         timestamptz,
+    heartbeat_at        timestamptz,
+    agent_id            text,
+    attempts            integer NOT NULL DEFAULT 0,     -- claims so far; the worker requeues up to 3
+    cancel_requested    boolean NOT NULL DEFAULT false,
+    source_size         bigint,                         -- pg_database_size at start
+    processed_bytes     bigint NOT NULL DEFAULT 0,      -- bytes read from the source so far
+    stored_size         bigint,                         -- bytes in storage
+    current_object      text,                           -- the table being worked on, when known
+    format              text CHECK (format IN ('custom', 'directory')),
+    object_key          text,
+    checksum            text,                           -- sha256 of the stored bytes, hex
+    tool_versions       jsonb,
+    error               text,
+    warnings            integer NOT NULL DEFAULT 0,
+    deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
+    purged_at           timestamptz                     -- when the agent removed the objects (after delete or expiry)
+);
+CREATE INDEX transfers_pending_idx ON backups.transfers (id) WHERE status = 'pending';
+CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE status = 'running';
+CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);
+
+-- What the agent and the worker say about a transfer; backups.info() shows it.
+CREATE TABLE backups.transfer_logs (
+    id          bigserial PRIMARY KEY,
+    transfer_id bigint NOT NULL REFERENCES backups.transfers (id) ON DELETE CASCADE,
+    logged_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    level       text NOT NULL DEFAULT 'info' CHECK (level IN ('debug', 'info', 'warning', 'error')),
+    message     text NOT NULL
+);
+CREATE INDEX transfer_logs_transfer_idx ON backups.transfer_logs (transfer_id, id);
+
+-- Agents announce themselves here while they run.
+CREATE TABLE backups.agents (
+    agent_id     text PRIMARY KEY,
+    hostname     text,
+    version      text,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    last_seen_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- No direct access for anyone but the agent's role; users go through the
+-- SECURITY DEFINER functions.
+REVOKE ALL ON ALL TABLES IN SCHEMA backups FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
+GRANT USAGE ON SCHEMA backups TO pg_backups_user, pg_backups_admin, pg_backups_agent;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backups TO pg_backups_agent;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA backups TO pg_backups_agent;
+
+-- The agent's own rows are data, not configuration: keep them in dumps of
+-- the control database.
+SELECT pg_catalog.pg_extension_config_dump('backups.counters', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.schedules', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.transfers', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.transfer_logs', '');
