@@ -3,7 +3,7 @@
 -- Loaded by the extension after the Rust helpers (extension_sql_file!,
 -- finalize). Every function that touches the tables is SECURITY DEFINER with a
 -- pinned search_path; EXECUTE is revoked from PUBLIC and granted to
--- pg_backups_user or pg_backups_admin at the end of this file. None of them
+-- backups_user or backups_admin at the end of this file. None of them
 -- runs pg_dump or touches storage: they record intent and notify the agent,
 -- which sees the transfer once the calling transaction commits.
 
@@ -18,9 +18,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO backups.counters AS c (prefix, last_value) VALUES (_next_name.prefix, 1)
     ON CONFLICT ON CONSTRAINT counters_pkey DO UPDATE SET last_value = c.last_value + 1
-    RETURNING c.prefix || CASE WHEN c.last_value < 1000
-                               THEN lpad(c.last_value::text, 3, '0')
-                               ELSE c.last_value::text END
+    RETURNING backups._format_name(c.prefix, c.last_value)
 $$;
 
 CREATE FUNCTION backups._log(transfer_id bigint, message text, level text DEFAULT 'info') RETURNS void
@@ -573,7 +571,9 @@ BEGIN
         SELECT count(*) INTO v_tables FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname !~ '^pg_toast';
+          AND n.nspname !~ '^pg_toast'
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');
     END IF;
     RETURN QUERY
     SELECT f.k, f.v FROM (VALUES
@@ -606,8 +606,9 @@ RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- An integer GUC with a unit shows as text like '60s', which is an interval.
     v_timeout  interval := coalesce(agent_timeout,
-                                    make_interval(secs => coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60')::integer));
+                                    coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval);
     v_keep     integer := coalesce(keep_manual, coalesce(nullif(current_setting('backups.keep_manual', true), ''), '25')::integer);
     s          backups.schedules;
     t          backups.transfers;
@@ -717,8 +718,8 @@ GRANT EXECUTE ON FUNCTION
     backups.url(text, interval),
     backups.database_info(name),
     backups.schedules()
-TO pg_backups_user;
-GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO pg_backups_user;
+TO backups_user;
+GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO backups_user;
 GRANT EXECUTE ON FUNCTION
     backups.restore(text, name, name),
     backups.copy(text, name, name),
@@ -726,4 +727,4 @@ GRANT EXECUTE ON FUNCTION
     backups.schedule(text, name, integer, integer, integer),
     backups.unschedule(name),
     backups.cancel(text)
-TO pg_backups_admin;
+TO backups_admin;

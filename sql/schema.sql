@@ -20,26 +20,28 @@ END
 $guard$;
 
 -- Roles are cluster-wide and outlive the extension, so create them only once.
--- pg_backups_user:  capture, wait, list, info, url, database_info
--- pg_backups_admin: everything a user can, plus restore, copy, delete,
+-- Postgres reserves the pg_ prefix for its own roles (CREATE ROLE refuses
+-- it, and pg_dumpall and pg_upgrade skip such roles), hence backups_*.
+-- backups_user:  capture, wait, list, info, url, database_info
+-- backups_admin: everything a user can, plus restore, copy, delete,
 --                   schedule, unschedule, cancel
--- pg_backups_agent: the agent's role; the only one with DML on the tables
+-- backups_agent: the agent's role; the only one with DML on the tables
 DO $roles$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_user') THEN
-        CREATE ROLE pg_backups_user NOLOGIN;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'backups_user') THEN
+        CREATE ROLE backups_user NOLOGIN;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_admin') THEN
-        CREATE ROLE pg_backups_admin NOLOGIN;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'backups_admin') THEN
+        CREATE ROLE backups_admin NOLOGIN;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_backups_agent') THEN
-        CREATE ROLE pg_backups_agent NOLOGIN;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'backups_agent') THEN
+        CREATE ROLE backups_agent NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
                    JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
                    JOIN pg_catalog.pg_roles a ON a.oid = m.member
-                   WHERE r.rolname = 'pg_backups_user' AND a.rolname = 'pg_backups_admin') THEN
-        GRANT pg_backups_user TO pg_backups_admin;
+                   WHERE r.rolname = 'backups_user' AND a.rolname = 'backups_admin') THEN
+        GRANT backups_user TO backups_admin;
     END IF;
 END
 $roles$;
@@ -131,9 +133,9 @@ CREATE TABLE backups.agents (
 -- SECURITY DEFINER functions.
 REVOKE ALL ON ALL TABLES IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
-GRANT USAGE ON SCHEMA backups TO pg_backups_user, pg_backups_admin, pg_backups_agent;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backups TO pg_backups_agent;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA backups TO pg_backups_agent;
+GRANT USAGE ON SCHEMA backups TO backups_user, backups_admin, backups_agent;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backups TO backups_agent;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA backups TO backups_agent;
 
 -- The agent's own rows are data, not configuration: keep them in dumps of
 -- the control database.

@@ -12,7 +12,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -205,6 +205,8 @@ pub fn next_run(
     let tz = parse_zone(timezone)?;
     let cron =
         parse_cron(cron).map_err(|e| err(format!("invalid cron expression \"{cron}\": {e}")))?;
+    // Cron works in whole minutes; drop the sub-second part so runs land on :00.
+    let after = after.with_nanosecond(0).unwrap_or(after);
     cron.find_next_occurrence(&after.with_timezone(&tz), false)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -307,6 +309,9 @@ mod tests {
         assert_eq!(n, at(2026, 3, 29, 5, 0));
         // Strictly after: a run at exactly the slot goes to the next one.
         let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0)).unwrap();
+        assert_eq!(n, at(2026, 1, 1, 11, 0));
+        // Sub-second parts of `after` do not leak into the next run.
+        let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0) + chrono::Duration::microseconds(74_651)).unwrap();
         assert_eq!(n, at(2026, 1, 1, 11, 0));
         // Weekly on Sunday.
         let n = next_run("0 3 * * 0", "UTC", at(2026, 11, 21, 12, 0)).unwrap();

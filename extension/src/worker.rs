@@ -1,0 +1,93 @@
+//! The scheduler background worker.
+//!
+//! Started by the postmaster from `shared_preload_libraries`, connected to
+//! the control database (`backups.database_name`). Every second it runs
+//! `backups._tick()` in its own transaction: fire due schedules, re-notify
+//! pending work every few seconds (a NOTIFY sent while no agent listened is
+//! lost), requeue or fail transfers whose agent went silent, and expire
+//! backups past retention. Until `CREATE EXTENSION pg_backups` has run it
+//! only waits. If the control database does not exist yet, connecting is
+//! FATAL and the postmaster starts the worker again after RESTART_AFTER;
+//! after a crash, likewise.
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+
+use crate::gucs;
+
+const TICK: Duration = Duration::from_secs(1);
+const RENOTIFY_EVERY: Duration = Duration::from_secs(5);
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_backups scheduler")
+        .set_type("pg_backups scheduler")
+        .set_library("pg_backups")
+        .set_function("pg_backups_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::string(&gucs::DATABASE_NAME);
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("pg_backups scheduler started on database \"{database}\"");
+
+    let mut last_notify = Instant::now() - RENOTIFY_EVERY;
+    let mut waiting_logged = false;
+    while BackgroundWorker::wait_latch(Some(TICK)) {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let renotify = last_notify.elapsed() >= RENOTIFY_EVERY;
+        match BackgroundWorker::transaction(|| tick(renotify)) {
+            None => {
+                if !waiting_logged {
+                    log!("pg_backups scheduler: waiting for CREATE EXTENSION pg_backups in \"{database}\"");
+                    waiting_logged = true;
+                }
+            }
+            Some(summary) => {
+                waiting_logged = false;
+                if renotify {
+                    last_notify = Instant::now();
+                }
+                if let Some(s) = summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#) {
+                    log!("pg_backups scheduler: {s}");
+                }
+            }
+        }
+    }
+    log!("pg_backups scheduler stopping");
+}
+
+/// One tick. `None` while the extension is not installed; otherwise what
+/// `_tick()` did, as JSON text.
+fn tick(renotify: bool) -> Option<Option<String>> {
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_backups')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !installed {
+        return None;
+    }
+    let summary = Spi::get_one_with_args::<String>(
+        "SELECT backups._tick($1, make_interval(secs => $2), $3)::text",
+        &[
+            renotify.into(),
+            f64::from(gucs::AGENT_TIMEOUT.get()).into(),
+            gucs::KEEP_MANUAL.get().into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
+    Some(summary)
+}
