@@ -130,10 +130,12 @@ CREATE TABLE backups.agents (
 );
 
 -- No direct access for anyone but the agent's role; users go through the
--- SECURITY DEFINER functions.
+-- SECURITY DEFINER functions, guarded by EXECUTE grants. USAGE on the schema
+-- only lets a role look names up, so that one without the grant is told
+-- "permission denied for function restore" rather than about the schema.
 REVOKE ALL ON ALL TABLES IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
-GRANT USAGE ON SCHEMA backups TO backups_user, backups_admin, backups_agent;
+GRANT USAGE ON SCHEMA backups TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backups TO backups_agent;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA backups TO backups_agent;
 

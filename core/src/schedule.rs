@@ -311,7 +311,12 @@ mod tests {
         let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0)).unwrap();
         assert_eq!(n, at(2026, 1, 1, 11, 0));
         // Sub-second parts of `after` do not leak into the next run.
-        let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0) + chrono::Duration::microseconds(74_651)).unwrap();
+        let n = next_run(
+            "0 * * * *",
+            "UTC",
+            at(2026, 1, 1, 10, 0) + chrono::Duration::microseconds(74_651),
+        )
+        .unwrap();
         assert_eq!(n, at(2026, 1, 1, 11, 0));
         // Weekly on Sunday.
         let n = next_run("0 3 * * 0", "UTC", at(2026, 11, 21, 12, 0)).unwrap();

@@ -13,8 +13,19 @@ mod gucs;
 mod helpers;
 mod worker;
 
+// In-database tests. They must live in this crate (pgrx builds and installs
+// the extension under test from it) and in a schema named `tests`, which
+// pgrx takes from the module path, hence one inline module that includes a
+// file per concern from src/tests/.
 #[cfg(any(test, feature = "pg_test"))]
-mod tests;
+#[pg_schema]
+mod tests {
+    include!("tests/support.rs");
+    include!("tests/surface.rs");
+    include!("tests/schedules.rs");
+    include!("tests/tick.rs");
+    include!("tests/client.rs");
+}
 
 ::pgrx::pg_module_magic!(name, version);
 

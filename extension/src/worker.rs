@@ -12,7 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 
 use crate::gucs;
@@ -59,7 +61,9 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
                 if renotify {
                     last_notify = Instant::now();
                 }
-                if let Some(s) = summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#) {
+                if let Some(s) = summary
+                    .filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#)
+                {
                     log!("pg_backups scheduler: {s}");
                 }
             }

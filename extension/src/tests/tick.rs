@@ -1,0 +1,94 @@
+// The worker's tick (backups._tick()), called directly so that each rule is
+// checked deterministically; the client tests check the worker itself.
+
+#[pg_test]
+fn a_due_schedule_fires_once_and_moves_to_its_next_run() {
+    run("SELECT backups.schedule('hourly')");
+    // Due three hours ago: missed slots fire once, not three times.
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '3 hours'");
+    let before: i64 = one("SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'");
+    let fired: i32 = one("SELECT (backups._tick() ->> 'fired')::int");
+    assert_eq!(fired, 1);
+    let after: i64 = one("SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'");
+    assert_eq!(after, before + 1);
+    let (status, scheduled): (String, bool) = (
+        one("SELECT status FROM backups.transfers WHERE name LIKE 'a%' ORDER BY id DESC LIMIT 1"),
+        one("SELECT schedule_id IS NOT NULL FROM backups.transfers WHERE name LIKE 'a%' ORDER BY id DESC LIMIT 1"),
+    );
+    assert_eq!((status.as_str(), scheduled), ("pending", true));
+    assert!(one::<bool>("SELECT next_run_at > now() AND last_run_at = now() FROM backups.schedules"));
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'fired')::int"), 0);
+}
+
+#[pg_test]
+fn a_silent_agent_gets_its_transfer_requeued_then_failed() {
+    let b: String = one("SELECT backups.capture()");
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'running', attempts = 1, agent_id = 'a1',
+                started_at = now() - interval '5 minutes', heartbeat_at = now() - interval '2 minutes'
+         WHERE name = '{b}'"
+    ));
+    // A heartbeat 2 minutes old is fine with a 10-minute timeout ...
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '10 minutes') ->> 'requeued')::int"), 0);
+    // ... and stale with the default 60 s: requeued.
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '60 seconds') ->> 'requeued')::int"), 1);
+    let (status, agent): (Option<String>, Option<String>) = Spi::get_two(&format!(
+        "SELECT status, agent_id FROM backups.transfers WHERE name = '{b}'"
+    ))
+    .unwrap();
+    assert_eq!((status.unwrap().as_str(), agent), ("pending", None));
+    // Third attempt goes silent too: failed, with a clear error.
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'running', attempts = 3, agent_id = 'a2',
+                heartbeat_at = now() - interval '2 minutes' WHERE name = '{b}'"
+    ));
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '60 seconds') ->> 'failed')::int"), 1);
+    let (status, error): (String, String) = (
+        one(&format!("SELECT status FROM backups.transfers WHERE name = '{b}'")),
+        one(&format!("SELECT error FROM backups.transfers WHERE name = '{b}'")),
+    );
+    assert_eq!(status, "failed");
+    assert!(error.contains("stopped sending heartbeats") && error.contains("3 attempts"), "{error}");
+}
+
+#[pg_test]
+fn manual_backups_beyond_keep_manual_expire() {
+    run("DELETE FROM backups.transfers");
+    for i in 0..5 {
+        let b: String = one("SELECT backups.capture()");
+        run(&format!(
+            "UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '{i} hours' WHERE name = '{b}'"
+        ));
+    }
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 3) ->> 'expired')::int"), 2);
+    let expired: Vec<String> = Spi::connect(|c| {
+        c.select("SELECT name FROM backups.transfers WHERE status = 'expired' ORDER BY created_at", None, &[])
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+    });
+    // The oldest two (created 4 and 3 hours ago) go.
+    assert_eq!(expired.len(), 2);
+    let oldest: String = one("SELECT name FROM backups.transfers ORDER BY created_at LIMIT 1");
+    assert_eq!(expired[0], oldest);
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 3) ->> 'expired')::int"), 0);
+}
+
+#[pg_test]
+fn scheduled_backups_expire_by_their_schedule_retention() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('daily 02:00', retain_daily => 2, retain_weekly => 0, retain_monthly => 0)");
+    for day in 0..4 {
+        let a: String = one("SELECT backups._next_name('a')");
+        run(&format!(
+            "INSERT INTO backups.transfers (name, kind, status, database, created_at)
+             VALUES ('{a}', 'capture', 'completed', current_database(), now() - interval '{day} days')"
+        ));
+    }
+    // A manual backup is not touched by the schedule's retention.
+    let b: String = one("SELECT backups.capture()");
+    run(&format!("UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '30 days' WHERE name = '{b}'"));
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'expired')::int"), 2);
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE status = 'completed' AND name LIKE 'a%'"), 2);
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE name = '{b}'")), "completed");
+}
