@@ -1,0 +1,198 @@
+//! A throwaway Postgres 15 cluster: initdb into a temporary directory owned
+//! by an unprivileged user (initdb and postgres refuse to run as root), a
+//! free port on loopback, `shared_preload_libraries = 'pg_backups'`, trust
+//! authentication for local connections. Dropping a `Cluster` stops it and
+//! removes its directory, also when a test panics.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Where Debian's postgresql-15 puts the server binaries.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    /// Leave the cluster running and its files in place when dropped.
+    pub keep: bool,
+}
+
+/// The OS user that owns and runs clusters: the current one, or `postgres`
+/// when running as root.
+fn run_as() -> Option<&'static str> {
+    (unsafe { libc::geteuid() } == 0).then_some("postgres")
+}
+
+/// `cmd args...`, as the cluster's user.
+fn command(program: &str) -> Command {
+    match run_as() {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--", program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn check(what: &str, out: Output) -> Result<Output> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// A new cluster in a fresh temporary directory, started, with the
+    /// extension created in the control database `postgres`.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with extra postgresql.conf lines.
+    pub fn start_with(conf: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
+        let c = Self::init_at(&dir, free_port()?, conf)?;
+        c.start_server()?;
+        c.sql("postgres", "CREATE EXTENSION pg_backups")?;
+        Ok(c)
+    }
+
+    /// Initialise a cluster in `dir` (created if missing, must be empty).
+    pub fn init_at(dir: &Path, port: u16, conf: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        if let Some(user) = run_as() {
+            check("chown", Command::new("chown").args(["-R", user]).arg(dir).output()?)?;
+        }
+        let c = Cluster { dir: dir.to_path_buf(), port, keep: false };
+        check(
+            "initdb",
+            command(&format!("{PG_BIN}/initdb"))
+                .arg("-D")
+                .arg(c.data())
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+                .output()?,
+        )?;
+        let mut settings = vec![
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".into(),
+            format!("unix_socket_directories = '{}'", dir.display()),
+            "shared_preload_libraries = 'pg_backups'".into(),
+            "backups.database_name = 'postgres'".into(),
+            "fsync = off".into(),
+            "log_min_messages = info".into(),
+        ];
+        settings.extend(conf.iter().map(|s| s.to_string()));
+        let conf_path = c.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path)?;
+        text.push_str("\n# pg_backups test harness\n");
+        text.push_str(&settings.join("\n"));
+        text.push('\n');
+        std::fs::write(&conf_path, text)?;
+        Ok(c)
+    }
+
+    /// An existing cluster directory, for `pgbackups-cluster stop`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let conf = std::fs::read_to_string(dir.join("data/postgresql.conf")).context("not a cluster directory")?;
+        let port = conf
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("port = ").and_then(|p| p.trim().parse().ok()))
+            .context("no port in postgresql.conf")?;
+        Ok(Cluster { dir: dir.to_path_buf(), port, keep: true })
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    pub fn start_server(&self) -> Result<()> {
+        check(
+            "pg_ctl start",
+            command(&format!("{PG_BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.log())
+                .args(["-w", "-t", "60", "start"])
+                .stdout(Stdio::null())
+                .output()?,
+        )
+        .with_context(|| format!("log: {}", std::fs::read_to_string(self.log()).unwrap_or_default()))?;
+        Ok(())
+    }
+
+    /// Stop the server (`mode`: smart, fast or immediate).
+    pub fn stop_server(&self, mode: &str) -> Result<()> {
+        check(
+            "pg_ctl stop",
+            command(&format!("{PG_BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", mode, "-w", "stop"])
+                .stdout(Stdio::null())
+                .output()?,
+        )?;
+        Ok(())
+    }
+
+    pub fn restart(&self) -> Result<()> {
+        self.stop_server("fast")?;
+        self.start_server()
+    }
+
+    /// libpq keyword/value connection string.
+    pub fn connstr(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+    }
+
+    /// URL form, as the agent takes it.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn client(&self, db: &str) -> Result<postgres::Client> {
+        postgres::Client::connect(&self.connstr(db), postgres::NoTls)
+            .with_context(|| format!("connecting to {}", self.connstr(db)))
+    }
+
+    /// Run SQL with psql (ON_ERROR_STOP); returns its stdout.
+    pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", &self.connstr(db), "-c", sql])
+            .output()?;
+        Ok(String::from_utf8(check(&format!("psql {sql:?}"), out)?.stdout)?.trim_end().to_string())
+    }
+
+    /// The server log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let _ = self.stop_server("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
