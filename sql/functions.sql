@@ -312,7 +312,7 @@ BEGIN
     RETURN QUERY
     SELECT 'log', to_char(l.logged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"  ')
                   || CASE WHEN l.level = 'info' THEN '' ELSE upper(l.level) || ': ' END || l.message
-    FROM backups.transfer_logs l WHERE l.transfer_id = t.id ORDER BY l.id;
+    FROM backups.transfer_logs l WHERE l.transfer_id = t.id AND l.level <> 'debug' ORDER BY l.id;
 END
 $$;
 

@@ -1,1 +1,51 @@
-fn main() {}
+//! `pgbackups`: the pg_backups agent and its command-line tools.
+
+mod agent;
+mod capture;
+mod config;
+mod db;
+mod manifest;
+mod parallel;
+mod progress;
+mod purge;
+mod queue;
+mod storage;
+mod upload;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgbackups",
+    version,
+    about = "The pg_backups agent: runs the captures queued with backups.capture()"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Claim and run queued transfers, writing status back to the control database.
+    Agent(config::AgentArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGBACKUPS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Agent(args) => config::Config::load(&args)
+            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
+    };
+    if let Err(e) = result {
+        eprintln!("pgbackups: {e:#}");
+        std::process::exit(1);
+    }
+}

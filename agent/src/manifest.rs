@@ -1,0 +1,72 @@
+//! `manifest.json`, stored beside each backup: what was dumped, how, and the
+//! size and SHA-256 of every stored file.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::queue::Transfer;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Key below the storage prefix.
+    pub path: String,
+    /// The file's name in the dump (`backup.dump`, `toc.dat`, `3241.dat`).
+    pub name: String,
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// Stored (zstd) bytes.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub id: String,
+    pub database: String,
+    /// `custom` (one pg_dump -Fc file) or `directory` (pg_dump -Fd files).
+    pub format: String,
+    pub compression: String,
+    pub source_size: i64,
+    pub tool_versions: serde_json::Value,
+    pub created_at: String,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    pub fn new(
+        t: &Transfer,
+        label: &str,
+        format: &str,
+        source_size: i64,
+        versions: &serde_json::Value,
+        mut files: Vec<FileEntry>,
+    ) -> Self {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Manifest {
+            manifest_version: 1,
+            id: t.name.clone(),
+            database: label.to_string(),
+            format: format.to_string(),
+            compression: "zstd".into(),
+            source_size,
+            tool_versions: versions.clone(),
+            created_at: chrono::Utc::now().to_rfc3339(),
+            files,
+        }
+    }
+
+    /// The manifest's bytes and the checksum to record for the backup: the
+    /// dump file's SHA-256 for a custom-format backup, the manifest's own
+    /// (which covers every file's) for a directory-format one.
+    pub fn to_bytes(&self, format: &str) -> Result<(Vec<u8>, String)> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        let checksum = match (format, self.files.as_slice()) {
+            ("custom", [only]) => only.sha256.clone(),
+            _ => hex::encode(Sha256::digest(&bytes)),
+        };
+        Ok((bytes, checksum))
+    }
+}

@@ -1,0 +1,123 @@
+//! Object storage from a URL, through the `object_store` crate:
+//! `file:///var/lib/pgbackups` or `s3://bucket/prefix` (AWS, MinIO, Ceph, R2:
+//! endpoint, region and keys from the usual AWS_* variables or the config's
+//! `storage_options`). Keys: `<prefix>/<database>/<id>/<file>`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, RetryConfig};
+
+#[derive(Clone)]
+pub struct Storage {
+    pub store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    pub url: String,
+}
+
+impl Storage {
+    pub fn open(
+        url: &str,
+        options: &BTreeMap<String, String>,
+        retry_timeout: Duration,
+    ) -> Result<Self> {
+        let bad = || {
+            format!(
+                "invalid storage URL {url:?}: expected file:///absolute/path or s3://bucket/prefix"
+            )
+        };
+        let parsed = url::Url::parse(url).with_context(bad)?;
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|_| anyhow::anyhow!(bad()))?;
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("cannot create storage directory {}", dir.display())
+                })?;
+                (
+                    Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
+                    Path::default(),
+                )
+            }
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(RetryConfig {
+                        retry_timeout,
+                        max_retries: 10,
+                        ..Default::default()
+                    });
+                for (k, v) in options {
+                    let key = AmazonS3ConfigKey::from_str(k)
+                        .with_context(|| format!("unknown storage option {k:?}"))?;
+                    b = b.with_config(key, v);
+                }
+                let endpoint = b
+                    .get_config_value(&AmazonS3ConfigKey::Endpoint)
+                    .unwrap_or_default();
+                if endpoint.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+                let prefix = Path::from(parsed.path().trim_matches('/'));
+                (Arc::new(b.build().with_context(bad)?), prefix)
+            }
+            other => bail!("unsupported storage scheme {other:?} in {url:?}: use file:// or s3://"),
+        };
+        Ok(Storage {
+            store,
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
+    /// `<prefix>/<parts...>`.
+    pub fn key(&self, parts: &[&str]) -> Path {
+        let mut p = self.prefix.clone();
+        for part in parts {
+            p = p.child(*part);
+        }
+        p
+    }
+
+    /// The folder of one backup.
+    pub fn backup_dir(&self, database: &str, name: &str) -> Path {
+        self.key(&[database, name])
+    }
+
+    /// Remove everything under `dir`; nothing there is not an error.
+    pub async fn delete_dir(&self, dir: &Path) -> Result<usize> {
+        let objects: Vec<_> = self.store.list(Some(dir)).try_collect().await?;
+        let mut n = 0;
+        for o in objects {
+            match self.store.delete(&o.location).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {}", o.location)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Relative key of an object below the storage prefix, as recorded in
+    /// the transfers table.
+    pub fn relative<'a>(&self, key: &'a Path) -> &'a str {
+        let s = key.as_ref();
+        s.strip_prefix(self.prefix.as_ref())
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or(s)
+    }
+
+    /// The full key from a recorded relative one.
+    pub fn absolute(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.child(part))
+    }
+}
