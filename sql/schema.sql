@@ -120,11 +120,14 @@ CREATE TABLE backups.transfer_logs (
 );
 CREATE INDEX transfer_logs_transfer_idx ON backups.transfer_logs (transfer_id, id);
 
--- Agents announce themselves here while they run.
+-- Agents announce themselves here while they run, with the names (never the
+-- connection strings) of the named sources their configuration defines, so
+-- that a capture from a named source goes to an agent that knows it.
 CREATE TABLE backups.agents (
     agent_id     text PRIMARY KEY,
     hostname     text,
     version      text,
+    sources      text[] NOT NULL DEFAULT '{}',
     started_at   timestamptz NOT NULL DEFAULT now(),
     last_seen_at timestamptz NOT NULL DEFAULT now()
 );

@@ -39,7 +39,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut control = db::connect_with_retry(&url, Duration::from_secs(10))
         .await
         .context("cannot reach the control database")?;
-    queue::announce(&control, &ctx.cfg.agent_id).await?;
+    let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
+    queue::announce(&control, &ctx.cfg.agent_id, &sources).await?;
     tracing::info!(agent = %ctx.cfg.agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
 
     let (wake_tx, mut wake) = mpsc::channel::<String>(64);
@@ -69,7 +70,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         if listener.as_ref().is_none_or(|h| h.is_finished()) {
             listener = listen(&url, wake_tx.clone()).await.ok();
         }
-        if let Err(e) = queue::announce(&control, &ctx.cfg.agent_id).await {
+        if let Err(e) = queue::announce(&control, &ctx.cfg.agent_id, &sources).await {
             tracing::warn!("{e:#}");
             continue;
         }
@@ -80,7 +81,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
         while tasks.len() < ctx.cfg.max_concurrent {
-            match queue::claim(&control, &ctx.cfg.agent_id).await {
+            match queue::claim(&control, &ctx.cfg.agent_id, &sources).await {
                 Ok(Some(t)) => {
                     tasks.spawn(run_transfer(ctx.clone(), t, stop_rx.clone()));
                 }

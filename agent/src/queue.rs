@@ -37,8 +37,14 @@ impl Transfer {
 /// The kinds this agent can run.
 pub const KINDS: &[&str] = &["capture"];
 
-/// Claim the oldest pending transfer, if any.
-pub async fn claim(client: &Client, agent_id: &str) -> Result<Option<Transfer>> {
+/// Claim the oldest pending transfer this agent can run, if any. A capture
+/// from a named source goes to an agent that knows the name; when no live
+/// agent does, any agent claims it, and fails it with a clear message.
+pub async fn claim(
+    client: &Client,
+    agent_id: &str,
+    sources: &[String],
+) -> Result<Option<Transfer>> {
     let kinds: Vec<String> = KINDS.iter().map(|k| k.to_string()).collect();
     let row = client
         .query_opt(
@@ -46,11 +52,15 @@ pub async fn claim(client: &Client, agent_id: &str) -> Result<Option<Transfer>> 
                 SET status = 'running', agent_id = $1, attempts = t.attempts + 1,
                     started_at = now(), heartbeat_at = now(), finished_at = NULL,
                     processed_bytes = 0, current_object = NULL, error = NULL
-              WHERE t.id = (SELECT id FROM backups.transfers
-                             WHERE status = 'pending' AND NOT cancel_requested AND kind = ANY ($2)
-                             ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+              WHERE t.id = (SELECT p.id FROM backups.transfers p
+                             WHERE p.status = 'pending' AND NOT p.cancel_requested AND p.kind = ANY ($2)
+                               AND (p.kind <> 'capture' OR p.source IS NULL OR p.source = ANY ($3)
+                                    OR NOT EXISTS (SELECT 1 FROM backups.agents a
+                                                    WHERE p.source = ANY (a.sources)
+                                                      AND a.last_seen_at > now() - interval '1 minute'))
+                             ORDER BY p.id FOR UPDATE SKIP LOCKED LIMIT 1)
           RETURNING t.id, t.name, t.kind, t.database::text, t.source, t.options, t.attempts",
-            &[&agent_id, &kinds],
+            &[&agent_id, &kinds, &sources],
         )
         .await
         .context("claiming a transfer")?;

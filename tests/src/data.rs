@@ -1,0 +1,177 @@
+//! Test data and comparisons: a small database with several kinds of
+//! tables, reading backups back out of storage, and row-for-row checks.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::Cluster;
+
+/// Several tables: keys and sequences, text, jsonb, bytea with zero bytes,
+/// NULLs, an index, a foreign key, a view.
+pub const SHOP: &str = r#"
+CREATE TABLE customers (id bigserial PRIMARY KEY, email text UNIQUE NOT NULL, name text, score numeric(10,2));
+INSERT INTO customers (email, name, score)
+SELECT 'user' || g || '@example.com', CASE WHEN g % 7 = 0 THEN NULL ELSE initcap(md5(g::text)) END, (g * 1.37)::numeric(10,2)
+FROM generate_series(1, 5000) g;
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint REFERENCES customers(id), placed_at timestamptz,
+                     items jsonb, note text);
+INSERT INTO orders (customer_id, placed_at, items, note)
+SELECT 1 + g % 5000, timestamptz '2026-01-01' + g * interval '1 minute',
+       jsonb_build_object('sku', 'SKU-' || (g % 97), 'qty', g % 5 + 1), repeat('n', g % 50)
+FROM generate_series(1, 20000) g;
+CREATE INDEX orders_customer_idx ON orders (customer_id);
+CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
+INSERT INTO blobs SELECT g, decode(md5(g::text) || '0000ff00', 'hex') FROM generate_series(1, 500) g;
+CREATE TABLE empty_table (id int);
+CREATE VIEW big_spenders AS SELECT c.email, count(*) AS n FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY 1;
+SELECT setval('orders_id_seq', 123456);
+"#;
+
+/// Create database `db` and fill it with `sql`.
+pub fn create_db(c: &Cluster, db: &str, sql: &str) -> Result<()> {
+    c.sql("postgres", &format!("CREATE DATABASE \"{db}\""))?;
+    c.sql(db, sql)?;
+    Ok(())
+}
+
+/// Per table: row count and an order-independent hash of the rows; plus
+/// sequence values. Two databases with equal fingerprints hold the same data.
+pub fn fingerprint(c: &Cluster, db: &str) -> Result<String> {
+    let tables = c.sql(
+        db,
+        "SELECT string_agg(format('%I.%I', schemaname, tablename), ' ' ORDER BY schemaname, tablename) FROM pg_tables
+          WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )?;
+    let mut out = String::new();
+    for t in tables.split_whitespace() {
+        let line = c.sql(
+            db,
+            &format!("SELECT '{t} ' || count(*) || ' ' || coalesce(md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))), '-') FROM {t} x"),
+        )?;
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&c.sql(
+        db,
+        "SELECT coalesce(string_agg(format('%I.%I=%s', schemaname, sequencename, last_value), ' ' ORDER BY schemaname, sequencename), '') FROM pg_sequences",
+    )?);
+    out.push('\n');
+    out.push_str(&c.sql(
+        db,
+        "SELECT coalesce(string_agg(indexname, ' ' ORDER BY indexname), '') FROM pg_indexes WHERE schemaname = 'public'",
+    )?);
+    Ok(out)
+}
+
+/// Wait until transfer `id` ends; its final status.
+pub fn wait(c: &Cluster, id: &str, patience: Duration) -> Result<String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let s = c.sql(
+            "postgres",
+            &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"),
+        )?;
+        if ["completed", "failed", "cancelled", "expired"].contains(&s.as_str()) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("{id} still {s:?} after {patience:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait until `sql` returns `want`.
+pub fn wait_for(c: &Cluster, sql: &str, want: &str, patience: Duration) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let got = c.sql("postgres", sql)?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{sql}: {got:?}, not {want:?}, after {patience:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The manifest of attempt `attempt` of a backup stored under `root`
+/// (file:// storage): `manifest.json`, or `manifest-N.json` for a retry.
+pub fn manifest(root: &Path, key_folder: &str, attempt: u32) -> Result<serde_json::Value> {
+    let name = if attempt > 1 {
+        format!("manifest-{attempt}.json")
+    } else {
+        "manifest.json".into()
+    };
+    let text = std::fs::read(root.join(key_folder).join(&name))
+        .with_context(|| format!("reading {name}"))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+/// Decompress a backup stored under `root` into `out` (a `.dump` file for
+/// custom format, a directory for directory format), checking every file's
+/// SHA-256 against the manifest. Returns the path to give pg_restore.
+pub fn materialise(
+    root: &Path,
+    manifest: &serde_json::Value,
+    out: &Path,
+) -> Result<std::path::PathBuf> {
+    let files = manifest["files"].as_array().context("files")?;
+    let format = manifest["format"].as_str().context("format")?;
+    let target = if format == "custom" {
+        out.join("backup.dump")
+    } else {
+        out.join("dump")
+    };
+    if format != "custom" {
+        std::fs::create_dir_all(&target)?;
+    }
+    for f in files {
+        let stored = std::fs::read(root.join(f["path"].as_str().unwrap()))?;
+        assert_eq!(
+            sha256_hex(&stored),
+            f["sha256"].as_str().unwrap(),
+            "checksum of {}",
+            f["path"]
+        );
+        let plain = zstd::decode_all(&stored[..])?;
+        assert_eq!(plain.len() as u64, f["size"].as_u64().unwrap());
+        let dest = if format == "custom" {
+            target.clone()
+        } else {
+            target.join(f["name"].as_str().unwrap())
+        };
+        std::fs::write(dest, plain)?;
+    }
+    Ok(target)
+}
+
+/// `pg_restore --no-acl --no-owner -d db path` (the user's own command).
+pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
+    let out = Command::new("pg_restore")
+        .args([
+            "--no-acl",
+            "--no-owner",
+            "--exit-on-error",
+            "-d",
+            &c.connstr(db),
+        ])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "pg_restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
