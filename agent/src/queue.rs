@@ -263,22 +263,17 @@ impl Reporter {
     }
 }
 
-/// Announce this agent (and keep announcing: last_seen_at).
-pub async fn announce(client: &Client, agent_id: &str) -> Result<()> {
+/// Announce this agent and its source names (and keep announcing: last_seen_at).
+pub async fn announce(client: &Client, agent_id: &str, sources: &[String]) -> Result<()> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
     client
         .execute(
-            "INSERT INTO backups.agents (agent_id, hostname, version) VALUES ($1, $2, $3)
-             ON CONFLICT (agent_id) DO UPDATE SET last_seen_at = now()",
-            &[
-                &agent_id,
-                &gethostname::gethostname().to_string_lossy().as_ref(),
-                &env!("CARGO_PKG_VERSION"),
-            ],
+            "INSERT INTO backups.agents (agent_id, hostname, version, sources) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (agent_id) DO UPDATE SET last_seen_at = now(), sources = excluded.sources",
+            &[&agent_id, &host, &env!("CARGO_PKG_VERSION"), &sources],
         )
         .await
-        .context(
-            "announcing the agent (is the pg_backups extension installed in this database?)",
-        )?;
+        .context("announcing the agent (is the pg_backups extension installed in this database?)")?;
     Ok(())
 }
 
