@@ -29,6 +29,12 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
+# A real S3-compatible server for the end-to-end tests.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    echo "deps: installing s3s-fs 0.14.1 (S3-compatible test server)"
+    cargo install s3s-fs --version 0.14.1 --locked --features binary
+fi
+
 PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
 if ! grep -qs "^pg15 *= *\"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
     echo "deps: cargo pgrx init --pg15 $PG_CONFIG"

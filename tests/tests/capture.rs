@@ -533,3 +533,41 @@ fn delete_and_retention_remove_objects_from_storage() {
         "2"
     );
 }
+
+#[test]
+fn capture_and_wait_is_one_command_in_psql() {
+    let c = Cluster::start().unwrap();
+    create_db(&c, "shop", SHOP).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &c.connstr("postgres"),
+            "-c",
+            "CALL backups.capture_and_wait('shop')",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("b001") && stdout.contains("completed"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("NOTICE:  b001 queued"), "{stderr}");
+    assert!(stderr.contains("NOTICE:  b001 completed"), "{stderr}");
+    // And the two-statement form.
+    let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
+    assert_eq!(
+        c.sql("postgres", &format!("SELECT backups.wait('{id}')"))
+            .unwrap(),
+        "completed"
+    );
+}
