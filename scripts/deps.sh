@@ -11,7 +11,7 @@ SUDO=""
 # System packages: PostgreSQL 15 (server with contrib, headers, client), bindgen's clang,
 # sudo for `cargo pgrx test --runas`, pgcopydb for the benchmark.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15
-          libclang-dev clang sudo pkg-config pgcopydb curl)
+          libclang-dev clang sudo pkg-config pgcopydb curl zstd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
