@@ -18,7 +18,7 @@ use crate::capture::{self, Outcome};
 use crate::config::Config;
 use crate::queue::{self, Lost, Reporter, Transfer};
 use crate::storage::Storage;
-use crate::{db, purge};
+use crate::{copy, db, purge, restore};
 
 pub struct Ctx {
     pub cfg: Config,
@@ -176,9 +176,11 @@ async fn run_transfer(ctx: Arc<Ctx>, t: Transfer, stop: watch::Receiver<bool>) {
             ),
         )
         .await;
-        let result = match queue::ensure_kind(&t) {
-            Ok(()) => capture::run(ctx.clone(), &rep, stop).await,
-            Err(e) => Err(e),
+        let result = match t.kind.as_str() {
+            "capture" => capture::run(ctx.clone(), &rep, stop).await,
+            "restore" => restore::run(ctx.clone(), &rep, stop).await,
+            "copy" => copy::run(ctx.clone(), &rep, stop).await,
+            other => Err(anyhow::anyhow!("this agent cannot run {other} transfers")),
         };
         let written = match result {
             Ok(Outcome::Completed) => {

@@ -3,13 +3,18 @@
 mod agent;
 mod capture;
 mod config;
+mod copy;
 mod db;
 mod manifest;
 mod parallel;
 mod progress;
 mod purge;
 mod queue;
+mod restore;
 mod storage;
+mod stored;
+mod supervise;
+mod target;
 mod upload;
 
 use clap::{Parser, Subcommand};

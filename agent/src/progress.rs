@@ -46,15 +46,12 @@ impl Progress {
         &self,
         stderr: impl AsyncRead + Unpin + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let tx = self.lines_tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        })
+        follow(stderr, self.sender())
+    }
+
+    /// Where lines go, for work running beside the heartbeat loop.
+    pub fn sender(&self) -> mpsc::UnboundedSender<String> {
+        self.lines_tx.clone()
     }
 
     /// Write what was said since the last tick, then heartbeat.
@@ -108,6 +105,31 @@ impl Progress {
     }
 }
 
+/// Forward `stderr` line by line into `tx`.
+pub fn follow(
+    stderr: impl AsyncRead + Unpin + Send + 'static,
+    tx: mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// pg_restore's closing "errors ignored on restore: N", which Heroku
+/// reports as warnings rather than a failure.
+pub fn ignored_errors(text: &str) -> Option<i32> {
+    text.lines().rev().find_map(|l| {
+        l.split("errors ignored on restore: ")
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+    })
+}
+
 fn classify(line: &str) -> &'static str {
     let l = line.to_ascii_lowercase();
     // pg_dump's catalog-reading chatter, kept but not shown by backups.info().
@@ -151,6 +173,17 @@ fn current_object(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_errors_pg_restore_ignored() {
+        assert_eq!(
+            ignored_errors(
+                "pg_restore: creating TABLE\npg_restore: warning: errors ignored on restore: 3"
+            ),
+            Some(3)
+        );
+        assert_eq!(ignored_errors("pg_restore: error: could not connect"), None);
+    }
 
     #[test]
     fn understands_pg_dump_and_pg_restore_lines() {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -21,6 +21,7 @@ pub struct Transfer {
     pub kind: String,
     pub database: String,
     pub source: Option<String>,
+    pub target: Option<String>,
     pub options: serde_json::Value,
     pub attempt: i32,
 }
@@ -35,7 +36,7 @@ impl Transfer {
 }
 
 /// The kinds this agent can run.
-pub const KINDS: &[&str] = &["capture"];
+pub const KINDS: &[&str] = &["capture", "restore", "copy"];
 
 /// Claim the oldest pending transfer this agent can run, if any. A capture
 /// from a named source goes to an agent that knows the name; when no live
@@ -59,7 +60,7 @@ pub async fn claim(
                                                     WHERE p.source = ANY (a.sources)
                                                       AND a.last_seen_at > now() - interval '1 minute'))
                              ORDER BY p.id FOR UPDATE SKIP LOCKED LIMIT 1)
-          RETURNING t.id, t.name, t.kind, t.database::text, t.source, t.options, t.attempts",
+          RETURNING t.id, t.name, t.kind, t.database::text, t.source, t.target, t.options, t.attempts",
             &[&agent_id, &kinds, &sources],
         )
         .await
@@ -70,8 +71,9 @@ pub async fn claim(
         kind: r.get(2),
         database: r.get(3),
         source: r.get(4),
-        options: r.get(5),
-        attempt: r.get(6),
+        target: r.get(5),
+        options: r.get(6),
+        attempt: r.get(7),
     }))
 }
 
@@ -274,12 +276,5 @@ pub async fn announce(client: &Client, agent_id: &str, sources: &[String]) -> Re
         )
         .await
         .context("announcing the agent (is the pg_backups extension installed in this database?)")?;
-    Ok(())
-}
-
-pub fn ensure_kind(t: &Transfer) -> Result<()> {
-    if !KINDS.contains(&t.kind.as_str()) {
-        bail!("this agent cannot run {} transfers", t.kind);
-    }
     Ok(())
 }
