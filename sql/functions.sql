@@ -410,7 +410,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Set backups.link_base_url to the agent''s public address (pgbackups agent --listen) and backups.link_secret to the agent''s link secret in postgresql.conf, then SELECT pg_reload_conf();';
     END IF;
-    v_expires := extract(epoch FROM clock_timestamp() + expires_in)::bigint;
+    -- Floor: a link never outlives expires_in.
+    v_expires := floor(extract(epoch FROM clock_timestamp() + expires_in))::bigint;
     RETURN format('%s/backups/%s.%s?expires=%s&signature=%s',
                   v_base, t.name, CASE WHEN t.format = 'directory' THEN 'tar' ELSE 'dump' END,
                   v_expires, backups._link_signature(t.name, v_expires));

@@ -18,7 +18,7 @@ use crate::capture::{self, Outcome};
 use crate::config::Config;
 use crate::queue::{self, Lost, Reporter, Transfer};
 use crate::storage::Storage;
-use crate::{copy, db, purge, restore};
+use crate::{copy, db, links, purge, restore};
 
 pub struct Ctx {
     pub cfg: Config,
@@ -43,6 +43,18 @@ pub async fn run(cfg: Config) -> Result<()> {
     queue::announce(&control, &ctx.cfg.agent_id, &sources).await?;
     tracing::info!(agent = %ctx.cfg.agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
 
+    if let (Some(addr), Some(secret)) = (ctx.cfg.listen, ctx.cfg.link_secret.clone()) {
+        let (c, s) = (ctx.clone(), secret.into_bytes());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        drop(listener);
+        tokio::spawn(async move {
+            if let Err(e) = links::serve(c, addr, s).await {
+                tracing::error!("download links: {e:#}");
+            }
+        });
+    }
     let (wake_tx, mut wake) = mpsc::channel::<String>(64);
     let mut listener = listen(&url, wake_tx.clone()).await.ok();
     let (stop_tx, stop_rx) = watch::channel(false);

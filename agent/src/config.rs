@@ -55,6 +55,12 @@ pub struct AgentArgs {
     /// How long storage requests are retried before a transfer fails, in seconds.
     #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
     pub storage_retry_timeout: Option<u64>,
+    /// Serve signed download links on this address (e.g. 127.0.0.1:8432).
+    #[arg(long, env = "PGBACKUPS_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The secret links are signed with: the same as backups.link_secret.
+    #[arg(long, env = "PGBACKUPS_LINK_SECRET", hide_env_values = true)]
+    pub link_secret: Option<String>,
 }
 
 /// The TOML file's shape.
@@ -73,6 +79,8 @@ struct FileConfig {
     shutdown_grace: Option<u64>,
     poll_interval: Option<f64>,
     storage_retry_timeout: Option<u64>,
+    listen: Option<std::net::SocketAddr>,
+    link_secret: Option<String>,
     #[serde(default)]
     sources: BTreeMap<String, SourceConfig>,
     /// Extra object_store options for S3 and friends (endpoint, region, keys).
@@ -102,6 +110,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub storage_retry_timeout: Duration,
+    pub listen: Option<std::net::SocketAddr>,
+    pub link_secret: Option<String>,
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
@@ -124,6 +134,12 @@ impl Config {
         let max_concurrent = args.max_concurrent.or(file.max_concurrent).unwrap_or(2);
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
+        }
+        if args.listen.or(file.listen).is_some()
+            && args.link_secret.is_none()
+            && file.link_secret.is_none()
+        {
+            bail!("--listen needs --link-secret (PGBACKUPS_LINK_SECRET): the same secret as backups.link_secret");
         }
         let mut sources = file.sources;
         // PGBACKUPS_SOURCE_<NAME>=url defines a named source too.
@@ -173,6 +189,12 @@ impl Config {
                     .or(file.storage_retry_timeout)
                     .unwrap_or(120),
             ),
+            listen: args.listen.or(file.listen),
+            link_secret: args
+                .link_secret
+                .clone()
+                .or(file.link_secret)
+                .filter(|s| !s.is_empty()),
             sources,
         })
     }

@@ -5,6 +5,8 @@ mod capture;
 mod config;
 mod copy;
 mod db;
+mod download;
+mod links;
 mod manifest;
 mod parallel;
 mod progress;
@@ -34,6 +36,16 @@ struct Cli {
 enum Command {
     /// Claim and run queued transfers, writing status back to the control database.
     Agent(config::AgentArgs),
+    /// Download a backup as a file pg_restore accepts (default: the latest, to latest.dump).
+    Download {
+        /// The backup (b001, a003...); default the latest completed one.
+        id: Option<String>,
+        /// Where to write it (default latest.dump, or latest.dump.1 if taken).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        args: config::AgentArgs,
+    },
 }
 
 fn main() {
@@ -48,6 +60,9 @@ fn main() {
     let result = match cli.command {
         Command::Agent(args) => config::Config::load(&args)
             .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
+        Command::Download { id, output, args } => config::Config::load(&args).and_then(|cfg| {
+            tokio::runtime::Runtime::new()?.block_on(download::run(cfg, id, output))
+        }),
     };
     if let Err(e) = result {
         eprintln!("pgbackups: {e:#}");

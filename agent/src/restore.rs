@@ -159,8 +159,17 @@ async fn fetch_url(
             tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)
         })
         .await??;
-        if dir.join("toc.dat").exists() {
-            return Ok((dir, "directory".into()));
+        // Our links wrap the dump's files in a folder named after the backup.
+        let found = std::iter::once(dir.clone())
+            .chain(
+                std::fs::read_dir(&dir)?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir()),
+            )
+            .find(|d| d.join("toc.dat").exists());
+        if let Some(d) = found {
+            return Ok((d, "directory".into()));
         }
     }
     bail!("{url} does not serve a pg_dump archive (custom format, or a tar of a directory-format dump)")
