@@ -27,13 +27,33 @@ PORT=$("$HARNESS" start "$CLUSTER" "${DEMO_PORT:-54329}")
 URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 
-if ! agent_running; then
-    PGBACKUPS_LOG=info nohup "$AGENT" agent --database-url "$URL" --storage "file://$STORE" \
-        --staging-dir "$DEMO_DIR/staging" >"$DEMO_DIR/agent.log" 2>&1 &
-    echo $! >"$PIDFILE"
-    sleep 1
-    agent_running || { cat "$DEMO_DIR/agent.log"; exit 1; }
-fi
+# Download links: the agent serves them on the next port, signed with a
+# secret the cluster shares (superuser-only setting).
+LINK_PORT=$((PORT + 1))
+[ -f "$DEMO_DIR/link_secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO_DIR/link_secret"
+chmod 600 "$DEMO_DIR/link_secret"
+SECRET=$(cat "$DEMO_DIR/link_secret")
+"${PSQL[@]}" -c "ALTER SYSTEM SET backups.link_base_url = 'http://127.0.0.1:$LINK_PORT'" \
+             -c "ALTER SYSTEM SET backups.link_secret = '$SECRET'" -c "SELECT pg_reload_conf()" >/dev/null
+
+# (Re)start the agent, so that it is the binary just installed.
+if agent_running; then kill "$(cat "$PIDFILE")"; sleep 1; fi
+PGBACKUPS_LINK_SECRET="$SECRET" PGBACKUPS_LOG=info nohup "$AGENT" agent --database-url "$URL" \
+    --storage "file://$STORE" --staging-dir "$DEMO_DIR/staging" --listen "127.0.0.1:$LINK_PORT" \
+    >"$DEMO_DIR/agent.log" 2>&1 &
+echo $! >"$PIDFILE"
+sleep 1
+agent_running || { cat "$DEMO_DIR/agent.log"; exit 1; }
+
+same_data() {  # same_data DB1 DB2: row counts and content hashes of the sample tables
+    for t in customers orders; do
+        q="SELECT count(*) || ' rows, md5 ' || md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))) FROM $t x"
+        a=$("${PSQL[@]}" -d "$1" -Atc "$q"); b=$("${PSQL[@]}" -d "$2" -Atc "$q")
+        echo "   $t in $2: $b"
+        [ "$a" = "$b" ] || { echo "   ... but $1 has $a"; exit 1; }
+    done
+}
+ensure_db() { "${PSQL[@]}" -Atc "SELECT 1 FROM pg_database WHERE datname = '$1'" | grep -q 1 || "${PSQL[@]}" -c "CREATE DATABASE $1"; }
 
 if [ "$("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_database WHERE datname = 'shop'")" = 0 ]; then
     echo "== creating the sample database 'shop'"
@@ -46,23 +66,31 @@ echo "== capture: CALL backups.capture_and_wait('shop');"
 ID=$("${PSQL[@]}" -Atc "SELECT id FROM backups.list() WHERE kind = 'capture' AND status = 'completed' ORDER BY created_at DESC LIMIT 1")
 "${PSQL[@]}" -c "SELECT id, status, database, pg_size_pretty(source_size) AS source, pg_size_pretty(stored_size) AS stored, progress FROM backups.list() LIMIT 5"
 
-echo "== restore $ID with the standard tools into 'shop_restored'"
-KEY=$("${PSQL[@]}" -Atc "SELECT object_key FROM backups.transfers WHERE name = '$ID'")
-"${PSQL[@]}" -c "DROP DATABASE IF EXISTS shop_restored" -c "CREATE DATABASE shop_restored"
-zstd -dc "$STORE/$KEY" >"$DEMO_DIR/latest.dump"
-pg_restore --no-acl --no-owner -d "host=127.0.0.1 port=$PORT user=postgres dbname=shop_restored" "$DEMO_DIR/latest.dump"
-for t in customers orders; do
-    a=$("${PSQL[@]}" -d shop -Atc "SELECT count(*) FROM $t")
-    b=$("${PSQL[@]}" -d shop_restored -Atc "SELECT count(*) FROM $t")
-    echo "   $t: $a rows in shop, $b rows in shop_restored"
-    [ "$a" = "$b" ]
-done
+echo "== url -> curl -> pg_restore: the backup as a file, with the standard tools"
+LINK=$("${PSQL[@]}" -Atc "SELECT backups.url('$ID')")
+echo "   $LINK"
+curl -sfS -o "$DEMO_DIR/latest.dump" "$LINK"
+"${PSQL[@]}" -c "DROP DATABASE IF EXISTS shop_from_link" -c "CREATE DATABASE shop_from_link"
+pg_restore --clean --if-exists --no-acl --no-owner -d "host=127.0.0.1 port=$PORT user=postgres dbname=shop_from_link" "$DEMO_DIR/latest.dump"
+same_data shop shop_from_link
+
+echo "== restore: SELECT backups.restore('$ID', 'shop_restored', 'shop_restored');"
+ensure_db shop_restored
+R=$("${PSQL[@]}" -Atc "SELECT backups.restore('$ID', 'shop_restored', 'shop_restored')")
+echo "   $R: $("${PSQL[@]}" -Atc "SELECT backups.wait('$R')")"
+same_data shop shop_restored
+
+echo "== copy: SELECT backups.copy('shop', 'shop_copy', 'shop_copy');"
+ensure_db shop_copy
+C=$("${PSQL[@]}" -Atc "SELECT backups.copy('shop', 'shop_copy', 'shop_copy')")
+echo "   $C: $("${PSQL[@]}" -Atc "SELECT backups.wait('$C')")"
+same_data shop shop_copy
 
 cat <<EOT
 
 pg_backups is running:
   cluster   127.0.0.1:$PORT (data in $CLUSTER, log $CLUSTER/postgres.log)
-  agent     pid $(cat "$PIDFILE"), log $DEMO_DIR/agent.log
+  agent     pid $(cat "$PIDFILE"), log $DEMO_DIR/agent.log, links on http://127.0.0.1:$LINK_PORT
   storage   $STORE
 
 Try it:
@@ -72,10 +100,16 @@ Try it:
   SELECT backups.wait();                                 -- wait for the latest transfer
   SELECT * FROM backups.list();                          -- history
   SELECT * FROM backups.info('$ID');                    -- sizes, ratio, checksum, log
+  SELECT backups.url('$ID');                             -- then: curl -o latest.dump '<link>'
+  SELECT backups.restore('$ID', 'shop_restored', 'shop_restored');
+  SELECT backups.copy('shop', 'shop_copy', 'shop_copy');
   CALL backups.capture_and_wait('shop', jobs => 2);      -- parallel dump, one command
   SELECT backups.schedule('daily 07:00 Europe/Paris', 'shop');
   SELECT * FROM backups.schedules();                     -- next run, in UTC and local time
   SELECT * FROM backups.database_info('shop');
+
+From the shell:
+  PGBACKUPS_DATABASE_URL=$URL PGBACKUPS_STORAGE=file://$STORE pgbackups download   # -> latest.dump
 
 Stop everything with: make demo-stop
 EOT
