@@ -43,11 +43,14 @@ pub fn create_db(c: &Cluster, db: &str, sql: &str) -> Result<()> {
 pub fn fingerprint(c: &Cluster, db: &str) -> Result<String> {
     let tables = c.sql(
         db,
-        "SELECT string_agg(format('%I.%I', schemaname, tablename), ' ' ORDER BY schemaname, tablename) FROM pg_tables
-          WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (
+            SELECT format('%I.%I', schemaname, tablename) AS t FROM pg_tables
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+            UNION ALL
+            SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews) x",
     )?;
     let mut out = String::new();
-    for t in tables.split_whitespace() {
+    for t in tables.lines().filter(|l| !l.is_empty()) {
         let line = c.sql(
             db,
             &format!("SELECT '{t} ' || count(*) || ' ' || coalesce(md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))), '-') FROM {t} x"),
@@ -174,4 +177,84 @@ pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `pg_dump --schema-only --no-owner --no-acl`, normalised only for what
+/// legitimately differs between two databases: comments, blank lines, and
+/// the random `\restrict` keys newer pg_dump versions print.
+pub fn schema(c: &Cluster, db: &str) -> Result<String> {
+    let out = Command::new("pg_dump")
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-acl",
+            "-d",
+            &c.connstr(db),
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "pg_dump --schema-only: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("--")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Large objects: OIDs and a hash of each one's content.
+pub fn large_objects(c: &Cluster, db: &str) -> Result<String> {
+    c.sql(db, "SELECT coalesce(string_agg(oid || '=' || md5(lo_get(oid)), ' ' ORDER BY oid), '') FROM pg_largeobject_metadata")
+}
+
+/// Lines only in `a` and only in `b`, for a readable failure.
+pub fn diff(a: &str, b: &str) -> String {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let mut out = String::new();
+    for l in &la {
+        if !lb.contains(l) {
+            out.push_str(&format!("- {l}\n"));
+        }
+    }
+    for l in &lb {
+        if !la.contains(l) {
+            out.push_str(&format!("+ {l}\n"));
+        }
+    }
+    if out.is_empty() && a != b {
+        out.push_str("(same lines, different order)\n");
+    }
+    out
+}
+
+/// Everything a round trip must keep: schema, data, sequences, large objects.
+pub fn assert_same_database(c: &Cluster, source: &str, copy: &str, what: &str) {
+    let (sa, sb) = (schema(c, source).unwrap(), schema(c, copy).unwrap());
+    assert!(
+        sa == sb,
+        "{what}: schema differs (- {source}, + {copy}):\n{}",
+        diff(&sa, &sb)
+    );
+    let (fa, fb) = (
+        fingerprint(c, source).unwrap(),
+        fingerprint(c, copy).unwrap(),
+    );
+    assert!(
+        fa == fb,
+        "{what}: data differs (- {source}, + {copy}):\n{}",
+        diff(&fa, &fb)
+    );
+    let (la, lb) = (
+        large_objects(c, source).unwrap(),
+        large_objects(c, copy).unwrap(),
+    );
+    assert!(la == lb, "{what}: large objects differ:\n- {la}\n+ {lb}");
 }
