@@ -85,6 +85,9 @@ fn pg_dump(ctx: &Ctx, conn: &str, password: Option<&str>) -> Command {
     for s in &ctx.cfg.exclude_schema {
         c.arg(format!("--exclude-schema={s}"));
     }
+    if let Some(t) = &ctx.cfg.lock_wait_timeout {
+        c.arg(format!("--lock-wait-timeout={t}"));
+    }
     c.arg("--dbname").arg(conn);
     if let Some(p) = password {
         c.env("PGPASSWORD", p);

@@ -55,6 +55,9 @@ pub struct AgentArgs {
     /// How long storage requests are retried before a transfer fails, in seconds.
     #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
     pub storage_retry_timeout: Option<u64>,
+    /// Give up a capture when pg_dump waits longer than this for a table lock (e.g. 30s).
+    #[arg(long, env = "PGBACKUPS_LOCK_WAIT_TIMEOUT")]
+    pub lock_wait_timeout: Option<String>,
     /// Serve signed download links on this address (e.g. 127.0.0.1:8432).
     #[arg(long, env = "PGBACKUPS_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
@@ -81,6 +84,7 @@ struct FileConfig {
     storage_retry_timeout: Option<u64>,
     listen: Option<std::net::SocketAddr>,
     link_secret: Option<String>,
+    lock_wait_timeout: Option<String>,
     #[serde(default)]
     sources: BTreeMap<String, SourceConfig>,
     /// Extra object_store options for S3 and friends (endpoint, region, keys).
@@ -112,6 +116,7 @@ pub struct Config {
     pub storage_retry_timeout: Duration,
     pub listen: Option<std::net::SocketAddr>,
     pub link_secret: Option<String>,
+    pub lock_wait_timeout: Option<String>,
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
@@ -190,6 +195,7 @@ impl Config {
                     .unwrap_or(120),
             ),
             listen: args.listen.or(file.listen),
+            lock_wait_timeout: args.lock_wait_timeout.clone().or(file.lock_wait_timeout),
             link_secret: args
                 .link_secret
                 .clone()

@@ -144,7 +144,13 @@ fn classify(line: &str) -> &'static str {
         "launching item",
     ];
     let body = l.split_once(": ").map(|x| x.1).unwrap_or(&l);
-    if l.contains(": error:") || l.starts_with("error:") || l.contains("fatal:") {
+    // detail: and hint: lines explain the error before them.
+    if l.contains(": error:")
+        || l.starts_with("error:")
+        || l.contains("fatal:")
+        || l.contains(": detail:")
+        || l.contains(": hint:")
+    {
         "error"
     } else if l.contains(": warning:") || l.starts_with("warning:") {
         "warning"

@@ -20,6 +20,8 @@ pub struct Storage {
     pub store: Arc<dyn ObjectStore>,
     prefix: Path,
     pub url: String,
+    /// The directory of file:// storage.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl Storage {
@@ -34,12 +36,14 @@ impl Storage {
             )
         };
         let parsed = url::Url::parse(url).with_context(bad)?;
+        let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| anyhow::anyhow!(bad()))?;
                 std::fs::create_dir_all(&dir).with_context(|| {
                     format!("cannot create storage directory {}", dir.display())
                 })?;
+                local_root = Some(dir.clone());
                 (
                     Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
                     Path::default(),
@@ -73,6 +77,7 @@ impl Storage {
             store,
             prefix,
             url: url.to_string(),
+            local_root,
         })
     }
 
@@ -90,9 +95,32 @@ impl Storage {
         self.key(&[database, name])
     }
 
-    /// Remove everything under `dir`; nothing there is not an error.
+    /// Remove everything under `dir`; nothing there is not an error. On
+    /// file storage the folder goes too, with any multipart upload an agent
+    /// killed mid-capture left staged there (invisible as objects; on S3 a
+    /// bucket lifecycle rule aborts those).
     pub async fn delete_dir(&self, dir: &Path) -> Result<usize> {
-        let objects: Vec<_> = self.store.list(Some(dir)).try_collect().await?;
+        let n = self.delete_objects(dir).await?;
+        if let Some(root) = &self.local_root {
+            let folder = dir
+                .parts()
+                .fold(root.clone(), |p, part| p.join(part.as_ref()));
+            match std::fs::remove_dir_all(&folder) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", folder.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    async fn delete_objects(&self, dir: &Path) -> Result<usize> {
+        let objects: Vec<_> = match self.store.list(Some(dir)).try_collect().await {
+            Ok(o) => o,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let mut n = 0;
         for o in objects {
             match self.store.delete(&o.location).await {

@@ -216,7 +216,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
-    let c = Cluster::start().unwrap();
+    let c = Cluster::start_with(&["backups.keep_manual = 100"]).unwrap();
     create_db(
         &c,
         "shop",
@@ -227,7 +227,7 @@ fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
     let url = storage_url(store.path());
     let _a = Agent::start(&c.url("postgres"), &url, &["--agent-id", "agent-a"], &[]).unwrap();
     let _b = Agent::start(&c.url("postgres"), &url, &["--agent-id", "agent-b"], &[]).unwrap();
-    let ids: Vec<String> = (0..10)
+    let ids: Vec<String> = (0..50)
         .map(|_| c.sql("postgres", "SELECT backups.capture('shop')").unwrap())
         .collect();
     for id in &ids {
@@ -248,7 +248,7 @@ fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
             "SELECT count(*) FROM backups.transfer_logs WHERE message LIKE 'claimed by agent%'"
         )
         .unwrap(),
-        "10"
+        "50"
     );
     let agents = c
         .sql(
@@ -349,6 +349,18 @@ fn agent_restarts_mid_queue_lose_nothing() {
         )
         .unwrap();
     assert_eq!(key, format!("shop/{victim}/backup-2.dump.zst"));
+    // The killed attempt left no visible object: only the second attempt's
+    // (an interrupted multipart upload is staged as `<name>#<n>`, not an object).
+    let mut seen: Vec<String> = walk(&store.path().join("shop").join(&victim))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .filter(|n| {
+            !n.rsplit_once('#')
+                .is_some_and(|(_, d)| d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["backup-2.dump.zst", "manifest-2.json"]);
     check_restores(&c, store.path(), "shop", &victim);
 }
 
