@@ -37,6 +37,13 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# Capture, restore and copy against Heroku's commands and pgcopydb.
+# SCALE=0.3 for a quick run (default 1, about 1 GB); RUNS per pair (default 3).
+SCALE ?= 1
+RUNS  ?= 3
+bench: install
+	SCALE=$(SCALE) RUNS=$(RUNS) PGBACKUPS_BIN=/usr/local/bin/pgbackups target/release/pgbackups-bench
+
 demo: install
 	@bash scripts/demo.sh
 
