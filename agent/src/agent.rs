@@ -28,26 +28,19 @@ pub struct Ctx {
 const PURGE_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config) -> Result<()> {
-    let storage = Storage::open(
-        &cfg.storage,
-        &cfg.storage_options,
-        cfg.storage_retry_timeout,
-    )?;
+    let storage = Storage::open(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)?;
     let ctx = Arc::new(Ctx { cfg, storage });
     capture::tool_version(&ctx, "pg_dump").await?;
     let url = ctx.cfg.database_url.clone();
-    let mut control = db::connect_with_retry(&url, Duration::from_secs(10))
-        .await
-        .context("cannot reach the control database")?;
+    let mut control =
+        db::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
     let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
     queue::announce(&control, &ctx.cfg.agent_id, &sources).await?;
     tracing::info!(agent = %ctx.cfg.agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
 
     if let (Some(addr), Some(secret)) = (ctx.cfg.listen, ctx.cfg.link_secret.clone()) {
         let (c, s) = (ctx.clone(), secret.into_bytes());
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         drop(listener);
         tokio::spawn(async move {
             if let Err(e) = links::serve(c, addr, s).await {
@@ -110,31 +103,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     if !tasks.is_empty() {
         tracing::info!(running = tasks.len(), grace = ?ctx.cfg.shutdown_grace, "shutting down: waiting for running transfers");
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(ctx.cfg.shutdown_grace, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(ctx.cfg.shutdown_grace, drain).await.is_err() {
             tracing::info!("grace period over: handing running transfers back to the queue");
             let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(30), async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), async { while tasks.join_next().await.is_some() {} })
+                .await;
         }
     }
-    let _ = control
-        .execute(
-            "DELETE FROM backups.agents WHERE agent_id = $1",
-            &[&ctx.cfg.agent_id],
-        )
-        .await;
+    let _ = control.execute("DELETE FROM backups.agents WHERE agent_id = $1", &[&ctx.cfg.agent_id]).await;
     tracing::info!("agent stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -180,14 +162,7 @@ async fn run_transfer(ctx: Arc<Ctx>, t: Transfer, stop: watch::Receiver<bool>) {
                 return;
             }
         };
-        rep.log(
-            "info",
-            &format!(
-                "claimed by agent {} (attempt {})",
-                ctx.cfg.agent_id, t.attempt
-            ),
-        )
-        .await;
+        rep.log("info", &format!("claimed by agent {} (attempt {})", ctx.cfg.agent_id, t.attempt)).await;
         let result = match t.kind.as_str() {
             "capture" => capture::run(ctx.clone(), &rep, stop).await,
             "restore" => restore::run(ctx.clone(), &rep, stop).await,
@@ -201,8 +176,7 @@ async fn run_transfer(ctx: Arc<Ctx>, t: Transfer, stop: watch::Receiver<bool>) {
             }
             Ok(Outcome::Cancelled) => {
                 tracing::info!("cancelled");
-                rep.log("info", "cancelled; nothing was kept in storage")
-                    .await;
+                rep.log("info", "cancelled; nothing was kept in storage").await;
                 rep.cancelled().await
             }
             Ok(Outcome::HandBack) => rep.hand_back("the agent is shutting down").await,

@@ -50,38 +50,22 @@ pub fn source(ctx: &Ctx, name: Option<&str>, database: &str) -> Result<(String, 
             })?;
             Ok((s.url.clone(), name.to_string()))
         }
-        None => Ok((
-            db::with_dbname(&ctx.cfg.database_url, database)?,
-            database.to_string(),
-        )),
+        None => Ok((db::with_dbname(&ctx.cfg.database_url, database)?, database.to_string())),
     }
 }
 
 pub async fn tool_version(ctx: &Ctx, tool: &str) -> Result<String> {
     let path = ctx.cfg.pg_tool(tool);
-    let out = Command::new(&path)
-        .arg("--version")
-        .output()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot run {}: install the PostgreSQL client tools or set --pg-bin-dir",
-                path.display()
-            )
-        })?;
+    let out = Command::new(&path).arg("--version").output().await.with_context(|| {
+        format!("cannot run {}: install the PostgreSQL client tools or set --pg-bin-dir", path.display())
+    })?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// pg_dump's command line, Heroku's flags plus ours.
 fn pg_dump(ctx: &Ctx, conn: &str, password: Option<&str>) -> Command {
     let mut c = Command::new(ctx.cfg.pg_tool("pg_dump"));
-    c.args([
-        "--no-acl",
-        "--no-owner",
-        "--quote-all-identifiers",
-        "--verbose",
-        "--compress=0",
-    ]);
+    c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--verbose", "--compress=0"]);
     for s in &ctx.cfg.exclude_schema {
         c.arg(format!("--exclude-schema={s}"));
     }
@@ -92,55 +76,40 @@ fn pg_dump(ctx: &Ctx, conn: &str, password: Option<&str>) -> Command {
     if let Some(p) = password {
         c.env("PGPASSWORD", p);
     }
-    c.env("PGAPPNAME", "pgbackups")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    c.env("PGAPPNAME", "pgbackups").stdin(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     c
 }
 
-pub async fn run(
-    ctx: Arc<Ctx>,
-    rep: &Reporter,
-    mut stop: watch::Receiver<bool>,
-) -> Result<Outcome> {
+pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>) -> Result<Outcome> {
     let t = &rep.transfer;
     let (url, label) = source(&ctx, t.source.as_deref(), &t.database)?;
     let (conn, password) = db::libpq_target(&url, None)?;
 
-    let src = db::connect(&url)
-        .await
-        .context("connecting to the source database")?;
-    let source_size: i64 = src
-        .query_one("SELECT pg_database_size(current_database())", &[])
-        .await?
-        .get(0);
+    let src = db::connect(&url).await.context("connecting to the source database")?;
+    let source_size: i64 = src.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
     let server_version: String = src.query_one("SHOW server_version", &[]).await?.get(0);
     drop(src);
     let pg_dump_version = tool_version(&ctx, "pg_dump").await?;
-    let versions = serde_json::json!({ "pg_dump": pg_dump_version, "server": server_version, "agent": env!("CARGO_PKG_VERSION") });
+    let versions =
+        serde_json::json!({ "pg_dump": pg_dump_version, "server": server_version, "agent": env!("CARGO_PKG_VERSION") });
 
     let folder = ctx.storage.backup_dir(&label, &t.name);
     // A retried attempt writes new objects, never over a previous attempt's.
-    let suffix = if t.attempt > 1 {
-        format!("-{}", t.attempt)
-    } else {
-        String::new()
-    };
+    let suffix = if t.attempt > 1 { format!("-{}", t.attempt) } else { String::new() };
     let mut progress = Progress::new();
 
     let (format, files) = match t.jobs() {
         None => {
             let key = folder.child(format!("backup{suffix}.dump.zst"));
-            rep.started(
-                Some(source_size),
-                "custom",
-                ctx.storage.relative(&key),
-                &versions,
+            rep.started(Some(source_size), "custom", ctx.storage.relative(&key), &versions).await?;
+            rep.log(
+                "info",
+                &format!(
+                    "{pg_dump_version}: custom format, compressed by the agent with zstd level {} on all cores",
+                    ctx.cfg.compression_level
+                ),
             )
-            .await?;
-            rep.log("info", &format!("{pg_dump_version}: custom format, compressed by the agent with zstd level {} on all cores", ctx.cfg.compression_level))
-                .await;
+            .await;
             let mut cmd = pg_dump(&ctx, &conn, password.as_deref());
             cmd.arg("--format=custom").stdout(Stdio::piped());
             match stream_custom(&ctx, rep, cmd, key.clone(), &mut progress, &mut stop).await? {
@@ -149,9 +118,7 @@ pub async fn run(
                     vec![FileEntry {
                         path: ctx.storage.relative(&key).to_string(),
                         name: "backup.dump".into(),
-                        size: progress
-                            .processed
-                            .load(std::sync::atomic::Ordering::Relaxed),
+                        size: progress.processed.load(std::sync::atomic::Ordering::Relaxed),
                         stored_size: stored.size,
                         sha256: stored.sha256,
                     }],
@@ -161,27 +128,16 @@ pub async fn run(
         }
         Some(jobs) => {
             let prefix = folder.child(format!("dump{suffix}"));
-            rep.started(
-                Some(source_size),
-                "directory",
-                ctx.storage.relative(&prefix),
-                &versions,
-            )
-            .await?;
+            rep.started(Some(source_size), "directory", ctx.storage.relative(&prefix), &versions).await?;
             rep.log("info", &format!("{pg_dump_version}: directory format with {jobs} jobs, each file compressed and uploaded as pg_dump finishes it")).await;
-            let staging = ctx
-                .cfg
-                .staging_dir
-                .join(format!("{}-{}", t.name, t.attempt));
+            let staging = ctx.cfg.staging_dir.join(format!("{}-{}", t.name, t.attempt));
             let mut cmd = pg_dump(&ctx, &conn, password.as_deref());
             cmd.arg("--format=directory")
                 .arg(format!("--jobs={jobs}"))
                 .arg("--file")
                 .arg(&staging)
                 .stdout(Stdio::null());
-            match parallel::dump(&ctx, rep, cmd, &staging, &prefix, &mut progress, &mut stop)
-                .await?
-            {
+            match parallel::dump(&ctx, rep, cmd, &staging, &prefix, &mut progress, &mut stop).await? {
                 parallel::Ended::Done(files) => ("directory", files),
                 parallel::Ended::Stopped(o) => return Ok(o),
             }
@@ -194,15 +150,11 @@ pub async fn run(
     let (manifest_bytes, checksum) = manifest.to_bytes(format)?;
     ctx.storage
         .store
-        .put(
-            &folder.child(format!("manifest{suffix}.json")),
-            manifest_bytes.into(),
-        )
+        .put(&folder.child(format!("manifest{suffix}.json")), manifest_bytes.into())
         .await
         .context("writing the manifest")?;
     progress.flush(rep).await;
-    rep.completed(processed, stored, &checksum, progress.warnings)
-        .await?;
+    rep.completed(processed, stored, &checksum, progress.warnings).await?;
     rep.log(
         "info",
         &format!(
@@ -229,17 +181,14 @@ async fn stream_custom(
     progress: &mut Progress,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended<upload::Stored>> {
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", ctx.cfg.pg_tool("pg_dump").display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", ctx.cfg.pg_tool("pg_dump").display()))?;
     let stderr = progress.follow(child.stderr.take().expect("piped stderr"));
     let stdout = SyncIoBridge::new(child.stdout.take().expect("piped stdout"));
     let pipe = Pipe::start(ctx.storage.store.clone(), key);
     let tx = pipe.tx.clone();
     let processed = progress.processed.clone();
     let level = ctx.cfg.compression_level;
-    let compressor =
-        tokio::task::spawn_blocking(move || upload::compress(stdout, tx, level, &processed));
+    let compressor = tokio::task::spawn_blocking(move || upload::compress(stdout, tx, level, &processed));
 
     let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut stopped = None;
@@ -274,20 +223,11 @@ async fn stream_custom(
     }
     if upload_died {
         // The upload gave up first (storage error); pg_dump was stopped for it.
-        return Err(stored
-            .err()
-            .unwrap_or_else(|| anyhow!("the upload stopped early")));
+        return Err(stored.err().unwrap_or_else(|| anyhow!("the upload stopped early")));
     }
     if !status.success() {
         let errors = progress.errors();
-        bail!(
-            "pg_dump failed ({status}): {}",
-            if errors.is_empty() {
-                progress.tail(5)
-            } else {
-                errors
-            }
-        );
+        bail!("pg_dump failed ({status}): {}", if errors.is_empty() { progress.tail(5) } else { errors });
     }
     // A storage error shows up as the upload's error; the compressor then
     // only saw its channel close.

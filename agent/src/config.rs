@@ -40,11 +40,7 @@ pub struct AgentArgs {
     #[arg(long, env = "PGBACKUPS_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
     /// Schemas pg_dump leaves out (repeatable).
-    #[arg(
-        long = "exclude-schema",
-        env = "PGBACKUPS_EXCLUDE_SCHEMA",
-        value_delimiter = ','
-    )]
+    #[arg(long = "exclude-schema", env = "PGBACKUPS_EXCLUDE_SCHEMA", value_delimiter = ',')]
     pub exclude_schema: Vec<String>,
     /// Seconds to let running transfers finish on SIGTERM before handing them back.
     #[arg(long, env = "PGBACKUPS_SHUTDOWN_GRACE")]
@@ -129,10 +125,7 @@ impl Config {
         let database_url = args.database_url.clone().or(file.database_url).context(
             "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
         )?;
-        let compression_level = args
-            .compression_level
-            .or(file.compression_level)
-            .unwrap_or(3);
+        let compression_level = args.compression_level.or(file.compression_level).unwrap_or(3);
         if !(1..=19).contains(&compression_level) {
             bail!("compression level must be between 1 and 19, not {compression_level}");
         }
@@ -140,10 +133,7 @@ impl Config {
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
         }
-        if args.listen.or(file.listen).is_some()
-            && args.link_secret.is_none()
-            && file.link_secret.is_none()
-        {
+        if args.listen.or(file.listen).is_some() && args.link_secret.is_none() && file.link_secret.is_none() {
             bail!("--listen needs --link-secret (PGBACKUPS_LINK_SECRET): the same secret as backups.link_secret");
         }
         let mut sources = file.sources;
@@ -155,18 +145,10 @@ impl Config {
         }
         Ok(Config {
             database_url,
-            storage: args
-                .storage
-                .clone()
-                .or(file.storage)
-                .unwrap_or_else(|| DEFAULT_STORAGE.into()),
+            storage: args.storage.clone().or(file.storage).unwrap_or_else(|| DEFAULT_STORAGE.into()),
             storage_options: file.storage_options,
             max_concurrent,
-            agent_id: args
-                .agent_id
-                .clone()
-                .or(file.agent_id)
-                .unwrap_or_else(default_agent_id),
+            agent_id: args.agent_id.clone().or(file.agent_id).unwrap_or_else(default_agent_id),
             staging_dir: args
                 .staging_dir
                 .clone()
@@ -179,28 +161,15 @@ impl Config {
             } else {
                 args.exclude_schema.clone()
             },
-            shutdown_grace: Duration::from_secs(
-                args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
-            ),
-            poll_interval: Duration::from_secs_f64(
-                args.poll_interval
-                    .or(file.poll_interval)
-                    .unwrap_or(2.0)
-                    .max(0.1),
-            ),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30)),
+            poll_interval: Duration::from_secs_f64(args.poll_interval.or(file.poll_interval).unwrap_or(2.0).max(0.1)),
             heartbeat_interval: Duration::from_secs(1),
             storage_retry_timeout: Duration::from_secs(
-                args.storage_retry_timeout
-                    .or(file.storage_retry_timeout)
-                    .unwrap_or(120),
+                args.storage_retry_timeout.or(file.storage_retry_timeout).unwrap_or(120),
             ),
             listen: args.listen.or(file.listen),
             lock_wait_timeout: args.lock_wait_timeout.clone().or(file.lock_wait_timeout),
-            link_secret: args
-                .link_secret
-                .clone()
-                .or(file.link_secret)
-                .filter(|s| !s.is_empty()),
+            link_secret: args.link_secret.clone().or(file.link_secret).filter(|s| !s.is_empty()),
             sources,
         })
     }
@@ -215,15 +184,10 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn default_agent_id() -> String {
-    format!(
-        "{}-{}",
-        gethostname::gethostname().to_string_lossy(),
-        std::process::id()
-    )
+    format!("{}-{}", gethostname::gethostname().to_string_lossy(), std::process::id())
 }

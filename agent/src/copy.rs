@@ -17,11 +17,7 @@ use crate::queue::Reporter;
 use crate::supervise::with_heartbeat;
 use crate::{db, target};
 
-pub async fn run(
-    ctx: Arc<Ctx>,
-    rep: &Reporter,
-    mut stop: watch::Receiver<bool>,
-) -> Result<Outcome> {
+pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>) -> Result<Outcome> {
     let t = &rep.transfer;
     let source = t.source.clone().context("copy without a source")?;
     let target_db = t.target.clone().unwrap_or_else(|| t.database.clone());
@@ -37,12 +33,8 @@ pub async fn run(
 
     let work = async {
         // Check the source answers before the target is dropped.
-        db::connect(&source_url)
-            .await
-            .context("connecting to the source database")?;
-        let _ = lines.send(format!(
-            "pgbackups: replacing database {target_db:?} with a copy of {source}"
-        ));
+        db::connect(&source_url).await.context("connecting to the source database")?;
+        let _ = lines.send(format!("pgbackups: replacing database {target_db:?} with a copy of {source}"));
         target::recreate(&ctx, &target_db).await?;
         let mut dump = Command::new(ctx.cfg.pg_tool("pg_dump"));
         dump.args([
@@ -65,9 +57,7 @@ pub async fn run(
         }
         let mut dump = dump.spawn().context("starting pg_dump")?;
         let dump_err = progress::follow(dump.stderr.take().expect("piped"), lines.clone());
-        let mut restore = target::pg_restore(&ctx, &target_db, None, None)?
-            .spawn()
-            .context("starting pg_restore")?;
+        let mut restore = target::pg_restore(&ctx, &target_db, None, None)?.spawn().context("starting pg_restore")?;
         let mut from = dump.stdout.take().expect("piped");
         let mut into = restore.stdin.take().expect("piped");
         let pump = async {
@@ -84,11 +74,8 @@ pub async fn run(
             drop(into);
             anyhow::Ok(())
         };
-        let (pumped, dumped, restored) = tokio::join!(
-            pump,
-            dump.wait(),
-            target::finish_restore(restore, lines.clone())
-        );
+        let (pumped, dumped, restored) =
+            tokio::join!(pump, dump.wait(), target::finish_restore(restore, lines.clone()));
         let _ = dump_err.await;
         let dumped = dumped?;
         if !dumped.success() {
@@ -97,32 +84,14 @@ pub async fn run(
         pumped.context("piping pg_dump into pg_restore")?;
         restored
     };
-    match with_heartbeat(
-        rep,
-        &mut progress,
-        &mut stop,
-        ctx.cfg.heartbeat_interval,
-        work,
-    )
-    .await?
-    {
+    match with_heartbeat(rep, &mut progress, &mut stop, ctx.cfg.heartbeat_interval, work).await? {
         Err(outcome) => Ok(outcome),
         Ok(warnings) => {
             let processed = progress.processed.load(Ordering::Relaxed) as i64;
             rep.completed(processed, 0, "", warnings).await?;
-            let note = if warnings > 0 {
-                format!(" with {warnings} warnings")
-            } else {
-                String::new()
-            };
-            rep.log(
-                "info",
-                &format!(
-                    "copied {source} into {target_db}{note} ({} streamed)",
-                    human(processed as u64)
-                ),
-            )
-            .await;
+            let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
+            rep.log("info", &format!("copied {source} into {target_db}{note} ({} streamed)", human(processed as u64)))
+                .await;
             Ok(Outcome::Completed)
         }
     }

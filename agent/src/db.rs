@@ -10,9 +10,8 @@ use tokio_postgres::{Client, Config as PgConfig, NoTls};
 /// Connect and drive the connection in the background. Notifications are
 /// not delivered here: see `listener`.
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {}", redact(url)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("connection closed: {e}");
@@ -42,9 +41,7 @@ pub async fn connect_with_retry(url: &str, patience: Duration) -> Result<Client>
 /// `dbname`, and the password to pass in PGPASSWORD (never on a command
 /// line, where `ps` would show it).
 pub fn libpq_target(url: &str, dbname: Option<&str>) -> Result<(String, Option<String>)> {
-    let cfg: PgConfig = url
-        .parse()
-        .with_context(|| format!("invalid connection string {}", redact(url)))?;
+    let cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
     let mut parts = Vec::new();
     let hosts: Vec<String> = cfg
         .get_hosts()
@@ -70,9 +67,7 @@ pub fn libpq_target(url: &str, dbname: Option<&str>) -> Result<(String, Option<S
     if let Some(app) = cfg.get_application_name() {
         parts.push(format!("application_name={}", quote(app)));
     }
-    let password = cfg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
     Ok((parts.join(" "), password))
 }
 
@@ -86,10 +81,7 @@ pub fn with_dbname(url: &str, dbname: &str) -> Result<String> {
 }
 
 fn quote(v: &str) -> String {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/:,".contains(c))
-    {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:,".contains(c)) {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -114,28 +106,17 @@ mod tests {
 
     #[test]
     fn libpq_target_replaces_the_database_and_keeps_the_password_out() {
-        let (c, p) = libpq_target(
-            "postgres://alice:s3cret@db.example.com:6543/postgres",
-            Some("shop"),
-        )
-        .unwrap();
+        let (c, p) = libpq_target("postgres://alice:s3cret@db.example.com:6543/postgres", Some("shop")).unwrap();
         assert_eq!(c, "host=db.example.com port=6543 user=alice dbname=shop");
         assert_eq!(p.as_deref(), Some("s3cret"));
-        let (c, p) = libpq_target(
-            "host=/tmp port=5432 user=postgres dbname=postgres",
-            Some("my db"),
-        )
-        .unwrap();
+        let (c, p) = libpq_target("host=/tmp port=5432 user=postgres dbname=postgres", Some("my db")).unwrap();
         assert_eq!(c, "host=/tmp port=5432 user=postgres dbname='my db'");
         assert_eq!(p, None);
     }
 
     #[test]
     fn redact_hides_passwords() {
-        assert_eq!(
-            redact("postgres://alice:s3cret@h/db"),
-            "postgres://alice:***@h/db"
-        );
+        assert_eq!(redact("postgres://alice:s3cret@h/db"), "postgres://alice:***@h/db");
         assert_eq!(redact("postgres://alice@h/db"), "postgres://alice@h/db");
     }
 }

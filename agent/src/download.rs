@@ -16,22 +16,14 @@ use crate::storage::Storage;
 use crate::{db, stored};
 
 pub async fn run(cfg: Config, id: Option<String>, output: Option<PathBuf>) -> Result<()> {
-    let storage = Storage::open(
-        &cfg.storage,
-        &cfg.storage_options,
-        cfg.storage_retry_timeout,
-    )?;
+    let storage = Storage::open(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)?;
     let control = db::connect_with_retry(&cfg.database_url, Duration::from_secs(10))
         .await
         .context("cannot reach the control database")?;
     let b = stored::find(&control, id.as_deref()).await?;
     let out = match output {
         Some(p) => p,
-        None => free_name(if b.format == "custom" {
-            "latest.dump"
-        } else {
-            "latest.dir"
-        }),
+        None => free_name(if b.format == "custom" { "latest.dump" } else { "latest.dir" }),
     };
     if out.exists() {
         bail!("{} already exists", out.display());
@@ -40,11 +32,9 @@ pub async fn run(cfg: Config, id: Option<String>, output: Option<PathBuf>) -> Re
     let fetched = Arc::new(AtomicU64::new(0));
     let bar = ProgressBar::new(b.stored_size.max(0) as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
     );
     bar.set_message(b.name.clone());
     let ticker = {
@@ -57,13 +47,8 @@ pub async fn run(cfg: Config, id: Option<String>, output: Option<PathBuf>) -> Re
         })
     };
     // Into a hidden sibling first; renamed only once every checksum matched.
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(FsPath::new("."));
-    let work = tempfile::Builder::new()
-        .prefix(".pgbackups-download-")
-        .tempdir_in(parent)?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+    let work = tempfile::Builder::new().prefix(".pgbackups-download-").tempdir_in(parent)?;
     let result = stored::materialise(&storage, &b, work.path(), &fetched).await;
     ticker.abort();
     let path = match result {
@@ -74,24 +59,13 @@ pub async fn run(cfg: Config, id: Option<String>, output: Option<PathBuf>) -> Re
         }
     };
     bar.finish();
-    std::fs::rename(&path, &out)
-        .with_context(|| format!("moving the download to {}", out.display()))?;
+    std::fs::rename(&path, &out).with_context(|| format!("moving the download to {}", out.display()))?;
     let how = if b.format == "custom" {
-        format!(
-            "pg_restore --clean --no-acl --no-owner -d mydb {}",
-            out.display()
-        )
+        format!("pg_restore --clean --no-acl --no-owner -d mydb {}", out.display())
     } else {
-        format!(
-            "pg_restore -Fd --clean --no-acl --no-owner -j 4 -d mydb {}",
-            out.display()
-        )
+        format!("pg_restore -Fd --clean --no-acl --no-owner -j 4 -d mydb {}", out.display())
     };
-    eprintln!(
-        "{} downloaded to {} (sha256 verified). Restore it with:\n  {how}",
-        b.name,
-        out.display()
-    );
+    eprintln!("{} downloaded to {} (sha256 verified). Restore it with:\n  {how}", b.name, out.display());
     Ok(())
 }
 

@@ -44,17 +44,12 @@ struct LinkQuery {
 }
 
 pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr, secret: Vec<u8>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, "serving download links");
     let app = Router::new()
         .route("/backups/{file}", get(download))
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(LinkState {
-            ctx,
-            secret: Arc::new(secret),
-        });
+        .with_state(LinkState { ctx, secret: Arc::new(secret) });
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -63,20 +58,14 @@ fn status(code: StatusCode) -> Response {
     (code, code.canonical_reason().unwrap_or_default()).into_response()
 }
 
-async fn download(
-    State(s): State<LinkState>,
-    Path(file): Path<String>,
-    Query(q): Query<LinkQuery>,
-) -> Response {
+async fn download(State(s): State<LinkState>, Path(file): Path<String>, Query(q): Query<LinkQuery>) -> Response {
     let Some((name, ext)) = file.rsplit_once('.') else {
         return status(StatusCode::NOT_FOUND);
     };
     if !naming::is_name(name) || !matches!(ext, "dump" | "tar") {
         return status(StatusCode::NOT_FOUND);
     }
-    let (Some(expires), Some(signature)) =
-        (q.expires.and_then(|e| e.parse::<i64>().ok()), q.signature)
-    else {
+    let (Some(expires), Some(signature)) = (q.expires.and_then(|e| e.parse::<i64>().ok()), q.signature) else {
         return status(StatusCode::FORBIDDEN);
     };
     let now = chrono::Utc::now().timestamp();
@@ -98,28 +87,17 @@ async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str) -> Result<Option<Respons
     let Ok(b) = stored::find(&control, Some(name)).await else {
         return Ok(None);
     };
-    let want = if b.format == "directory" {
-        "tar"
-    } else {
-        "dump"
-    };
+    let want = if b.format == "directory" { "tar" } else { "dump" };
     if ext != want {
         return Ok(None);
     }
-    let body = if b.format == "custom" {
-        custom_body(ctx, &b).await?
-    } else {
-        tar_body(ctx, &b).await?
-    };
+    let body = if b.format == "custom" { custom_body(ctx, &b).await? } else { tar_body(ctx, &b).await? };
     tracing::info!(backup = name, "serving a download link");
     Ok(Some(
         (
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{name}.{ext}\""),
-                ),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.{ext}\"")),
             ],
             body,
         )
@@ -134,45 +112,26 @@ async fn custom_body(ctx: &Ctx, b: &stored::Backup) -> Result<Body> {
     let hasher = Arc::new(Mutex::new(Sha256::new()));
     let h = hasher.clone();
     let expected = b.checksum.clone();
-    let inner = ctx
-        .storage
-        .store
-        .get(&ctx.storage.absolute(&b.object_key))
-        .await?
-        .into_stream()
-        .map_ok(move |c| {
-            h.lock().expect("hasher").update(&c);
-            c
-        });
+    let inner = ctx.storage.store.get(&ctx.storage.absolute(&b.object_key)).await?.into_stream().map_ok(move |c| {
+        h.lock().expect("hasher").update(&c);
+        c
+    });
     let checked = inner.chain(futures::stream::once(async move {
         let sum = hex::encode(hasher.lock().expect("hasher").clone().finalize());
         if sum == expected {
             Ok(Bytes::new())
         } else {
-            Err(object_store::Error::Generic {
-                store: "pgbackups",
-                source: "checksum mismatch".into(),
-            })
+            Err(object_store::Error::Generic { store: "pgbackups", source: "checksum mismatch".into() })
         }
     }));
     let reader = StreamReader::new(checked.map_err(std::io::Error::other));
-    Ok(Body::from_stream(ReaderStream::new(ZstdDecoder::new(
-        BufReader::new(reader),
-    ))))
+    Ok(Body::from_stream(ReaderStream::new(ZstdDecoder::new(BufReader::new(reader)))))
 }
 
 /// A directory-format backup, verified into staging, then streamed as a tar.
 async fn tar_body(ctx: &Ctx, b: &stored::Backup) -> Result<Body> {
-    let staging = tempfile::Builder::new()
-        .prefix("pgbackups-link-")
-        .tempdir_in(ensure(&ctx.cfg.staging_dir)?)?;
-    let dir = stored::materialise(
-        &ctx.storage,
-        b,
-        staging.path(),
-        &Arc::new(AtomicU64::new(0)),
-    )
-    .await?;
+    let staging = tempfile::Builder::new().prefix("pgbackups-link-").tempdir_in(ensure(&ctx.cfg.staging_dir)?)?;
+    let dir = stored::materialise(&ctx.storage, b, staging.path(), &Arc::new(AtomicU64::new(0))).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let name = b.name.clone();
     tokio::task::spawn_blocking(move || {

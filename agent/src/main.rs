@@ -22,11 +22,7 @@ mod upload;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "pgbackups",
-    version,
-    about = "The pg_backups agent: runs the captures queued with backups.capture()"
-)]
+#[command(name = "pgbackups", version, about = "The pg_backups agent: runs the captures queued with backups.capture()")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,18 +47,15 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGBACKUPS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGBACKUPS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Agent(args) => config::Config::load(&args)
-            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
-        Command::Download { id, output, args } => config::Config::load(&args).and_then(|cfg| {
-            tokio::runtime::Runtime::new()?.block_on(download::run(cfg, id, output))
-        }),
+        Command::Agent(args) => {
+            config::Config::load(&args).and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg)))
+        }
+        Command::Download { id, output, args } => config::Config::load(&args)
+            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(download::run(cfg, id, output))),
     };
     if let Err(e) = result {
         eprintln!("pgbackups: {e:#}");

@@ -47,11 +47,7 @@ pub async fn dump(
     if !matches!(result, Ok(Ended::Done(_))) {
         // Nothing partial stays in storage.
         if let Err(e) = ctx.storage.delete_dir(prefix).await {
-            rep.log(
-                "warning",
-                &format!("could not remove the partial upload under {prefix}: {e:#}"),
-            )
-            .await;
+            rep.log("warning", &format!("could not remove the partial upload under {prefix}: {e:#}")).await;
         }
     }
     result
@@ -62,11 +58,9 @@ fn prepare_staging(staging: &FsPath) -> Result<()> {
     std::fs::create_dir_all(parent)
         .with_context(|| format!("staging directory {} cannot be created", parent.display()))?;
     if staging.exists() {
-        std::fs::remove_dir_all(staging)
-            .with_context(|| format!("removing stale {}", staging.display()))?;
+        std::fs::remove_dir_all(staging).with_context(|| format!("removing stale {}", staging.display()))?;
     }
-    std::fs::create_dir(staging)
-        .with_context(|| format!("staging directory {} is not writable", parent.display()))?;
+    std::fs::create_dir(staging).with_context(|| format!("staging directory {} is not writable", parent.display()))?;
     Ok(())
 }
 
@@ -80,15 +74,10 @@ async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended> {
     let inotify = Inotify::init().context("inotify")?;
-    inotify
-        .watches()
-        .add(staging, WatchMask::CLOSE_WRITE)
-        .context("watching the staging directory")?;
+    inotify.watches().add(staging, WatchMask::CLOSE_WRITE).context("watching the staging directory")?;
     let mut events = inotify.into_event_stream(vec![0u8; 4096])?;
 
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", ctx.cfg.pg_tool("pg_dump").display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", ctx.cfg.pg_tool("pg_dump").display()))?;
     let stderr = progress.follow(child.stderr.take().expect("piped stderr"));
 
     let (files_tx, files_rx) = mpsc::unbounded_channel::<PathBuf>();
@@ -134,9 +123,7 @@ async fn run(
     let uploader_died = uploader.is_finished();
     if status.success() && stopped.is_none() {
         // pg_dump is done, so every file left is complete.
-        let mut names: Vec<PathBuf> = std::fs::read_dir(staging)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(staging)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
         for path in names {
             if sent.insert(path.clone()) {
@@ -155,21 +142,12 @@ async fn run(
             bail!("pg_dump stopped after the upload failed");
         }
         // Keep the manifest's count honest.
-        progress
-            .processed
-            .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+        progress.processed.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
         return Ok(Ended::Done(files));
     }
     uploader.abort();
     let errors = progress.errors();
-    bail!(
-        "pg_dump failed ({status}): {}",
-        if errors.is_empty() {
-            progress.tail(5)
-        } else {
-            errors
-        }
-    )
+    bail!("pg_dump failed ({status}): {}", if errors.is_empty() { progress.tail(5) } else { errors })
 }
 
 /// Compress and upload each finished file, then delete it locally.
@@ -182,11 +160,7 @@ async fn upload_files(
 ) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
     while let Some(path) = files.recv().await {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("file name")?
-            .to_string();
+        let name = path.file_name().and_then(|n| n.to_str()).context("file name")?.to_string();
         let key = prefix.child(format!("{name}.zst"));
         let pipe = Pipe::start(storage.store.clone(), key.clone());
         let tx = pipe.tx.clone();
@@ -194,8 +168,7 @@ async fn upload_files(
         let counted = Arc::new(AtomicU64::new(0));
         let c = counted.clone();
         let compressed = tokio::task::spawn_blocking(move || {
-            let f =
-                std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+            let f = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
             upload::compress(f, tx, level, &c)
         })
         .await?;

@@ -31,21 +31,11 @@ impl Default for Progress {
 impl Progress {
     pub fn new() -> Self {
         let (lines_tx, lines) = mpsc::unbounded_channel();
-        Progress {
-            processed: Arc::default(),
-            lines_tx,
-            lines,
-            current: None,
-            tail: VecDeque::new(),
-            warnings: 0,
-        }
+        Progress { processed: Arc::default(), lines_tx, lines, current: None, tail: VecDeque::new(), warnings: 0 }
     }
 
     /// Forward a tool's stderr, line by line.
-    pub fn follow(
-        &self,
-        stderr: impl AsyncRead + Unpin + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn follow(&self, stderr: impl AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHandle<()> {
         follow(stderr, self.sender())
     }
 
@@ -57,11 +47,7 @@ impl Progress {
     /// Write what was said since the last tick, then heartbeat.
     pub async fn tick(&mut self, rep: &Reporter) -> Result<Beat> {
         self.flush(rep).await;
-        rep.heartbeat(
-            self.processed.load(Ordering::Relaxed) as i64,
-            self.current.as_deref(),
-        )
-        .await
+        rep.heartbeat(self.processed.load(Ordering::Relaxed) as i64, self.current.as_deref()).await
     }
 
     pub async fn flush(&mut self, rep: &Reporter) {
@@ -86,22 +72,12 @@ impl Progress {
     /// The last lines, for an error message.
     pub fn tail(&self, n: usize) -> String {
         let skip = self.tail.len().saturating_sub(n);
-        self.tail
-            .iter()
-            .skip(skip)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.tail.iter().skip(skip).cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// The last error lines the tool printed, if any.
     pub fn errors(&self) -> String {
-        self.tail
-            .iter()
-            .filter(|l| classify(l) == "error")
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.tail.iter().filter(|l| classify(l) == "error").cloned().collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -123,11 +99,7 @@ pub fn follow(
 /// pg_restore's closing "errors ignored on restore: N", which Heroku
 /// reports as warnings rather than a failure.
 pub fn ignored_errors(text: &str) -> Option<i32> {
-    text.lines().rev().find_map(|l| {
-        l.split("errors ignored on restore: ")
-            .nth(1)
-            .and_then(|n| n.trim().parse().ok())
-    })
+    text.lines().rev().find_map(|l| l.split("errors ignored on restore: ").nth(1).and_then(|n| n.trim().parse().ok()))
 }
 
 fn classify(line: &str) -> &'static str {
@@ -163,12 +135,7 @@ fn classify(line: &str) -> &'static str {
 
 /// `pg_dump: dumping contents of table "public"."events"` -> `"public"."events"`.
 fn current_object(line: &str) -> Option<String> {
-    for marker in [
-        "dumping contents of table ",
-        "processing data for table ",
-        "creating INDEX ",
-        "creating TABLE ",
-    ] {
+    for marker in ["dumping contents of table ", "processing data for table ", "creating INDEX ", "creating TABLE "] {
         if let Some(i) = line.find(marker) {
             return Some(line[i + marker.len()..].trim().to_string());
         }
@@ -183,9 +150,7 @@ mod tests {
     #[test]
     fn counts_errors_pg_restore_ignored() {
         assert_eq!(
-            ignored_errors(
-                "pg_restore: creating TABLE\npg_restore: warning: errors ignored on restore: 3"
-            ),
+            ignored_errors("pg_restore: creating TABLE\npg_restore: warning: errors ignored on restore: 3"),
             Some(3)
         );
         assert_eq!(ignored_errors("pg_restore: error: could not connect"), None);
@@ -194,15 +159,9 @@ mod tests {
     #[test]
     fn understands_pg_dump_and_pg_restore_lines() {
         assert_eq!(classify("pg_dump: error: connection failed"), "error");
-        assert_eq!(
-            classify("pg_restore: warning: errors ignored on restore: 2"),
-            "warning"
-        );
+        assert_eq!(classify("pg_restore: warning: errors ignored on restore: 2"), "warning");
         assert_eq!(classify("pg_dump: reading schemas"), "debug");
-        assert_eq!(
-            classify("pg_dump: dumping contents of table \"public.t\""),
-            "info"
-        );
+        assert_eq!(classify("pg_dump: dumping contents of table \"public.t\""), "info");
         assert_eq!(
             current_object("pg_dump: dumping contents of table \"public\".\"events\"").as_deref(),
             Some("\"public\".\"events\"")

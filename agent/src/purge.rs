@@ -23,18 +23,12 @@ pub async fn purge(client: &Client, storage: &Storage) -> Result<usize> {
         let folder = parent(&storage.absolute(&key));
         let removed = storage.delete_dir(&folder).await?;
         client
-            .execute(
-                "UPDATE backups.transfers SET purged_at = now() WHERE id = $1 AND purged_at IS NULL",
-                &[&id],
-            )
+            .execute("UPDATE backups.transfers SET purged_at = now() WHERE id = $1 AND purged_at IS NULL", &[&id])
             .await?;
         client
             .execute(
                 "INSERT INTO backups.transfer_logs (transfer_id, message) VALUES ($1, $2)",
-                &[
-                    &id,
-                    &format!("removed {removed} object(s) under {folder} from storage"),
-                ],
+                &[&id, &format!("removed {removed} object(s) under {folder} from storage")],
             )
             .await?;
         tracing::info!(backup = %name, removed, "purged from storage");

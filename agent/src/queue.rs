@@ -28,10 +28,7 @@ pub struct Transfer {
 
 impl Transfer {
     pub fn jobs(&self) -> Option<u32> {
-        self.options
-            .get("jobs")
-            .and_then(|j| j.as_u64())
-            .map(|j| j as u32)
+        self.options.get("jobs").and_then(|j| j.as_u64()).map(|j| j as u32)
     }
 }
 
@@ -41,11 +38,7 @@ pub const KINDS: &[&str] = &["capture", "restore", "copy"];
 /// Claim the oldest pending transfer this agent can run, if any. A capture
 /// from a named source goes to an agent that knows the name; when no live
 /// agent does, any agent claims it, and fails it with a clear message.
-pub async fn claim(
-    client: &Client,
-    agent_id: &str,
-    sources: &[String],
-) -> Result<Option<Transfer>> {
+pub async fn claim(client: &Client, agent_id: &str, sources: &[String]) -> Result<Option<Transfer>> {
     let kinds: Vec<String> = KINDS.iter().map(|k| k.to_string()).collect();
     let row = client
         .query_opt(
@@ -102,23 +95,13 @@ const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
 impl Reporter {
     pub async fn new(url: &str, transfer: Transfer, agent_id: &str) -> Result<Self> {
         let client = db::connect_with_retry(url, RECONNECT_PATIENCE).await?;
-        Ok(Reporter {
-            url: url.to_string(),
-            client: Mutex::new(client),
-            transfer,
-            agent_id: agent_id.to_string(),
-        })
+        Ok(Reporter { url: url.to_string(), client: Mutex::new(client), transfer, agent_id: agent_id.to_string() })
     }
 
     /// Run a fenced UPDATE (its WHERE must end with the fence placeholders
     /// $1, $2, $3 = id, agent, attempt); Err(Lost) when no row matched.
-    async fn fenced(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>> {
-        let mut all: Vec<&(dyn ToSql + Sync)> =
-            vec![&self.transfer.id, &self.agent_id, &self.transfer.attempt];
+    async fn fenced(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<tokio_postgres::Row>> {
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&self.transfer.id, &self.agent_id, &self.transfer.attempt];
         all.extend_from_slice(params);
         let row = self.query_opt(sql, &all).await?;
         match row {
@@ -127,11 +110,7 @@ impl Reporter {
         }
     }
 
-    async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>> {
+    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<tokio_postgres::Row>> {
         let mut client = self.client.lock().await;
         match client.query_opt(sql, params).await {
             Ok(r) => Ok(r),
@@ -144,8 +123,7 @@ impl Reporter {
         }
     }
 
-    const FENCE: &'static str =
-        "id = $1 AND agent_id = $2 AND attempts = $3 AND status = 'running'";
+    const FENCE: &'static str = "id = $1 AND agent_id = $2 AND attempts = $3 AND status = 'running'";
 
     /// Heartbeat with progress; learns whether a cancel was requested.
     pub async fn heartbeat(&self, processed: i64, current: Option<&str>) -> Result<Beat> {
@@ -154,15 +132,8 @@ impl Reporter {
               WHERE {} RETURNING cancel_requested",
             Self::FENCE
         );
-        let row = self
-            .fenced(&sql, &[&processed, &current])
-            .await?
-            .expect("fenced returns a row");
-        Ok(if row.get::<_, bool>(0) {
-            Beat::CancelRequested
-        } else {
-            Beat::Continue
-        })
+        let row = self.fenced(&sql, &[&processed, &current]).await?.expect("fenced returns a row");
+        Ok(if row.get::<_, bool>(0) { Beat::CancelRequested } else { Beat::Continue })
     }
 
     /// Record facts known at the start (sizes, format, versions, key).
@@ -178,14 +149,12 @@ impl Reporter {
               WHERE {} RETURNING id",
             Self::FENCE
         );
-        self.fenced(&sql, &[&source_size, &format, &object_key, tool_versions])
-            .await?;
+        self.fenced(&sql, &[&source_size, &format, &object_key, tool_versions]).await?;
         Ok(())
     }
 
     pub async fn log(&self, level: &str, message: &str) {
-        self.log_many(&[(level.to_string(), message.to_string())])
-            .await
+        self.log_many(&[(level.to_string(), message.to_string())]).await
     }
 
     /// Append log lines; a failure to log never fails the transfer.
@@ -208,21 +177,14 @@ impl Reporter {
     }
 
     /// Completed: only once the upload is complete and its checksum known.
-    pub async fn completed(
-        &self,
-        processed: i64,
-        stored_size: i64,
-        checksum: &str,
-        warnings: i32,
-    ) -> Result<()> {
+    pub async fn completed(&self, processed: i64, stored_size: i64, checksum: &str, warnings: i32) -> Result<()> {
         let sql = format!(
             "UPDATE backups.transfers SET status = 'completed', finished_at = now(), heartbeat_at = now(),
                     processed_bytes = $4, stored_size = $5, checksum = $6, warnings = $7, current_object = NULL
               WHERE {} RETURNING id",
             Self::FENCE
         );
-        self.fenced(&sql, &[&processed, &stored_size, &checksum, &warnings])
-            .await?;
+        self.fenced(&sql, &[&processed, &stored_size, &checksum, &warnings]).await?;
         Ok(())
     }
 
@@ -256,11 +218,8 @@ impl Reporter {
             Self::FENCE
         );
         self.fenced(&sql, &[]).await?;
-        self.log("warning", &format!("handed back to the queue: {why}"))
-            .await;
-        let _ = self
-            .query_opt("SELECT pg_notify('pg_backups', $1)", &[&self.transfer.name])
-            .await;
+        self.log("warning", &format!("handed back to the queue: {why}")).await;
+        let _ = self.query_opt("SELECT pg_notify('pg_backups', $1)", &[&self.transfer.name]).await;
         Ok(())
     }
 }

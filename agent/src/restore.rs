@@ -21,25 +21,16 @@ use crate::queue::Reporter;
 use crate::supervise::with_heartbeat;
 use crate::{db, stored, target};
 
-pub async fn run(
-    ctx: Arc<Ctx>,
-    rep: &Reporter,
-    mut stop: watch::Receiver<bool>,
-) -> Result<Outcome> {
+pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>) -> Result<Outcome> {
     let t = &rep.transfer;
     let source = t.source.clone().context("restore without a source")?;
     let target_db = t.target.clone().unwrap_or_else(|| t.database.clone());
-    let staging = ctx
-        .cfg
-        .staging_dir
-        .join(format!("{}-{}", t.name, t.attempt));
+    let staging = ctx.cfg.staging_dir.join(format!("{}-{}", t.name, t.attempt));
     prepare(&staging)?;
     let mut progress = Progress::new();
     let fetched = progress.processed.clone();
     let lines = progress.sender();
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let work = async {
         // 1. Fetch and verify, before touching the target.
@@ -57,41 +48,23 @@ pub async fn run(
             ));
             (path, b.format.clone())
         };
-        let _ = lines.send(format!("pgbackups: replacing database {target_db:?} with {source} ({format} format), {jobs} jobs"));
+        let _ = lines
+            .send(format!("pgbackups: replacing database {target_db:?} with {source} ({format} format), {jobs} jobs"));
         // 2. Replace the target and restore.
         target::recreate(&ctx, &target_db).await?;
-        let child = target::pg_restore(&ctx, &target_db, Some(&path), Some(jobs))?
-            .spawn()
-            .context("starting pg_restore")?;
+        let child =
+            target::pg_restore(&ctx, &target_db, Some(&path), Some(jobs))?.spawn().context("starting pg_restore")?;
         target::finish_restore(child, lines.clone()).await
     };
-    let result = with_heartbeat(
-        rep,
-        &mut progress,
-        &mut stop,
-        ctx.cfg.heartbeat_interval,
-        work,
-    )
-    .await;
+    let result = with_heartbeat(rep, &mut progress, &mut stop, ctx.cfg.heartbeat_interval, work).await;
     let _ = std::fs::remove_dir_all(&staging);
     match result? {
         Err(outcome) => Ok(outcome),
         Ok(warnings) => {
             let processed = progress.processed.load(Ordering::Relaxed) as i64;
             rep.completed(processed, 0, "", warnings).await?;
-            let note = if warnings > 0 {
-                format!(" with {warnings} warnings")
-            } else {
-                String::new()
-            };
-            rep.log(
-                "info",
-                &format!(
-                    "restored into {target_db}{note} ({} read)",
-                    human(processed as u64)
-                ),
-            )
-            .await;
+            let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
+            rep.log("info", &format!("restored into {target_db}{note} ({} read)", human(processed as u64))).await;
             Ok(Outcome::Completed)
         }
     }
@@ -99,8 +72,7 @@ pub async fn run(
 
 pub fn prepare(staging: &FsPath) -> Result<()> {
     if staging.exists() {
-        std::fs::remove_dir_all(staging)
-            .with_context(|| format!("removing stale {}", staging.display()))?;
+        std::fs::remove_dir_all(staging).with_context(|| format!("removing stale {}", staging.display()))?;
     }
     std::fs::create_dir_all(staging)
         .with_context(|| format!("staging directory {} cannot be created", staging.display()))
@@ -109,14 +81,8 @@ pub fn prepare(staging: &FsPath) -> Result<()> {
 /// Download a URL to staging: a pg_dump custom-format file (plain or
 /// zstd-compressed) or a tar of a directory-format dump, as served by the
 /// agent's links. Anything else fails before the target is touched.
-async fn fetch_url(
-    url: &str,
-    staging: &FsPath,
-    fetched: &Arc<AtomicU64>,
-) -> Result<(PathBuf, String)> {
-    let resp = reqwest::get(url)
-        .await
-        .with_context(|| format!("fetching {url}"))?;
+async fn fetch_url(url: &str, staging: &FsPath, fetched: &Arc<AtomicU64>) -> Result<(PathBuf, String)> {
+    let resp = reqwest::get(url).await.with_context(|| format!("fetching {url}"))?;
     if !resp.status().is_success() {
         bail!("fetching {url}: HTTP {}", resp.status());
     }
@@ -146,8 +112,7 @@ async fn fetch_url(
         let output = std::fs::File::create(&dest)?;
         tokio::task::spawn_blocking(move || zstd::stream::copy_decode(input, output)).await??;
         let mut magic = [0u8; 5];
-        let _ =
-            std::fs::File::open(&dest).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
+        let _ = std::fs::File::open(&dest).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
         if &magic == b"PGDMP" {
             return Ok((dest, "custom".into()));
         }
@@ -155,18 +120,10 @@ async fn fetch_url(
         let dir = staging.join("dump");
         let raw2 = raw.clone();
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)).await??;
         // Our links wrap the dump's files in a folder named after the backup.
         let found = std::iter::once(dir.clone())
-            .chain(
-                std::fs::read_dir(&dir)?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir()),
-            )
+            .chain(std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
             .find(|d| d.join("toc.dat").exists());
         if let Some(d) = found {
             return Ok((d, "directory".into()));

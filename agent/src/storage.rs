@@ -25,46 +25,30 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn open(
-        url: &str,
-        options: &BTreeMap<String, String>,
-        retry_timeout: Duration,
-    ) -> Result<Self> {
-        let bad = || {
-            format!(
-                "invalid storage URL {url:?}: expected file:///absolute/path or s3://bucket/prefix"
-            )
-        };
+    pub fn open(url: &str, options: &BTreeMap<String, String>, retry_timeout: Duration) -> Result<Self> {
+        let bad = || format!("invalid storage URL {url:?}: expected file:///absolute/path or s3://bucket/prefix");
         let parsed = url::Url::parse(url).with_context(bad)?;
         let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| anyhow::anyhow!(bad()))?;
-                std::fs::create_dir_all(&dir).with_context(|| {
-                    format!("cannot create storage directory {}", dir.display())
-                })?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
                 local_root = Some(dir.clone());
-                (
-                    Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
-                    Path::default(),
-                )
+                (Arc::new(LocalFileSystem::new_with_prefix(&dir)?), Path::default())
             }
             "s3" | "s3a" => {
-                let mut b = AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_retry(RetryConfig {
-                        retry_timeout,
-                        max_retries: 10,
-                        ..Default::default()
-                    });
+                let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(RetryConfig {
+                    retry_timeout,
+                    max_retries: 10,
+                    ..Default::default()
+                });
                 for (k, v) in options {
-                    let key = AmazonS3ConfigKey::from_str(k)
-                        .with_context(|| format!("unknown storage option {k:?}"))?;
+                    let key =
+                        AmazonS3ConfigKey::from_str(k).with_context(|| format!("unknown storage option {k:?}"))?;
                     b = b.with_config(key, v);
                 }
-                let endpoint = b
-                    .get_config_value(&AmazonS3ConfigKey::Endpoint)
-                    .unwrap_or_default();
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint).unwrap_or_default();
                 if endpoint.starts_with("http://") {
                     b = b.with_allow_http(true);
                 }
@@ -73,12 +57,7 @@ impl Storage {
             }
             other => bail!("unsupported storage scheme {other:?} in {url:?}: use file:// or s3://"),
         };
-        Ok(Storage {
-            store,
-            prefix,
-            url: url.to_string(),
-            local_root,
-        })
+        Ok(Storage { store, prefix, url: url.to_string(), local_root })
     }
 
     /// `<prefix>/<parts...>`.
@@ -102,9 +81,7 @@ impl Storage {
     pub async fn delete_dir(&self, dir: &Path) -> Result<usize> {
         let n = self.delete_objects(dir).await?;
         if let Some(root) = &self.local_root {
-            let folder = dir
-                .parts()
-                .fold(root.clone(), |p, part| p.join(part.as_ref()));
+            let folder = dir.parts().fold(root.clone(), |p, part| p.join(part.as_ref()));
             match std::fs::remove_dir_all(&folder) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("removing {}", folder.display()));
@@ -136,16 +113,11 @@ impl Storage {
     /// the transfers table.
     pub fn relative<'a>(&self, key: &'a Path) -> &'a str {
         let s = key.as_ref();
-        s.strip_prefix(self.prefix.as_ref())
-            .map(|r| r.trim_start_matches('/'))
-            .unwrap_or(s)
+        s.strip_prefix(self.prefix.as_ref()).map(|r| r.trim_start_matches('/')).unwrap_or(s)
     }
 
     /// The full key from a recorded relative one.
     pub fn absolute(&self, relative: &str) -> Path {
-        relative
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |p, part| p.child(part))
+        relative.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.child(part))
     }
 }

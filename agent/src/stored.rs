@@ -44,28 +44,15 @@ pub async fn find(client: &Client, name: Option<&str>) -> Result<Backup> {
             None => bail!("there is no completed backup yet"),
         }
     };
-    Ok(Backup {
-        name: r.get(0),
-        format: r.get(1),
-        object_key: r.get(2),
-        checksum: r.get(3),
-        stored_size: r.get(4),
-    })
+    Ok(Backup { name: r.get(0), format: r.get(1), object_key: r.get(2), checksum: r.get(3), stored_size: r.get(4) })
 }
 
 /// `db/b001/backup.dump.zst` -> `db/b001/manifest.json`; `db/b001/dump-2` -> `db/b001/manifest-2.json`.
 pub fn manifest_key(storage: &Storage, object_key: &str) -> Path {
     let key = storage.absolute(object_key);
     let parts: Vec<_> = key.parts().collect();
-    let last = parts
-        .last()
-        .map(|p| p.as_ref().to_string())
-        .unwrap_or_default();
-    let suffix = last
-        .trim_end_matches(".dump.zst")
-        .trim_start_matches("backup")
-        .trim_start_matches("dump")
-        .to_string();
+    let last = parts.last().map(|p| p.as_ref().to_string()).unwrap_or_default();
+    let suffix = last.trim_end_matches(".dump.zst").trim_start_matches("backup").trim_start_matches("dump").to_string();
     let folder = Path::from_iter(parts[..parts.len().saturating_sub(1)].iter().cloned());
     folder.child(format!("manifest{suffix}.json"))
 }
@@ -74,21 +61,11 @@ pub fn manifest_key(storage: &Storage, object_key: &str) -> Path {
 /// recorded for the backup, so it is checked here.
 pub async fn manifest(storage: &Storage, b: &Backup) -> Result<Manifest> {
     let key = manifest_key(storage, &b.object_key);
-    let bytes = storage
-        .store
-        .get(&key)
-        .await
-        .with_context(|| format!("reading {key}"))?
-        .bytes()
-        .await?;
+    let bytes = storage.store.get(&key).await.with_context(|| format!("reading {key}"))?.bytes().await?;
     if b.format == "directory" {
         let sum = hex::encode(Sha256::digest(&bytes));
         if sum != b.checksum {
-            bail!(
-                "checksum mismatch for {}: manifest sha256 {sum}, recorded {}",
-                b.name,
-                b.checksum
-            );
+            bail!("checksum mismatch for {}: manifest sha256 {sum}, recorded {}", b.name, b.checksum);
         }
     }
     Ok(serde_json::from_slice(&bytes)?)
@@ -96,12 +73,7 @@ pub async fn manifest(storage: &Storage, b: &Backup) -> Result<Manifest> {
 
 /// Stream a stored file, decompressing it into `dest`; returns the stored
 /// bytes' SHA-256. `fetched` counts stored bytes as they arrive.
-pub async fn fetch_file(
-    storage: &Storage,
-    key: &Path,
-    dest: &FsPath,
-    fetched: &Arc<AtomicU64>,
-) -> Result<String> {
+pub async fn fetch_file(storage: &Storage, key: &Path, dest: &FsPath, fetched: &Arc<AtomicU64>) -> Result<String> {
     let hasher = Arc::new(Mutex::new(Sha256::new()));
     let h = hasher.clone();
     let f = fetched.clone();
@@ -118,12 +90,8 @@ pub async fn fetch_file(
         })
         .map_err(std::io::Error::other);
     let mut decoder = ZstdDecoder::new(BufReader::new(StreamReader::new(stream)));
-    let mut out = tokio::fs::File::create(dest)
-        .await
-        .with_context(|| format!("creating {}", dest.display()))?;
-    tokio::io::copy(&mut decoder, &mut out)
-        .await
-        .with_context(|| format!("reading and decompressing {key}"))?;
+    let mut out = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
+    tokio::io::copy(&mut decoder, &mut out).await.with_context(|| format!("reading and decompressing {key}"))?;
     out.sync_all().await?;
     let sum = hex::encode(hasher.lock().expect("hasher").clone().finalize());
     Ok(sum)
@@ -131,19 +99,18 @@ pub async fn fetch_file(
 
 /// Bring a backup back under `dir`, verified: `dir/backup.dump` (custom) or
 /// `dir/dump/` (directory). Nothing is returned unless every checksum matched.
-pub async fn materialise(
-    storage: &Storage,
-    b: &Backup,
-    dir: &FsPath,
-    fetched: &Arc<AtomicU64>,
-) -> Result<PathBuf> {
+pub async fn materialise(storage: &Storage, b: &Backup, dir: &FsPath, fetched: &Arc<AtomicU64>) -> Result<PathBuf> {
     let m = manifest(storage, b).await?;
     if b.format == "custom" {
         let dest = dir.join("backup.dump");
         let sum = fetch_file(storage, &storage.absolute(&b.object_key), &dest, fetched).await?;
         if sum != b.checksum {
             let _ = tokio::fs::remove_file(&dest).await;
-            bail!("checksum mismatch for {}: stored object sha256 {sum}, recorded {}; the backup is corrupt", b.name, b.checksum);
+            bail!(
+                "checksum mismatch for {}: stored object sha256 {sum}, recorded {}; the backup is corrupt",
+                b.name,
+                b.checksum
+            );
         }
         return Ok(dest);
     }
@@ -151,21 +118,16 @@ pub async fn materialise(
     tokio::fs::create_dir_all(&out).await?;
     for f in &m.files {
         if f.name.contains('/') || f.name.starts_with('.') {
-            bail!(
-                "unexpected file name {:?} in the manifest of {}",
-                f.name,
-                b.name
-            );
+            bail!("unexpected file name {:?} in the manifest of {}", f.name, b.name);
         }
-        let sum = fetch_file(
-            storage,
-            &storage.absolute(&f.path),
-            &out.join(&f.name),
-            fetched,
-        )
-        .await?;
+        let sum = fetch_file(storage, &storage.absolute(&f.path), &out.join(&f.name), fetched).await?;
         if sum != f.sha256 {
-            bail!("checksum mismatch for {} file {}: sha256 {sum}, manifest says {}; the backup is corrupt", b.name, f.name, f.sha256);
+            bail!(
+                "checksum mismatch for {} file {}: sha256 {sum}, manifest says {}; the backup is corrupt",
+                b.name,
+                f.name,
+                f.sha256
+            );
         }
     }
     Ok(out)

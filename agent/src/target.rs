@@ -30,12 +30,9 @@ pub async fn recreate(ctx: &Ctx, target: &str) -> Result<()> {
         .with_context(|| format!("target database {target:?} does not exist"))?;
     let (owner, encoding, collate, ctype): (String, String, String, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    c.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        ident(target)
-    ))
-    .await
-    .with_context(|| format!("dropping {target}"))?;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target)))
+        .await
+        .with_context(|| format!("dropping {target}"))?;
     c.batch_execute(&format!(
         "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
         ident(target),
@@ -59,21 +56,10 @@ fn literal(s: &str) -> String {
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose [-j N]`
 /// into `target`, reading `input` (a path) or stdin.
-pub fn pg_restore(
-    ctx: &Ctx,
-    target: &str,
-    input: Option<&std::path::Path>,
-    jobs: Option<usize>,
-) -> Result<Command> {
+pub fn pg_restore(ctx: &Ctx, target: &str, input: Option<&std::path::Path>, jobs: Option<usize>) -> Result<Command> {
     let (conn, password) = db::libpq_target(&ctx.cfg.database_url, Some(target))?;
     let mut c = Command::new(ctx.cfg.pg_tool("pg_restore"));
-    c.args([
-        "--clean",
-        "--if-exists",
-        "--no-acl",
-        "--no-owner",
-        "--verbose",
-    ]);
+    c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
     if let Some(j) = jobs.filter(|j| *j > 1) {
         c.arg(format!("--jobs={j}"));
     }
@@ -84,15 +70,11 @@ pub fn pg_restore(
     if let Some(p) = password {
         c.env("PGPASSWORD", p);
     }
-    c.env("PGAPPNAME", "pgbackups")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c.stdin(if input.is_some() {
-        Stdio::null()
-    } else {
-        Stdio::piped()
-    });
+    // A restore that crashes is run again from the start, so its sessions
+    // need not wait for WAL flushes; index builds get more memory.
+    c.env("PGOPTIONS", "-c synchronous_commit=off -c maintenance_work_mem=256MB");
+    c.env("PGAPPNAME", "pgbackups").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    c.stdin(if input.is_some() { Stdio::null() } else { Stdio::piped() });
     Ok(c)
 }
 

@@ -50,11 +50,7 @@ impl Pipe {
     /// End the stream, then make the object visible (`true`) or abort it
     /// (`false`). Clones of `tx` must have been dropped already.
     pub async fn finish(self, commit: bool) -> Result<Stored> {
-        let Pipe {
-            tx,
-            commit: commit_tx,
-            task,
-        } = self;
+        let Pipe { tx, commit: commit_tx, task } = self;
         drop(tx);
         let _ = commit_tx.send(commit);
         task.await.context("upload task panicked")?
@@ -67,10 +63,7 @@ async fn upload(
     mut rx: mpsc::Receiver<Bytes>,
     commit: oneshot::Receiver<bool>,
 ) -> Result<Stored> {
-    let upload = store
-        .put_multipart(&key)
-        .await
-        .with_context(|| format!("starting upload of {key}"))?;
+    let upload = store.put_multipart(&key).await.with_context(|| format!("starting upload of {key}"))?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -84,31 +77,17 @@ async fn upload(
         w.put(chunk);
     }
     if commit.await != Ok(true) {
-        w.abort()
-            .await
-            .with_context(|| format!("aborting upload of {key}"))?;
+        w.abort().await.with_context(|| format!("aborting upload of {key}"))?;
         bail!("upload of {key} aborted");
     }
-    w.finish()
-        .await
-        .with_context(|| format!("completing upload of {key}"))?;
-    Ok(Stored {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    w.finish().await.with_context(|| format!("completing upload of {key}"))?;
+    Ok(Stored { size, sha256: hex::encode(hasher.finalize()) })
 }
 
 /// Read `input` to the end, compress it into `tx`. Blocking: run it on a
 /// blocking thread. Counts uncompressed bytes in `processed`.
-pub fn compress(
-    mut input: impl Read,
-    tx: mpsc::Sender<Bytes>,
-    level: i32,
-    processed: &AtomicU64,
-) -> Result<u64> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+pub fn compress(mut input: impl Read, tx: mpsc::Sender<Bytes>, level: i32, processed: &AtomicU64) -> Result<u64> {
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mut enc = zstd::stream::write::Encoder::new(ChannelWriter::new(tx), level)?;
     if threads > 1 {
         enc.multithread(threads)?;
@@ -138,10 +117,7 @@ struct ChannelWriter {
 
 impl ChannelWriter {
     fn new(tx: mpsc::Sender<Bytes>) -> Self {
-        ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        }
+        ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }
     }
 
     fn send(&mut self) -> std::io::Result<()> {
@@ -181,10 +157,7 @@ mod tests {
         let tx = pipe.tx.clone();
         let processed = Arc::new(AtomicU64::new(0));
         let p = processed.clone();
-        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, &p))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, &p)).await.unwrap().unwrap();
         assert_eq!(n, processed.load(Ordering::Relaxed));
         let stored = pipe.finish(commit).await;
         (stored, store)
@@ -192,24 +165,12 @@ mod tests {
 
     #[tokio::test]
     async fn committed_stream_is_stored_compressed_and_hashed() {
-        let data: Vec<u8> = (0..3_000_000u32)
-            .flat_map(|i| (i % 1000).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = (0..3_000_000u32).flat_map(|i| (i % 1000).to_le_bytes()).collect();
         let (stored, store) = roundtrip(data.clone(), true).await;
         let stored = stored.unwrap();
-        let bytes = store
-            .get(&Path::from("db/b001/backup.dump.zst"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = store.get(&Path::from("db/b001/backup.dump.zst")).await.unwrap().bytes().await.unwrap();
         assert_eq!(bytes.len() as u64, stored.size);
-        assert!(
-            stored.size < data.len() as u64 / 4,
-            "compressed to {}",
-            stored.size
-        );
+        assert!(stored.size < data.len() as u64 / 4, "compressed to {}", stored.size);
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
         assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), data);
     }
@@ -218,9 +179,6 @@ mod tests {
     async fn an_uncommitted_stream_leaves_nothing() {
         let (stored, store) = roundtrip(vec![7u8; 100_000], false).await;
         assert!(stored.is_err());
-        assert!(store
-            .get(&Path::from("db/b001/backup.dump.zst"))
-            .await
-            .is_err());
+        assert!(store.get(&Path::from("db/b001/backup.dump.zst")).await.is_err());
     }
 }

@@ -34,24 +34,14 @@ fn mac(secret: &[u8], name: &str, expires: i64) -> Result<HmacSha256, LinkError>
 
 /// Hex HMAC-SHA256 of `name` and `expires`.
 pub fn sign(secret: &[u8], name: &str, expires: i64) -> Result<String, LinkError> {
-    Ok(hex::encode(
-        mac(secret, name, expires)?.finalize().into_bytes(),
-    ))
+    Ok(hex::encode(mac(secret, name, expires)?.finalize().into_bytes()))
 }
 
 /// Check a link at time `now` (unix seconds). The signature comparison is
 /// constant-time; expiry is checked after it so a forged link learns nothing.
-pub fn verify(
-    secret: &[u8],
-    name: &str,
-    expires: i64,
-    signature: &str,
-    now: i64,
-) -> Result<(), LinkError> {
+pub fn verify(secret: &[u8], name: &str, expires: i64, signature: &str, now: i64) -> Result<(), LinkError> {
     let sig = hex::decode(signature).map_err(|_| LinkError::BadSignature)?;
-    mac(secret, name, expires)?
-        .verify_slice(&sig)
-        .map_err(|_| LinkError::BadSignature)?;
+    mac(secret, name, expires)?.verify_slice(&sig).map_err(|_| LinkError::BadSignature)?;
     if now > expires {
         return Err(LinkError::Expired);
     }
@@ -70,47 +60,20 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert_eq!(verify(KEY, "b001", 1_000, &s, 999), Ok(()));
         assert_eq!(verify(KEY, "b001", 1_000, &s, 1_000), Ok(()));
-        assert_eq!(
-            verify(KEY, "b001", 1_000, &s, 1_001),
-            Err(LinkError::Expired)
-        );
+        assert_eq!(verify(KEY, "b001", 1_000, &s, 1_001), Err(LinkError::Expired));
     }
 
     #[test]
     fn tampering_is_refused() {
         let s = sign(KEY, "b001", 1_000).unwrap();
-        assert_eq!(
-            verify(KEY, "b002", 1_000, &s, 0),
-            Err(LinkError::BadSignature)
-        );
-        assert_eq!(
-            verify(KEY, "b001", 2_000, &s, 0),
-            Err(LinkError::BadSignature)
-        );
-        assert_eq!(
-            verify(b"another key", "b001", 1_000, &s, 0),
-            Err(LinkError::BadSignature)
-        );
+        assert_eq!(verify(KEY, "b002", 1_000, &s, 0), Err(LinkError::BadSignature));
+        assert_eq!(verify(KEY, "b001", 2_000, &s, 0), Err(LinkError::BadSignature));
+        assert_eq!(verify(b"another key", "b001", 1_000, &s, 0), Err(LinkError::BadSignature));
         let mut flipped = s.clone().into_bytes();
         flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
-        assert_eq!(
-            verify(
-                KEY,
-                "b001",
-                1_000,
-                std::str::from_utf8(&flipped).unwrap(),
-                0
-            ),
-            Err(LinkError::BadSignature)
-        );
-        assert_eq!(
-            verify(KEY, "b001", 1_000, "zz", 0),
-            Err(LinkError::BadSignature)
-        );
-        assert_eq!(
-            verify(KEY, "b001", 1_000, "", 0),
-            Err(LinkError::BadSignature)
-        );
+        assert_eq!(verify(KEY, "b001", 1_000, std::str::from_utf8(&flipped).unwrap(), 0), Err(LinkError::BadSignature));
+        assert_eq!(verify(KEY, "b001", 1_000, "zz", 0), Err(LinkError::BadSignature));
+        assert_eq!(verify(KEY, "b001", 1_000, "", 0), Err(LinkError::BadSignature));
         // Name and expiry are separated, so they cannot slide into each other.
         assert_ne!(sign(KEY, "b1", 23).unwrap(), sign(KEY, "b12", 3).unwrap());
     }

@@ -3,12 +3,8 @@
 //! `r001` restore, `c001` copy.
 
 /// The letters in use, and what they name.
-pub const PREFIXES: [(char, &str); 4] = [
-    ('b', "manual backup"),
-    ('a', "scheduled backup"),
-    ('r', "restore"),
-    ('c', "copy"),
-];
+pub const PREFIXES: [(char, &str); 4] =
+    [('b', "manual backup"), ('a', "scheduled backup"), ('r', "restore"), ('c', "copy")];
 
 /// `format_name('b', 7) == "b007"`; `format_name('b', 1234) == "b1234"`.
 pub fn format_name(prefix: char, number: i64) -> String {
@@ -38,12 +34,6 @@ mod tests {
     #[test]
     fn recognises_names() {
         assert!(is_name("b001") && is_name("a1234") && is_name("r010") && is_name("c999"));
-        assert!(
-            !is_name("b01")
-                && !is_name("x001")
-                && !is_name("b00a")
-                && !is_name("")
-                && !is_name("https://x")
-        );
+        assert!(!is_name("b01") && !is_name("x001") && !is_name("b00a") && !is_name("") && !is_name("https://x"));
     }
 }

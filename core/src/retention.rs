@@ -52,11 +52,7 @@ pub fn expired(backups: &[(i64, DateTime<Utc>)], policy: Policy, tz: Tz) -> Vec<
         &mut kept,
     );
 
-    let mut out: Vec<i64> = newest_first
-        .iter()
-        .map(|b| b.0)
-        .filter(|id| !kept.contains(id))
-        .collect();
+    let mut out: Vec<i64> = newest_first.iter().map(|b| b.0).filter(|id| !kept.contains(id)).collect();
     out.sort_unstable();
     out
 }
@@ -90,28 +86,14 @@ mod tests {
     fn daily_backups(n: i64) -> Vec<(i64, DateTime<Utc>)> {
         // One backup a day at 07:00 UTC, id 1 the oldest, ending 2026-11-21.
         let end = Utc.with_ymd_and_hms(2026, 11, 21, 7, 0, 0).unwrap();
-        (1..=n)
-            .map(|id| (id, end - Duration::days(n - id)))
-            .collect()
+        (1..=n).map(|id| (id, end - Duration::days(n - id))).collect()
     }
 
     #[test]
     fn keeps_last_days_weeks_and_months() {
         let b = daily_backups(400);
-        let exp = expired(
-            &b,
-            Policy {
-                daily: 7,
-                weekly: 4,
-                monthly: 12,
-            },
-            Tz::UTC,
-        );
-        let kept: Vec<i64> = b
-            .iter()
-            .map(|x| x.0)
-            .filter(|id| !exp.contains(id))
-            .collect();
+        let exp = expired(&b, Policy { daily: 7, weekly: 4, monthly: 12 }, Tz::UTC);
+        let kept: Vec<i64> = b.iter().map(|x| x.0).filter(|id| !exp.contains(id)).collect();
         // 2026-11-21 is a Saturday. Daily: Nov 15..=21 (ids 394..=400).
         // Weekly: the newest of the weeks ending Nov 22 (400) and Nov 15
         // (394, already kept), Nov 8 (387) and Nov 1 (380): 2 more.
@@ -120,29 +102,17 @@ mod tests {
         assert!(kept.contains(&387) && kept.contains(&380));
         assert_eq!(kept.len(), 7 + 2 + 11, "kept {kept:?}");
         // The newest backup of October 2026 (Oct 31) is kept as a monthly.
-        let oct31 = b
-            .iter()
-            .find(|x| x.1.date_naive() == chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap())
-            .unwrap();
+        let oct31 =
+            b.iter().find(|x| x.1.date_naive() == chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap()).unwrap();
         assert!(kept.contains(&oct31.0));
     }
 
     #[test]
     fn several_a_day_keep_only_the_newest_of_each_day() {
         let base = Utc.with_ymd_and_hms(2026, 11, 20, 1, 0, 0).unwrap();
-        let b: Vec<_> = (0..6)
-            .map(|i| (i + 1, base + Duration::hours(i * 8)))
-            .collect();
+        let b: Vec<_> = (0..6).map(|i| (i + 1, base + Duration::hours(i * 8))).collect();
         // Days: 20th: ids 1,2,3 (01,09,17h); 21st: ids 4,5,6 (01,09,17h).
-        let exp = expired(
-            &b,
-            Policy {
-                daily: 2,
-                weekly: 0,
-                monthly: 0,
-            },
-            Tz::UTC,
-        );
+        let exp = expired(&b, Policy { daily: 2, weekly: 0, monthly: 0 }, Tz::UTC);
         assert_eq!(exp, vec![1, 2, 4, 5]);
     }
 
@@ -153,11 +123,7 @@ mod tests {
             (1, Utc.with_ymd_and_hms(2026, 11, 20, 23, 30, 0).unwrap()),
             (2, Utc.with_ymd_and_hms(2026, 11, 21, 0, 30, 0).unwrap()),
         ];
-        let p = Policy {
-            daily: 2,
-            weekly: 0,
-            monthly: 0,
-        };
+        let p = Policy { daily: 2, weekly: 0, monthly: 0 };
         assert_eq!(expired(&b, p, Tz::UTC), Vec::<i64>::new());
         assert_eq!(expired(&b, p, chrono_tz::America::New_York), vec![1]);
     }
@@ -165,32 +131,9 @@ mod tests {
     #[test]
     fn nothing_expires_when_within_policy_and_gaps_do_not_expire_everything() {
         let b = daily_backups(3);
-        assert!(expired(
-            &b,
-            Policy {
-                daily: 7,
-                weekly: 0,
-                monthly: 0
-            },
-            Tz::UTC
-        )
-        .is_empty());
+        assert!(expired(&b, Policy { daily: 7, weekly: 0, monthly: 0 }, Tz::UTC).is_empty());
         // Backups from long ago, none recent: still the newest 2 days kept.
-        let old: Vec<_> = daily_backups(5)
-            .into_iter()
-            .map(|(id, t)| (id, t - Duration::days(365)))
-            .collect();
-        assert_eq!(
-            expired(
-                &old,
-                Policy {
-                    daily: 2,
-                    weekly: 0,
-                    monthly: 0
-                },
-                Tz::UTC
-            ),
-            vec![1, 2, 3]
-        );
+        let old: Vec<_> = daily_backups(5).into_iter().map(|(id, t)| (id, t - Duration::days(365))).collect();
+        assert_eq!(expired(&old, Policy { daily: 2, weekly: 0, monthly: 0 }, Tz::UTC), vec![1, 2, 3]);
     }
 }

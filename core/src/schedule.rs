@@ -18,8 +18,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
 /// Shown as the HINT of every schedule error.
-pub const ACCEPTED_FORMS: &str =
-    "Accepted forms: 'daily HH:MM [Zone]' (e.g. 'daily 07:00 Europe/Paris'), \
+pub const ACCEPTED_FORMS: &str = "Accepted forms: 'daily HH:MM [Zone]' (e.g. 'daily 07:00 Europe/Paris'), \
 'HH:MM [Zone]', 'hourly [Zone]', 'weekly <day> HH:MM [Zone]' (e.g. 'weekly sun 03:00'), \
 or a 5-field cron expression such as '30 2 * * 1-5' optionally followed by a zone. \
 Zones are IANA names (Europe/Paris, America/New_York, UTC); the default is UTC.";
@@ -69,25 +68,19 @@ pub fn parse(spec: &str) -> Result<Schedule, ScheduleError> {
             })
         }
         "daily" => {
-            let time = words
-                .get(1)
-                .ok_or_else(|| err(format!("\"{spec}\" needs a time, as in 'daily 07:00'")))?;
+            let time = words.get(1).ok_or_else(|| err(format!("\"{spec}\" needs a time, as in 'daily 07:00'")))?;
             let (h, m) = parse_time(time)?;
             let tz = zone_at(&words, 2, 3, spec)?;
             Ok(daily(h, m, tz))
         }
         "weekly" => {
-            let day = words.get(1).ok_or_else(|| {
-                err(format!(
-                    "\"{spec}\" needs a day and a time, as in 'weekly sun 03:00'"
-                ))
-            })?;
+            let day = words
+                .get(1)
+                .ok_or_else(|| err(format!("\"{spec}\" needs a day and a time, as in 'weekly sun 03:00'")))?;
             let (dow, day_name) = parse_day(day)?;
-            let time = words.get(2).ok_or_else(|| {
-                err(format!(
-                    "\"{spec}\" needs a time after the day, as in 'weekly sun 03:00'"
-                ))
-            })?;
+            let time = words
+                .get(2)
+                .ok_or_else(|| err(format!("\"{spec}\" needs a time after the day, as in 'weekly sun 03:00'")))?;
             let (h, m) = parse_time(time)?;
             let tz = zone_at(&words, 3, 4, spec)?;
             Ok(Schedule {
@@ -103,14 +96,9 @@ pub fn parse(spec: &str) -> Result<Schedule, ScheduleError> {
         }
         _ if words.len() == 5 || words.len() == 6 => {
             let cron = words[..5].join(" ");
-            parse_cron(&cron)
-                .map_err(|e| err(format!("invalid cron expression \"{cron}\": {e}")))?;
+            parse_cron(&cron).map_err(|e| err(format!("invalid cron expression \"{cron}\": {e}")))?;
             let tz = zone_at(&words, 5, 6, spec)?;
-            Ok(Schedule {
-                description: format!("on cron '{cron}' ({})", tz.name()),
-                cron,
-                timezone: tz.name().into(),
-            })
+            Ok(Schedule { description: format!("on cron '{cron}' ({})", tz.name()), cron, timezone: tz.name().into() })
         }
         _ => Err(err(format!("unrecognised schedule \"{spec}\""))),
     }
@@ -126,17 +114,9 @@ fn daily(h: u32, m: u32, tz: Tz) -> Schedule {
 
 /// `HH:MM`, 24-hour clock. A bare hour ("7") is ambiguous and refused.
 fn parse_time(s: &str) -> Result<(u32, u32), ScheduleError> {
-    let bad = || {
-        err(format!(
-            "invalid time \"{s}\": use a 24-hour HH:MM such as 07:00 or 19:30"
-        ))
-    };
+    let bad = || err(format!("invalid time \"{s}\": use a 24-hour HH:MM such as 07:00 or 19:30"));
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
-    if h.is_empty()
-        || h.len() > 2
-        || m.len() != 2
-        || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit())
-    {
+    if h.is_empty() || h.len() > 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -151,20 +131,13 @@ fn parse_day(s: &str) -> Result<(u8, &'static str), ScheduleError> {
     DAYS.iter()
         .find(|(short, long, _)| l == *short || l == long.to_ascii_lowercase())
         .map(|(_, long, n)| (*n, *long))
-        .ok_or_else(|| {
-            err(format!(
-                "invalid day \"{s}\": use sun, mon, tue, wed, thu, fri or sat"
-            ))
-        })
+        .ok_or_else(|| err(format!("invalid day \"{s}\": use sun, mon, tue, wed, thu, fri or sat")))
 }
 
 /// The optional zone at `words[at]`; nothing may follow it.
 fn zone_at(words: &[&str], at: usize, max_len: usize, spec: &str) -> Result<Tz, ScheduleError> {
     if words.len() > max_len {
-        return Err(err(format!(
-            "unexpected \"{}\" in schedule \"{spec}\"",
-            words[max_len]
-        )));
+        return Err(err(format!("unexpected \"{}\" in schedule \"{spec}\"", words[max_len])));
     }
     match words.get(at) {
         None => Ok(Tz::UTC),
@@ -178,7 +151,9 @@ pub fn parse_zone(s: &str) -> Result<Tz, ScheduleError> {
     let found = Tz::from_str(s)
         .ok()
         .or_else(|| chrono_tz::TZ_VARIANTS.iter().copied().find(|tz| tz.name().eq_ignore_ascii_case(s)))
-        .ok_or_else(|| err(format!("unknown time zone \"{s}\": use an IANA name such as Europe/Paris or America/New_York")))?;
+        .ok_or_else(|| {
+            err(format!("unknown time zone \"{s}\": use an IANA name such as Europe/Paris or America/New_York"))
+        })?;
     let name = found.name();
     if !name.contains('/') && !matches!(name, "UTC" | "GMT" | "Etc/UTC") {
         return Err(err(format!(
@@ -189,32 +164,18 @@ pub fn parse_zone(s: &str) -> Result<Tz, ScheduleError> {
 }
 
 fn parse_cron(cron: &str) -> Result<Cron, croner::errors::CronError> {
-    CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .year(Year::Disallowed)
-        .build()
-        .parse(cron)
+    CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build().parse(cron)
 }
 
 /// The first occurrence strictly after `after`.
-pub fn next_run(
-    cron: &str,
-    timezone: &str,
-    after: DateTime<Utc>,
-) -> Result<DateTime<Utc>, ScheduleError> {
+pub fn next_run(cron: &str, timezone: &str, after: DateTime<Utc>) -> Result<DateTime<Utc>, ScheduleError> {
     let tz = parse_zone(timezone)?;
-    let cron =
-        parse_cron(cron).map_err(|e| err(format!("invalid cron expression \"{cron}\": {e}")))?;
+    let cron = parse_cron(cron).map_err(|e| err(format!("invalid cron expression \"{cron}\": {e}")))?;
     // Cron works in whole minutes; drop the sub-second part so runs land on :00.
     let after = after.with_nanosecond(0).unwrap_or(after);
     cron.find_next_occurrence(&after.with_timezone(&tz), false)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            err(format!(
-                "no next run for \"{cron}\": {e}",
-                cron = cron.pattern
-            ))
-        })
+        .map_err(|e| err(format!("no next run for \"{cron}\": {e}", cron = cron.pattern)))
 }
 
 #[cfg(test)]
@@ -231,16 +192,10 @@ mod tests {
         let s = parse("daily 07:00").unwrap();
         assert_eq!((s.cron.as_str(), s.timezone.as_str()), ("0 7 * * *", "UTC"));
         let s = parse("Daily 7:05 europe/paris").unwrap();
-        assert_eq!(
-            (s.cron.as_str(), s.timezone.as_str()),
-            ("5 7 * * *", "Europe/Paris")
-        );
+        assert_eq!((s.cron.as_str(), s.timezone.as_str()), ("5 7 * * *", "Europe/Paris"));
         assert_eq!(s.description, "daily at 07:05 Europe/Paris");
         let s = parse("02:00 America/New_York").unwrap();
-        assert_eq!(
-            (s.cron.as_str(), s.timezone.as_str()),
-            ("0 2 * * *", "America/New_York")
-        );
+        assert_eq!((s.cron.as_str(), s.timezone.as_str()), ("0 2 * * *", "America/New_York"));
     }
 
     #[test]
@@ -252,15 +207,9 @@ mod tests {
         assert_eq!(w.cron, "30 23 * * 5");
         assert_eq!(w.description, "weekly on Friday at 23:30 Asia/Tokyo");
         let c = parse("*/15 2-4 * * 1-5").unwrap();
-        assert_eq!(
-            (c.cron.as_str(), c.timezone.as_str()),
-            ("*/15 2-4 * * 1-5", "UTC")
-        );
+        assert_eq!((c.cron.as_str(), c.timezone.as_str()), ("*/15 2-4 * * 1-5", "UTC"));
         let c = parse("0 6 1 * * Europe/London").unwrap();
-        assert_eq!(
-            (c.cron.as_str(), c.timezone.as_str()),
-            ("0 6 1 * *", "Europe/London")
-        );
+        assert_eq!((c.cron.as_str(), c.timezone.as_str()), ("0 6 1 * *", "Europe/London"));
     }
 
     #[test]
@@ -286,14 +235,8 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert!(parse("daily 07:00 Mars/Olympus")
-            .unwrap_err()
-            .0
-            .contains("unknown time zone"));
-        assert!(parse("daily 07:00 EST")
-            .unwrap_err()
-            .0
-            .contains("ambiguous"));
+        assert!(parse("daily 07:00 Mars/Olympus").unwrap_err().0.contains("unknown time zone"));
+        assert!(parse("daily 07:00 EST").unwrap_err().0.contains("ambiguous"));
     }
 
     #[test]
@@ -311,12 +254,7 @@ mod tests {
         let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0)).unwrap();
         assert_eq!(n, at(2026, 1, 1, 11, 0));
         // Sub-second parts of `after` do not leak into the next run.
-        let n = next_run(
-            "0 * * * *",
-            "UTC",
-            at(2026, 1, 1, 10, 0) + chrono::Duration::microseconds(74_651),
-        )
-        .unwrap();
+        let n = next_run("0 * * * *", "UTC", at(2026, 1, 1, 10, 0) + chrono::Duration::microseconds(74_651)).unwrap();
         assert_eq!(n, at(2026, 1, 1, 11, 0));
         // Weekly on Sunday.
         let n = next_run("0 3 * * 0", "UTC", at(2026, 11, 21, 12, 0)).unwrap();

@@ -6,8 +6,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// The database the worker connects to and the only one where
 /// `CREATE EXTENSION pg_backups` is allowed. Changing it needs a restart.
-pub static DATABASE_NAME: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Seconds without a heartbeat after which a running transfer is requeued.
 pub static AGENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// How many manual backups to keep per database.
@@ -66,8 +65,5 @@ pub fn register() {
 
 /// A string setting as a Rust string; empty when unset.
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {
-    setting
-        .get()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
 }

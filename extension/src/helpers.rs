@@ -23,13 +23,9 @@ fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> TimestampWithTimeZone {
 }
 
 fn schedule_error(e: schedule::ScheduleError) -> ! {
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        e.0,
-        "backups.schedule",
-    )
-    .set_hint(schedule::ACCEPTED_FORMS)
-    .report(PgLogLevel::ERROR);
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.0, "backups.schedule")
+        .set_hint(schedule::ACCEPTED_FORMS)
+        .report(PgLogLevel::ERROR);
     unreachable!()
 }
 
@@ -38,14 +34,7 @@ fn schedule_error(e: schedule::ScheduleError) -> ! {
 #[pg_extern(volatile)]
 fn _parse_schedule(
     spec: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(cron, String),
-        name!(timezone, String),
-        name!(description, String),
-    ),
-> {
+) -> TableIterator<'static, (name!(cron, String), name!(timezone, String), name!(description, String))> {
     let s = schedule::parse(spec).unwrap_or_else(|e| schedule_error(e));
     TableIterator::once((s.cron, s.timezone, s.description))
 }
@@ -53,8 +42,7 @@ fn _parse_schedule(
 /// The first run of `cron` in `timezone` strictly after `after`.
 #[pg_extern(immutable, parallel_safe)]
 fn _next_run(cron: &str, timezone: &str, after: TimestampWithTimeZone) -> TimestampWithTimeZone {
-    let next =
-        schedule::next_run(cron, timezone, to_chrono(after)).unwrap_or_else(|e| schedule_error(e));
+    let next = schedule::next_run(cron, timezone, to_chrono(after)).unwrap_or_else(|e| schedule_error(e));
     from_chrono(next)
 }
 
@@ -70,10 +58,7 @@ fn _retention_expired(
     retain_monthly: i32,
 ) -> Vec<i64> {
     let tz = schedule::parse_zone(timezone).unwrap_or_else(|e| schedule_error(e));
-    let backups: Vec<_> = ids
-        .into_iter()
-        .zip(created.into_iter().map(to_chrono))
-        .collect();
+    let backups: Vec<_> = ids.into_iter().zip(created.into_iter().map(to_chrono)).collect();
     let policy = retention::Policy {
         daily: retain_daily.max(0) as u32,
         weekly: retain_weekly.max(0) as u32,

@@ -12,9 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::gucs;
@@ -61,9 +59,7 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
                 if renotify {
                     last_notify = Instant::now();
                 }
-                if let Some(s) = summary
-                    .filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#)
-                {
+                if let Some(s) = summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#) {
                     log!("pg_backups scheduler: {s}");
                 }
             }
@@ -75,22 +71,17 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
 /// One tick. `None` while the extension is not installed; otherwise what
 /// `_tick()` did, as JSON text.
 fn tick(renotify: bool) -> Option<Option<String>> {
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_backups')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let installed =
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_backups')")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
     if !installed {
         return None;
     }
     let summary = Spi::get_one_with_args::<String>(
         "SELECT backups._tick($1, make_interval(secs => $2), $3)::text",
-        &[
-            renotify.into(),
-            f64::from(gucs::AGENT_TIMEOUT.get()).into(),
-            gucs::KEEP_MANUAL.get().into(),
-        ],
+        &[renotify.into(), f64::from(gucs::AGENT_TIMEOUT.get()).into(), gucs::KEEP_MANUAL.get().into()],
     )
     .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
     Some(summary)

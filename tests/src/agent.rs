@@ -26,29 +26,13 @@ pub struct Agent {
 impl Agent {
     /// `pgbackups agent --database-url URL --storage STORAGE ARGS...`, with
     /// extra environment variables.
-    pub fn start(
-        database_url: &str,
-        storage: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let log = tempfile::Builder::new()
-            .prefix("pgbackups-agent-")
-            .suffix(".log")
-            .tempfile()?
-            .into_temp_path()
-            .keep()?;
+    pub fn start(database_url: &str, storage: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let log =
+            tempfile::Builder::new().prefix("pgbackups-agent-").suffix(".log").tempfile()?.into_temp_path().keep()?;
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary());
         cmd.arg("agent")
-            .args([
-                "--database-url",
-                database_url,
-                "--storage",
-                storage,
-                "--poll-interval",
-                "0.5",
-            ])
+            .args(["--database-url", database_url, "--storage", storage, "--poll-interval", "0.5"])
             .args(args)
             .env("PGBACKUPS_LOG", "info,pgbackups=debug")
             .stdin(Stdio::null())
@@ -57,9 +41,7 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", binary().display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", binary().display()))?;
         Ok(Agent { child, log })
     }
 
@@ -75,10 +57,7 @@ impl Agent {
             if let Some(st) = self.child.try_wait()? {
                 return Ok(st);
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent did not stop within {patience:?}"
-            );
+            anyhow::ensure!(Instant::now() < deadline, "agent did not stop within {patience:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -63,10 +63,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra postgresql.conf lines.
     pub fn start_with(conf: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("pgbackups-cluster-")
-            .tempdir()?
-            .keep();
+        let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
         let c = Self::init_at(&dir, free_port()?, conf)?;
         c.start_server()?;
         c.sql("postgres", "CREATE EXTENSION pg_backups")?;
@@ -77,29 +74,15 @@ impl Cluster {
     pub fn init_at(dir: &Path, port: u16, conf: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         if let Some(user) = run_as() {
-            check(
-                "chown",
-                Command::new("chown").args(["-R", user]).arg(dir).output()?,
-            )?;
+            check("chown", Command::new("chown").args(["-R", user]).arg(dir).output()?)?;
         }
-        let c = Cluster {
-            dir: dir.to_path_buf(),
-            port,
-            keep: false,
-        };
+        let c = Cluster { dir: dir.to_path_buf(), port, keep: false };
         check(
             "initdb",
             command(&format!("{PG_BIN}/initdb"))
                 .arg("-D")
                 .arg(c.data())
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C.UTF-8",
-                ])
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
                 .output()?,
         )?;
         let mut settings = vec![
@@ -123,21 +106,13 @@ impl Cluster {
 
     /// An existing cluster directory, for `pgbackups-cluster stop`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let conf = std::fs::read_to_string(dir.join("data/postgresql.conf"))
-            .context("not a cluster directory")?;
+        let conf = std::fs::read_to_string(dir.join("data/postgresql.conf")).context("not a cluster directory")?;
         let port = conf
             .lines()
             .rev()
-            .find_map(|l| {
-                l.strip_prefix("port = ")
-                    .and_then(|p| p.trim().parse().ok())
-            })
+            .find_map(|l| l.strip_prefix("port = ").and_then(|p| p.trim().parse().ok()))
             .context("no port in postgresql.conf")?;
-        Ok(Cluster {
-            dir: dir.to_path_buf(),
-            port,
-            keep: true,
-        })
+        Ok(Cluster { dir: dir.to_path_buf(), port, keep: true })
     }
 
     pub fn data(&self) -> PathBuf {
@@ -160,12 +135,7 @@ impl Cluster {
                 .stdout(Stdio::null())
                 .output()?,
         )
-        .with_context(|| {
-            format!(
-                "log: {}",
-                std::fs::read_to_string(self.log()).unwrap_or_default()
-            )
-        })?;
+        .with_context(|| format!("log: {}", std::fs::read_to_string(self.log()).unwrap_or_default()))?;
         Ok(())
     }
 
@@ -190,10 +160,7 @@ impl Cluster {
 
     /// libpq keyword/value connection string.
     pub fn connstr(&self, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
     }
 
     /// URL form, as the agent takes it.
@@ -209,23 +176,9 @@ impl Cluster {
     /// Run SQL with psql (ON_ERROR_STOP); returns its stdout.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
         let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-d",
-                &self.connstr(db),
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", &self.connstr(db), "-c", sql])
             .output()?;
-        Ok(
-            String::from_utf8(check(&format!("psql {sql:?}"), out)?.stdout)?
-                .trim_end()
-                .to_string(),
-        )
+        Ok(String::from_utf8(check(&format!("psql {sql:?}"), out)?.stdout)?.trim_end().to_string())
     }
 
     /// The server log so far.

@@ -74,10 +74,7 @@ pub fn fingerprint(c: &Cluster, db: &str) -> Result<String> {
 pub fn wait(c: &Cluster, id: &str, patience: Duration) -> Result<String> {
     let deadline = Instant::now() + patience;
     loop {
-        let s = c.sql(
-            "postgres",
-            &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"),
-        )?;
+        let s = c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"))?;
         if ["completed", "failed", "cancelled", "expired"].contains(&s.as_str()) {
             return Ok(s);
         }
@@ -110,49 +107,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The manifest of attempt `attempt` of a backup stored under `root`
 /// (file:// storage): `manifest.json`, or `manifest-N.json` for a retry.
 pub fn manifest(root: &Path, key_folder: &str, attempt: u32) -> Result<serde_json::Value> {
-    let name = if attempt > 1 {
-        format!("manifest-{attempt}.json")
-    } else {
-        "manifest.json".into()
-    };
-    let text = std::fs::read(root.join(key_folder).join(&name))
-        .with_context(|| format!("reading {name}"))?;
+    let name = if attempt > 1 { format!("manifest-{attempt}.json") } else { "manifest.json".into() };
+    let text = std::fs::read(root.join(key_folder).join(&name)).with_context(|| format!("reading {name}"))?;
     Ok(serde_json::from_slice(&text)?)
 }
 
 /// Decompress a backup stored under `root` into `out` (a `.dump` file for
 /// custom format, a directory for directory format), checking every file's
 /// SHA-256 against the manifest. Returns the path to give pg_restore.
-pub fn materialise(
-    root: &Path,
-    manifest: &serde_json::Value,
-    out: &Path,
-) -> Result<std::path::PathBuf> {
+pub fn materialise(root: &Path, manifest: &serde_json::Value, out: &Path) -> Result<std::path::PathBuf> {
     let files = manifest["files"].as_array().context("files")?;
     let format = manifest["format"].as_str().context("format")?;
-    let target = if format == "custom" {
-        out.join("backup.dump")
-    } else {
-        out.join("dump")
-    };
+    let target = if format == "custom" { out.join("backup.dump") } else { out.join("dump") };
     if format != "custom" {
         std::fs::create_dir_all(&target)?;
     }
     for f in files {
         let stored = std::fs::read(root.join(f["path"].as_str().unwrap()))?;
-        assert_eq!(
-            sha256_hex(&stored),
-            f["sha256"].as_str().unwrap(),
-            "checksum of {}",
-            f["path"]
-        );
+        assert_eq!(sha256_hex(&stored), f["sha256"].as_str().unwrap(), "checksum of {}", f["path"]);
         let plain = zstd::decode_all(&stored[..])?;
         assert_eq!(plain.len() as u64, f["size"].as_u64().unwrap());
-        let dest = if format == "custom" {
-            target.clone()
-        } else {
-            target.join(f["name"].as_str().unwrap())
-        };
+        let dest = if format == "custom" { target.clone() } else { target.join(f["name"].as_str().unwrap()) };
         std::fs::write(dest, plain)?;
     }
     Ok(target)
@@ -161,20 +136,11 @@ pub fn materialise(
 /// `pg_restore --no-acl --no-owner -d db path` (the user's own command).
 pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
     let out = Command::new("pg_restore")
-        .args([
-            "--no-acl",
-            "--no-owner",
-            "--exit-on-error",
-            "-d",
-            &c.connstr(db),
-        ])
+        .args(["--no-acl", "--no-owner", "--exit-on-error", "-d", &c.connstr(db)])
         .arg(path)
         .output()?;
     if !out.status.success() {
-        bail!(
-            "pg_restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("pg_restore failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -183,28 +149,15 @@ pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
 /// legitimately differs between two databases: comments, blank lines, and
 /// the random `\restrict` keys newer pg_dump versions print.
 pub fn schema(c: &Cluster, db: &str) -> Result<String> {
-    let out = Command::new("pg_dump")
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-acl",
-            "-d",
-            &c.connstr(db),
-        ])
-        .output()?;
+    let out =
+        Command::new("pg_dump").args(["--schema-only", "--no-owner", "--no-acl", "-d", &c.connstr(db)]).output()?;
     if !out.status.success() {
-        bail!(
-            "pg_dump --schema-only: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("pg_dump --schema-only: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with("--")
-                && !l.starts_with("\\restrict")
-                && !l.starts_with("\\unrestrict")
+            !l.is_empty() && !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")
         })
         .collect::<Vec<_>>()
         .join("\n"))
@@ -238,23 +191,9 @@ pub fn diff(a: &str, b: &str) -> String {
 /// Everything a round trip must keep: schema, data, sequences, large objects.
 pub fn assert_same_database(c: &Cluster, source: &str, copy: &str, what: &str) {
     let (sa, sb) = (schema(c, source).unwrap(), schema(c, copy).unwrap());
-    assert!(
-        sa == sb,
-        "{what}: schema differs (- {source}, + {copy}):\n{}",
-        diff(&sa, &sb)
-    );
-    let (fa, fb) = (
-        fingerprint(c, source).unwrap(),
-        fingerprint(c, copy).unwrap(),
-    );
-    assert!(
-        fa == fb,
-        "{what}: data differs (- {source}, + {copy}):\n{}",
-        diff(&fa, &fb)
-    );
-    let (la, lb) = (
-        large_objects(c, source).unwrap(),
-        large_objects(c, copy).unwrap(),
-    );
+    assert!(sa == sb, "{what}: schema differs (- {source}, + {copy}):\n{}", diff(&sa, &sb));
+    let (fa, fb) = (fingerprint(c, source).unwrap(), fingerprint(c, copy).unwrap());
+    assert!(fa == fb, "{what}: data differs (- {source}, + {copy}):\n{}", diff(&fa, &fb));
+    let (la, lb) = (large_objects(c, source).unwrap(), large_objects(c, copy).unwrap());
     assert!(la == lb, "{what}: large objects differ:\n- {la}\n+ {lb}");
 }

@@ -21,9 +21,7 @@ pub struct S3Server {
 pub fn binary() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
     let p = home.join("bin/s3s-fs");
     if p.exists() {
         p
@@ -35,16 +33,9 @@ pub fn binary() -> PathBuf {
 impl S3Server {
     /// Start serving a new temporary directory with bucket `bucket`.
     pub fn start(bucket: &str) -> Result<Self> {
-        let root = tempfile::Builder::new()
-            .prefix("pgbackups-s3-")
-            .tempdir()?
-            .keep();
+        let root = tempfile::Builder::new().prefix("pgbackups-s3-").tempdir()?.keep();
         std::fs::create_dir_all(root.join(bucket))?;
-        let mut s = S3Server {
-            root,
-            port: crate::cluster::free_port()?,
-            child: None,
-        };
+        let mut s = S3Server { root, port: crate::cluster::free_port()?, child: None };
         s.resume()?;
         Ok(s)
     }
@@ -59,10 +50,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| {
-                format!(
-                    "starting {} (cargo install s3s-fs --version 0.14.1 --features binary)",
-                    binary().display()
-                )
+                format!("starting {} (cargo install s3s-fs --version 0.14.1 --features binary)", binary().display())
             })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -11,67 +11,27 @@ fn extension_loads_and_the_worker_runs() {
     let c = Cluster::start().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while c
-        .sql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'",
-        )
+        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")
         .unwrap()
         != "1"
     {
-        assert!(
-            Instant::now() < deadline,
-            "no scheduler worker; log:\n{}",
-            c.log_text()
-        );
+        assert!(Instant::now() < deadline, "no scheduler worker; log:\n{}", c.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(
-        c.sql("postgres", "SELECT backups.capture()").unwrap(),
-        "b001"
-    );
-    assert_eq!(
-        c.sql(
-            "postgres",
-            "SELECT status FROM backups.list() WHERE id = 'b001'"
-        )
-        .unwrap(),
-        "pending"
-    );
+    assert_eq!(c.sql("postgres", "SELECT backups.capture()").unwrap(), "b001");
+    assert_eq!(c.sql("postgres", "SELECT status FROM backups.list() WHERE id = 'b001'").unwrap(), "pending");
 
     // A schedule due now fires within seconds, as a001.
-    c.sql(
-        "postgres",
-        "SELECT backups.schedule('daily 07:00 Europe/Paris')",
-    )
-    .unwrap();
-    c.sql(
-        "postgres",
-        "UPDATE backups.schedules SET next_run_at = now()",
-    )
-    .unwrap();
+    c.sql("postgres", "SELECT backups.schedule('daily 07:00 Europe/Paris')").unwrap();
+    c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now()").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while c
-        .sql(
-            "postgres",
-            "SELECT count(*) FROM backups.transfers WHERE name = 'a001'",
-        )
-        .unwrap()
-        != "1"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the due schedule did not fire; log:\n{}",
-            c.log_text()
-        );
+    while c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE name = 'a001'").unwrap() != "1" {
+        assert!(Instant::now() < deadline, "the due schedule did not fire; log:\n{}", c.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
     // The next run is tomorrow at 07:00 Paris time.
     assert_eq!(
-        c.sql(
-            "postgres",
-            "SELECT to_char(next_run_local, 'HH24:MI') FROM backups.schedules()"
-        )
-        .unwrap(),
+        c.sql("postgres", "SELECT to_char(next_run_local, 'HH24:MI') FROM backups.schedules()").unwrap(),
         "07:00"
     );
 }
@@ -79,13 +39,8 @@ fn extension_loads_and_the_worker_runs() {
 #[test]
 fn the_worker_survives_sighup_and_comes_back_after_a_crash() {
     let c = Cluster::start().unwrap();
-    let worker_pid = || {
-        c.sql(
-            "postgres",
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'",
-        )
-        .unwrap()
-    };
+    let worker_pid =
+        || c.sql("postgres", "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'").unwrap();
     let wait_for_worker = |not: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -93,28 +48,17 @@ fn the_worker_survives_sighup_and_comes_back_after_a_crash() {
             if !pid.is_empty() && pid != not {
                 return pid;
             }
-            assert!(
-                Instant::now() < deadline,
-                "worker not running; log:\n{}",
-                c.log_text()
-            );
+            assert!(Instant::now() < deadline, "worker not running; log:\n{}", c.log_text());
             std::thread::sleep(Duration::from_millis(200));
         }
     };
     let first = wait_for_worker("");
     // SIGHUP: new settings are read, the same process goes on.
-    std::fs::write(
-        c.data().join("postgresql.auto.conf"),
-        "backups.agent_timeout = '30s'\n",
-    )
-    .unwrap();
+    std::fs::write(c.data().join("postgresql.auto.conf"), "backups.agent_timeout = '30s'\n").unwrap();
     c.sql("postgres", "SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(worker_pid(), first);
-    assert_eq!(
-        c.sql("postgres", "SHOW backups.agent_timeout").unwrap(),
-        "30s"
-    );
+    assert_eq!(c.sql("postgres", "SHOW backups.agent_timeout").unwrap(), "30s");
     // A crash (SIGKILL makes the postmaster reinitialise): it is started again.
     unsafe { libc::kill(first.parse().unwrap(), libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,21 +74,8 @@ fn the_worker_survives_sighup_and_comes_back_after_a_crash() {
 fn create_extension_outside_the_control_database_is_refused() {
     let c = Cluster::start().unwrap();
     c.sql("postgres", "CREATE DATABASE elsewhere").unwrap();
-    let err = c
-        .sql("elsewhere", "CREATE EXTENSION pg_backups")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("pg_backups can only be created in the control database \"postgres\""),
-        "{err}"
-    );
+    let err = c.sql("elsewhere", "CREATE EXTENSION pg_backups").unwrap_err().to_string();
+    assert!(err.contains("pg_backups can only be created in the control database \"postgres\""), "{err}");
     assert!(err.contains("backups.database_name"), "{err}");
-    assert_eq!(
-        c.sql(
-            "elsewhere",
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_backups'"
-        )
-        .unwrap(),
-        "0"
-    );
+    assert_eq!(c.sql("elsewhere", "SELECT count(*) FROM pg_extension WHERE extname = 'pg_backups'").unwrap(), "0");
 }

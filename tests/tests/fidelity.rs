@@ -23,36 +23,17 @@ fn a_rich_database_survives_every_round_trip() {
     .unwrap();
     c.sql("postgres", "CREATE DATABASE rich").unwrap();
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/rich.sql");
-    let o = Command::new("psql")
-        .args(["-X", "-q", "-d", &c.connstr("rich"), "-f", fixture])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "loading the fixture: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new("psql").args(["-X", "-q", "-d", &c.connstr("rich"), "-f", fixture]).output().unwrap();
+    assert!(o.status.success(), "loading the fixture: {}", String::from_utf8_lossy(&o.stderr));
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(
         &c.url("postgres"),
         &format!("file://{}", store.path().display()),
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--link-secret",
-            secret,
-        ],
+        &["--listen", &format!("127.0.0.1:{port}"), "--link-secret", secret],
         &[],
     )
     .unwrap();
-    let done = |id: &str| {
-        assert_eq!(
-            wait(&c, id, PATIENCE).unwrap(),
-            "completed",
-            "{id}: {}",
-            agent.log_text()
-        )
-    };
+    let done = |id: &str| assert_eq!(wait(&c, id, PATIENCE).unwrap(), "completed", "{id}: {}", agent.log_text());
     for db in ["via_restore", "via_parallel", "via_link", "via_copy"] {
         c.sql("postgres", &format!("CREATE DATABASE {db}")).unwrap();
     }
@@ -60,51 +41,25 @@ fn a_rich_database_survives_every_round_trip() {
     // capture -> restore
     let b = c.sql("postgres", "SELECT backups.capture('rich')").unwrap();
     done(&b);
-    let r = c
-        .sql(
-            "postgres",
-            &format!("SELECT backups.restore('{b}', 'via_restore', 'via_restore')"),
-        )
-        .unwrap();
+    let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'via_restore', 'via_restore')")).unwrap();
     done(&r);
     assert_same_database(&c, "rich", "via_restore", "capture -> restore");
 
     // capture (jobs => 2) -> restore
-    let p = c
-        .sql("postgres", "SELECT backups.capture('rich', jobs => 2)")
-        .unwrap();
+    let p = c.sql("postgres", "SELECT backups.capture('rich', jobs => 2)").unwrap();
     done(&p);
-    let r = c
-        .sql(
-            "postgres",
-            &format!("SELECT backups.restore('{p}', 'via_parallel', 'via_parallel')"),
-        )
-        .unwrap();
+    let r = c.sql("postgres", &format!("SELECT backups.restore('{p}', 'via_parallel', 'via_parallel')")).unwrap();
     done(&r);
     assert_same_database(&c, "rich", "via_parallel", "parallel capture -> restore");
 
     // capture -> link -> curl -> pg_restore (Heroku's documented command)
-    let url = c
-        .sql("postgres", &format!("SELECT backups.url('{b}')"))
-        .unwrap();
+    let url = c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("latest.dump");
-    let st = Command::new("curl")
-        .args(["-sfS", "-o"])
-        .arg(&file)
-        .arg(&url)
-        .status()
-        .unwrap();
+    let st = Command::new("curl").args(["-sfS", "-o"]).arg(&file).arg(&url).status().unwrap();
     assert!(st.success());
     let o = Command::new("pg_restore")
-        .args([
-            "--clean",
-            "--if-exists",
-            "--no-acl",
-            "--no-owner",
-            "-d",
-            &c.connstr("via_link"),
-        ])
+        .args(["--clean", "--if-exists", "--no-acl", "--no-owner", "-d", &c.connstr("via_link")])
         .arg(&file)
         .output()
         .unwrap();
@@ -112,49 +67,20 @@ fn a_rich_database_survives_every_round_trip() {
     assert_same_database(&c, "rich", "via_link", "link -> curl -> pg_restore");
 
     // copy
-    let cp = c
-        .sql(
-            "postgres",
-            "SELECT backups.copy('rich', 'via_copy', 'via_copy')",
-        )
-        .unwrap();
+    let cp = c.sql("postgres", "SELECT backups.copy('rich', 'via_copy', 'via_copy')").unwrap();
     done(&cp);
     assert_same_database(&c, "rich", "via_copy", "copy");
 
     // The comparison does catch differences: one changed value, one dropped index.
-    c.sql("via_copy", "UPDATE sales.oddities SET f = 0 WHERE id = 1")
-        .unwrap();
-    let caught =
-        std::panic::catch_unwind(|| assert_same_database(&c, "rich", "via_copy", "tampered copy"));
-    let msg = *caught
-        .expect_err("a changed row went unnoticed")
-        .downcast::<String>()
-        .unwrap();
-    assert!(
-        msg.contains("data differs") && msg.contains("sales.oddities"),
-        "{msg}"
-    );
-    c.sql("via_restore", "DROP INDEX sales.orders_paid_idx")
-        .unwrap();
-    let caught = std::panic::catch_unwind(|| {
-        assert_same_database(&c, "rich", "via_restore", "tampered restore")
-    });
-    let msg = *caught
-        .expect_err("a dropped index went unnoticed")
-        .downcast::<String>()
-        .unwrap();
-    assert!(
-        msg.contains("schema differs") && msg.contains("orders_paid_idx"),
-        "{msg}"
-    );
+    c.sql("via_copy", "UPDATE sales.oddities SET f = 0 WHERE id = 1").unwrap();
+    let caught = std::panic::catch_unwind(|| assert_same_database(&c, "rich", "via_copy", "tampered copy"));
+    let msg = *caught.expect_err("a changed row went unnoticed").downcast::<String>().unwrap();
+    assert!(msg.contains("data differs") && msg.contains("sales.oddities"), "{msg}");
+    c.sql("via_restore", "DROP INDEX sales.orders_paid_idx").unwrap();
+    let caught = std::panic::catch_unwind(|| assert_same_database(&c, "rich", "via_restore", "tampered restore"));
+    let msg = *caught.expect_err("a dropped index went unnoticed").downcast::<String>().unwrap();
+    assert!(msg.contains("schema differs") && msg.contains("orders_paid_idx"), "{msg}");
 
     // No path reported warnings.
-    assert_eq!(
-        c.sql(
-            "postgres",
-            "SELECT coalesce(sum(warnings), 0) FROM backups.transfers"
-        )
-        .unwrap(),
-        "0"
-    );
+    assert_eq!(c.sql("postgres", "SELECT coalesce(sum(warnings), 0) FROM backups.transfers").unwrap(), "0");
 }

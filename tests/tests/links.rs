@@ -36,18 +36,11 @@ fn setup() -> Env {
         &[],
     )
     .unwrap();
-    Env {
-        c,
-        store,
-        agent,
-        base,
-    }
+    Env { c, store, agent, base }
 }
 
 fn capture(c: &Cluster, args: &str) -> String {
-    let id = c
-        .sql("postgres", &format!("SELECT backups.capture({args})"))
-        .unwrap();
+    let id = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
     assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed");
     id
 }
@@ -66,14 +59,7 @@ fn curl(url: &str, out: &std::path::Path) -> String {
 fn pg_restore(c: &Cluster, db: &str, args: &[&str], path: &std::path::Path) {
     c.sql("postgres", &format!("CREATE DATABASE {db}")).unwrap();
     let o = Command::new("pg_restore")
-        .args([
-            "--clean",
-            "--if-exists",
-            "--no-acl",
-            "--no-owner",
-            "-d",
-            &c.connstr(db),
-        ])
+        .args(["--clean", "--if-exists", "--no-acl", "--no-owner", "-d", &c.connstr(db)])
         .args(args)
         .arg(path)
         .output()
@@ -85,43 +71,24 @@ fn pg_restore(c: &Cluster, db: &str, args: &[&str], path: &std::path::Path) {
 fn url_then_curl_then_pg_restore_gives_identical_data() {
     let e = setup();
     let b = capture(&e.c, "'shop'");
-    let url =
-        e.c.sql("postgres", &format!("SELECT backups.url('{b}')"))
-            .unwrap();
-    assert!(
-        url.starts_with(&format!("{}/backups/{b}.dump?expires=", e.base)),
-        "{url}"
-    );
+    let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
+    assert!(url.starts_with(&format!("{}/backups/{b}.dump?expires=", e.base)), "{url}");
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("latest.dump");
     assert_eq!(curl(&url, &file), "200", "{}", e.agent.log_text());
     pg_restore(&e.c, "from_link", &[], &file);
-    assert_eq!(
-        fingerprint(&e.c, "from_link").unwrap(),
-        fingerprint(&e.c, "shop").unwrap()
-    );
+    assert_eq!(fingerprint(&e.c, "from_link").unwrap(), fingerprint(&e.c, "shop").unwrap());
 
     // A parallel backup comes as a tar of its directory.
     let p = capture(&e.c, "'shop', jobs => 2");
-    let url =
-        e.c.sql("postgres", &format!("SELECT backups.url('{p}')"))
-            .unwrap();
+    let url = e.c.sql("postgres", &format!("SELECT backups.url('{p}')")).unwrap();
     assert!(url.contains(&format!("/backups/{p}.tar?")), "{url}");
     let tarball = work.path().join("p.tar");
     assert_eq!(curl(&url, &tarball), "200");
-    let st = Command::new("tar")
-        .arg("xf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(work.path())
-        .status()
-        .unwrap();
+    let st = Command::new("tar").arg("xf").arg(&tarball).arg("-C").arg(work.path()).status().unwrap();
     assert!(st.success());
     pg_restore(&e.c, "from_tar", &["-Fd", "-j", "2"], &work.path().join(&p));
-    assert_eq!(
-        fingerprint(&e.c, "from_tar").unwrap(),
-        fingerprint(&e.c, "shop").unwrap()
-    );
+    assert_eq!(fingerprint(&e.c, "from_tar").unwrap(), fingerprint(&e.c, "shop").unwrap());
 }
 
 #[test]
@@ -130,26 +97,10 @@ fn restore_from_a_link_gives_identical_data() {
     create_db(&e.c, "staging", "CREATE TABLE leftovers (x int)").unwrap();
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = capture(&e.c, args);
-        let url =
-            e.c.sql("postgres", &format!("SELECT backups.url('{b}')"))
-                .unwrap();
-        let r =
-            e.c.sql(
-                "postgres",
-                &format!("SELECT backups.restore('{url}', 'staging', 'staging')"),
-            )
-            .unwrap();
-        assert_eq!(
-            wait(&e.c, &r, PATIENCE).unwrap(),
-            "completed",
-            "{}",
-            e.agent.log_text()
-        );
-        assert_eq!(
-            fingerprint(&e.c, "staging").unwrap(),
-            fingerprint(&e.c, "shop").unwrap(),
-            "{args}"
-        );
+        let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
+        let r = e.c.sql("postgres", &format!("SELECT backups.restore('{url}', 'staging', 'staging')")).unwrap();
+        assert_eq!(wait(&e.c, &r, PATIENCE).unwrap(), "completed", "{}", e.agent.log_text());
+        assert_eq!(fingerprint(&e.c, "staging").unwrap(), fingerprint(&e.c, "shop").unwrap(), "{args}");
     }
 }
 
@@ -157,19 +108,13 @@ fn restore_from_a_link_gives_identical_data() {
 fn bad_links_are_refused_and_reveal_nothing() {
     let e = setup();
     let b = capture(&e.c, "'shop'");
-    let url =
-        e.c.sql("postgres", &format!("SELECT backups.url('{b}')"))
-            .unwrap();
+    let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("x");
     // Tampered signature, expiry, id.
     let sig_at = url.find("signature=").unwrap() + "signature=".len();
     let mut tampered = url.clone();
-    let flip = if &url[sig_at..sig_at + 1] == "0" {
-        "1"
-    } else {
-        "0"
-    };
+    let flip = if &url[sig_at..sig_at + 1] == "0" { "1" } else { "0" };
     tampered.replace_range(sig_at..sig_at + 1, flip);
     assert_eq!(curl(&tampered, &out), "403");
     assert!(!std::fs::read_to_string(&out).unwrap().contains("PGDMP"));
@@ -179,50 +124,25 @@ fn bad_links_are_refused_and_reveal_nothing() {
     assert_eq!(curl(&other, &out), "403");
     assert_eq!(curl(&format!("{}/backups/{b}.dump", e.base), &out), "403");
     // Expired.
-    let short =
-        e.c.sql(
-            "postgres",
-            &format!("SELECT backups.url('{b}', '1 second')"),
-        )
-        .unwrap();
+    let short = e.c.sql("postgres", &format!("SELECT backups.url('{b}', '1 second')")).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(curl(&short, &out), "403");
     // Validly signed, but for a backup that does not exist, or was deleted.
     let exp = chrono_like_now() + 600;
     let sig = pgbackups_core_sign("b999", exp);
-    assert_eq!(
-        curl(
-            &format!("{}/backups/b999.dump?expires={exp}&signature={sig}", e.base),
-            &out
-        ),
-        "404"
-    );
-    e.c.sql("postgres", &format!("SELECT backups.delete('{b}')"))
-        .unwrap();
+    assert_eq!(curl(&format!("{}/backups/b999.dump?expires={exp}&signature={sig}", e.base), &out), "404");
+    e.c.sql("postgres", &format!("SELECT backups.delete('{b}')")).unwrap();
     assert_eq!(curl(&url, &out), "404");
     // Path traversal and other paths.
-    for path in [
-        "/backups/..%2F..%2Fetc%2Fpasswd",
-        "/backups/../../etc/passwd",
-        "/etc/passwd",
-        "/backups/b001",
-    ] {
-        let code = curl(
-            &format!("{}{path}?expires={exp}&signature={sig}", e.base),
-            &out,
-        );
+    for path in ["/backups/..%2F..%2Fetc%2Fpasswd", "/backups/../../etc/passwd", "/etc/passwd", "/backups/b001"] {
+        let code = curl(&format!("{}{path}?expires={exp}&signature={sig}", e.base), &out);
         assert!(code == "404" || code == "403", "{path}: {code}");
-        assert!(!std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .contains("root:"));
+        assert!(!std::fs::read_to_string(&out).unwrap_or_default().contains("root:"));
     }
 }
 
 fn chrono_like_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// Sign as the extension does (HMAC-SHA256 of "name\nexpires").
@@ -236,28 +156,12 @@ fn pgbackups_core_sign(name: &str, expires: i64) -> String {
 #[test]
 fn restore_from_a_url_that_serves_garbage_fails_and_leaves_the_target() {
     let e = setup();
-    create_db(
-        &e.c,
-        "staging",
-        "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (42)",
-    )
-    .unwrap();
+    create_db(&e.c, "staging", "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (42)").unwrap();
     let www = tempfile::tempdir().unwrap();
-    std::fs::write(
-        www.path().join("garbage.dump"),
-        b"this is not a pg_dump archive at all\n".repeat(100),
-    )
-    .unwrap();
+    std::fs::write(www.path().join("garbage.dump"), b"this is not a pg_dump archive at all\n".repeat(100)).unwrap();
     let port = free_port().unwrap();
     let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
         .arg(www.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -266,17 +170,14 @@ fn restore_from_a_url_that_serves_garbage_fails_and_leaves_the_target() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let r = e
-        .c
-        .sql("postgres", &format!("SELECT backups.restore('http://127.0.0.1:{port}/garbage.dump', 'staging', 'staging')"))
-        .unwrap();
-    assert_eq!(wait(&e.c, &r, PATIENCE).unwrap(), "failed");
-    let err =
+    let r =
         e.c.sql(
             "postgres",
-            &format!("SELECT error FROM backups.transfers WHERE name = '{r}'"),
+            &format!("SELECT backups.restore('http://127.0.0.1:{port}/garbage.dump', 'staging', 'staging')"),
         )
         .unwrap();
+    assert_eq!(wait(&e.c, &r, PATIENCE).unwrap(), "failed");
+    let err = e.c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{r}'")).unwrap();
     assert!(err.contains("does not serve a pg_dump archive"), "{err}");
     assert_eq!(e.c.sql("staging", "SELECT x FROM keep_me").unwrap(), "42");
     let _ = server.kill();
@@ -299,26 +200,15 @@ fn pgbackups_download_writes_latest_dump_then_latest_dump_1() {
     };
     let o = download();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr)
-        .contains(&format!("{b} downloaded to latest.dump (sha256 verified)")));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{b} downloaded to latest.dump (sha256 verified)")));
     let o = download();
     assert!(o.status.success());
     assert!(work.path().join("latest.dump.1").exists());
     pg_restore(&e.c, "from_download", &[], &work.path().join("latest.dump"));
-    assert_eq!(
-        fingerprint(&e.c, "from_download").unwrap(),
-        fingerprint(&e.c, "shop").unwrap()
-    );
+    assert_eq!(fingerprint(&e.c, "from_download").unwrap(), fingerprint(&e.c, "shop").unwrap());
     // A named backup to a named file; an unknown one is a clear error.
     let o = Command::new(agent::binary())
-        .args([
-            "download",
-            &b,
-            "-o",
-            "mine.dump",
-            "--database-url",
-            &e.c.url("postgres"),
-        ])
+        .args(["download", &b, "-o", "mine.dump", "--database-url", &e.c.url("postgres")])
         .arg("--storage")
         .arg(format!("file://{}", e.store.path().display()))
         .current_dir(work.path())

@@ -26,62 +26,38 @@ fn capture_to_s3_uses_multipart_and_restores() {
     let c = Cluster::start().unwrap();
     create_db(&c, "shop", SHOP).unwrap();
     // About 24 MB of incompressible bytes: the stored object spans several 8 MiB parts.
-    c.sql("shop", "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
-                   FROM generate_series(1, 3000) g, generate_series(1, 500) i GROUP BY g")
-        .unwrap();
+    c.sql(
+        "shop",
+        "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
+                   FROM generate_series(1, 3000) g, generate_series(1, 500) i GROUP BY g",
+    )
+    .unwrap();
     let s3 = S3Server::start("backups").unwrap();
     let agent = start_agent(&c, &s3, &[]);
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
-    assert_eq!(
-        wait(&c, &id, PATIENCE).unwrap(),
-        "completed",
-        "{}",
-        agent.log_text()
-    );
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
 
     // s3s-fs stores objects as plain files under <root>/<bucket>/<key>.
-    let object = s3
-        .root
-        .join("backups/pg/shop")
-        .join(&id)
-        .join("backup.dump.zst");
+    let object = s3.root.join("backups/pg/shop").join(&id).join("backup.dump.zst");
     let stored = std::fs::read(&object).unwrap();
-    assert!(
-        stored.len() > 2 * 8 * 1024 * 1024,
-        "only {} bytes: not a multipart-sized object",
-        stored.len()
-    );
+    assert!(stored.len() > 2 * 8 * 1024 * 1024, "only {} bytes: not a multipart-sized object", stored.len());
     let size: usize = c
-        .sql(
-            "postgres",
-            &format!("SELECT stored_size FROM backups.transfers WHERE name = '{id}'"),
-        )
+        .sql("postgres", &format!("SELECT stored_size FROM backups.transfers WHERE name = '{id}'"))
         .unwrap()
         .parse()
         .unwrap();
     assert_eq!(stored.len(), size);
-    let checksum = c
-        .sql(
-            "postgres",
-            &format!("SELECT checksum FROM backups.transfers WHERE name = '{id}'"),
-        )
-        .unwrap();
+    let checksum = c.sql("postgres", &format!("SELECT checksum FROM backups.transfers WHERE name = '{id}'")).unwrap();
     assert_eq!(data::sha256_hex(&stored), checksum);
 
     let manifest = data::manifest(&s3.root.join("backups/pg"), &format!("shop/{id}"), 1).unwrap();
     // Manifest paths are relative to the storage URL's prefix.
-    assert_eq!(
-        manifest["files"][0]["path"],
-        format!("shop/{id}/backup.dump.zst")
-    );
+    assert_eq!(manifest["files"][0]["path"], format!("shop/{id}/backup.dump.zst"));
     let work = tempfile::tempdir().unwrap();
     let path = data::materialise(&s3.root.join("backups/pg"), &manifest, work.path()).unwrap();
     c.sql("postgres", "CREATE DATABASE from_s3").unwrap();
     data::pg_restore(&c, "from_s3", &path).unwrap();
-    assert_eq!(
-        fingerprint(&c, "from_s3").unwrap(),
-        fingerprint(&c, "shop").unwrap()
-    );
+    assert_eq!(fingerprint(&c, "from_s3").unwrap(), fingerprint(&c, "shop").unwrap());
 }
 
 #[test]
@@ -92,51 +68,19 @@ fn a_capture_while_storage_is_down_fails_cleanly_and_the_next_one_works() {
     let agent = start_agent(&c, &s3, &["--storage-retry-timeout", "3"]);
     s3.stop();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
+    let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{id}'")).unwrap();
+    assert!(err.contains("upload"), "the storage error is not in {err:?}");
     assert_eq!(
-        wait(&c, &id, PATIENCE).unwrap(),
-        "failed",
-        "{}",
-        agent.log_text()
-    );
-    let err = c
-        .sql(
-            "postgres",
-            &format!("SELECT error FROM backups.transfers WHERE name = '{id}'"),
-        )
-        .unwrap();
-    assert!(
-        err.contains("upload"),
-        "the storage error is not in {err:?}"
-    );
-    assert_eq!(
-        c.sql(
-            "postgres",
-            &format!("SELECT checksum IS NULL FROM backups.transfers WHERE name = '{id}'")
-        )
-        .unwrap(),
+        c.sql("postgres", &format!("SELECT checksum IS NULL FROM backups.transfers WHERE name = '{id}'")).unwrap(),
         "t"
     );
 
     s3.resume().unwrap();
     let id2 = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
-    assert_eq!(
-        wait(&c, &id2, PATIENCE).unwrap(),
-        "completed",
-        "{}",
-        agent.log_text()
-    );
-    assert!(!s3
-        .root
-        .join("backups/pg/shop")
-        .join(&id)
-        .join("backup.dump.zst")
-        .exists());
-    assert!(s3
-        .root
-        .join("backups/pg/shop")
-        .join(&id2)
-        .join("backup.dump.zst")
-        .exists());
+    assert_eq!(wait(&c, &id2, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert!(!s3.root.join("backups/pg/shop").join(&id).join("backup.dump.zst").exists());
+    assert!(s3.root.join("backups/pg/shop").join(&id2).join("backup.dump.zst").exists());
 }
 
 #[test]
@@ -147,19 +91,9 @@ fn a_capture_survives_a_short_storage_outage_through_retries() {
     let agent = start_agent(&c, &s3, &["--storage-retry-timeout", "60"]);
     s3.stop();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
-    data::wait_for(
-        &c,
-        &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"),
-        "running",
-        PATIENCE,
-    )
-    .unwrap();
+    data::wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"), "running", PATIENCE)
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     s3.resume().unwrap();
-    assert_eq!(
-        wait(&c, &id, PATIENCE).unwrap(),
-        "completed",
-        "{}",
-        agent.log_text()
-    );
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
 }

@@ -27,14 +27,7 @@ struct Pair {
 
 impl Pair {
     fn new(name: &'static str, peer: &'static str, target: f64) -> Self {
-        Pair {
-            name,
-            peer,
-            target,
-            ours: vec![],
-            theirs: vec![],
-            rss_mib: vec![],
-        }
+        Pair { name, peer, target, ours: vec![], theirs: vec![], rss_mib: vec![] }
     }
 }
 
@@ -48,10 +41,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -72,21 +62,13 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 fn wait(c: &Cluster, client: &mut postgres::Client, id: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
-        let s: String = client
-            .query_one(
-                "SELECT status FROM backups.transfers WHERE name = $1",
-                &[&id],
-            )?
-            .get(0);
+        let s: String = client.query_one("SELECT status FROM backups.transfers WHERE name = $1", &[&id])?.get(0);
         match s.as_str() {
             "completed" => return Ok(()),
             "failed" | "cancelled" | "expired" => {
                 bail!(
                     "{id} {s}: {}",
-                    c.sql(
-                        "postgres",
-                        &format!("SELECT error FROM backups.transfers WHERE name = '{id}'")
-                    )?
+                    c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{id}'"))?
                 )
             }
             _ => {}
@@ -120,14 +102,16 @@ impl Bench {
     /// Start a fresh agent, run `sql` (which queues one transfer), wait for
     /// it; returns (seconds, transfer id, agent peak RSS in MiB).
     fn agent_op(&mut self, sql: &str) -> Result<(f64, String, f64)> {
-        let mut agent = Agent::start(
-            &self.c.url("postgres"),
-            &format!("file://{}", self.store.display()),
-            &[],
-            &[],
-        )?;
+        let mut agent = Agent::start(&self.c.url("postgres"), &format!("file://{}", self.store.display()), &[], &[])?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.c.sql("postgres", &format!("SELECT count(*) FROM backups.agents WHERE hostname IS NOT NULL AND agent_id LIKE '%-{}'", agent.pid()))? != "1" {
+        while self.c.sql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM backups.agents WHERE hostname IS NOT NULL AND agent_id LIKE '%-{}'",
+                agent.pid()
+            ),
+        )? != "1"
+        {
             if Instant::now() > deadline {
                 bail!("agent did not start: {}", agent.log_text());
             }
@@ -143,10 +127,7 @@ impl Bench {
     }
 
     fn fresh_db(&self, name: &str) -> Result<()> {
-        self.c.sql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )?;
+        self.c.sql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
         self.c.sql("postgres", &format!("CREATE DATABASE {name}"))?;
         Ok(())
     }
@@ -155,55 +136,29 @@ impl Bench {
 fn main() -> Result<()> {
     let scale: f64 = env_or("SCALE", 1.0);
     let runs: usize = env_or("RUNS", 3);
-    let out_path =
-        PathBuf::from(std::env::var("OUT").unwrap_or_else(|_| "bench/results.json".into()));
+    let out_path = PathBuf::from(std::env::var("OUT").unwrap_or_else(|_| "bench/results.json".into()));
     let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/realistic.sql");
 
     eprintln!("bench: cluster, dataset at scale {scale}");
     // The same server settings for both sides of every pair.
-    let c = Cluster::start_with(&[
-        "max_wal_size = '8GB'",
-        "checkpoint_timeout = '30min'",
-        "shared_buffers = '512MB'",
-    ])?;
+    let c = Cluster::start_with(&["max_wal_size = '8GB'", "checkpoint_timeout = '30min'", "shared_buffers = '512MB'"])?;
     c.sql("postgres", "CREATE DATABASE shop")?;
     run(Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            &format!("scale={scale}"),
-            "-d",
-            &c.connstr("shop"),
-            "-f",
-        ])
+        .args(["-X", "-q", "-v", &format!("scale={scale}"), "-d", &c.connstr("shop"), "-f"])
         .arg(&sql))?;
     c.sql("shop", "VACUUM ANALYZE")?;
-    let db_size: i64 = c
-        .sql("postgres", "SELECT pg_database_size('shop')")?
-        .parse()?;
+    let db_size: i64 = c.sql("postgres", "SELECT pg_database_size('shop')")?.parse()?;
     eprintln!("bench: shop is {:.0} MB", db_size as f64 / 1e6);
 
-    let base = tempfile::Builder::new()
-        .prefix("pgbackups-bench-")
-        .tempdir()?;
+    let base = tempfile::Builder::new().prefix("pgbackups-bench-").tempdir()?;
     let store = base.path().join("storage");
     let work = base.path().join("work");
     std::fs::create_dir_all(&work)?;
     let control = c.client("postgres")?;
-    let mut b = Bench {
-        c,
-        store,
-        work,
-        control,
-    };
+    let mut b = Bench { c, store, work, control };
     c_settings(&b.c)?;
 
-    let mut capture = Pair::new(
-        "capture",
-        "pg_dump -F c --no-acl --no-owner --quote-all-identifiers",
-        0.30,
-    );
+    let mut capture = Pair::new("capture", "pg_dump -F c --no-acl --no-owner --quote-all-identifiers", 0.30);
     let mut capture_j = Pair::new("capture (jobs => 2)", "pg_dump -F d -j 2", 0.35);
     let mut restore = Pair::new("restore", "pg_restore -j 2 --no-acl --no-owner", 0.80);
     let mut copy = Pair::new("copy", "pg_dump -Fc | pg_restore", 0.50);
@@ -215,11 +170,7 @@ fn main() -> Result<()> {
 
     for i in 0..runs {
         let ours_first = i % 2 == 0;
-        eprintln!(
-            "bench: run {} of {runs} ({} first)",
-            i + 1,
-            if ours_first { "ours" } else { "peers" }
-        );
+        eprintln!("bench: run {} of {runs} ({} first)", i + 1, if ours_first { "ours" } else { "peers" });
 
         // capture
         let last_backup;
@@ -233,14 +184,7 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_file(&dump);
             p.theirs.push(timed(|| {
                 run(Command::new("pg_dump")
-                    .args([
-                        "-F",
-                        "c",
-                        "--no-acl",
-                        "--no-owner",
-                        "--quote-all-identifiers",
-                        "-f",
-                    ])
+                    .args(["-F", "c", "--no-acl", "--no-owner", "--quote-all-identifiers", "-f"])
                     .arg(&dump)
                     .args(["-d", &conn]))
             })?);
@@ -254,11 +198,8 @@ fn main() -> Result<()> {
             last_backup = do_ours(&mut b, &mut capture, "SELECT backups.capture('shop')")?;
         }
         stored_sizes.push(
-            b.c.sql(
-                "postgres",
-                &format!("SELECT stored_size FROM backups.transfers WHERE name = '{last_backup}'"),
-            )?
-            .parse::<f64>()?,
+            b.c.sql("postgres", &format!("SELECT stored_size FROM backups.transfers WHERE name = '{last_backup}'"))?
+                .parse::<f64>()?,
         );
         dump_sizes.push(std::fs::metadata(&dump)?.len() as f64);
 
@@ -268,43 +209,24 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             p.theirs.push(timed(|| {
                 run(Command::new("pg_dump")
-                    .args([
-                        "-F",
-                        "d",
-                        "-j",
-                        "2",
-                        "--no-acl",
-                        "--no-owner",
-                        "--quote-all-identifiers",
-                        "-f",
-                    ])
+                    .args(["-F", "d", "-j", "2", "--no-acl", "--no-owner", "--quote-all-identifiers", "-f"])
                     .arg(&dir)
                     .args(["-d", &conn]))
             })?);
             Ok(())
         };
         if ours_first {
-            do_ours(
-                &mut b,
-                &mut capture_j,
-                "SELECT backups.capture('shop', jobs => 2)",
-            )?;
+            do_ours(&mut b, &mut capture_j, "SELECT backups.capture('shop', jobs => 2)")?;
             heroku_j(&mut capture_j)?;
         } else {
             heroku_j(&mut capture_j)?;
-            do_ours(
-                &mut b,
-                &mut capture_j,
-                "SELECT backups.capture('shop', jobs => 2)",
-            )?;
+            do_ours(&mut b, &mut capture_j, "SELECT backups.capture('shop', jobs => 2)")?;
         }
 
         // restore, into fresh databases
         let restore_ours = |b: &mut Bench, p: &mut Pair| -> Result<()> {
             b.fresh_db("r_ours")?;
-            let (s, _, rss) = b.agent_op(&format!(
-                "SELECT backups.restore('{last_backup}', 'r_ours', 'r_ours')"
-            ))?;
+            let (s, _, rss) = b.agent_op(&format!("SELECT backups.restore('{last_backup}', 'r_ours', 'r_ours')"))?;
             p.ours.push(s);
             p.rss_mib.push(rss);
             Ok(())
@@ -313,9 +235,7 @@ fn main() -> Result<()> {
             b.fresh_db("r_theirs")?;
             let target = b.c.connstr("r_theirs");
             p.theirs.push(timed(|| {
-                run(Command::new("pg_restore")
-                    .args(["-j", "2", "--no-acl", "--no-owner", "-d", &target])
-                    .arg(&dump))
+                run(Command::new("pg_restore").args(["-j", "2", "--no-acl", "--no-owner", "-d", &target]).arg(&dump))
             })?);
             Ok(())
         };
@@ -380,7 +300,10 @@ fn main() -> Result<()> {
             copy_pgcopydb.ours.push(s);
         }
         // Keep storage from filling up between runs.
-        b.c.sql("postgres", "UPDATE backups.transfers SET status = 'expired' WHERE kind = 'capture' AND status = 'completed'")?;
+        b.c.sql(
+            "postgres",
+            "UPDATE backups.transfers SET status = 'expired' WHERE kind = 'capture' AND status = 'completed'",
+        )?;
     }
 
     // Report.
@@ -400,11 +323,7 @@ fn main() -> Result<()> {
             p.peer,
             p.target,
             if ratio <= p.target { "yes" } else { "no" },
-            if rss.is_nan() {
-                "-".into()
-            } else {
-                format!("{rss:.0}")
-            }
+            if rss.is_nan() { "-".into() } else { format!("{rss:.0}") }
         ));
         json_pairs.push(serde_json::json!({
             "operation": p.name, "peer": p.peer, "ours_s": p.ours, "peer_s": p.theirs,
@@ -446,21 +365,14 @@ fn main() -> Result<()> {
 
 fn c_settings(c: &Cluster) -> Result<()> {
     // Manual backups would otherwise expire (keep_manual) in the middle of a run.
-    std::fs::write(
-        c.data().join("postgresql.auto.conf"),
-        "backups.keep_manual = 1000\n",
-    )?;
+    std::fs::write(c.data().join("postgresql.auto.conf"), "backups.keep_manual = 1000\n")?;
     c.sql("postgres", "SELECT pg_reload_conf()")?;
     Ok(())
 }
 
 fn chrono_now() -> String {
     String::from_utf8_lossy(
-        &Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default(),
+        &Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| o.stdout).unwrap_or_default(),
     )
     .trim()
     .to_string()
@@ -470,17 +382,10 @@ fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let mem =
+        std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines().next().unwrap_or_default().to_string();
     serde_json::json!({
         "cpu": cpu,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

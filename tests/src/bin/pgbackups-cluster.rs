@@ -8,12 +8,7 @@ use pgbackups_e2e::cluster::{free_port, Cluster};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["start", dir, rest @ ..] => {
             let dir = PathBuf::from(dir);
             let mut c = if dir.join("data/PG_VERSION").exists() {
