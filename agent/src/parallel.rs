@@ -1,30 +1,37 @@
 //! Parallel capture: `pg_dump -Fd -j N` writes one file per table into a
-//! staging directory; inotify reports each file as pg_dump closes it, and
-//! the file is compressed, uploaded and deleted at once, so local disk holds
-//! only the files still being written. After pg_dump exits, a last scan
-//! catches anything an event queue overflow might have missed.
+//! staging directory. Each file is compressed and uploaded *while* pg_dump
+//! writes it: inotify reports the file's creation, a reader follows it as it
+//! grows, and pg_dump closing it (IN_CLOSE_WRITE) marks its end. The file is
+//! deleted as soon as its upload completes, so local disk holds only the
+//! files in flight, and the biggest table is compressed in step with its
+//! dump instead of after it. After pg_dump exits, a last scan catches
+//! anything an overflowing event queue missed.
 //!
 //! The files are separate objects, visible as they are uploaded; the backup
 //! only exists once its manifest is written and the transfer completed. A
 //! failed or cancelled dump deletes whatever it had uploaded.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use object_store::path::Path;
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::agent::Ctx;
 use crate::capture::Outcome;
 use crate::manifest::FileEntry;
 use crate::progress::Progress;
 use crate::queue::{Beat, Reporter};
+use crate::storage::Storage;
 use crate::upload::{self, Pipe};
 
 pub enum Ended {
@@ -64,6 +71,38 @@ fn prepare_staging(staging: &FsPath) -> Result<()> {
     Ok(())
 }
 
+/// The files being followed, by name; the flag says pg_dump closed it.
+struct Files {
+    storage: Storage,
+    prefix: Path,
+    level: i32,
+    processed: Arc<AtomicU64>,
+    closed: HashMap<String, Arc<AtomicBool>>,
+    tasks: JoinSet<Result<FileEntry>>,
+}
+
+impl Files {
+    /// Start following `path` unless it is followed already.
+    fn follow(&mut self, path: PathBuf, already_closed: bool) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
+        if let Some(flag) = self.closed.get(&name) {
+            if already_closed {
+                flag.store(true, Ordering::Release);
+            }
+            return;
+        }
+        let flag = Arc::new(AtomicBool::new(already_closed));
+        self.closed.insert(name.clone(), flag.clone());
+        let (storage, key, level, processed) =
+            (self.storage.clone(), self.prefix.child(format!("{name}.zst")), self.level, self.processed.clone());
+        self.tasks.spawn(upload_growing_file(storage, path, name, key, level, flag, processed));
+    }
+
+    fn closed(&mut self, path: PathBuf) {
+        self.follow(path, true);
+    }
+}
+
 async fn run(
     ctx: &Ctx,
     rep: &Reporter,
@@ -74,41 +113,55 @@ async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended> {
     let inotify = Inotify::init().context("inotify")?;
-    inotify.watches().add(staging, WatchMask::CLOSE_WRITE).context("watching the staging directory")?;
+    inotify
+        .watches()
+        .add(staging, WatchMask::CREATE | WatchMask::CLOSE_WRITE)
+        .context("watching the staging directory")?;
     let mut events = inotify.into_event_stream(vec![0u8; 4096])?;
 
     let mut child = cmd.spawn().with_context(|| format!("starting {}", ctx.cfg.pg_tool("pg_dump").display()))?;
     let stderr = progress.follow(child.stderr.take().expect("piped stderr"));
-
-    let (files_tx, files_rx) = mpsc::unbounded_channel::<PathBuf>();
-    let uploader = tokio::spawn(upload_files(
-        ctx.storage.clone(),
-        prefix.clone(),
-        ctx.cfg.compression_level,
-        files_rx,
-        progress.processed.clone(),
-    ));
-    let mut sent = HashSet::new();
+    let mut files = Files {
+        storage: ctx.storage.clone(),
+        prefix: prefix.clone(),
+        level: ctx.cfg.compression_level,
+        processed: progress.processed.clone(),
+        closed: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
+    let mut done = Vec::new();
+    let mut failure = None;
     let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut stopped = None;
     let status = loop {
         tokio::select! {
             st = child.wait() => break st?,
             Some(ev) = events.next() => {
-                if let Some(name) = ev?.name {
+                let ev = ev?;
+                if let Some(name) = ev.name {
                     let path = staging.join(name);
-                    if sent.insert(path.clone()) {
-                        let _ = files_tx.send(path);
+                    if ev.mask.contains(EventMask::CLOSE_WRITE) {
+                        files.closed(path);
+                    } else {
+                        files.follow(path, false);
                     }
+                }
+            }
+            Some(res) = files.tasks.join_next(), if !files.tasks.is_empty() => {
+                match res.context("file upload panicked")? {
+                    Ok(entry) => done.push(entry),
+                    Err(e) if failure.is_none() => {
+                        // A storage error: stop pg_dump too.
+                        failure = Some(e);
+                        child.start_kill()?;
+                    }
+                    Err(_) => {}
                 }
             }
             _ = ticker.tick() => {
                 if progress.tick(rep).await? == Beat::CancelRequested && stopped.is_none() {
                     rep.log("info", "cancel requested: stopping pg_dump and removing uploaded files").await;
                     stopped = Some(Outcome::Cancelled);
-                    child.start_kill()?;
-                }
-                if uploader.is_finished() && stopped.is_none() {
                     child.start_kill()?;
                 }
             }
@@ -120,70 +173,87 @@ async fn run(
     };
     let _ = stderr.await;
     progress.flush(rep).await;
-    let uploader_died = uploader.is_finished();
-    if status.success() && stopped.is_none() {
-        // pg_dump is done, so every file left is complete.
-        let mut names: Vec<PathBuf> = std::fs::read_dir(staging)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        names.sort();
-        for path in names {
-            if sent.insert(path.clone()) {
-                let _ = files_tx.send(path);
-            }
+    if stopped.is_some() || failure.is_some() || !status.success() {
+        files.tasks.abort_all();
+        while files.tasks.join_next().await.is_some() {}
+        if let Some(o) = stopped {
+            return Ok(Ended::Stopped(o));
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let errors = progress.errors();
+        bail!("pg_dump failed ({status}): {}", if errors.is_empty() { progress.tail(5) } else { errors });
+    }
+    // pg_dump is done: every file in staging is complete.
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
+        if let Some(name) = ev?.name {
+            files.closed(staging.join(name));
         }
     }
-    drop(files_tx);
-    if let Some(o) = stopped {
-        uploader.abort();
-        return Ok(Ended::Stopped(o));
+    let mut left: Vec<PathBuf> = std::fs::read_dir(staging)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    left.sort();
+    for path in left {
+        files.closed(path);
     }
-    if uploader_died || status.success() {
-        let files = uploader.await.context("uploader panicked")??;
-        if !status.success() {
-            bail!("pg_dump stopped after the upload failed");
-        }
-        // Keep the manifest's count honest.
-        progress.processed.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
-        return Ok(Ended::Done(files));
+    for flag in files.closed.values() {
+        flag.store(true, Ordering::Release);
     }
-    uploader.abort();
-    let errors = progress.errors();
-    bail!("pg_dump failed ({status}): {}", if errors.is_empty() { progress.tail(5) } else { errors })
+    while let Some(res) = files.tasks.join_next().await {
+        done.push(res.context("file upload panicked")??);
+    }
+    Ok(Ended::Done(done))
 }
 
-/// Compress and upload each finished file, then delete it locally.
-async fn upload_files(
-    storage: crate::storage::Storage,
-    prefix: Path,
+/// Compress and upload a file that may still be growing; once `closed`
+/// and read to its end, commit the upload and delete the file.
+async fn upload_growing_file(
+    storage: Storage,
+    path: PathBuf,
+    name: String,
+    key: Path,
     level: i32,
-    mut files: mpsc::UnboundedReceiver<PathBuf>,
+    closed: Arc<AtomicBool>,
     processed: Arc<AtomicU64>,
-) -> Result<Vec<FileEntry>> {
-    let mut out = Vec::new();
-    while let Some(path) = files.recv().await {
-        let name = path.file_name().and_then(|n| n.to_str()).context("file name")?.to_string();
-        let key = prefix.child(format!("{name}.zst"));
-        let pipe = Pipe::start(storage.store.clone(), key.clone());
-        let tx = pipe.tx.clone();
-        let src = path.clone();
-        let counted = Arc::new(AtomicU64::new(0));
-        let c = counted.clone();
-        let compressed = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-            upload::compress(f, tx, level, &c)
-        })
-        .await?;
-        let stored = pipe.finish(compressed.is_ok()).await;
-        let size = compressed?;
-        let stored = stored?;
-        processed.fetch_add(size, Ordering::Relaxed);
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        out.push(FileEntry {
-            path: storage.relative(&key).to_string(),
-            name,
-            size,
-            stored_size: stored.size,
-            sha256: stored.sha256,
-        });
+) -> Result<FileEntry> {
+    let pipe = Pipe::start(storage.store.clone(), key.clone());
+    let tx = pipe.tx.clone();
+    let src = path.clone();
+    let compressed = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+        upload::compress(Growing { file, closed }, tx, level, &processed)
+    })
+    .await?;
+    let stored = pipe.finish(compressed.is_ok()).await;
+    let size = compressed?;
+    let stored = stored?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(FileEntry {
+        path: storage.relative(&key).to_string(),
+        name,
+        size,
+        stored_size: stored.size,
+        sha256: stored.sha256,
+    })
+}
+
+/// `Read` over a file pg_dump is still writing: at the current end it waits
+/// for more, until pg_dump has closed the file and everything is read.
+struct Growing {
+    file: std::fs::File,
+    closed: Arc<AtomicBool>,
+}
+
+impl Read for Growing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Read the flag first: a zero-byte read after seeing it set is the real end.
+            let was_closed = self.closed.load(Ordering::Acquire);
+            let n = self.file.read(buf)?;
+            if n > 0 || was_closed {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Ok(out)
 }

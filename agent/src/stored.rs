@@ -11,7 +11,7 @@ use async_compression::tokio::bufread::ZstdDecoder;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
-use tokio::io::BufReader;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio_postgres::Client;
 use tokio_util::io::StreamReader;
 
@@ -89,10 +89,15 @@ pub async fn fetch_file(storage: &Storage, key: &Path, dest: &FsPath, fetched: &
             chunk
         })
         .map_err(std::io::Error::other);
-    let mut decoder = ZstdDecoder::new(BufReader::new(StreamReader::new(stream)));
-    let mut out = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
-    tokio::io::copy(&mut decoder, &mut out).await.with_context(|| format!("reading and decompressing {key}"))?;
-    out.sync_all().await?;
+    // Large buffers: tokio file writes hop to a blocking thread each time.
+    // No fsync: a staging file is read back at once, and re-fetched if lost.
+    let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, StreamReader::new(stream)));
+    let file = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
+    let mut out = tokio::io::BufWriter::with_capacity(4 << 20, file);
+    tokio::io::copy_buf(&mut BufReader::with_capacity(1 << 20, &mut decoder), &mut out)
+        .await
+        .with_context(|| format!("reading and decompressing {key}"))?;
+    out.flush().await?;
     let sum = hex::encode(hasher.lock().expect("hasher").clone().finalize());
     Ok(sum)
 }

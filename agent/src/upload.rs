@@ -85,7 +85,7 @@ async fn upload(
 }
 
 /// Read `input` to the end, compress it into `tx`. Blocking: run it on a
-/// blocking thread. Counts uncompressed bytes in `processed`.
+/// blocking thread. Adds the uncompressed bytes to `processed` as it goes.
 pub fn compress(mut input: impl Read, tx: mpsc::Sender<Bytes>, level: i32, processed: &AtomicU64) -> Result<u64> {
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mut enc = zstd::stream::write::Encoder::new(ChannelWriter::new(tx), level)?;
@@ -103,7 +103,7 @@ pub fn compress(mut input: impl Read, tx: mpsc::Sender<Bytes>, level: i32, proce
         };
         enc.write_all(&buf[..n]).context("compressing")?;
         total += n as u64;
-        processed.store(total, Ordering::Relaxed);
+        processed.fetch_add(n as u64, Ordering::Relaxed);
     }
     enc.finish()?.flush()?;
     Ok(total)
