@@ -70,6 +70,11 @@ fn a_rich_database_survives_every_round_trip() {
     let cp = c.sql("postgres", "SELECT backups.copy('rich', 'via_copy', 'via_copy')").unwrap();
     done(&cp);
     assert_same_database(&c, "rich", "via_copy", "copy");
+    // The copy really took both roads: parallel COPY streams and pg_dump.
+    let streams = c
+        .sql("postgres", &format!("SELECT count(*) FROM backups.transfer_logs l JOIN backups.transfers t ON t.id = l.transfer_id WHERE t.name = '{cp}' AND l.message LIKE 'pgbackups: copying table %'"))
+        .unwrap();
+    assert_ne!(streams, "0", "no table went through a parallel COPY stream");
 
     // The comparison does catch differences: one changed value, one dropped index.
     c.sql("via_copy", "UPDATE sales.oddities SET f = 0 WHERE id = 1").unwrap();
