@@ -188,7 +188,8 @@ async fn stream_custom(
     let tx = pipe.tx.clone();
     let processed = progress.processed.clone();
     let level = ctx.cfg.compression_level;
-    let compressor = tokio::task::spawn_blocking(move || upload::compress(stdout, tx, level, &processed));
+    let compressor =
+        tokio::task::spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &processed));
 
     let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut stopped = None;

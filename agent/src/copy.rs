@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
@@ -72,8 +71,9 @@ pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>)
         let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
         // Biggest first.
         let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
-        let workers = (0..jobs.min(tables.len()).max(1))
-            .map(|_| copy_tables(&source_url, &target_url, &snapshot, queue.clone(), copied.clone(), lines.clone()));
+        let workers = (0..jobs.min(tables.len()).max(1)).map(|_| {
+            copy_tables(&ctx, &source_url, &target_url, &snapshot, queue.clone(), copied.clone(), lines.clone())
+        });
         let (rest, copies) =
             tokio::join!(dump.pipe(&target_db, &rest_args, &copied), futures::future::join_all(workers));
         rest.context("copying sequences, large objects and small tables")?;
@@ -125,8 +125,11 @@ async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// One COPY stream: take tables off the queue until it is empty.
+/// One COPY stream: take tables off the queue until it is empty. Each table
+/// goes `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
+/// COPY FROM STDIN`: libpq moves the rows, the agent only counts bytes.
 async fn copy_tables(
+    ctx: &Ctx,
     source_url: &str,
     target_url: &str,
     snapshot: &str,
@@ -134,30 +137,75 @@ async fn copy_tables(
     copied: Arc<AtomicU64>,
     lines: mpsc::UnboundedSender<String>,
 ) -> Result<()> {
-    let src = db::connect(source_url).await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-        snapshot.replace('\'', "''")
-    ))
-    .await
-    .context("joining the source snapshot")?;
-    let dst = db::connect(target_url).await?;
-    dst.batch_execute("SET synchronous_commit = off").await?;
     loop {
         let Some(table) = queue.lock().expect("queue").pop_front() else { break };
         let _ = lines.send(format!("pgbackups: copying table {table}"));
-        let out = src.copy_out(&format!("COPY {table} TO STDOUT")).await.with_context(|| format!("reading {table}"))?;
-        let sink =
-            dst.copy_in(&format!("COPY {table} FROM STDIN")).await.with_context(|| format!("writing {table}"))?;
-        futures::pin_mut!(out, sink);
-        while let Some(chunk) = out.next().await {
-            let chunk = chunk.with_context(|| format!("reading {table}"))?;
-            copied.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            sink.send(chunk).await.with_context(|| format!("writing {table}"))?;
+        let mut out = psql(
+            ctx,
+            source_url,
+            &[
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                &format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''")),
+                &format!("COPY {table} TO STDOUT"),
+                "COMMIT",
+            ],
+        )?;
+        out.stdout(std::process::Stdio::piped());
+        let mut inn = psql(ctx, target_url, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")])?;
+        inn.stdin(std::process::Stdio::piped());
+        let mut reader = out.spawn().context("starting psql")?;
+        let mut writer = inn.spawn().context("starting psql")?;
+        let errs = [
+            progress::follow(reader.stderr.take().expect("piped"), lines.clone()),
+            progress::follow(writer.stderr.take().expect("piped"), lines.clone()),
+        ];
+        let pumped = pump(reader.stdout.take().expect("piped"), writer.stdin.take().expect("piped"), &copied);
+        let (pumped, r, w) = tokio::join!(pumped, reader.wait(), writer.wait());
+        for e in errs {
+            let _ = e.await;
         }
-        sink.finish().await.with_context(|| format!("writing {table}"))?;
+        let (r, w) = (r?, w?);
+        if !r.success() || !w.success() {
+            bail!("copying {table} failed (reading: {r}, writing: {w}); see the log");
+        }
+        pumped.with_context(|| format!("copying {table}"))?;
     }
-    src.batch_execute("COMMIT").await?;
+    Ok(())
+}
+
+/// `psql -X -q -v ON_ERROR_STOP=1 -c ... -d conn`, output to the caller.
+fn psql(ctx: &Ctx, url: &str, commands: &[&str]) -> Result<Command> {
+    let (conn, password) = db::libpq_target(url, None)?;
+    let mut c = Command::new(ctx.cfg.pg_tool("psql"));
+    c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+    for cmd in commands {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg("-d").arg(conn).env("PGAPPNAME", "pgbackups");
+    if let Some(p) = password {
+        c.env("PGPASSWORD", p);
+    }
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    c.kill_on_drop(true);
+    Ok(c)
+}
+
+/// Move bytes from one tool to another in large chunks, counting them.
+async fn pump(
+    mut from: tokio::process::ChildStdout,
+    mut into: tokio::process::ChildStdin,
+    copied: &AtomicU64,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        into.write_all(&buf[..n]).await?;
+        copied.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    into.shutdown().await?;
     Ok(())
 }
 
@@ -195,24 +243,9 @@ impl Dump<'_> {
         let mut dump = cmd.spawn().context("starting pg_dump")?;
         let dump_err = progress::follow(dump.stderr.take().expect("piped"), self.lines.clone());
         let mut restore = target::pg_restore(self.ctx, target, None, None)?.spawn().context("starting pg_restore")?;
-        let mut from = dump.stdout.take().expect("piped");
-        let mut into = restore.stdin.take().expect("piped");
-        let pump = async {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = from.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                into.write_all(&buf[..n]).await?;
-                copied.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            into.shutdown().await?;
-            drop(into);
-            anyhow::Ok(())
-        };
+        let pumped = pump(dump.stdout.take().expect("piped"), restore.stdin.take().expect("piped"), copied);
         let (pumped, dumped, restored) =
-            tokio::join!(pump, dump.wait(), target::finish_restore(restore, self.lines.clone()));
+            tokio::join!(pumped, dump.wait(), target::finish_restore(restore, self.lines.clone()));
         let _ = dump_err.await;
         let dumped = dumped?;
         if !dumped.success() {

@@ -221,7 +221,8 @@ async fn upload_growing_file(
     let src = path.clone();
     let compressed = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-        upload::compress(Growing { file, closed }, tx, level, &processed)
+        // One zstd thread per file: pg_dump's jobs already write files in parallel.
+        upload::compress(Growing { file, closed }, tx, level, 1, &processed)
     })
     .await?;
     let stored = pipe.finish(compressed.is_ok()).await;

@@ -16,6 +16,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// All cores, for one stream.
+pub fn all_cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
 pub const PARTS_IN_FLIGHT: usize = 2;
 const CHUNK: usize = 1024 * 1024;
 const CHANNEL_CHUNKS: usize = 4;
@@ -84,10 +89,16 @@ async fn upload(
     Ok(Stored { size, sha256: hex::encode(hasher.finalize()) })
 }
 
-/// Read `input` to the end, compress it into `tx`. Blocking: run it on a
-/// blocking thread. Adds the uncompressed bytes to `processed` as it goes.
-pub fn compress(mut input: impl Read, tx: mpsc::Sender<Bytes>, level: i32, processed: &AtomicU64) -> Result<u64> {
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+/// Read `input` to the end, compress it into `tx` with `threads` zstd
+/// workers. Blocking: run it on a blocking thread. Adds the uncompressed
+/// bytes to `processed` as it goes.
+pub fn compress(
+    mut input: impl Read,
+    tx: mpsc::Sender<Bytes>,
+    level: i32,
+    threads: u32,
+    processed: &AtomicU64,
+) -> Result<u64> {
     let mut enc = zstd::stream::write::Encoder::new(ChannelWriter::new(tx), level)?;
     if threads > 1 {
         enc.multithread(threads)?;
@@ -157,7 +168,7 @@ mod tests {
         let tx = pipe.tx.clone();
         let processed = Arc::new(AtomicU64::new(0));
         let p = processed.clone();
-        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, &p)).await.unwrap().unwrap();
+        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, 2, &p)).await.unwrap().unwrap();
         assert_eq!(n, processed.load(Ordering::Relaxed));
         let stored = pipe.finish(commit).await;
         (stored, store)
