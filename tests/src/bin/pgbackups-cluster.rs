@@ -14,9 +14,10 @@ fn main() -> Result<()> {
             let mut c = if dir.join("data/PG_VERSION").exists() {
                 Cluster::open(&dir)?
             } else {
-                let port = match rest.first() {
-                    Some(p) => p.parse()?,
-                    None => free_port()?,
+                // The port asked for, unless something already listens there.
+                let port = match rest.first().map(|p| p.parse::<u16>()).transpose()? {
+                    Some(p) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
+                    _ => free_port()?,
                 };
                 Cluster::init_at(&dir, port, &[])?
             };
