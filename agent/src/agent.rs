@@ -41,9 +41,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let (Some(addr), Some(secret)) = (ctx.cfg.listen, ctx.cfg.link_secret.clone()) {
         let (c, s) = (ctx.clone(), secret.into_bytes());
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        drop(listener);
         tokio::spawn(async move {
-            if let Err(e) = links::serve(c, addr, s).await {
+            if let Err(e) = links::serve(c, listener, s).await {
                 tracing::error!("download links: {e:#}");
             }
         });

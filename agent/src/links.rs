@@ -8,7 +8,6 @@
 //! constant time before anything else; a bad or expired link gets 403, an
 //! unknown or deleted backup 404, and neither says more.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -43,9 +42,10 @@ struct LinkQuery {
     signature: Option<String>,
 }
 
-pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr, secret: Vec<u8>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-    tracing::info!(%addr, "serving download links");
+/// Serve links on `listener` (bound by the caller, so that a taken port
+/// is a start-up error).
+pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, secret: Vec<u8>) -> Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "serving download links");
     let app = Router::new()
         .route("/backups/{file}", get(download))
         .fallback(|| async { StatusCode::NOT_FOUND })
