@@ -148,13 +148,21 @@ pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>)
     let processed = manifest.files.iter().map(|f| f.size).sum::<u64>() as i64;
     let stored = manifest.files.iter().map(|f| f.stored_size).sum::<u64>() as i64;
     let (manifest_bytes, checksum) = manifest.to_bytes(format)?;
-    ctx.storage
-        .store
-        .put(&folder.child(format!("manifest{suffix}.json")), manifest_bytes.into())
-        .await
-        .context("writing the manifest")?;
-    progress.flush(rep).await;
-    rep.completed(processed, stored, &checksum, progress.warnings).await?;
+    let manifest_key = folder.child(format!("manifest{suffix}.json"));
+    let recorded = async {
+        ctx.storage.store.put(&manifest_key, manifest_bytes.into()).await.context("writing the manifest")?;
+        progress.flush(rep).await;
+        rep.completed(processed, stored, &checksum, progress.warnings).await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Not completed, so nothing of this attempt may stay visible.
+        for f in &manifest.files {
+            let _ = ctx.storage.store.delete(&ctx.storage.absolute(&f.path)).await;
+        }
+        let _ = ctx.storage.store.delete(&manifest_key).await;
+        return Err(e);
+    }
     rep.log(
         "info",
         &format!(
