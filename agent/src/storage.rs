@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 #[derive(Clone)]
 pub struct Storage {
@@ -38,10 +38,16 @@ impl Storage {
                 (Arc::new(LocalFileSystem::new_with_prefix(&dir)?), Path::default())
             }
             "s3" | "s3a" => {
+                // Retry transient errors for `retry_timeout`, whatever the count:
+                // ten quick retries would give up within two seconds.
                 let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(RetryConfig {
                     retry_timeout,
-                    max_retries: 10,
-                    ..Default::default()
+                    max_retries: 10_000,
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(5),
+                        base: 2.0,
+                    },
                 });
                 for (k, v) in options {
                     let key =
