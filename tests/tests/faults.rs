@@ -102,8 +102,10 @@ fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"), "running", PATIENCE).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    drop(locker);
+    // FORCE terminates every connection to it: the lock holder's and pg_dump's,
+    // so pg_dump never gets the lock.
     c.sql("postgres", "DROP DATABASE shop WITH (FORCE)").unwrap();
+    drop(locker);
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed");
     let err = error_of(&c, &id);
     assert!(err.contains("pg_dump failed") && err.contains("pg_dump: error:"), "{err}");
