@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::Ctx;
-use crate::capture::{human, Outcome};
+use crate::capture::Outcome;
 use crate::progress::{self, Progress};
 use crate::queue::Reporter;
 use crate::supervise::with_heartbeat;
@@ -92,17 +92,10 @@ pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>)
     };
     let result = with_heartbeat(rep, &mut progress, &mut stop, ctx.cfg.heartbeat_interval, work).await;
     let _ = std::fs::remove_dir_all(&staging);
-    match result? {
-        Err(outcome) => Ok(outcome),
-        Ok(warnings) => {
-            let processed = progress.processed.load(Ordering::Relaxed) as i64;
-            rep.completed(processed, 0, "", warnings).await?;
-            let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
-            rep.log("info", &format!("copied {source} into {target_db}{note} ({} streamed)", human(processed as u64)))
-                .await;
-            Ok(Outcome::Completed)
-        }
-    }
+    target::conclude(rep, &progress, result?, |note, streamed| {
+        format!("copied {source} into {target_db}{note} ({streamed} streamed)")
+    })
+    .await
 }
 
 /// Ordinary tables worth a COPY stream of their own, biggest first, as

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::agent::Ctx;
-use crate::capture::{human, Outcome};
+use crate::capture::Outcome;
 use crate::progress::Progress;
 use crate::queue::Reporter;
 use crate::supervise::with_heartbeat;
@@ -58,16 +58,8 @@ pub async fn run(ctx: Arc<Ctx>, rep: &Reporter, mut stop: watch::Receiver<bool>)
     };
     let result = with_heartbeat(rep, &mut progress, &mut stop, ctx.cfg.heartbeat_interval, work).await;
     let _ = std::fs::remove_dir_all(&staging);
-    match result? {
-        Err(outcome) => Ok(outcome),
-        Ok(warnings) => {
-            let processed = progress.processed.load(Ordering::Relaxed) as i64;
-            rep.completed(processed, 0, "", warnings).await?;
-            let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
-            rep.log("info", &format!("restored into {target_db}{note} ({} read)", human(processed as u64))).await;
-            Ok(Outcome::Completed)
-        }
-    }
+    target::conclude(rep, &progress, result?, |note, read| format!("restored into {target_db}{note} ({read} read)"))
+        .await
 }
 
 pub fn prepare(staging: &FsPath) -> Result<()> {

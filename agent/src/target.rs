@@ -8,8 +8,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::agent::Ctx;
+use crate::capture::{human, Outcome};
 use crate::db;
-use crate::progress;
+use crate::progress::{self, Progress};
+use crate::queue::Reporter;
 
 /// Drop and recreate `target` with its owner, encoding and locale, so that
 /// it ends up holding exactly what is restored into it. Refuses the control
@@ -104,4 +106,24 @@ pub async fn finish_restore(mut child: Child, lines: mpsc::UnboundedSender<Strin
             bail!("pg_restore failed ({status}): {}", tail.join("\n"))
         }
     }
+}
+
+/// Record how a restore or copy ended: `completed` with the warnings
+/// pg_restore reported (Heroku's "Finished with N warnings"), or stopped.
+/// `done(note, amount)` words the closing log line.
+pub async fn conclude(
+    rep: &Reporter,
+    progress: &Progress,
+    ended: Result<i32, Outcome>,
+    done: impl FnOnce(&str, &str) -> String,
+) -> Result<Outcome> {
+    let warnings = match ended {
+        Err(outcome) => return Ok(outcome),
+        Ok(w) => w,
+    };
+    let processed = progress.processed.load(std::sync::atomic::Ordering::Relaxed);
+    rep.completed(processed as i64, 0, "", warnings).await?;
+    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
+    rep.log("info", &done(&note, &human(processed))).await;
+    Ok(Outcome::Completed)
 }
