@@ -1,69 +1,83 @@
 //! `pgbackups agent`: LISTEN for work, poll as well (a NOTIFY sent while the
-//! agent was disconnected is lost), claim up to `max_concurrent` transfers,
-//! run them, purge deleted and expired backups. Survives the control
-//! database going away; on SIGTERM/SIGINT stops claiming, lets running
-//! transfers finish within the grace period, then hands them back.
+//! agent was disconnected is lost), claim up to `max_concurrent` transfers
+//! and hand each to a supervisor. Beside the claim loop, on connections of
+//! their own: the purge of deleted and expired backups, and the download
+//! link server. Survives the control database going away; on SIGTERM or
+//! SIGINT it drains (no new claims; running transfers go on for the grace
+//! period), then hands what still runs back to the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
-use tracing::Instrument;
 
-use crate::capture::{self, Outcome};
 use crate::config::Config;
-use crate::queue::{self, Lost, Reporter, Transfer};
-use crate::storage::Storage;
-use crate::{copy, db, links, purge, restore};
+use crate::ctx::Ctx;
+use crate::pg::conn;
+use crate::pg::tool::Tool;
+use crate::serve::links;
+use crate::shutdown::{self, Phase};
+use crate::store::purge;
+use crate::store::storage::Storage;
+use crate::transfer::{queue, supervisor};
 
-pub struct Ctx {
-    pub cfg: Config,
-    pub storage: Storage,
-}
-
-const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// How long handed-back transfers get to record that they were.
+const HAND_BACK_PATIENCE: Duration = Duration::from_secs(60);
 
 pub async fn run(cfg: Config) -> Result<()> {
-    let storage = Storage::open(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)?;
+    let storage = Storage::open(&cfg.store)?;
     let ctx = Arc::new(Ctx { cfg, storage });
-    capture::tool_version(&ctx, "pg_dump").await?;
-    let url = ctx.cfg.database_url.clone();
+    Tool::PgDump.version(&ctx.cfg).await?;
+    let url = ctx.cfg.store.database_url.clone();
     let mut control =
-        db::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
+        conn::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
+    let agent_id = ctx.cfg.agent_id.clone();
     let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
-    queue::announce(&control, &ctx.cfg.agent_id, &sources).await?;
-    tracing::info!(agent = %ctx.cfg.agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
+    queue::announce(&control, &agent_id, &sources).await?;
+    let (trigger, shutdown) = shutdown::channel();
 
-    if let (Some(addr), Some(secret)) = (ctx.cfg.listen, ctx.cfg.link_secret.clone()) {
-        let (c, s) = (ctx.clone(), secret.into_bytes());
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = links::serve(c, listener, s).await {
+    let mut background = JoinSet::new();
+    if let Some(listen) = &ctx.cfg.listen {
+        let listener = tokio::net::TcpListener::bind(listen.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", listen.addr))?;
+        let (c, secret, s) = (ctx.clone(), listen.secret.clone().into_bytes(), shutdown.clone());
+        background.spawn(async move {
+            if let Err(e) = links::serve(c, listener, secret, s).await {
                 tracing::error!("download links: {e:#}");
             }
         });
     }
-    let (wake_tx, mut wake) = mpsc::channel::<String>(64);
-    let mut listener = listen(&url, wake_tx.clone()).await.ok();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut shutdown = Box::pin(shutdown_signal());
-    let mut tasks = JoinSet::new();
-    let mut last_purge = tokio::time::Instant::now() - PURGE_EVERY;
+    let (purge_wake, purge_woken) = watch::channel(());
+    background.spawn(purge::run(url.clone(), ctx.storage.clone(), purge_woken, shutdown.clone()));
+    tracing::info!(agent = %agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
+
+    let (events, _) = broadcast::channel::<String>(256);
+    let mut listener = listen(&url, events.clone()).await.ok();
+    let mut heard = events.subscribe();
+    let mut stop = Box::pin(stop_signal());
+    let mut transfers = JoinSet::new();
 
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            _ = wake.recv() => {}
+            _ = &mut stop => break,
+            ev = heard.recv() => {
+                if let Ok(ev) = ev {
+                    if ev.starts_with("delete ") || ev == "expire" {
+                        let _ = purge_wake.send(());
+                    }
+                }
+            }
             _ = tokio::time::sleep(ctx.cfg.poll_interval) => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = transfers.join_next(), if !transfers.is_empty() => {}
         }
         if control.is_closed() {
             tracing::warn!("control database connection lost; reconnecting");
-            match db::connect(&url).await {
+            match conn::connect(&url).await {
                 Ok(c) => control = c,
                 Err(e) => {
                     tracing::warn!("{e:#}");
@@ -72,22 +86,16 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
         if listener.as_ref().is_none_or(|h| h.is_finished()) {
-            listener = listen(&url, wake_tx.clone()).await.ok();
+            listener = listen(&url, events.clone()).await.ok();
         }
-        if let Err(e) = queue::announce(&control, &ctx.cfg.agent_id, &sources).await {
+        if let Err(e) = queue::announce(&control, &agent_id, &sources).await {
             tracing::warn!("{e:#}");
             continue;
         }
-        if last_purge.elapsed() >= PURGE_EVERY {
-            last_purge = tokio::time::Instant::now();
-            if let Err(e) = purge::purge(&control, &ctx.storage).await {
-                tracing::warn!("purge: {e:#}");
-            }
-        }
-        while tasks.len() < ctx.cfg.max_concurrent {
-            match queue::claim(&control, &ctx.cfg.agent_id, &sources).await {
-                Ok(Some(t)) => {
-                    tasks.spawn(run_transfer(ctx.clone(), t, stop_rx.clone()));
+        while transfers.len() < ctx.cfg.max_concurrent {
+            match queue::claim(&control, &agent_id, &sources).await {
+                Ok(Some(claimed)) => {
+                    transfers.spawn(supervisor::supervise(ctx.clone(), claimed, events.subscribe(), shutdown.clone()));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -98,23 +106,26 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
 
-    // Shutdown: no more claims; running transfers get the grace period.
-    if !tasks.is_empty() {
-        tracing::info!(running = tasks.len(), grace = ?ctx.cfg.shutdown_grace, "shutting down: waiting for running transfers");
-        let drain = async { while tasks.join_next().await.is_some() {} };
+    // Drain: no more claims or purges; running transfers get the grace period.
+    trigger.enter(Phase::Draining);
+    if !transfers.is_empty() {
+        tracing::info!(running = transfers.len(), grace = ?ctx.cfg.shutdown_grace, "shutting down: waiting for running transfers");
+        let drain = async { while transfers.join_next().await.is_some() {} };
         if tokio::time::timeout(ctx.cfg.shutdown_grace, drain).await.is_err() {
             tracing::info!("grace period over: handing running transfers back to the queue");
-            let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(30), async { while tasks.join_next().await.is_some() {} })
-                .await;
+            trigger.enter(Phase::HandBack);
+            let rest = async { while transfers.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(HAND_BACK_PATIENCE, rest).await;
         }
     }
-    let _ = control.execute("DELETE FROM backups.agents WHERE agent_id = $1", &[&ctx.cfg.agent_id]).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while background.join_next().await.is_some() {} }).await;
+    let _ = queue::retire(&control, &agent_id).await;
     tracing::info!("agent stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
@@ -122,14 +133,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// A connection that LISTENs on the extension's channel and forwards each
-/// notification's payload to `wake`. The returned task ends when the
-/// connection does.
-async fn listen(url: &str, wake: mpsc::Sender<String>) -> Result<tokio::task::JoinHandle<()>> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+/// A connection that LISTENs on the extension's channel and broadcasts each
+/// notification's payload (a transfer name, `cancel b001`, `delete b001`...).
+/// The returned task ends when the connection does.
+async fn listen(url: &str, events: broadcast::Sender<String>) -> Result<tokio::task::JoinHandle<()>> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
                 Ok(AsyncMessage::Notification(n)) => {
@@ -144,53 +155,7 @@ async fn listen(url: &str, wake: mpsc::Sender<String>) -> Result<tokio::task::Jo
     Ok(tokio::spawn(async move {
         let _keep: Client = client;
         while let Some(payload) = rx.recv().await {
-            let _ = wake.try_send(payload);
+            let _ = events.send(payload);
         }
     }))
-}
-
-async fn run_transfer(ctx: Arc<Ctx>, t: Transfer, stop: watch::Receiver<bool>) {
-    let span = tracing::info_span!("transfer", name = %t.name, kind = %t.kind, attempt = t.attempt);
-    async move {
-        tracing::info!("claimed");
-        let rep = match Reporter::new(&ctx.cfg.database_url, t.clone(), &ctx.cfg.agent_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The worker requeues it when the heartbeat stays silent.
-                tracing::error!("cannot report on the transfer: {e:#}");
-                return;
-            }
-        };
-        rep.log("info", &format!("claimed by agent {} (attempt {})", ctx.cfg.agent_id, t.attempt)).await;
-        let result = match t.kind.as_str() {
-            "capture" => capture::run(ctx.clone(), &rep, stop).await,
-            "restore" => restore::run(ctx.clone(), &rep, stop).await,
-            "copy" => copy::run(ctx.clone(), &rep, stop).await,
-            other => Err(anyhow::anyhow!("this agent cannot run {other} transfers")),
-        };
-        let written = match result {
-            Ok(Outcome::Completed) => {
-                tracing::info!("completed");
-                Ok(())
-            }
-            Ok(Outcome::Cancelled) => {
-                tracing::info!("cancelled");
-                rep.log("info", "cancelled; nothing was kept in storage").await;
-                rep.cancelled().await
-            }
-            Ok(Outcome::HandBack) => rep.hand_back("the agent is shutting down").await,
-            Err(e) if e.is::<Lost>() => Err(e),
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::warn!("failed: {msg}");
-                rep.log("error", &msg).await;
-                rep.failed(&msg).await
-            }
-        };
-        if let Err(e) = written {
-            tracing::warn!("{e:#}");
-        }
-    }
-    .instrument(span)
-    .await
 }

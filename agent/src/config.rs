@@ -1,36 +1,68 @@
-//! Agent settings: command-line flags, `PGBACKUPS_*` environment variables
-//! and an optional TOML file (flags and environment win over the file).
-//! Connection secrets live here, never in the control database's tables.
+//! Settings, each declared once: a field of `StoreOptions` (what every
+//! command needs) or `AgentOptions` (what only `pgbackups agent` needs). clap
+//! reads them from flags and `PGBACKUPS_*` variables, serde from the TOML file
+//! given with `--config`; flags and environment win over the file, and what
+//! neither sets takes the default named below. Connection secrets live here,
+//! never in the control database's tables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_aux::serde_introspection::serde_introspect;
 
-/// The storage used when none is configured.
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/pgbackups";
+pub const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 120;
+pub const DEFAULT_MAX_CONCURRENT: usize = 2;
+pub const DEFAULT_STAGING_DIR: &str = "/var/tmp/pgbackups";
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 2.0;
+/// How often a running transfer reports progress and learns of a cancel.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
+/// `--config FILE`: a TOML file with any of the options below, plus
+/// `[sources.NAME]` and `[storage_options]`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigFile {
     /// TOML configuration file.
     #[arg(long, short = 'c', env = "PGBACKUPS_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Where the control database and the backups are.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+pub struct StoreOptions {
     /// The control database, where the extension lives (postgres://...).
     #[arg(long, env = "PGBACKUPS_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where backups go: file:///path or s3://bucket/prefix.
     #[arg(long, env = "PGBACKUPS_STORAGE")]
     pub storage: Option<String>,
+    /// How long storage requests are retried before a transfer fails, in seconds.
+    #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
+    pub storage_retry_timeout: Option<u64>,
+    /// Extra object_store options for S3 and friends (endpoint, region, keys); file only.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_options: BTreeMap<String, String>,
+}
+
+/// What only the agent needs.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+pub struct AgentOptions {
     /// How many transfers this agent runs at once.
     #[arg(long, env = "PGBACKUPS_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
     /// This agent's name in the queue (default: hostname-pid).
     #[arg(long, env = "PGBACKUPS_AGENT_ID")]
     pub agent_id: Option<String>,
-    /// Local directory for parallel dumps' files in flight.
+    /// Local directory for files in flight (parallel dumps, restores).
     #[arg(long, env = "PGBACKUPS_STAGING_DIR")]
     pub staging_dir: Option<PathBuf>,
     /// Directory holding pg_dump, pg_restore and psql (default: PATH).
@@ -41,6 +73,7 @@ pub struct AgentArgs {
     pub compression_level: Option<i32>,
     /// Schemas pg_dump leaves out (repeatable).
     #[arg(long = "exclude-schema", env = "PGBACKUPS_EXCLUDE_SCHEMA", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_schema: Vec<String>,
     /// Seconds to let running transfers finish on SIGTERM before handing them back.
     #[arg(long, env = "PGBACKUPS_SHUTDOWN_GRACE")]
@@ -48,58 +81,52 @@ pub struct AgentArgs {
     /// Seconds between polls of the queue (NOTIFY wakes the agent sooner).
     #[arg(long, env = "PGBACKUPS_POLL_INTERVAL")]
     pub poll_interval: Option<f64>,
-    /// How long storage requests are retried before a transfer fails, in seconds.
-    #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
-    pub storage_retry_timeout: Option<u64>,
     /// Give up a capture when pg_dump waits longer than this for a table lock (e.g. 30s).
     #[arg(long, env = "PGBACKUPS_LOCK_WAIT_TIMEOUT")]
     pub lock_wait_timeout: Option<String>,
     /// Serve signed download links on this address (e.g. 127.0.0.1:8432).
     #[arg(long, env = "PGBACKUPS_LISTEN")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<SocketAddr>,
     /// The secret links are signed with: the same as backups.link_secret.
     #[arg(long, env = "PGBACKUPS_LINK_SECRET", hide_env_values = true)]
     pub link_secret: Option<String>,
+    /// A file holding the link secret (so that it does not show in `ps`).
+    #[arg(long, env = "PGBACKUPS_LINK_SECRET_FILE")]
+    pub link_secret_file: Option<PathBuf>,
+    /// Named sources (replicas, forks, other servers), by name; file only
+    /// (or PGBACKUPS_SOURCE_<NAME>=url).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourceConfig>,
 }
 
-/// The TOML file's shape.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_url: Option<String>,
-    storage: Option<String>,
-    max_concurrent: Option<usize>,
-    agent_id: Option<String>,
-    staging_dir: Option<PathBuf>,
-    pg_bin_dir: Option<PathBuf>,
-    compression_level: Option<i32>,
-    #[serde(default)]
-    exclude_schema: Vec<String>,
-    shutdown_grace: Option<u64>,
-    poll_interval: Option<f64>,
-    storage_retry_timeout: Option<u64>,
-    listen: Option<std::net::SocketAddr>,
-    link_secret: Option<String>,
-    lock_wait_timeout: Option<String>,
-    #[serde(default)]
-    sources: BTreeMap<String, SourceConfig>,
-    /// Extra object_store options for S3 and friends (endpoint, region, keys).
-    #[serde(default)]
-    storage_options: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Connection URL of the named source (a replica, a fork, another server).
+    /// Connection URL of the named source.
     pub url: String,
 }
 
+/// Where backups are, resolved: what `pgbackups download` runs with.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct StoreConfig {
     pub database_url: String,
     pub storage: String,
     pub storage_options: BTreeMap<String, String>,
+    pub storage_retry_timeout: Duration,
+}
+
+/// Download links are served only with a secret to check them against.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub secret: String,
+}
+
+/// Everything the agent runs with, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
     pub max_concurrent: usize,
     pub agent_id: String,
     pub staging_dir: PathBuf,
@@ -109,34 +136,49 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
-    pub storage_retry_timeout: Duration,
-    pub listen: Option<std::net::SocketAddr>,
-    pub link_secret: Option<String>,
     pub lock_wait_timeout: Option<String>,
+    pub listen: Option<Listen>,
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
+impl StoreConfig {
+    pub fn load(file: &ConfigFile, flags: &StoreOptions) -> Result<Self> {
+        let table = read_file(file.config.as_deref())?;
+        Self::resolve(merge(flags, &table)?)
+    }
+
+    fn resolve(o: StoreOptions) -> Result<Self> {
+        Ok(StoreConfig {
+            database_url: o.database_url.context(
+                "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
+            )?,
+            storage: o.storage.unwrap_or_else(|| DEFAULT_STORAGE.into()),
+            storage_options: o.storage_options,
+            storage_retry_timeout: Duration::from_secs(
+                o.storage_retry_timeout.unwrap_or(DEFAULT_STORAGE_RETRY_TIMEOUT_SECS),
+            ),
+        })
+    }
+}
+
 impl Config {
-    pub fn load(args: &AgentArgs) -> Result<Self> {
-        let file = match &args.config {
-            Some(p) => read_file(p)?,
-            None => FileConfig::default(),
-        };
-        let database_url = args.database_url.clone().or(file.database_url).context(
-            "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
-        )?;
-        let compression_level = args.compression_level.or(file.compression_level).unwrap_or(3);
+    pub fn load(file: &ConfigFile, store: &StoreOptions, agent: &AgentOptions) -> Result<Self> {
+        let table = read_file(file.config.as_deref())?;
+        let store = StoreConfig::resolve(merge(store, &table)?)?;
+        let o: AgentOptions = merge(agent, &table)?;
+        let compression_level = o.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
         if !(1..=19).contains(&compression_level) {
             bail!("compression level must be between 1 and 19, not {compression_level}");
         }
-        let max_concurrent = args.max_concurrent.or(file.max_concurrent).unwrap_or(2);
+        let max_concurrent = o.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
         }
-        if args.listen.or(file.listen).is_some() && args.link_secret.is_none() && file.link_secret.is_none() {
-            bail!("--listen needs --link-secret (PGBACKUPS_LINK_SECRET): the same secret as backups.link_secret");
-        }
-        let mut sources = file.sources;
+        let listen = match o.listen {
+            None => None,
+            Some(addr) => Some(Listen { addr, secret: link_secret(o.link_secret, o.link_secret_file.as_deref())? }),
+        };
+        let mut sources = o.sources;
         // PGBACKUPS_SOURCE_<NAME>=url defines a named source too.
         for (k, v) in std::env::vars() {
             if let Some(name) = k.strip_prefix("PGBACKUPS_SOURCE_") {
@@ -144,50 +186,125 @@ impl Config {
             }
         }
         Ok(Config {
-            database_url,
-            storage: args.storage.clone().or(file.storage).unwrap_or_else(|| DEFAULT_STORAGE.into()),
-            storage_options: file.storage_options,
+            store,
             max_concurrent,
-            agent_id: args.agent_id.clone().or(file.agent_id).unwrap_or_else(default_agent_id),
-            staging_dir: args
-                .staging_dir
-                .clone()
-                .or(file.staging_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp/pgbackups")),
-            pg_bin_dir: args.pg_bin_dir.clone().or(file.pg_bin_dir),
+            agent_id: o.agent_id.unwrap_or_else(default_agent_id),
+            staging_dir: o.staging_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR)),
+            pg_bin_dir: o.pg_bin_dir,
             compression_level,
-            exclude_schema: if args.exclude_schema.is_empty() {
-                file.exclude_schema
-            } else {
-                args.exclude_schema.clone()
-            },
-            shutdown_grace: Duration::from_secs(args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30)),
-            poll_interval: Duration::from_secs_f64(args.poll_interval.or(file.poll_interval).unwrap_or(2.0).max(0.1)),
-            heartbeat_interval: Duration::from_secs(1),
-            storage_retry_timeout: Duration::from_secs(
-                args.storage_retry_timeout.or(file.storage_retry_timeout).unwrap_or(120),
-            ),
-            listen: args.listen.or(file.listen),
-            lock_wait_timeout: args.lock_wait_timeout.clone().or(file.lock_wait_timeout),
-            link_secret: args.link_secret.clone().or(file.link_secret).filter(|s| !s.is_empty()),
+            exclude_schema: o.exclude_schema,
+            shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
+            poll_interval: Duration::from_secs_f64(o.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL_SECS).max(0.1)),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            lock_wait_timeout: o.lock_wait_timeout,
+            listen,
             sources,
         })
     }
-
-    /// Path of a PostgreSQL client program (pg_dump, pg_restore, psql).
-    pub fn pg_tool(&self, name: &str) -> PathBuf {
-        match &self.pg_bin_dir {
-            Some(dir) => dir.join(name),
-            None => PathBuf::from(name),
-        }
-    }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig> {
+/// The link secret, from the option or the file; never empty.
+fn link_secret(value: Option<String>, file: Option<&Path>) -> Result<String> {
+    let secret = match (value, file) {
+        (Some(_), Some(_)) => bail!("give the link secret once: --link-secret or --link-secret-file, not both"),
+        (Some(v), None) => v,
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the link secret from {}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        (None, None) => String::new(),
+    };
+    if secret.is_empty() {
+        bail!(
+            "--listen needs --link-secret or --link-secret-file (PGBACKUPS_LINK_SECRET): the same non-empty secret as backups.link_secret"
+        );
+    }
+    Ok(secret)
+}
+
+/// The TOML file as a table (empty without one), refusing keys that no
+/// option has.
+fn read_file(path: Option<&Path>) -> Result<toml::Table> {
+    let Some(path) = path else { return Ok(toml::Table::new()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let known: BTreeSet<&str> =
+        serde_introspect::<StoreOptions>().iter().chain(serde_introspect::<AgentOptions>()).copied().collect();
+    if let Some(unknown) = table.keys().find(|k| !known.contains(k.as_str())) {
+        bail!(
+            "parsing {}: unknown setting {unknown:?} (known: {})",
+            path.display(),
+            known.iter().copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(table)
+}
+
+/// The options set by flags or environment, over those of the file.
+fn merge<T: Serialize + DeserializeOwned>(flags: &T, file: &toml::Table) -> Result<T> {
+    let mut merged = file.clone();
+    merged.extend(toml::Table::try_from(flags).context("reading the options")?);
+    merged.try_into().context("reading the configuration file")
 }
 
 fn default_agent_id() -> String {
     format!("{}-{}", gethostname::gethostname().to_string_lossy(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> (tempfile::NamedTempFile, ConfigFile) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let c = ConfigFile { config: Some(f.path().to_path_buf()) };
+        (f, c)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let (_f, c) = file(
+            "database_url = \"postgres://file/postgres\"\nmax_concurrent = 5\ncompression_level = 7\n\
+             [sources.replica]\nurl = \"postgres://replica/app\"\n[storage_options]\nregion = \"eu-west-3\"\n",
+        );
+        let store = StoreOptions { database_url: Some("postgres://flag/postgres".into()), ..Default::default() };
+        let agent = AgentOptions { max_concurrent: Some(1), ..Default::default() };
+        let cfg = Config::load(&c, &store, &agent).unwrap();
+        assert_eq!(cfg.store.database_url, "postgres://flag/postgres");
+        assert_eq!(cfg.max_concurrent, 1);
+        assert_eq!(cfg.compression_level, 7);
+        assert_eq!(cfg.store.storage, DEFAULT_STORAGE);
+        assert_eq!(cfg.sources["replica"].url, "postgres://replica/app");
+        assert_eq!(cfg.store.storage_options["region"], "eu-west-3");
+        assert!(cfg.listen.is_none());
+        // download reads the same file, taking only what it uses.
+        let s = StoreConfig::load(&c, &StoreOptions::default()).unwrap();
+        assert_eq!(s.database_url, "postgres://file/postgres");
+    }
+
+    #[test]
+    fn unknown_settings_and_secretless_links_are_refused() {
+        let (_f, c) = file("database_url = \"x\"\nmax_concurent = 5\n");
+        let e = StoreConfig::load(&c, &StoreOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("unknown setting \"max_concurent\""), "{e}");
+        let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
+        for secret in [None, Some(String::new())] {
+            let agent = AgentOptions {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                link_secret: secret,
+                ..Default::default()
+            };
+            let e = Config::load(&ConfigFile::default(), &store, &agent).unwrap_err().to_string();
+            assert!(e.starts_with("--listen needs --link-secret"), "{e}");
+        }
+        let (_s, secret_file) = file("s3cret\n");
+        let agent = AgentOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            link_secret_file: secret_file.config.clone(),
+            ..Default::default()
+        };
+        let cfg = Config::load(&ConfigFile::default(), &store, &agent).unwrap();
+        assert_eq!(cfg.listen.unwrap().secret, "s3cret");
+    }
 }

@@ -1,37 +1,62 @@
 //! `pgbackups`: the pg_backups agent and its command-line tools.
+//!
+//! Layout, by concern (each file says why it exists in its first line):
+//!
+//! ```text
+//! main.rs       the command line: `agent`, `download`
+//! config.rs     every option, declared once (flags, environment, TOML file)
+//! ctx.rs        what a running agent shares: settings and storage
+//! shutdown.rs   the one shutdown signal: drain, then hand back
+//! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
+//! transfer/     job (the typed job, decoded once), supervisor (heartbeat, cancel,
+//!               hand back, the one writer of final status), queue (claim), report
+//!               (the lifecycle calls), progress, task, staging, and the kinds:
+//!               capture, parallel (capture), restore, copy
+//! pg/           conn (connections), tool (pg_dump, pg_restore, psql as process
+//!               groups), target (replacing and restoring into a database)
+//! store/        storage, layout (every object key), upload, manifest, verify (the
+//!               one checksum-verifying reader), backups (finding and fetching), purge
+//! serve/        links: signed download links over HTTP
+//! cli/          download: `pgbackups download`
+//! ```
+//!
+//! Dependencies point one way: `agent` -> `transfer`/`serve`/`store`/`pg`
+//! -> `config`; no file imports one that imports it.
 
 mod agent;
-mod capture;
+mod cli;
 mod config;
-mod copy;
-mod db;
-mod download;
-mod links;
-mod manifest;
-mod parallel;
-mod progress;
-mod purge;
-mod queue;
-mod restore;
-mod storage;
-mod stored;
-mod supervise;
-mod target;
-mod upload;
+mod ctx;
+mod pg;
+mod serve;
+mod shutdown;
+mod store;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{AgentOptions, Config, ConfigFile, StoreConfig, StoreOptions};
+
 #[derive(Parser)]
-#[command(name = "pgbackups", version, about = "The pg_backups agent: runs the captures queued with backups.capture()")]
+#[command(name = "pgbackups", version, about = "The pg_backups agent: runs the transfers queued from SQL")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once at start-up: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Claim and run queued transfers, writing status back to the control database.
-    Agent(config::AgentArgs),
+    Agent {
+        #[command(flatten)]
+        file: ConfigFile,
+        #[command(flatten)]
+        store: StoreOptions,
+        #[command(flatten)]
+        agent: AgentOptions,
+    },
     /// Download a backup as a file pg_restore accepts (default: the latest, to latest.dump).
     Download {
         /// The backup (b001, a003...); default the latest completed one.
@@ -40,7 +65,9 @@ enum Command {
         #[arg(short, long)]
         output: Option<std::path::PathBuf>,
         #[command(flatten)]
-        args: config::AgentArgs,
+        file: ConfigFile,
+        #[command(flatten)]
+        store: StoreOptions,
     },
 }
 
@@ -51,11 +78,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Agent(args) => {
-            config::Config::load(&args).and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg)))
-        }
-        Command::Download { id, output, args } => config::Config::load(&args)
-            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(download::run(cfg, id, output))),
+        Command::Agent { file, store, agent } => Config::load(&file, &store, &agent)
+            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
+        Command::Download { id, output, file, store } => StoreConfig::load(&file, &store)
+            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(cli::download::run(cfg, id, output))),
     };
     if let Err(e) = result {
         eprintln!("pgbackups: {e:#}");

@@ -13,25 +13,32 @@ mod gucs;
 mod helpers;
 mod worker;
 
-// In-database tests. They must live in this crate (pgrx builds and installs
-// the extension under test from it) and in a schema named `tests`, which
-// pgrx takes from the module path, hence one inline module that includes a
-// file per concern from src/tests/.
+// In-database tests, kept in the top-level pgrx-tests/ folder. They must be
+// compiled into this crate (pgrx builds and installs the extension under test
+// from it) and live in a schema named `tests`, which pgrx takes from the
+// module path: hence one inline module that includes a file per concern.
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    include!("tests/support.rs");
-    include!("tests/surface.rs");
-    include!("tests/schedules.rs");
-    include!("tests/tick.rs");
-    include!("tests/client.rs");
+    include!("../../pgrx-tests/support.rs");
+    include!("../../pgrx-tests/surface.rs");
+    include!("../../pgrx-tests/schedules.rs");
+    include!("../../pgrx-tests/lifecycle.rs");
+    include!("../../pgrx-tests/tick.rs");
+    include!("../../pgrx-tests/client.rs");
 }
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables, roles and grants first; the functions that use the Rust helpers last.
+// Tables and roles first, grants last; the functions in between, each file
+// after the ones it calls (see sql/).
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/functions.sql", name = "functions", finalize);
+extension_sql_file!("../../sql/internal.sql", name = "internal", requires = ["schema"]);
+extension_sql_file!("../../sql/lifecycle.sql", name = "lifecycle", requires = ["internal"]);
+extension_sql_file!("../../sql/transfers.sql", name = "transfers", requires = ["lifecycle"]);
+extension_sql_file!("../../sql/schedules.sql", name = "schedules", requires = ["internal"]);
+extension_sql_file!("../../sql/tick.sql", name = "tick", requires = ["lifecycle"]);
+extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

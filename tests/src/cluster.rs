@@ -158,9 +158,13 @@ impl Cluster {
         self.start_server()
     }
 
-    /// libpq keyword/value connection string.
+    /// libpq keyword/value connection string (any database name).
     pub fn connstr(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname='{}'",
+            self.port,
+            db.replace('\\', "\\\\").replace('\'', "\\'")
+        )
     }
 
     /// URL form, as the agent takes it.

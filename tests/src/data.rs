@@ -31,11 +31,21 @@ CREATE VIEW big_spenders AS SELECT c.email, count(*) AS n FROM customers c JOIN 
 SELECT setval('orders_id_seq', 123456);
 "#;
 
-/// Create database `db` and fill it with `sql`.
+/// Create database `db` (any name) and fill it with `sql`.
 pub fn create_db(c: &Cluster, db: &str, sql: &str) -> Result<()> {
-    c.sql("postgres", &format!("CREATE DATABASE \"{db}\""))?;
+    c.sql("postgres", &format!("CREATE DATABASE {}", ident(db)))?;
     c.sql(db, sql)?;
     Ok(())
+}
+
+/// `name` as an SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as an SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Per table: row count and an order-independent hash of the rows; plus

@@ -6,4 +6,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod data;
+pub mod os;
+pub mod proxy;
 pub mod s3;

@@ -225,3 +225,60 @@ fn pgbackups_download_writes_latest_dump_then_latest_dump_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("b999 is not a completed backup"));
 }
+
+/// curl's exit code and the HTTP status.
+fn curl_exit(url: &str, out: &std::path::Path) -> (i32, String) {
+    let o = Command::new("curl").args(["-s", "-o"]).arg(out).args(["-w", "%{http_code}", url]).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+/// The biggest stored file of a backup.
+fn biggest_object(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = pgbackups_e2e::os::files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "zst"))
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .collect();
+    files.sort();
+    files.pop().unwrap().1
+}
+
+#[test]
+fn a_flipped_byte_is_refused_by_link_download_and_restore() {
+    let e = setup();
+    create_db(&e.c, "staging", "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (42)").unwrap();
+    for args in ["'shop'", "'shop', jobs => 2"] {
+        let b = capture(&e.c, args);
+        let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
+        let victim = biggest_object(&e.store.path().join("shop").join(&b));
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&victim, bytes).unwrap();
+
+        // The link: never a clean, complete 200 response.
+        let work = tempfile::tempdir().unwrap();
+        let (code, http) = curl_exit(&url, &work.path().join("x"));
+        assert!(code != 0 || http != "200", "{args}: the corrupt backup was served whole (curl {code}, HTTP {http})");
+
+        // pgbackups download: exit 1, and no file (partial or not) left behind.
+        let o = Command::new(agent::binary())
+            .args(["download", &b, "-o", "got.dump", "--database-url", &e.c.url("postgres")])
+            .arg("--storage")
+            .arg(format!("file://{}", e.store.path().display()))
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args}: {stderr}");
+        let said = stderr.to_lowercase();
+        assert!(said.contains("checksum") || said.contains("corrupt"), "{args}: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("x")], "{args}: download left files behind");
+
+        // A restore fails before the target is touched.
+        let r = e.c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging')")).unwrap();
+        assert_eq!(wait(&e.c, &r, PATIENCE).unwrap(), "failed");
+        assert_eq!(e.c.sql("staging", "SELECT x FROM keep_me").unwrap(), "42");
+    }
+}

@@ -1,0 +1,3 @@
+//! Commands a person runs beside the agent.
+
+pub mod download;

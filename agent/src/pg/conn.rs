@@ -1,0 +1,135 @@
+//! Connections to Postgres: tokio-postgres clients for the agent's own
+//! queries, and `Conn`, the libpq connection string handed to pg_dump,
+//! pg_restore and psql, with its password kept apart for the environment.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config as PgConfig, NoTls};
+
+/// Connect and drive the connection in the background. Notifications are
+/// not delivered here: see `listener`.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {}", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Connect, retrying with backoff for up to `patience`.
+pub async fn connect_with_retry(url: &str, patience: Duration) -> Result<Client> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match connect(url).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::debug!("{e:#}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A database to connect to, in libpq's keyword/value form (safe to show:
+/// no password), and the password to pass in PGPASSWORD, never on a command
+/// line where `ps` would show it.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub keywords: String,
+    pub password: Option<String>,
+}
+
+impl Conn {
+    /// `url` (a URL or keyword/value string), aimed at `dbname` if given.
+    pub fn new(url: &str, dbname: Option<&str>) -> Result<Conn> {
+        let cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+        let mut parts = Vec::new();
+        let hosts: Vec<String> = cfg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(s) => s.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            parts.push(format!("host={}", quote(&hosts.join(","))));
+        }
+        if !cfg.get_ports().is_empty() {
+            let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
+            parts.push(format!("port={}", ports.join(",")));
+        }
+        if let Some(u) = cfg.get_user() {
+            parts.push(format!("user={}", quote(u)));
+        }
+        if let Some(db) = dbname.or(cfg.get_dbname()) {
+            parts.push(format!("dbname={}", quote(db)));
+        }
+        if let Some(app) = cfg.get_application_name() {
+            parts.push(format!("application_name={}", quote(app)));
+        }
+        let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+        Ok(Conn { keywords: parts.join(" "), password })
+    }
+
+    /// The full string, password included, for the agent's own connections.
+    pub fn with_password(&self) -> String {
+        match &self.password {
+            Some(p) => format!("{} password={}", self.keywords, quote(p)),
+            None => self.keywords.clone(),
+        }
+    }
+}
+
+fn quote(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:,".contains(c)) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// A URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ if url.contains("password=") => "(connection string with password)".into(),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_replaces_the_database_and_keeps_the_password_out() {
+        let c = Conn::new("postgres://alice:s3cret@db.example.com:6543/postgres", Some("shop")).unwrap();
+        assert_eq!(c.keywords, "host=db.example.com port=6543 user=alice dbname=shop");
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+        assert_eq!(c.with_password(), "host=db.example.com port=6543 user=alice dbname=shop password=s3cret");
+        let c = Conn::new("host=/tmp port=5432 user=postgres dbname=postgres", Some("it's q3#sales")).unwrap();
+        assert_eq!(c.keywords, "host=/tmp port=5432 user=postgres dbname='it\\'s q3#sales'");
+        assert_eq!(c.password, None);
+        // The string libpq gets back names the same database.
+        let parsed: PgConfig = c.with_password().parse().unwrap();
+        assert_eq!(parsed.get_dbname(), Some("it's q3#sales"));
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(redact("postgres://alice:s3cret@h/db"), "postgres://alice:***@h/db");
+        assert_eq!(redact("postgres://alice@h/db"), "postgres://alice@h/db");
+    }
+}

@@ -1,0 +1,6 @@
+//! PostgreSQL as the agent touches it: connections, the client programs it
+//! runs (pg_dump, pg_restore, psql), and the databases it restores into.
+
+pub mod conn;
+pub mod target;
+pub mod tool;

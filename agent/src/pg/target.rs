@@ -1,0 +1,106 @@
+//! The receiving end of restores and copies: replace the target database,
+//! and run pg_restore into it with Heroku's flags.
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::pg::conn::{self, Conn};
+use crate::pg::tool::{Exit, Tool, ToolCommand};
+
+/// Drop and recreate `target` with its owner, encoding and locale, so that
+/// it ends up holding exactly what is restored into it. Refuses the control
+/// database. Connections to the target are terminated (WITH (FORCE)).
+pub async fn recreate(cfg: &Config, target: &str) -> Result<()> {
+    let c = conn::connect(&cfg.store.database_url).await?;
+    let control: String = c.query_one("SELECT current_database()", &[]).await?.get(0);
+    if control == target {
+        bail!("refusing to replace the control database {target:?}");
+    }
+    let row = c
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype
+               FROM pg_database WHERE datname = $1",
+            &[&target],
+        )
+        .await?
+        .with_context(|| format!("target database {target:?} does not exist"))?;
+    let (owner, encoding, collate, ctype): (String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target)))
+        .await
+        .with_context(|| format!("dropping {target}"))?;
+    c.batch_execute(&format!(
+        "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        ident(target),
+        ident(&owner),
+        literal(&encoding),
+        literal(&collate),
+        literal(&ctype)
+    ))
+    .await
+    .with_context(|| format!("creating {target}"))?;
+    Ok(())
+}
+
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `pg_restore --clean --if-exists --no-acl --no-owner --verbose [-j N]`
+/// into `target`; the caller adds the input (a path, or stdin).
+pub fn pg_restore(cfg: &Config, target: &str, jobs: Option<usize>) -> Result<ToolCommand> {
+    let conn = Conn::new(&cfg.store.database_url, Some(target))?;
+    let mut c = ToolCommand::new(cfg, Tool::PgRestore, &conn);
+    c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
+    if let Some(j) = jobs.filter(|j| *j > 1) {
+        c.arg(format!("--jobs={j}"));
+    }
+    // A restore that crashes is run again from the start, so its sessions
+    // need not wait for WAL flushes; index builds get more memory.
+    c.env("PGOPTIONS", "-c synchronous_commit=off -c maintenance_work_mem=256MB");
+    Ok(c)
+}
+
+/// pg_restore's verdict: errors it only ignored are warnings, as with
+/// Heroku ("Finished with N warnings"); anything else is a failure.
+pub fn restore_warnings(exit: &Exit) -> Result<i32> {
+    if exit.success() {
+        return Ok(0);
+    }
+    match ignored_errors(&exit.tail.join("\n")) {
+        Some(n) => Ok(n),
+        None => {
+            exit.check()?;
+            Ok(0)
+        }
+    }
+}
+
+/// pg_restore's closing "errors ignored on restore: N".
+fn ignored_errors(text: &str) -> Option<i32> {
+    text.lines().rev().find_map(|l| l.split("errors ignored on restore: ").nth(1).and_then(|n| n.trim().parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_errors_pg_restore_ignored() {
+        assert_eq!(
+            ignored_errors("pg_restore: creating TABLE\npg_restore: warning: errors ignored on restore: 3"),
+            Some(3)
+        );
+        assert_eq!(ignored_errors("pg_restore: error: could not connect"), None);
+    }
+
+    #[test]
+    fn quoting_survives_any_name() {
+        assert_eq!(ident("it's \"q3#sales\""), "\"it's \"\"q3#sales\"\"\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}

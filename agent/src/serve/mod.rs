@@ -1,0 +1,3 @@
+//! What the agent serves over HTTP (`--listen`): signed download links.
+
+pub mod links;

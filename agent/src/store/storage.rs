@@ -1,0 +1,202 @@
+//! Object storage from a URL, through the `object_store` crate:
+//! `file:///var/lib/pgbackups` or `s3://bucket/prefix` (AWS, MinIO, Ceph, R2:
+//! endpoint, region and keys from the usual AWS_* variables or the config's
+//! `storage_options`). Which key holds what is `layout`'s business.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use crate::config::StoreConfig;
+use crate::store::layout::{self, Keys};
+
+#[derive(Clone)]
+pub struct Storage {
+    pub store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    pub url: String,
+    /// The directory of file:// storage.
+    local_root: Option<std::path::PathBuf>,
+}
+
+impl Storage {
+    pub fn open(cfg: &StoreConfig) -> Result<Self> {
+        Self::open_url(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)
+    }
+
+    pub fn open_url(url: &str, options: &BTreeMap<String, String>, retry_timeout: Duration) -> Result<Self> {
+        let bad = || format!("invalid storage URL {url:?}: expected file:///absolute/path or s3://bucket/prefix");
+        let parsed = url::Url::parse(url).with_context(bad)?;
+        let mut local_root = None;
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|_| anyhow::anyhow!(bad()))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
+                local_root = Some(dir.clone());
+                (Arc::new(LocalFileSystem::new_with_prefix(&dir)?), Path::default())
+            }
+            "s3" | "s3a" => {
+                // Retry transient errors for `retry_timeout`, whatever the count:
+                // ten quick retries would give up within two seconds.
+                let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(RetryConfig {
+                    retry_timeout,
+                    max_retries: 10_000,
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(5),
+                        base: 2.0,
+                    },
+                });
+                for (k, v) in options {
+                    let key =
+                        AmazonS3ConfigKey::from_str(k).with_context(|| format!("unknown storage option {k:?}"))?;
+                    b = b.with_config(key, v);
+                }
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint).unwrap_or_default();
+                if endpoint.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+                let prefix = Path::parse(parsed.path().trim_matches('/')).with_context(bad)?;
+                (Arc::new(b.build().with_context(bad)?), prefix)
+            }
+            other => bail!("unsupported storage scheme {other:?} in {url:?}: use file:// or s3://"),
+        };
+        Ok(Storage { store, prefix, url: url.to_string(), local_root })
+    }
+
+    /// The keys of one attempt of one backup.
+    pub fn keys(&self, label: &str, id: &str, attempt: i32) -> Keys {
+        Keys::new(&self.prefix, label, id, attempt)
+    }
+
+    /// Everything stored for one backup, every attempt.
+    pub fn backup_folder(&self, label: &str, id: &str) -> Path {
+        layout::backup_folder(&self.prefix, label, id)
+    }
+
+    /// A key below the storage prefix, as recorded (for people) in the
+    /// transfers table and the manifest.
+    pub fn relative(&self, key: &Path) -> String {
+        let s = key.as_ref();
+        s.strip_prefix(self.prefix.as_ref()).map(|r| r.trim_start_matches('/')).unwrap_or(s).to_string()
+    }
+
+    /// Remove every object under `dir` and check that none is left; nothing
+    /// there is not an error. On file storage the folder goes too, with any
+    /// multipart upload an agent killed mid-capture left staged there
+    /// (invisible as objects; on S3 a bucket lifecycle rule aborts those).
+    pub async fn delete_all(&self, dir: &Path) -> Result<usize> {
+        let objects: Vec<Path> = match self.store.list(Some(dir)).map_ok(|o| o.location).try_collect().await {
+            Ok(o) => o,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("listing {dir}")),
+        };
+        let n = objects.len();
+        let locations = futures::stream::iter(objects.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting under {dir}")),
+            }
+        }
+        drop(deleted);
+        let left: Vec<_> = self.store.list(Some(dir)).take(1).try_collect().await.unwrap_or_default();
+        if let Some(o) = left.first() {
+            bail!("{} is still in storage after deleting everything under {dir}", o.location);
+        }
+        if let Some(folder) = self.local_path(dir) {
+            match std::fs::remove_dir_all(&folder) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", folder.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    /// Remove the objects one attempt may have written: what a failed,
+    /// cancelled or lost attempt leaves behind.
+    pub async fn delete_attempt(&self, keys: &Keys) -> Result<usize> {
+        let mut n = self.delete_all(&keys.dir()).await?;
+        for key in [keys.dump(), keys.manifest()] {
+            match self.store.delete(&key).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {key}")),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Make `keys` durable on file storage: fsync each file, then every
+    /// directory from theirs up to the storage root, so that a backup
+    /// recorded as completed survives a power cut. (Object stores make an
+    /// object durable before they acknowledge it.)
+    pub async fn sync(&self, keys: &[Path]) -> Result<()> {
+        let Some(root) = self.local_root.clone() else { return Ok(()) };
+        let paths: Vec<std::path::PathBuf> = keys.iter().filter_map(|k| self.local_path(k)).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut dirs = std::collections::BTreeSet::new();
+            for p in &paths {
+                std::fs::File::open(p)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("syncing {}", p.display()))?;
+                let mut d = p.parent();
+                while let Some(dir) = d {
+                    dirs.insert(dir.to_path_buf());
+                    if dir == root {
+                        break;
+                    }
+                    d = dir.parent();
+                }
+            }
+            for d in dirs {
+                std::fs::File::open(&d)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("syncing {}", d.display()))?;
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Where a key lives on file storage (none on other stores).
+    fn local_path(&self, key: &Path) -> Option<std::path::PathBuf> {
+        // Layout keys need no decoding: each part is its own file name.
+        self.local_root.as_ref().map(|root| key.parts().fold(root.clone(), |p, part| p.join(part.as_ref())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delete_all_removes_every_object_and_staged_upload_and_syncs_on_file_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let s = Storage::open_url(&url, &BTreeMap::new(), Duration::from_secs(1)).unwrap();
+        let keys = s.keys("q3#sales", "b001", 1);
+        s.store.put(&keys.dump(), "x".into()).await.unwrap();
+        s.store.put(&keys.dir_file("toc.dat").unwrap(), "y".into()).await.unwrap();
+        s.sync(&[keys.dump()]).await.unwrap();
+        assert!(dir.path().join("q3=23sales/b001/backup.dump.zst").exists());
+        // A staged multipart upload, as an agent killed mid-upload leaves it.
+        std::fs::write(dir.path().join("q3=23sales/b001/backup-2.dump.zst#1"), b"partial").unwrap();
+        let n = s.delete_all(&s.backup_folder("q3#sales", "b001")).await.unwrap();
+        assert_eq!(n, 2);
+        assert!(!dir.path().join("q3=23sales/b001").exists());
+        assert_eq!(s.delete_all(&s.backup_folder("q3#sales", "b001")).await.unwrap(), 0);
+    }
+}

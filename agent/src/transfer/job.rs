@@ -1,0 +1,184 @@
+//! A claimed transfer, decoded once into what it asks for (`Job`), and what
+//! a finished one reports (`Completion`). Nothing past this file matches on
+//! kind or format strings.
+
+use anyhow::{bail, Context, Result};
+
+use crate::store::layout::Format;
+
+/// A transfer this agent claimed: attempt `attempt` of `name`, and what it
+/// asks for, or why this agent cannot tell (the supervisor fails it so).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub name: String,
+    pub attempt: i32,
+    pub job: std::result::Result<Job, String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Job {
+    Capture(Capture),
+    Restore(Restore),
+    Copy(Copy),
+}
+
+/// Where data is read from: a database of the control cluster, or a named
+/// source of the agent's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Database(String),
+    Named(String),
+}
+
+impl Source {
+    /// The name backups of it are stored under.
+    pub fn label(&self) -> &str {
+        match self {
+            Source::Database(d) | Source::Named(d) => d,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Capture {
+    pub source: Source,
+    /// `None`: one custom-format stream; `Some(n)`: a directory-format dump with n jobs.
+    pub jobs: Option<u32>,
+}
+
+impl Capture {
+    pub fn format(&self) -> Format {
+        if self.jobs.is_some() {
+            Format::Directory
+        } else {
+            Format::Custom
+        }
+    }
+}
+
+/// Which backup a restore reads.
+#[derive(Debug, Clone)]
+pub enum BackupRef {
+    /// One of ours, by name.
+    Id(String),
+    /// Any http(s) URL serving a pg_dump archive.
+    Url(url::Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub from: BackupRef,
+    pub target: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub source: Source,
+    pub target: String,
+}
+
+/// A claimed row of the transfers table, as the claim returns it.
+pub struct Row {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub database: String,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub options: serde_json::Value,
+    pub attempt: i32,
+}
+
+impl Job {
+    /// What the row asks for, or why it cannot be run.
+    pub fn decode(row: &Row) -> Result<Job> {
+        Ok(match row.kind.as_str() {
+            "capture" => Job::Capture(Capture {
+                source: match &row.source {
+                    Some(name) => Source::Named(name.clone()),
+                    None => Source::Database(row.database.clone()),
+                },
+                jobs: match row.options.get("jobs") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(j) => Some(
+                        j.as_u64().filter(|j| (1..=64).contains(j)).map(|j| j as u32).context("invalid jobs option")?,
+                    ),
+                },
+            }),
+            "restore" => {
+                let from = row.source.as_deref().context("restore without a backup")?;
+                Job::Restore(Restore {
+                    from: if from.starts_with("http://") || from.starts_with("https://") {
+                        BackupRef::Url(url::Url::parse(from).context("invalid backup URL")?)
+                    } else {
+                        BackupRef::Id(from.to_string())
+                    },
+                    target: row.target.clone().unwrap_or_else(|| row.database.clone()),
+                })
+            }
+            "copy" => {
+                let source = row.source.clone().context("copy without a source")?;
+                let named = row.options.get("named_source").and_then(|v| v.as_bool()).unwrap_or(false);
+                Job::Copy(Copy {
+                    source: if named { Source::Named(source) } else { Source::Database(source) },
+                    target: row.target.clone().unwrap_or_else(|| row.database.clone()),
+                })
+            }
+            other => bail!("this agent cannot run {other} transfers"),
+        })
+    }
+}
+
+/// What a transfer that finished its work reports.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    /// A capture: stored, with its checksum recorded.
+    Backup { processed: u64, stored: u64, checksum: String },
+    /// A restore or a copy: `warnings` errors pg_restore ignored.
+    Applied { processed: u64, warnings: i32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, source: Option<&str>, options: serde_json::Value) -> Row {
+        Row {
+            id: 1,
+            name: "x001".into(),
+            kind: kind.into(),
+            database: "shop".into(),
+            source: source.map(str::to_string),
+            target: Some("staging".into()),
+            options,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn rows_decode_into_jobs() {
+        let Job::Capture(c) = Job::decode(&row("capture", None, serde_json::json!({"jobs": 4}))).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.format(), c.source, c.jobs), (Format::Directory, Source::Database("shop".into()), Some(4)));
+        let Job::Capture(c) = Job::decode(&row("capture", Some("replica"), serde_json::json!({}))).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.source.label(), c.format()), ("replica", Format::Custom));
+        let Job::Restore(r) =
+            Job::decode(&row("restore", Some("https://x.example/b.dump"), serde_json::json!({}))).unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(r.from, BackupRef::Url(_)));
+        let Job::Copy(c) =
+            Job::decode(&row("copy", Some("replica"), serde_json::json!({"named_source": true}))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.source, Source::Named("replica".into()));
+        assert!(Job::decode(&row("verify", None, serde_json::json!({}))).is_err());
+        assert!(Job::decode(&row("capture", None, serde_json::json!({"jobs": 0}))).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The supervisor's line to the control database about one claimed
+//! transfer, on a connection of its own. Every call is one of the lifecycle
+//! functions of `sql/lifecycle.sql`, fenced there on (agent, attempt). A
+//! dropped connection is reopened; a finish is retried until its outcome is
+//! known, which is safe because `_finish` is idempotent: a retry after a
+//! lost reply finds the row already finished by this attempt and says so.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use crate::pg::conn;
+use crate::transfer::job::Claimed;
+
+/// How long a lost control connection is waited for, per call.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a finish keeps trying before its outcome is called unknown.
+const FINISH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The levels of `backups.transfer_logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    Run,
+    CancelRequested,
+    /// No longer ours: the worker requeued it after missed heartbeats.
+    Lost,
+}
+
+/// How an attempt ends, as recorded.
+pub enum Ending<'a> {
+    Completed { processed: u64, stored: Option<u64>, checksum: Option<&'a str>, warnings: i32 },
+    Failed { processed: u64, error: &'a str },
+    Cancelled { processed: u64 },
+}
+
+pub struct Reporter {
+    url: String,
+    client: Mutex<Option<Client>>,
+    id: i64,
+    pub name: String,
+    agent: String,
+    attempt: i32,
+}
+
+impl Reporter {
+    pub async fn connect(url: &str, claimed: &Claimed, agent: &str) -> Result<Self> {
+        let client = conn::connect_with_retry(url, RECONNECT_PATIENCE).await?;
+        Ok(Reporter {
+            url: url.to_string(),
+            client: Mutex::new(Some(client)),
+            id: claimed.id,
+            name: claimed.name.clone(),
+            agent: agent.to_string(),
+            attempt: claimed.attempt,
+        })
+    }
+
+    /// One query; on a lost connection, reconnect and try once more.
+    async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        let mut guard = self.client.lock().await;
+        for retry in [false, true] {
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                *guard = Some(conn::connect_with_retry(&self.url, RECONNECT_PATIENCE).await?);
+            }
+            let client = guard.as_ref().expect("connected");
+            match client.query_one(sql, params).await {
+                Ok(row) => return Ok(row),
+                Err(e) if client.is_closed() && !retry => {
+                    tracing::warn!("control connection lost ({e}); reconnecting");
+                    *guard = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the second try returns")
+    }
+
+    /// Alive, with progress; learns whether a cancel was requested.
+    pub async fn heartbeat(&self, processed: u64, current: Option<&str>) -> Result<Beat> {
+        let row = self
+            .query_one(
+                "SELECT backups._heartbeat($1, $2, $3, $4, $5)",
+                &[&self.id, &self.agent, &self.attempt, &(processed as i64), &current],
+            )
+            .await?;
+        Ok(match row.get::<_, String>(0).as_str() {
+            "run" => Beat::Run,
+            "cancel" => Beat::CancelRequested,
+            _ => Beat::Lost,
+        })
+    }
+
+    /// Facts known once the work started. False when no longer ours.
+    pub async fn record_start(
+        &self,
+        source_size: Option<i64>,
+        format: Option<&str>,
+        object_key: Option<&str>,
+        tool_versions: &serde_json::Value,
+    ) -> Result<bool> {
+        let row = self
+            .query_one(
+                "SELECT backups._record_start($1, $2, $3, $4, $5, $6, $7)",
+                &[&self.id, &self.agent, &self.attempt, &source_size, &format, &object_key, tool_versions],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Append log lines; a failure to log never fails the transfer.
+    pub async fn log(&self, lines: &[(Level, String)]) {
+        if lines.is_empty() {
+            return;
+        }
+        let levels: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+        let messages: Vec<&str> = lines.iter().map(|l| l.1.as_str()).collect();
+        let res =
+            self.query_one("SELECT 1 FROM backups._agent_log($1, $2, $3) x", &[&self.id, &levels, &messages]).await;
+        if let Err(e) = res {
+            tracing::warn!("could not write log lines of {}: {e:#}", self.name);
+        }
+    }
+
+    /// Record how this attempt ended. `Ok(true)`: recorded (now, or by an
+    /// earlier try whose reply was lost); `Ok(false)`: the transfer is no
+    /// longer ours; `Err`: the outcome could not be learnt.
+    pub async fn finish(&self, ending: &Ending<'_>) -> Result<bool> {
+        let (status, processed, stored, checksum, warnings, error) = match *ending {
+            Ending::Completed { processed, stored, checksum, warnings } => {
+                ("completed", processed, stored.map(|s| s as i64), checksum, warnings, None)
+            }
+            Ending::Failed { processed, error } => ("failed", processed, None, None, 0, Some(error)),
+            Ending::Cancelled { processed } => ("cancelled", processed, None, None, 0, None),
+        };
+        let processed = processed as i64;
+        let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
+        loop {
+            let res = self
+                .query_one(
+                    "SELECT backups._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[&self.id, &self.agent, &self.attempt, &status, &processed, &stored, &checksum, &warnings, &error],
+                )
+                .await;
+            match res {
+                Ok(row) => return Ok(row.get(0)),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("recording {} as {status}: {e:#}; trying again", self.name);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("recording {} as {status}", self.name)),
+            }
+        }
+    }
+
+    /// Give the transfer back to the queue; false when no longer ours.
+    pub async fn hand_back(&self, why: &str) -> Result<bool> {
+        let row = self
+            .query_one("SELECT backups._hand_back($1, $2, $3, $4)", &[&self.id, &self.agent, &self.attempt, &why])
+            .await?;
+        Ok(row.get(0))
+    }
+}

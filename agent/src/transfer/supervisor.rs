@@ -1,0 +1,265 @@
+//! One supervisor for every kind of transfer. It runs the kind's work as a
+//! task of its own and, from the claim until the final status is written:
+//!
+//! 1. heartbeats every second with the work's progress and log lines
+//!    (including an upload's tail after pg_dump exits, the manifest and the
+//!    durability sync: the work is not done until it returns);
+//! 2. stops the work when a cancel is requested (learnt from a NOTIFY or a
+//!    heartbeat), when the agent hands its transfers back at shutdown, or
+//!    when the transfer turns out to be no longer this agent's;
+//! 3. once the work has ended or been stopped, waits for everything it left
+//!    running (uploads aborting, threads reading files), removes what this
+//!    attempt stored unless it completed, and only then
+//! 4. records the outcome: the one place a final status is written.
+//!
+//! A completion whose reply is lost is asked again (`_finish` is
+//! idempotent); only a transfer the table says is not ours loses its
+//! objects, and an outcome that cannot be learnt keeps them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::ctx::Ctx;
+use crate::shutdown::{Phase, Shutdown};
+use crate::store::layout::Keys;
+use crate::transfer::job::{Claimed, Completion, Job};
+use crate::transfer::progress::{self, Journal};
+use crate::transfer::report::{Beat, Ending, Level, Reporter};
+use crate::transfer::task::Task;
+use crate::transfer::{capture, copy, restore};
+
+/// How long stopped work gets to wind down (uploads to abort, threads to
+/// notice) before the outcome is recorded anyway.
+const WIND_DOWN: Duration = Duration::from_secs(60);
+
+/// How the work ended, as the supervisor saw it.
+enum Ended {
+    Done(Completion),
+    Failed(String),
+    Cancelled,
+    HandBack,
+    /// The table says another attempt owns the transfer now.
+    Lost,
+}
+
+/// Run one claimed transfer to its recorded end. `events` carries the
+/// payloads of the agent's NOTIFY channel (`cancel b001`, ...).
+pub async fn supervise(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String>, shutdown: Shutdown) {
+    let span = tracing::info_span!("transfer", name = %claimed.name, attempt = claimed.attempt);
+    run(ctx, claimed, events, shutdown).instrument(span).await
+}
+
+async fn run(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String>, mut shutdown: Shutdown) {
+    tracing::info!("claimed");
+    let rep = match Reporter::connect(&ctx.cfg.store.database_url, &claimed, &ctx.cfg.agent_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Without a line to the table nothing can be recorded; the worker
+            // requeues the transfer when its heartbeat stays silent.
+            tracing::error!("cannot report on the transfer: {e:#}");
+            return;
+        }
+    };
+    let job = match &claimed.job {
+        Ok(job) => job.clone(),
+        Err(why) => {
+            record(&rep, Ended::Failed(why.clone()), 0, 0).await;
+            return;
+        }
+    };
+    let (progress, mut journal) = progress::channel();
+    let tracker = TaskTracker::new();
+    let task = Task {
+        ctx: ctx.clone(),
+        name: claimed.name.clone(),
+        attempt: claimed.attempt,
+        progress,
+        tracker: tracker.clone(),
+    };
+    let stored_by = keys_of(&ctx, &claimed, &job);
+    let mut work = tokio::spawn(async move {
+        match &job {
+            Job::Capture(c) => capture::run(&task, c).await,
+            Job::Restore(r) => restore::run(&task, r).await,
+            Job::Copy(c) => copy::run(&task, c).await,
+        }
+    });
+
+    // 1 and 2: heartbeat until the work ends or must stop.
+    let cancel_event = format!("cancel {}", claimed.name);
+    let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    let mut events = Some(events);
+    let ended = loop {
+        let beat_now = tokio::select! {
+            res = &mut work => break match res {
+                Ok(Ok(done)) => Ended::Done(done),
+                Ok(Err(e)) => Ended::Failed(format!("{e:#}")),
+                Err(e) => Ended::Failed(format!("the transfer's work panicked: {e}")),
+            },
+            _ = ticker.tick() => true,
+            ev = next_event(&mut events) => match ev {
+                // A cancel: check with the table at once rather than trust the payload.
+                Ok(e) => e == cancel_event,
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    events = None;
+                    false
+                }
+            },
+            _ = shutdown.reached(Phase::HandBack) => break Ended::HandBack,
+        };
+        if beat_now {
+            match beat(&rep, &mut journal).await {
+                Some(Beat::CancelRequested) => break Ended::Cancelled,
+                Some(Beat::Lost) => break Ended::Lost,
+                _ => {}
+            }
+        }
+    };
+    match &ended {
+        Ended::Cancelled => journal_say(&rep, &mut journal, "cancel requested: stopping").await,
+        Ended::HandBack => journal_say(&rep, &mut journal, "the agent is shutting down: stopping").await,
+        Ended::Lost => tracing::warn!("no longer ours: the worker requeued it after missed heartbeats; stopping"),
+        _ => {}
+    }
+
+    // 3. Stop the work if it still runs, and wait for what it left running.
+    if !work.is_finished() {
+        work.abort();
+        let _ = work.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(WIND_DOWN, tracker.wait()).await.is_err() {
+        tracing::warn!("background work did not end within {WIND_DOWN:?}");
+    }
+    if !matches!(ended, Ended::Done(_)) {
+        remove_stored(&ctx, &rep, stored_by.as_ref()).await;
+    }
+    rep.log(&journal.finish()).await;
+
+    // 4. Record.
+    let processed = journal.processed();
+    let tool_warnings = journal.tool_warnings;
+    if !record(&rep, ended, processed, tool_warnings).await {
+        // Ours no more: what this attempt stored is nobody's.
+        remove_stored(&ctx, &rep, stored_by.as_ref()).await;
+    }
+}
+
+/// One heartbeat, after writing what the work said and the facts it learnt.
+/// `None` when the control database could not be reached this time.
+async fn beat(rep: &Reporter, journal: &mut Journal) -> Option<Beat> {
+    rep.log(&journal.drain()).await;
+    if let Some(f) = journal.take_facts() {
+        match rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
+            Ok(true) => {}
+            Ok(false) => return Some(Beat::Lost),
+            Err(e) => {
+                tracing::warn!("recording the start: {e:#}");
+                journal.keep_facts(f);
+            }
+        }
+    }
+    match rep.heartbeat(journal.processed(), journal.current()).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("heartbeat: {e:#}");
+            None
+        }
+    }
+}
+
+/// The next NOTIFY payload; never, once the channel is gone.
+async fn next_event(events: &mut Option<broadcast::Receiver<String>>) -> Result<String, broadcast::error::RecvError> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn journal_say(rep: &Reporter, journal: &mut Journal, text: &str) {
+    let mut lines = journal.drain();
+    lines.push((Level::Info, text.to_string()));
+    rep.log(&lines).await;
+}
+
+/// The keys this attempt may have written to (captures only).
+fn keys_of(ctx: &Ctx, claimed: &Claimed, job: &Job) -> Option<Keys> {
+    match job {
+        Job::Capture(c) => Some(ctx.storage.keys(c.source.label(), &claimed.name, claimed.attempt)),
+        Job::Restore(_) | Job::Copy(_) => None,
+    }
+}
+
+/// Remove every object this attempt may have stored.
+async fn remove_stored(ctx: &Ctx, rep: &Reporter, keys: Option<&Keys>) {
+    let Some(keys) = keys else { return };
+    match ctx.storage.delete_attempt(keys).await {
+        Ok(0) => {}
+        Ok(n) => rep.log(&[(Level::Info, format!("removed the {n} object(s) this attempt had stored"))]).await,
+        Err(e) => {
+            let msg = format!("could not remove what this attempt stored: {e:#}");
+            tracing::warn!("{msg}");
+            rep.log(&[(Level::Warning, msg)]).await;
+        }
+    }
+}
+
+/// Write the final status. False only when the table says the transfer is
+/// no longer ours; an outcome that cannot be learnt counts as recorded, so
+/// that nothing the table might call completed is ever removed.
+async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32) -> bool {
+    let written = match &ended {
+        Ended::Done(Completion::Backup { processed, stored, checksum }) => {
+            rep.finish(&Ending::Completed {
+                processed: *processed,
+                stored: Some(*stored),
+                checksum: Some(checksum),
+                warnings: tool_warnings,
+            })
+            .await
+        }
+        Ended::Done(Completion::Applied { processed, warnings }) => {
+            rep.finish(&Ending::Completed { processed: *processed, stored: None, checksum: None, warnings: *warnings })
+                .await
+        }
+        Ended::Failed(error) => {
+            tracing::warn!("failed: {error}");
+            rep.log(&[(Level::Error, error.clone())]).await;
+            rep.finish(&Ending::Failed { processed, error }).await
+        }
+        Ended::Cancelled => {
+            rep.log(&[(Level::Info, "cancelled; nothing was kept in storage".into())]).await;
+            rep.finish(&Ending::Cancelled { processed }).await
+        }
+        Ended::HandBack => rep.hand_back("the agent is shutting down").await,
+        Ended::Lost => Ok(false),
+    };
+    match written {
+        Ok(true) => {
+            tracing::info!(
+                "{}",
+                match ended {
+                    Ended::Done(_) => "completed",
+                    Ended::Failed(_) => "failed",
+                    Ended::Cancelled => "cancelled",
+                    Ended::HandBack => "handed back",
+                    Ended::Lost => "lost",
+                }
+            );
+            true
+        }
+        Ok(false) => {
+            tracing::warn!("no longer ours: the worker requeued it after missed heartbeats");
+            false
+        }
+        Err(e) => {
+            tracing::error!("{e:#}; keeping what it stored");
+            true
+        }
+    }
+}

@@ -1,0 +1,69 @@
+// The lifecycle functions (sql/lifecycle.sql): the agent's only way to
+// change a transfer, each rule checked once here.
+
+/// Queue a capture and claim it as `agent`; (id, attempt).
+#[allow(dead_code)]
+fn claimed_by(agent: &str) -> (i64, i32) {
+    run("DELETE FROM backups.transfers");
+    let _: String = one("SELECT backups.capture()");
+    let (id, attempt): (Option<i64>, Option<i32>) =
+        Spi::get_two(&format!("SELECT id, attempt FROM backups._claim('{agent}', ARRAY['capture'], '{{}}')")).unwrap();
+    (id.expect("claimed"), attempt.unwrap())
+}
+
+#[pg_test]
+fn a_claimed_transfer_heartbeats_and_finishes_once_even_when_asked_twice() {
+    let (id, attempt) = claimed_by("agent-a");
+    assert_eq!(attempt, 1);
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE id = {id}")), "running");
+    // Nothing else is pending: a second claim gets nothing.
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups._claim('agent-b', ARRAY['capture'], '{}')"), 0);
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1234, 'public.t')")), "run");
+    let finish = format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 2000, 500, 'abc', 0, NULL)");
+    assert!(one::<bool>(&finish));
+    // The same call again, as after a lost reply: still true, nothing changes.
+    let finished_at: String = one(&format!("SELECT finished_at::text FROM backups.transfers WHERE id = {id}"));
+    assert!(one::<bool>(&finish));
+    assert_eq!(one::<String>(&format!("SELECT finished_at::text FROM backups.transfers WHERE id = {id}")), finished_at);
+    assert_eq!(
+        one::<String>(&format!("SELECT status || ' ' || stored_size || ' ' || checksum FROM backups.transfers WHERE id = {id}")),
+        "completed 500 abc"
+    );
+    // A different ending for the same attempt is not ours to write.
+    assert!(!one::<bool>(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'failed', 0, NULL, NULL, 0, 'late')")));
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1, NULL)")), "lost");
+}
+
+#[pg_test]
+fn a_requeued_transfer_no_longer_answers_to_its_silent_agent() {
+    let (id, _) = claimed_by("agent-a");
+    run(&format!("UPDATE backups.transfers SET heartbeat_at = now() - interval '10 minutes' WHERE id = {id}"));
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '1 minute') ->> 'requeued')::int"), 1);
+    let (_, attempt): (Option<i64>, Option<i32>) =
+        Spi::get_two("SELECT id, attempt FROM backups._claim('agent-b', ARRAY['capture'], '{}')").unwrap();
+    assert_eq!(attempt, Some(2));
+    // The first agent wakes up: every write of its attempt matches nothing.
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1, NULL)")), "lost");
+    assert!(!one::<bool>(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 1, 1, 'x', 0, NULL)")));
+    assert!(!one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'shutdown')")));
+    assert!(!one::<bool>(&format!("SELECT backups._record_start({id}, 'agent-a', 1, 1, 'custom', 'k', '{{}}')")));
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-b', 2, 1, NULL)")), "run");
+}
+
+#[pg_test]
+fn a_hand_back_does_not_count_and_a_cancel_is_learnt_by_heartbeat() {
+    let (id, _) = claimed_by("agent-a");
+    assert!(one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'the agent is shutting down')")));
+    assert_eq!(
+        one::<String>(&format!("SELECT status || ' ' || attempts FROM backups.transfers WHERE id = {id}")),
+        "pending 0"
+    );
+    let (_, attempt): (Option<i64>, Option<i32>) =
+        Spi::get_two("SELECT id, attempt FROM backups._claim('agent-b', ARRAY['capture'], '{}')").unwrap();
+    assert_eq!(attempt, Some(1));
+    let name: String = one(&format!("SELECT name FROM backups.transfers WHERE id = {id}"));
+    assert_eq!(one::<String>(&format!("SELECT backups.cancel('{name}')")), "cancelling");
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-b', 1, 1, NULL)")), "cancel");
+    assert!(one::<bool>(&format!("SELECT backups._finish({id}, 'agent-b', 1, 'cancelled')")));
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE id = {id}")), "cancelled");
+}

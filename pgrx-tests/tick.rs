@@ -1,0 +1,158 @@
+// The worker's tick (backups._tick()), called directly so that each rule is
+// checked deterministically; the client tests check the worker itself.
+
+#[pg_test]
+fn a_due_schedule_fires_once_and_moves_to_its_next_run() {
+    run("SELECT backups.schedule('hourly')");
+    // Due three hours ago: missed slots fire once, not three times.
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '3 hours'");
+    let before: i64 = one("SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'");
+    let fired: i32 = one("SELECT (backups._tick() ->> 'fired')::int");
+    assert_eq!(fired, 1);
+    let after: i64 = one("SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'");
+    assert_eq!(after, before + 1);
+    let (status, scheduled): (String, bool) = (
+        one("SELECT status FROM backups.transfers WHERE name LIKE 'a%' ORDER BY id DESC LIMIT 1"),
+        one("SELECT schedule_id IS NOT NULL FROM backups.transfers WHERE name LIKE 'a%' ORDER BY id DESC LIMIT 1"),
+    );
+    assert_eq!((status.as_str(), scheduled), ("pending", true));
+    assert!(one::<bool>("SELECT next_run_at > now() AND last_run_at = now() FROM backups.schedules"));
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'fired')::int"), 0);
+}
+
+#[pg_test]
+fn a_silent_agent_gets_its_transfer_requeued_then_failed() {
+    let b: String = one("SELECT backups.capture()");
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'running', attempts = 1, agent_id = 'a1',
+                started_at = now() - interval '5 minutes', heartbeat_at = now() - interval '2 minutes'
+         WHERE name = '{b}'"
+    ));
+    // A heartbeat 2 minutes old is fine with a 10-minute timeout ...
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '10 minutes') ->> 'requeued')::int"), 0);
+    // ... and stale with the default 60 s: requeued.
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '60 seconds') ->> 'requeued')::int"), 1);
+    let (status, agent): (Option<String>, Option<String>) = Spi::get_two(&format!(
+        "SELECT status, agent_id FROM backups.transfers WHERE name = '{b}'"
+    ))
+    .unwrap();
+    assert_eq!((status.unwrap().as_str(), agent), ("pending", None));
+    // Third attempt goes silent too: failed, with a clear error.
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'running', attempts = 3, agent_id = 'a2',
+                heartbeat_at = now() - interval '2 minutes' WHERE name = '{b}'"
+    ));
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '60 seconds') ->> 'failed')::int"), 1);
+    let (status, error): (String, String) = (
+        one(&format!("SELECT status FROM backups.transfers WHERE name = '{b}'")),
+        one(&format!("SELECT error FROM backups.transfers WHERE name = '{b}'")),
+    );
+    assert_eq!(status, "failed");
+    assert!(error.contains("stopped sending heartbeats") && error.contains("3 attempts"), "{error}");
+}
+
+#[pg_test]
+fn manual_backups_beyond_keep_manual_expire() {
+    run("DELETE FROM backups.transfers");
+    for i in 0..5 {
+        let b: String = one("SELECT backups.capture()");
+        run(&format!(
+            "UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '{i} hours' WHERE name = '{b}'"
+        ));
+    }
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 3) ->> 'expired')::int"), 2);
+    let expired: Vec<String> = Spi::connect(|c| {
+        c.select("SELECT name FROM backups.transfers WHERE status = 'expired' ORDER BY created_at", None, &[])
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+    });
+    // The oldest two (created 4 and 3 hours ago) go.
+    assert_eq!(expired.len(), 2);
+    let oldest: String = one("SELECT name FROM backups.transfers ORDER BY created_at LIMIT 1");
+    assert_eq!(expired[0], oldest);
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 3) ->> 'expired')::int"), 0);
+}
+
+#[pg_test]
+fn scheduled_backups_expire_by_their_schedule_retention() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('daily 02:00', retain_daily => 2, retain_weekly => 0, retain_monthly => 0)");
+    for day in 0..4 {
+        let a: String = one("SELECT backups._next_name('a')");
+        run(&format!(
+            "INSERT INTO backups.transfers (name, kind, status, database, created_at)
+             VALUES ('{a}', 'capture', 'completed', current_database(), now() - interval '{day} days')"
+        ));
+    }
+    // A manual backup is not touched by the schedule's retention.
+    let b: String = one("SELECT backups.capture()");
+    run(&format!("UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '30 days' WHERE name = '{b}'"));
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'expired')::int"), 2);
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE status = 'completed' AND name LIKE 'a%'"), 2);
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE name = '{b}'")), "completed");
+}
+
+#[pg_test]
+fn manual_retention_counts_each_named_source_apart() {
+    run("DELETE FROM backups.transfers");
+    // Two older captures of the named source `replica`, three newer of this database.
+    for (source, hours) in [("'replica'", 10), ("'replica'", 11), ("NULL", 1), ("NULL", 2), ("NULL", 3)] {
+        let b: String = one(&format!("SELECT backups.capture(source => {source})"));
+        run(&format!(
+            "UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '{hours} hours' WHERE name = '{b}'"
+        ));
+    }
+    // Keep 2 per (database, source): one of this database's goes, none of the replica's.
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 2) ->> 'expired')::int"), 1);
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE source = 'replica' AND status = 'completed'"), 2);
+    assert_eq!(
+        one::<String>("SELECT status FROM backups.transfers WHERE source IS NULL ORDER BY created_at LIMIT 1"),
+        "expired"
+    );
+}
+
+#[pg_test]
+fn a_schedule_does_not_queue_while_its_previous_capture_is_unfinished() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('hourly')");
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'fired')::int"), 1);
+    let first: String = one("SELECT name FROM backups.transfers WHERE name LIKE 'a%'");
+    // Due again while the first is still pending, then while it runs: skipped, and said so.
+    for status in ["pending", "running"] {
+        run(&format!("UPDATE backups.transfers SET status = '{status}', heartbeat_at = now() WHERE name = '{first}'"));
+        run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
+        assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'fired')::int"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'"), 1);
+        assert!(one::<bool>("SELECT next_run_at > now() FROM backups.schedules"));
+    }
+    let said: i64 = one(&format!(
+        "SELECT count(*) FROM backups.transfer_logs l JOIN backups.transfers t ON t.id = l.transfer_id
+          WHERE t.name = '{first}' AND l.message LIKE '%skipped%'"
+    ));
+    assert_eq!(said, 2);
+    // Once it has finished, the next due run fires again.
+    run(&format!("UPDATE backups.transfers SET status = 'completed' WHERE name = '{first}'"));
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
+    assert_eq!(one::<i32>("SELECT (backups._tick() ->> 'fired')::int"), 1);
+}
+
+#[pg_test]
+fn a_bad_schedule_row_is_skipped_and_the_rest_of_the_tick_goes_on() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('hourly')");
+    // A zone that is no longer known (as after a tzdata change), due now.
+    run("UPDATE backups.schedules SET timezone = 'Mars/Olympus', next_run_at = now() - interval '1 minute'");
+    let b: String = one("SELECT backups.capture()");
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'running', attempts = 1, agent_id = 'a1',
+                started_at = now() - interval '5 minutes', heartbeat_at = now() - interval '2 minutes'
+         WHERE name = '{b}'"
+    ));
+    let summary: pgrx::JsonB = one("SELECT backups._tick(agent_timeout => '60 seconds')");
+    assert_eq!(summary.0["requeued"], 1, "{:?}", summary.0);
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE name = '{b}'")), "pending");
+    // The bad row is not retried every second.
+    assert!(one::<bool>("SELECT next_run_at > now() FROM backups.schedules"));
+}

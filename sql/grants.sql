@@ -1,0 +1,37 @@
+-- Permissions: nothing for PUBLIC; users read and capture; admins may also
+-- destroy or schedule. Superusers bypass these checks.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA backups FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA backups FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    backups.capture(name, integer, text),
+    backups.wait(text, interval),
+    backups.list(),
+    backups.info(text),
+    backups.url(text, interval),
+    backups.database_info(name),
+    backups.schedules()
+TO backups_user;
+GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO backups_user;
+GRANT EXECUTE ON FUNCTION
+    backups.restore(text, name, name),
+    backups.copy(text, name, name),
+    backups.delete(text),
+    backups.schedule(text, name, integer, integer, integer),
+    backups.unschedule(name),
+    backups.cancel(text)
+TO backups_admin;
+-- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
+-- back), announcing itself, purging, and reading back what it stored.
+GRANT EXECUTE ON FUNCTION
+    backups._claim(text, text[], text[]),
+    backups._heartbeat(bigint, text, integer, bigint, text),
+    backups._record_start(bigint, text, integer, bigint, text, text, jsonb),
+    backups._agent_log(bigint, text[], text[]),
+    backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text),
+    backups._hand_back(bigint, text, integer, text),
+    backups._announce(text, text, text, text[]),
+    backups._retire(text),
+    backups._to_purge(integer),
+    backups._purged(bigint, text),
+    backups._stored(text)
+TO backups_agent;

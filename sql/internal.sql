@@ -1,0 +1,137 @@
+-- pg_backups internals shared by the SQL surface, the lifecycle functions
+-- and the worker's tick: notifications, names, log lines, lookups and the
+-- checks every entry point makes before it queues anything.
+--
+-- Every function here and in the other sql/ files that touches the tables is
+-- SECURITY DEFINER with a pinned search_path; EXECUTE is revoked from PUBLIC
+-- and granted role by role in grants.sql.
+
+-- The channel the agent LISTENs on. Payload: a transfer name, or a word.
+CREATE FUNCTION backups._notify(payload text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_notify('pg_backups', payload) $$;
+
+-- b001, a001, r001, c001: three digits, more when needed, never reused.
+-- (plpgsql, whose body is resolved when first called: _format_name is one of
+-- the Rust helpers, which the extension script may create after this file.)
+CREATE FUNCTION backups._next_name(prefix text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_number integer;
+BEGIN
+    INSERT INTO backups.counters AS c (prefix, last_value) VALUES (_next_name.prefix, 1)
+    ON CONFLICT ON CONSTRAINT counters_pkey DO UPDATE SET last_value = c.last_value + 1
+    RETURNING c.last_value INTO v_number;
+    RETURN backups._format_name(_next_name.prefix, v_number);
+END
+$$;
+
+CREATE FUNCTION backups._log(transfer_id bigint, message text, level text DEFAULT 'info') RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO backups.transfer_logs (transfer_id, level, message)
+    VALUES (_log.transfer_id, _log.level, _log.message)
+$$;
+
+CREATE FUNCTION backups._is_finished(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT status IN ('completed', 'failed', 'cancelled', 'expired') $$;
+
+-- Look a transfer up by name; NULL means the newest one (of `kinds`).
+-- Deleted backups are gone as far as users are concerned.
+CREATE FUNCTION backups._find(id text, kinds text[] DEFAULT ARRAY['capture', 'restore', 'copy'])
+RETURNS backups.transfers
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    IF _find.id IS NULL THEN
+        SELECT * INTO t FROM backups.transfers x
+        WHERE x.kind = ANY (_find.kinds) AND x.deleted_at IS NULL
+        ORDER BY x.created_at DESC, x.id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'there are no transfers yet'
+                USING HINT = 'Start one with SELECT backups.capture();';
+        END IF;
+        RETURN t;
+    END IF;
+    SELECT * INTO t FROM backups.transfers x
+    WHERE x.name = lower(btrim(_find.id)) AND x.deleted_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown transfer "%"', _find.id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Transfers are named like b001 (backup), a001 (scheduled backup), r001 (restore) and c001 (copy); SELECT * FROM backups.list(); shows them.';
+    END IF;
+    IF NOT t.kind = ANY (_find.kinds) THEN
+        RAISE EXCEPTION '"%" is a %, not a %', t.name, t.kind, array_to_string(_find.kinds, ' or ')
+            USING HINT = 'SELECT * FROM backups.list(); shows every transfer and its kind.';
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- A database of this cluster that a transfer may read from or write to.
+CREATE FUNCTION backups._check_database(db name, role text) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d pg_catalog.pg_database;
+BEGIN
+    IF db IS NULL OR db = '' THEN
+        RAISE EXCEPTION 'the % database must be given', role
+            USING HINT = 'Name a database of this cluster: SELECT datname FROM pg_database;';
+    END IF;
+    SELECT * INTO d FROM pg_catalog.pg_database WHERE datname = db;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'database "%" does not exist', db
+            USING ERRCODE = 'invalid_catalog_name',
+                  HINT = CASE WHEN role = 'target'
+                              THEN format('Create it first (CREATE DATABASE %I;), then run this again.', db)
+                              ELSE 'Name a database of this cluster: SELECT datname FROM pg_database;' END;
+    END IF;
+    IF NOT d.datallowconn THEN
+        RAISE EXCEPTION 'database "%" does not allow connections', db
+            USING HINT = 'Template databases such as template0 cannot be backed up or restored into.';
+    END IF;
+END
+$$;
+
+-- Restore and copy replace everything in the target: ask for its name twice,
+-- and never touch the database that holds the backup history.
+CREATE FUNCTION backups._check_target(target name, confirm name, action text) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF target IS NULL OR target = '' THEN
+        RAISE EXCEPTION 'a target database must be given'
+            USING HINT = format('backups.%s(..., target => ''mydb'', confirm => ''mydb'')', action);
+    END IF;
+    IF confirm IS DISTINCT FROM target THEN
+        RAISE EXCEPTION 'confirm must equal the target database "%"', target
+            USING HINT = format('%s replaces everything in database %I. To go ahead, pass confirm => %L.',
+                                initcap(action), target, target);
+    END IF;
+    IF target = current_database() THEN
+        RAISE EXCEPTION 'cannot % onto the control database "%"', action, target
+            USING HINT = 'The control database holds the backup history and the queue; choose another target database.';
+    END IF;
+    PERFORM backups._check_database(target, 'target');
+END
+$$;
+
+-- "4.2 s", "3 min 12 s", "1 day 02:03:04": how long a transfer took.
+CREATE FUNCTION backups._duration(started timestamptz, finished timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN started IS NULL OR finished IS NULL THEN NULL
+        WHEN finished - started < interval '1 minute'
+            THEN round(extract(epoch FROM finished - started), 1)::text || ' s'
+        WHEN finished - started < interval '1 hour'
+            THEN floor(extract(epoch FROM finished - started) / 60)::text || ' min '
+                 || floor(extract(epoch FROM finished - started))::bigint % 60 || ' s'
+        ELSE justify_interval(date_trunc('second', finished - started))::text
+    END
+$$;

@@ -1,0 +1,257 @@
+-- The life of a transfer, spelled once. Every status change is one of these
+-- functions; the agent, the worker's tick and the SQL surface only call them.
+--
+--   pending --claim--> running --finish--> completed | failed | cancelled
+--      ^                  |
+--      +-- hand back -----+   (the agent stops: its attempt does not count)
+--      +-- requeue -------+   (the agent went silent: counted, at most 3)
+--   pending --cancel--> cancelled          completed --retention--> expired
+--
+-- Writes about a running transfer are fenced on (agent, attempt): once the
+-- worker has requeued a transfer whose agent went silent and another agent
+-- has claimed it, the first agent's writes match nothing, and it learns that
+-- the transfer is no longer its own ('lost') instead of overwriting the new
+-- attempt. A finish is idempotent: sent again after its reply was lost, it
+-- finds the row already in the state it asked for, and says so.
+
+-- The one place a transfer ends.
+CREATE FUNCTION backups._end(transfer_id bigint, status text, error text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF _end.status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'a transfer cannot end as "%"', _end.status;
+    END IF;
+    UPDATE backups.transfers t
+       SET status = _end.status, finished_at = now(), current_object = NULL,
+           error = coalesce(_end.error, t.error)
+     WHERE t.id = _end.transfer_id;
+END
+$$;
+
+-- Back to the queue. `counted` says whether the attempt counts towards the
+-- three an agent gets (a requeue after silence does; a hand back does not).
+CREATE FUNCTION backups._to_pending(transfer_id bigint, counted boolean, why text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text;
+BEGIN
+    UPDATE backups.transfers t
+       SET status = 'pending', agent_id = NULL, heartbeat_at = NULL, started_at = NULL,
+           processed_bytes = 0, current_object = NULL,
+           attempts = CASE WHEN _to_pending.counted THEN t.attempts ELSE t.attempts - 1 END
+     WHERE t.id = _to_pending.transfer_id
+    RETURNING t.name INTO v_name;
+    PERFORM backups._log(_to_pending.transfer_id, _to_pending.why, 'warning');
+    PERFORM backups._notify(v_name);
+END
+$$;
+
+-- Claim the oldest pending transfer this agent can run. A capture from a
+-- named source goes to an agent that knows the name; when no live agent
+-- does, any agent claims it, and fails it with a clear message.
+CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[])
+RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb, attempt integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    UPDATE backups.transfers x
+       SET status = 'running', agent_id = _claim.agent, attempts = x.attempts + 1,
+           started_at = now(), heartbeat_at = now(), finished_at = NULL,
+           processed_bytes = 0, current_object = NULL, error = NULL
+     WHERE x.id = (SELECT p.id FROM backups.transfers p
+                    WHERE p.status = 'pending' AND NOT p.cancel_requested AND p.kind = ANY (_claim.kinds)
+                      AND (p.kind <> 'capture' OR p.source IS NULL OR p.source = ANY (_claim.sources)
+                           OR NOT EXISTS (SELECT 1 FROM backups.agents a
+                                           WHERE p.source = ANY (a.sources)
+                                             AND a.last_seen_at > now() - interval '1 minute'))
+                    ORDER BY p.id FOR UPDATE SKIP LOCKED LIMIT 1)
+    RETURNING x.* INTO t;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM backups._log(t.id, format('claimed by agent %s (attempt %s)', _claim.agent, t.attempts));
+    RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, t.source, t.target, t.options, t.attempts;
+END
+$$;
+
+-- The rows a fenced write may touch: this transfer, running, by this agent
+-- at this attempt.
+CREATE FUNCTION backups._is_ours(t backups.transfers, agent text, attempt integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.status = 'running' AND t.agent_id = agent AND t.attempts = attempt $$;
+
+-- Alive, with progress: 'run', 'cancel' (a cancel was requested) or 'lost'.
+CREATE FUNCTION backups._heartbeat(transfer_id bigint, agent text, attempt integer,
+                                   processed bigint, current_object text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cancel boolean;
+BEGIN
+    UPDATE backups.transfers t
+       SET heartbeat_at = now(), processed_bytes = _heartbeat.processed, current_object = _heartbeat.current_object
+     WHERE t.id = _heartbeat.transfer_id AND backups._is_ours(t, _heartbeat.agent, _heartbeat.attempt)
+    RETURNING t.cancel_requested INTO v_cancel;
+    IF NOT FOUND THEN
+        RETURN 'lost';
+    END IF;
+    RETURN CASE WHEN v_cancel THEN 'cancel' ELSE 'run' END;
+END
+$$;
+
+-- Facts known once the work has started: sizes, format, where it is
+-- stored, tool versions. False when the transfer is no longer ours.
+CREATE FUNCTION backups._record_start(transfer_id bigint, agent text, attempt integer, source_size bigint,
+                                      format text, object_key text, tool_versions jsonb)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE backups.transfers t
+       SET source_size = _record_start.source_size, format = _record_start.format,
+           object_key = _record_start.object_key, tool_versions = _record_start.tool_versions
+     WHERE t.id = _record_start.transfer_id AND backups._is_ours(t, _record_start.agent, _record_start.attempt);
+    RETURN FOUND;
+END
+$$;
+
+-- Log lines, in order. Logging never depends on the fence: an agent that
+-- lost its transfer may still say what it did with its own attempt.
+CREATE FUNCTION backups._agent_log(transfer_id bigint, levels text[], messages text[]) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO backups.transfer_logs (transfer_id, level, message)
+    SELECT _agent_log.transfer_id, l, m FROM unnest(_agent_log.levels, _agent_log.messages) AS x(l, m)
+$$;
+
+-- The end of an attempt, as the agent reports it. True when the row now
+-- says `status` for this agent and attempt: just now, or already (the same
+-- call, sent again after its reply was lost). False when the transfer is
+-- no longer ours; the agent then removes what its attempt stored.
+CREATE FUNCTION backups._finish(transfer_id bigint, agent text, attempt integer, status text,
+                                processed bigint DEFAULT NULL, stored_size bigint DEFAULT NULL,
+                                checksum text DEFAULT NULL, warnings integer DEFAULT 0, error text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    SELECT * INTO t FROM backups.transfers x WHERE x.id = _finish.transfer_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF t.status = _finish.status AND t.agent_id = _finish.agent AND t.attempts = _finish.attempt THEN
+        RETURN true;
+    END IF;
+    IF NOT backups._is_ours(t, _finish.agent, _finish.attempt) THEN
+        RETURN false;
+    END IF;
+    IF _finish.status = 'completed' THEN
+        UPDATE backups.transfers x
+           SET processed_bytes = coalesce(_finish.processed, x.processed_bytes), stored_size = _finish.stored_size,
+               checksum = _finish.checksum, warnings = coalesce(_finish.warnings, 0), heartbeat_at = now()
+         WHERE x.id = t.id;
+    ELSIF _finish.processed IS NOT NULL THEN
+        UPDATE backups.transfers x SET processed_bytes = _finish.processed WHERE x.id = t.id;
+    END IF;
+    PERFORM backups._end(t.id, _finish.status, _finish.error);
+    RETURN true;
+END
+$$;
+
+-- The agent stops (shutdown) and gives its transfer back: another agent
+-- claims it; this attempt does not count.
+CREATE FUNCTION backups._hand_back(transfer_id bigint, agent text, attempt integer, why text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM backups.transfers t
+     WHERE t.id = _hand_back.transfer_id AND backups._is_ours(t, _hand_back.agent, _hand_back.attempt)
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM backups._to_pending(_hand_back.transfer_id, false, 'handed back to the queue: ' || _hand_back.why);
+    RETURN true;
+END
+$$;
+
+-- The worker's verdict on a running transfer whose agent went silent:
+-- requeued while attempts remain (and no cancel was asked), else ended.
+CREATE FUNCTION backups._reap(t backups.transfers, timeout interval) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF t.attempts < 3 AND NOT t.cancel_requested THEN
+        PERFORM backups._to_pending(t.id, true,
+            format('agent %s sent no heartbeat for %s; requeued (attempt %s of 3 used)', t.agent_id, timeout, t.attempts));
+        RETURN 'requeued';
+    END IF;
+    PERFORM backups._log(t.id, format('agent %s sent no heartbeat for %s; giving up after %s attempts',
+                                      t.agent_id, timeout, t.attempts), 'error');
+    IF t.cancel_requested THEN
+        PERFORM backups._end(t.id, 'cancelled');
+    ELSE
+        PERFORM backups._end(t.id, 'failed',
+            format('the agent stopped sending heartbeats (no news for %s) after %s attempts', timeout, t.attempts));
+    END IF;
+    RETURN 'failed';
+END
+$$;
+
+-- Agents announce themselves while they run, with the names (never the
+-- connection strings) of the named sources they know.
+CREATE FUNCTION backups._announce(agent text, hostname text, version text, sources text[]) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO backups.agents (agent_id, hostname, version, sources)
+    VALUES (_announce.agent, _announce.hostname, _announce.version, _announce.sources)
+    ON CONFLICT (agent_id) DO UPDATE SET last_seen_at = now(), sources = excluded.sources
+$$;
+
+CREATE FUNCTION backups._retire(agent text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ DELETE FROM backups.agents a WHERE a.agent_id = _retire.agent $$;
+
+-- Backups whose objects the agent should remove: deleted or expired, not
+-- yet purged. `label` names the backup's folder: the named source, or the
+-- database.
+CREATE FUNCTION backups._to_purge(max integer DEFAULT 50)
+RETURNS TABLE (id bigint, name text, label text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.id, t.name, coalesce(t.source, t.database::text)
+      FROM backups.transfers t
+     WHERE t.kind = 'capture' AND (t.status = 'expired' OR t.deleted_at IS NOT NULL) AND t.purged_at IS NULL
+     ORDER BY t.id LIMIT _to_purge.max
+$$;
+
+CREATE FUNCTION backups._purged(transfer_id bigint, message text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE backups.transfers t SET purged_at = now() WHERE t.id = _purged.transfer_id AND t.purged_at IS NULL;
+    IF FOUND THEN
+        PERFORM backups._log(_purged.transfer_id, _purged.message);
+    END IF;
+END
+$$;
+
+-- A completed, not deleted backup by name (NULL: the latest), as the agent
+-- needs it to read it back: where it is stored and what to check.
+CREATE FUNCTION backups._stored(id text DEFAULT NULL)
+RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.name, coalesce(t.source, t.database::text), t.attempts, t.format, t.checksum, t.stored_size
+      FROM backups.transfers t
+     WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
+       AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))
+     ORDER BY t.finished_at DESC, t.id DESC LIMIT 1
+$$;

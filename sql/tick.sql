@@ -1,0 +1,167 @@
+-- The worker's tick, as named steps. The background worker calls _tick()
+-- every second; tests call it, or one step, directly. Each step works row by
+-- row, and a row that fails (a schedule whose zone tzdata no longer knows,
+-- say) is logged as a WARNING and skipped: the rest of the tick goes on.
+
+-- Due schedules fire once, however many slots passed while the server was
+-- down: the next run is computed from now, not from the missed slot. A
+-- schedule whose previous capture is still pending or running skips its
+-- run, and says so on that capture.
+CREATE FUNCTION backups._fire_schedules() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s       backups.schedules;
+    busy    backups.transfers;
+    v_name  text;
+    v_id    bigint;
+    v_fired integer := 0;
+BEGIN
+    FOR s IN SELECT * FROM backups.schedules x WHERE x.next_run_at <= now()
+             ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            SELECT * INTO busy FROM backups.transfers t
+             WHERE t.kind = 'capture' AND t.database = s.database AND t.name LIKE 'a%'
+               AND t.status IN ('pending', 'running')
+             ORDER BY t.id LIMIT 1;
+            IF FOUND THEN
+                RAISE WARNING 'pg_backups: skipping the scheduled capture of database "%": % is still %',
+                    s.database, busy.name, busy.status;
+                PERFORM backups._log(busy.id, format('the schedule (%s) fell due at %s while this capture was still %s; that run was skipped',
+                                                     s.spec, s.next_run_at, busy.status), 'warning');
+            ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = s.database AND d.datallowconn) THEN
+                RAISE WARNING 'pg_backups: skipping the schedule of database "%": it does not exist or refuses connections', s.database;
+            ELSE
+                v_name := backups._next_name('a');
+                INSERT INTO backups.transfers (name, kind, database, schedule_id)
+                VALUES (v_name, 'capture', s.database, s.id) RETURNING id INTO v_id;
+                PERFORM backups._log(v_id, format('scheduled capture (%s), due %s', s.spec, s.next_run_at));
+                PERFORM backups._notify(v_name);
+                v_fired := v_fired + 1;
+            END IF;
+            UPDATE backups.schedules x SET last_run_at = now(),
+                   next_run_at = backups._next_run(s.cron, s.timezone, now())
+             WHERE x.id = s.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_backups: skipping the schedule of database "%" (%): %; trying again in an hour',
+                s.database, s.spec, SQLERRM;
+            UPDATE backups.schedules x SET next_run_at = now() + interval '1 hour' WHERE x.id = s.id;
+        END;
+    END LOOP;
+    RETURN v_fired;
+END
+$$;
+
+-- Running transfers whose agent stopped heartbeating: it died or lost its
+-- connection. Requeued, or ended after three attempts (see _reap).
+CREATE FUNCTION backups._reap_silent(timeout interval) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t          backups.transfers;
+    v_requeued integer := 0;
+    v_failed   integer := 0;
+BEGIN
+    FOR t IN SELECT * FROM backups.transfers x
+             WHERE x.status = 'running' AND coalesce(x.heartbeat_at, x.started_at, x.created_at) < now() - timeout
+             FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            IF backups._reap(t, timeout) = 'requeued' THEN
+                v_requeued := v_requeued + 1;
+            ELSE
+                v_failed := v_failed + 1;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_backups: could not requeue silent transfer %: %', t.name, SQLERRM;
+        END;
+    END LOOP;
+    RETURN jsonb_build_object('requeued', v_requeued, 'failed', v_failed);
+END
+$$;
+
+-- Retention: scheduled backups by their schedule's policy, manual ones
+-- beyond the newest `keep_manual` of each (database, named source).
+CREATE FUNCTION backups._expire(keep_manual integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s         backups.schedules;
+    t         backups.transfers;
+    v_expired integer := 0;
+BEGIN
+    FOR s IN SELECT * FROM backups.schedules LOOP
+        BEGIN
+            FOR t IN SELECT x.* FROM backups.transfers x
+                     WHERE x.id = ANY (backups._retention_expired(
+                         ARRAY(SELECT y.id FROM backups.transfers y
+                               WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
+                                 AND y.status = 'completed' AND y.deleted_at IS NULL ORDER BY y.id),
+                         ARRAY(SELECT y.created_at FROM backups.transfers y
+                               WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
+                                 AND y.status = 'completed' AND y.deleted_at IS NULL ORDER BY y.id),
+                         s.timezone, s.retain_daily, s.retain_weekly, s.retain_monthly))
+                     FOR UPDATE SKIP LOCKED LOOP
+                UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
+                PERFORM backups._log(t.id, format('expired by the retention of the schedule of %s (daily %s, weekly %s, monthly %s)',
+                                                  s.database, s.retain_daily, s.retain_weekly, s.retain_monthly));
+                v_expired := v_expired + 1;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_backups: skipping the retention of the schedule of database "%": %', s.database, SQLERRM;
+        END;
+    END LOOP;
+    FOR t IN SELECT x.* FROM backups.transfers x
+             JOIN (SELECT y.id, row_number() OVER (PARTITION BY y.database, y.source
+                                                   ORDER BY y.created_at DESC, y.id DESC) AS n
+                   FROM backups.transfers y
+                   WHERE y.kind = 'capture' AND y.name LIKE 'b%' AND y.status = 'completed' AND y.deleted_at IS NULL) r
+               ON r.id = x.id
+             WHERE r.n > keep_manual
+             FOR UPDATE OF x SKIP LOCKED LOOP
+        UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
+        PERFORM backups._log(t.id, format('expired: more than backups.keep_manual = %s manual backups of %s',
+                                          keep_manual, coalesce('source ' || t.source, t.database::text)));
+        v_expired := v_expired + 1;
+    END LOOP;
+    IF v_expired > 0 THEN
+        PERFORM backups._notify('expire');
+    END IF;
+    RETURN v_expired;
+END
+$$;
+
+-- A NOTIFY sent while no agent listened is lost: say again that work waits.
+CREATE FUNCTION backups._renotify() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM backups.transfers x WHERE x.status = 'pending') THEN
+        PERFORM backups._notify('pending');
+    END IF;
+END
+$$;
+
+CREATE FUNCTION backups._tick(renotify boolean DEFAULT true, agent_timeout interval DEFAULT NULL,
+                              keep_manual integer DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- An integer GUC with a unit shows as text like '60s', which is an interval.
+    v_timeout interval := coalesce(agent_timeout,
+                                   coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval);
+    v_keep    integer := coalesce(keep_manual, coalesce(nullif(current_setting('backups.keep_manual', true), ''), '25')::integer);
+    v_fired   integer;
+    v_reaped  jsonb;
+    v_expired integer;
+BEGIN
+    v_fired := backups._fire_schedules();
+    v_reaped := backups._reap_silent(v_timeout);
+    v_expired := backups._expire(v_keep);
+    IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
+        PERFORM backups._renotify();
+    END IF;
+    RETURN jsonb_build_object('fired', v_fired, 'requeued', (v_reaped ->> 'requeued')::integer,
+                              'failed', (v_reaped ->> 'failed')::integer, 'expired', v_expired);
+END
+$$;

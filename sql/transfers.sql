@@ -1,0 +1,412 @@
+-- The SQL surface for transfers: what a person calls from psql to capture,
+-- wait, list, inspect, cancel, delete, link, restore and copy. None of these
+-- runs pg_dump or touches storage: they record intent and notify the agent,
+-- which sees the transfer once the calling transaction commits.
+
+CREATE FUNCTION backups.capture(database name DEFAULT current_database(), jobs integer DEFAULT NULL, source text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_db      name := capture.database;
+    v_jobs    integer := capture.jobs;
+    v_source  text := nullif(btrim(capture.source), '');
+    v_name    text;
+    v_id      bigint;
+BEGIN
+    IF v_jobs IS NOT NULL AND (v_jobs < 1 OR v_jobs > 64) THEN
+        RAISE EXCEPTION 'jobs must be between 1 and 64, not %', v_jobs
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'jobs => N runs a parallel directory-format dump with N workers; leave it NULL for a single custom-format dump.';
+    END IF;
+    IF v_source IS NULL THEN
+        PERFORM backups._check_database(v_db, 'source');
+    ELSIF v_source !~ '^[A-Za-z0-9_.-]+$' THEN
+        RAISE EXCEPTION 'invalid source name "%"', v_source
+            USING HINT = 'A source is the name of a connection defined in the agent configuration ([sources.NAME]); names use letters, digits, _ . and -.';
+    END IF;
+    v_name := backups._next_name('b');
+    INSERT INTO backups.transfers (name, kind, database, source, options)
+    VALUES (v_name, 'capture', v_db, v_source,
+            CASE WHEN v_jobs IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('jobs', v_jobs) END)
+    RETURNING id INTO v_id;
+    PERFORM backups._log(v_id, format('queued by %s', session_user));
+    PERFORM backups._notify(v_name);
+    RETURN v_name;
+END
+$$;
+
+CREATE FUNCTION backups.wait(id text DEFAULT NULL, timeout interval DEFAULT '1 hour')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t          backups.transfers;
+    v_status   text;
+    v_deadline timestamptz := clock_timestamp() + coalesce(wait.timeout, interval '1 hour');
+BEGIN
+    t := backups._find(wait.id);
+    IF backups._is_finished(t.status) THEN
+        RETURN t.status;
+    END IF;
+    IF t.created_xid = pg_current_xact_id_if_assigned() THEN
+        RAISE EXCEPTION 'cannot wait for %: it was queued by this same transaction, which the agent cannot see until it commits', t.name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Commit first and call backups.wait() in a later statement, or run CALL backups.capture_and_wait(); which does both.';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'backups.wait() needs READ COMMITTED isolation to see the agent''s progress'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call it outside the REPEATABLE READ or SERIALIZABLE transaction.';
+    END IF;
+    LOOP
+        -- In READ COMMITTED each statement takes a fresh snapshot.
+        SELECT x.status INTO v_status FROM backups.transfers x WHERE x.id = t.id;
+        IF v_status IS NULL OR backups._is_finished(v_status) THEN
+            RETURN coalesce(v_status, 'deleted');
+        END IF;
+        IF clock_timestamp() >= v_deadline THEN
+            RAISE EXCEPTION 'timed out after % waiting for % (still %)', wait.timeout, t.name, v_status
+                USING ERRCODE = 'query_canceled',
+                      HINT = CASE WHEN v_status = 'pending'
+                                  THEN 'Nothing has claimed it: is a pgbackups agent running against this database?'
+                                  ELSE 'It is still running; wait again with a longer timeout, or see SELECT * FROM backups.info(''' || t.name || ''');' END;
+        END IF;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END
+$$;
+
+-- Capture and wait in one command. A procedure can COMMIT the request before
+-- waiting, which a function cannot; and a procedure with transaction control
+-- may be neither SECURITY DEFINER nor carry a SET clause, so it is an
+-- invoker's procedure built only on the public functions, with every name
+-- schema-qualified.
+CREATE PROCEDURE backups.capture_and_wait(
+    database name DEFAULT current_database(),
+    jobs integer DEFAULT NULL,
+    source text DEFAULT NULL,
+    timeout interval DEFAULT '1 hour',
+    INOUT id text DEFAULT NULL,
+    INOUT status text DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_deadline timestamptz;
+    v_last     text := '';
+    v_progress text;
+BEGIN
+    id := backups.capture(capture_and_wait.database, capture_and_wait.jobs, capture_and_wait.source);
+    COMMIT;
+    RAISE NOTICE '% queued', id;
+    v_deadline := pg_catalog.clock_timestamp() + coalesce(capture_and_wait.timeout, interval '1 hour');
+    LOOP
+        SELECT l.status, l.progress INTO status, v_progress
+        FROM backups.list() l WHERE l.id = capture_and_wait.id;
+        IF status || ': ' || coalesce(v_progress, '') IS DISTINCT FROM v_last THEN
+            v_last := status || ': ' || coalesce(v_progress, '');
+            RAISE NOTICE '% %', id, v_last;
+        END IF;
+        EXIT WHEN status IN ('completed', 'failed', 'cancelled', 'expired');
+        IF pg_catalog.clock_timestamp() >= v_deadline THEN
+            RAISE EXCEPTION 'timed out after % waiting for % (still %)', capture_and_wait.timeout, id, status
+                USING HINT = 'The capture goes on; follow it with SELECT backups.wait(''' || id || ''');';
+        END IF;
+        -- End the snapshot so the next look sees the agent's updates.
+        COMMIT;
+        PERFORM pg_catalog.pg_sleep(0.5);
+    END LOOP;
+END
+$$;
+
+
+CREATE FUNCTION backups.list()
+RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
+               finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.name, t.kind, t.status, t.created_at, t.started_at, t.finished_at, t.database,
+           t.source_size, t.stored_size,
+           CASE t.status
+               WHEN 'pending' THEN CASE WHEN t.attempts > 0 THEN 'requeued, waiting for an agent'
+                                        ELSE 'waiting for an agent' END
+               WHEN 'running' THEN pg_size_pretty(t.processed_bytes) || ' processed'
+                                   || coalesce(', ' || t.current_object, '')
+               WHEN 'completed' THEN 'done' || coalesce(' in ' || backups._duration(t.started_at, t.finished_at), '')
+                                     || CASE WHEN t.warnings > 0 THEN format(' with %s warnings', t.warnings) ELSE '' END
+               WHEN 'failed' THEN split_part(coalesce(t.error, 'failed'), E'\n', 1)
+               WHEN 'cancelled' THEN 'cancelled'
+               WHEN 'expired' THEN 'expired by retention'
+           END
+    FROM backups.transfers t
+    WHERE t.deleted_at IS NULL
+    ORDER BY t.created_at DESC, t.id DESC
+$$;
+
+CREATE FUNCTION backups.info(id text DEFAULT NULL)
+RETURNS TABLE (field text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    t := backups._find(info.id);
+    RETURN QUERY
+    SELECT f.k, f.v FROM (VALUES
+        (1,  'id', t.name),
+        (2,  'kind', t.kind || CASE WHEN t.schedule_id IS NOT NULL OR t.name LIKE 'a%' THEN ' (scheduled)' ELSE '' END),
+        (3,  'status', t.status || CASE WHEN t.cancel_requested AND NOT backups._is_finished(t.status) THEN ' (cancel requested)' ELSE '' END),
+        (4,  'database', t.database::text),
+        (5,  'source', t.source),
+        (6,  'target', t.target),
+        (7,  'options', CASE WHEN t.options = '{}'::jsonb THEN NULL ELSE t.options::text END),
+        (8,  'created', t.created_at::text || ' by ' || t.created_by),
+        (9,  'started', t.started_at::text),
+        (10, 'finished', t.finished_at::text),
+        (11, 'duration', backups._duration(t.started_at, t.finished_at)),
+        (12, 'agent', t.agent_id),
+        (13, 'attempts', CASE WHEN t.attempts > 1 THEN t.attempts::text END),
+        (14, 'format', t.format),
+        (15, 'source size', CASE WHEN t.source_size IS NOT NULL THEN pg_size_pretty(t.source_size) END),
+        (16, 'processed', CASE WHEN t.processed_bytes > 0 THEN pg_size_pretty(t.processed_bytes) END),
+        (17, 'stored size', CASE WHEN t.stored_size IS NOT NULL THEN pg_size_pretty(t.stored_size) END),
+        (18, 'compression', CASE WHEN t.stored_size > 0 AND t.processed_bytes > 0
+                                 THEN format('%s:1 (%s%% smaller than the uncompressed dump)',
+                                             round(t.processed_bytes::numeric / t.stored_size, 2),
+                                             round(100 - 100.0 * t.stored_size / t.processed_bytes)) END),
+        (19, 'sha256', t.checksum),
+        (20, 'object', t.object_key),
+        (21, 'tool versions', t.tool_versions::text),
+        (22, 'warnings', CASE WHEN t.warnings > 0 THEN t.warnings::text END),
+        (23, 'error', t.error),
+        (24, 'deleted from storage', t.purged_at::text)
+    ) AS f(n, k, v)
+    WHERE f.v IS NOT NULL
+    ORDER BY f.n;
+    RETURN QUERY
+    SELECT 'log', to_char(l.logged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"  ')
+                  || CASE WHEN l.level = 'info' THEN '' ELSE upper(l.level) || ': ' END || l.message
+    FROM backups.transfer_logs l WHERE l.transfer_id = t.id AND l.level <> 'debug' ORDER BY l.id;
+END
+$$;
+
+CREATE FUNCTION backups.cancel(id text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    IF cancel.id IS NULL THEN
+        SELECT * INTO t FROM backups.transfers x
+        WHERE x.status IN ('pending', 'running')
+        ORDER BY x.created_at DESC, x.id DESC LIMIT 1 FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'nothing to cancel: no transfer is pending or running'
+                USING HINT = 'SELECT * FROM backups.list(); shows every transfer and its status.';
+        END IF;
+    ELSE
+        t := backups._find(cancel.id);
+        SELECT * INTO t FROM backups.transfers x WHERE x.id = t.id FOR UPDATE;
+    END IF;
+    IF backups._is_finished(t.status) THEN
+        RAISE EXCEPTION '% has already finished (%)', t.name, t.status
+            USING HINT = CASE WHEN t.kind = 'capture' AND t.status = 'completed'
+                              THEN format('To remove the backup, use SELECT backups.delete(%L);', t.name)
+                              ELSE 'Only pending or running transfers can be cancelled.' END;
+    END IF;
+    IF t.status = 'pending' THEN
+        UPDATE backups.transfers SET cancel_requested = true WHERE transfers.id = t.id;
+        PERFORM backups._end(t.id, 'cancelled');
+        PERFORM backups._log(t.id, format('cancelled by %s before it started', session_user));
+        RETURN 'cancelled';
+    END IF;
+    UPDATE backups.transfers SET cancel_requested = true WHERE transfers.id = t.id;
+    PERFORM backups._log(t.id, format('cancel requested by %s', session_user));
+    PERFORM backups._notify('cancel ' || t.name);
+    RETURN 'cancelling';
+END
+$$;
+
+CREATE FUNCTION backups.delete(id text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t backups.transfers;
+BEGIN
+    IF delete.id IS NULL THEN
+        RAISE EXCEPTION 'backups.delete() needs the id of the backup to delete'
+            USING HINT = 'For example SELECT backups.delete(''b001'');';
+    END IF;
+    t := backups._find(delete.id, ARRAY['capture']);
+    SELECT * INTO t FROM backups.transfers x WHERE x.id = t.id FOR UPDATE;
+    IF NOT backups._is_finished(t.status) THEN
+        RAISE EXCEPTION '% is still %', t.name, t.status
+            USING HINT = format('Cancel it first: SELECT backups.cancel(%L);', t.name);
+    END IF;
+    UPDATE backups.transfers
+    SET deleted_at = now(),
+        purged_at = CASE WHEN object_key IS NULL THEN now() ELSE purged_at END
+    WHERE transfers.id = t.id;
+    PERFORM backups._log(t.id, format('deleted by %s', session_user));
+    PERFORM backups._notify('delete ' || t.name);
+END
+$$;
+
+CREATE FUNCTION backups.url(id text DEFAULT NULL, expires_in interval DEFAULT '1 hour') RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t         backups.transfers;
+    v_base    text := rtrim(coalesce(current_setting('backups.link_base_url', true), ''), '/');
+    v_expires bigint;
+BEGIN
+    IF url.id IS NULL THEN
+        SELECT * INTO t FROM backups.transfers x
+        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL
+        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'there is no completed backup yet'
+                USING HINT = 'Capture one with CALL backups.capture_and_wait();';
+        END IF;
+    ELSE
+        t := backups._find(url.id, ARRAY['capture']);
+    END IF;
+    IF t.status <> 'completed' THEN
+        RAISE EXCEPTION '% is %, not completed: there is nothing to download', t.name, t.status
+            USING HINT = 'Links are for completed backups; SELECT * FROM backups.list(); shows their status.';
+    END IF;
+    IF expires_in IS NULL OR expires_in <= interval '0' OR expires_in > interval '7 days' THEN
+        RAISE EXCEPTION 'expires_in must be between 1 second and 7 days, not %', expires_in
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example backups.url(''b001'', expires_in => ''10 minutes'').';
+    END IF;
+    IF v_base = '' THEN
+        RAISE EXCEPTION 'the agent link base is not configured'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Set backups.link_base_url to the agent''s public address (pgbackups agent --listen) and backups.link_secret to the agent''s link secret in postgresql.conf, then SELECT pg_reload_conf();';
+    END IF;
+    -- Floor: a link never outlives expires_in.
+    v_expires := floor(extract(epoch FROM clock_timestamp() + expires_in))::bigint;
+    RETURN format('%s/backups/%s.%s?expires=%s&signature=%s',
+                  v_base, t.name, CASE WHEN t.format = 'directory' THEN 'tar' ELSE 'dump' END,
+                  v_expires, backups._link_signature(t.name, v_expires));
+END
+$$;
+
+CREATE FUNCTION backups.restore(backup text, target name, confirm name) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_backup text := btrim(restore.backup);
+    b        backups.transfers;
+    v_name   text;
+    v_id     bigint;
+BEGIN
+    IF v_backup IS NULL OR v_backup = '' THEN
+        RAISE EXCEPTION 'backups.restore() needs a backup id or an http(s) URL'
+            USING HINT = 'For example SELECT backups.restore(''b001'', target => ''staging'', confirm => ''staging'');';
+    END IF;
+    IF v_backup ~* '^[a-z][a-z0-9+.-]*://' THEN
+        IF v_backup !~* '^https?://[^[:space:]/?#]+' OR v_backup ~ '[[:space:]]' THEN
+            RAISE EXCEPTION 'cannot restore from "%": only http:// and https:// URLs are supported', v_backup
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Pass a backup id such as b001, a link from backups.url(), or any http(s) URL serving a pg_dump custom-format file.';
+        END IF;
+    ELSE
+        b := backups._find(v_backup, ARRAY['capture']);
+        IF b.status <> 'completed' THEN
+            RAISE EXCEPTION 'cannot restore %: it is %, not completed', b.name, b.status
+                USING HINT = 'Restore a completed backup; SELECT * FROM backups.list(); shows their status.';
+        END IF;
+        v_backup := b.name;
+    END IF;
+    PERFORM backups._check_target(restore.target, restore.confirm, 'restore');
+    v_name := backups._next_name('r');
+    INSERT INTO backups.transfers (name, kind, database, source, target)
+    VALUES (v_name, 'restore', restore.target, v_backup, restore.target)
+    RETURNING transfers.id INTO v_id;
+    PERFORM backups._log(v_id, format('restore of %s into %s queued by %s', v_backup, restore.target, session_user));
+    PERFORM backups._notify(v_name);
+    RETURN v_name;
+END
+$$;
+
+CREATE FUNCTION backups.copy(source text, target name, confirm name) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_source text := btrim(copy.source);
+    v_named  boolean;
+    v_name   text;
+    v_id     bigint;
+BEGIN
+    IF v_source IS NULL OR v_source = '' THEN
+        RAISE EXCEPTION 'backups.copy() needs a source database'
+            USING HINT = 'For example SELECT backups.copy(''app'', target => ''app_staging'', confirm => ''app_staging'');';
+    END IF;
+    IF v_source = copy.target THEN
+        RAISE EXCEPTION 'cannot copy database "%" onto itself', v_source
+            USING HINT = 'Choose a different target database.';
+    END IF;
+    v_named := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = v_source);
+    IF v_named THEN
+        -- Not a database of this cluster: it must be a named source of the
+        -- agent configuration, which the agent checks when it runs.
+        IF v_source !~ '^[A-Za-z0-9_.-]+$' THEN
+            RAISE EXCEPTION 'source "%" is neither a database of this cluster nor a valid source name', v_source
+                USING HINT = 'Name a database (SELECT datname FROM pg_database;) or a connection defined in the agent configuration ([sources.NAME]).';
+        END IF;
+    ELSE
+        PERFORM backups._check_database(v_source, 'source');
+    END IF;
+    PERFORM backups._check_target(copy.target, copy.confirm, 'copy');
+    v_name := backups._next_name('c');
+    INSERT INTO backups.transfers (name, kind, database, source, target, options)
+    VALUES (v_name, 'copy', copy.target, v_source, copy.target,
+            CASE WHEN v_named THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END)
+    RETURNING transfers.id INTO v_id;
+    PERFORM backups._log(v_id, format('copy of %s into %s queued by %s', v_source, copy.target, session_user));
+    PERFORM backups._notify(v_name);
+    RETURN v_name;
+END
+$$;
+
+-- What `heroku pg:info` shows.
+CREATE FUNCTION backups.database_info(database name DEFAULT current_database())
+RETURNS TABLE (field text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_db     name := database_info.database;
+    v_tables bigint;
+BEGIN
+    PERFORM backups._check_database(v_db, 'source');
+    -- pg_class is per database: tables can only be counted in this one.
+    IF v_db = current_database() THEN
+        SELECT count(*) INTO v_tables FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname !~ '^pg_toast'
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');
+    END IF;
+    RETURN QUERY
+    SELECT f.k, f.v FROM (VALUES
+        (1, 'database', v_db::text),
+        (2, 'data size', pg_size_pretty(pg_database_size(v_db))),
+        (3, 'tables', coalesce(v_tables::text, 'counted only for the current database')),
+        (4, 'connections', (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datname = v_db)::text
+                           || '/' || current_setting('max_connections')),
+        (5, 'pg version', current_setting('server_version')),
+        (6, 'backups', (SELECT count(*) FROM backups.transfers t
+                        WHERE t.kind = 'capture' AND t.database = v_db AND t.status = 'completed'
+                          AND t.deleted_at IS NULL)::text || ' completed'),
+        (7, 'latest backup', (SELECT t.name || ' at ' || t.finished_at::text FROM backups.transfers t
+                              WHERE t.kind = 'capture' AND t.database = v_db AND t.status = 'completed'
+                                AND t.deleted_at IS NULL ORDER BY t.finished_at DESC LIMIT 1)),
+        (8, 'schedule', (SELECT s.spec || ', next run ' || s.next_run_at::text FROM backups.schedules s
+                         WHERE s.database = v_db))
+    ) AS f(n, k, v)
+    WHERE f.v IS NOT NULL
+    ORDER BY f.n;
+END
+$$;
