@@ -55,15 +55,33 @@ fn a_hand_back_does_not_count_and_a_cancel_is_learnt_by_heartbeat() {
     let (id, _) = claimed_by("agent-a");
     assert!(one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'the agent is shutting down')")));
     assert_eq!(
-        one::<String>(&format!("SELECT status || ' ' || attempts FROM backups.transfers WHERE id = {id}")),
-        "pending 0"
+        one::<String>(&format!("SELECT status || ' ' || attempts || ' ' || handed_back FROM backups.transfers WHERE id = {id}")),
+        "pending 1 1"
     );
+    // The next claim is a new attempt (its own objects and fence), still
+    // the first of the three the worker allows.
     let (_, attempt): (Option<i64>, Option<i32>) =
         Spi::get_two("SELECT id, attempt FROM backups._claim('agent-b', ARRAY['capture'], '{}')").unwrap();
-    assert_eq!(attempt, Some(1));
+    assert_eq!(attempt, Some(2));
+    assert!(!one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'again')")));
+    run(&format!("UPDATE backups.transfers SET heartbeat_at = now() - interval '10 minutes' WHERE id = {id}"));
+    assert_eq!(one::<String>(&format!("SELECT backups._reap(t, '1 minute') FROM backups.transfers t WHERE id = {id}")), "requeued");
+    let (_, attempt): (Option<i64>, Option<i32>) =
+        Spi::get_two("SELECT id, attempt FROM backups._claim('agent-b', ARRAY['capture'], '{}')").unwrap();
+    assert_eq!(attempt, Some(3));
     let name: String = one(&format!("SELECT name FROM backups.transfers WHERE id = {id}"));
     assert_eq!(one::<String>(&format!("SELECT backups.cancel('{name}')")), "cancelling");
-    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-b', 1, 1, NULL)")), "cancel");
-    assert!(one::<bool>(&format!("SELECT backups._finish({id}, 'agent-b', 1, 'cancelled')")));
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-b', 3, 1, NULL)")), "cancel");
+    assert!(one::<bool>(&format!("SELECT backups._finish({id}, 'agent-b', 3, 'cancelled')")));
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE id = {id}")), "cancelled");
+}
+
+#[pg_test]
+fn a_transfer_handed_back_after_a_cancel_was_asked_ends_cancelled() {
+    let (id, _) = claimed_by("agent-a");
+    let name: String = one(&format!("SELECT name FROM backups.transfers WHERE id = {id}"));
+    assert_eq!(one::<String>(&format!("SELECT backups.cancel('{name}')")), "cancelling");
+    // The agent was shutting down before it heard: it hands back.
+    assert!(one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'the agent is shutting down')")));
     assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE id = {id}")), "cancelled");
 }

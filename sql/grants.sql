@@ -31,7 +31,7 @@ GRANT EXECUTE ON FUNCTION
     backups._hand_back(bigint, text, integer, text),
     backups._announce(text, text, text, text[]),
     backups._retire(text),
-    backups._to_purge(integer),
-    backups._purged(bigint, text),
+    backups._to_purge(integer, bigint[]),
+    backups._purged(bigint, integer, text),
     backups._stored(text)
 TO backups_agent;

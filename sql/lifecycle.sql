@@ -31,20 +31,28 @@ $$;
 
 -- Back to the queue. `counted` says whether the attempt counts towards the
 -- three an agent gets (a requeue after silence does; a hand back does not).
+-- The attempt number itself is never reused: the next claim gets a new one,
+-- so it never shares object keys, staging or a fence with this one. A
+-- transfer whose cancel was requested meanwhile ends cancelled instead.
 CREATE FUNCTION backups._to_pending(transfer_id bigint, counted boolean, why text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_name text;
+    t backups.transfers;
 BEGIN
-    UPDATE backups.transfers t
+    SELECT * INTO t FROM backups.transfers x WHERE x.id = _to_pending.transfer_id FOR UPDATE;
+    PERFORM backups._log(t.id, _to_pending.why, 'warning');
+    IF t.cancel_requested THEN
+        PERFORM backups._end(t.id, 'cancelled');
+        RETURN;
+    END IF;
+    UPDATE backups.transfers x
        SET status = 'pending', agent_id = NULL, heartbeat_at = NULL, started_at = NULL,
-           processed_bytes = 0, current_object = NULL,
-           attempts = CASE WHEN _to_pending.counted THEN t.attempts ELSE t.attempts - 1 END
-     WHERE t.id = _to_pending.transfer_id
-    RETURNING t.name INTO v_name;
-    PERFORM backups._log(_to_pending.transfer_id, _to_pending.why, 'warning');
-    PERFORM backups._notify(v_name);
+           processed_bytes = 0, current_object = NULL, source_size = NULL, format = NULL,
+           object_key = NULL, tool_versions = NULL, stored_size = NULL, checksum = NULL,
+           handed_back = x.handed_back + CASE WHEN _to_pending.counted THEN 0 ELSE 1 END
+     WHERE x.id = t.id;
+    PERFORM backups._notify(t.name);
 END
 $$;
 
@@ -166,7 +174,7 @@ END
 $$;
 
 -- The agent stops (shutdown) and gives its transfer back: another agent
--- claims it; this attempt does not count.
+-- claims it (as a new attempt); this one does not count against the three.
 CREATE FUNCTION backups._hand_back(transfer_id bigint, agent text, attempt integer, why text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -188,18 +196,20 @@ CREATE FUNCTION backups._reap(t backups.transfers, timeout interval) RETURNS tex
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF t.attempts < 3 AND NOT t.cancel_requested THEN
+    IF t.attempts - t.handed_back < 3 AND NOT t.cancel_requested THEN
         PERFORM backups._to_pending(t.id, true,
-            format('agent %s sent no heartbeat for %s; requeued (attempt %s of 3 used)', t.agent_id, timeout, t.attempts));
+            format('agent %s sent no heartbeat for %s; requeued (attempt %s of 3 used)', t.agent_id, timeout,
+                   t.attempts - t.handed_back));
         RETURN 'requeued';
     END IF;
     PERFORM backups._log(t.id, format('agent %s sent no heartbeat for %s; giving up after %s attempts',
-                                      t.agent_id, timeout, t.attempts), 'error');
+                                      t.agent_id, timeout, t.attempts - t.handed_back), 'error');
     IF t.cancel_requested THEN
         PERFORM backups._end(t.id, 'cancelled');
     ELSE
         PERFORM backups._end(t.id, 'failed',
-            format('the agent stopped sending heartbeats (no news for %s) after %s attempts', timeout, t.attempts));
+            format('the agent stopped sending heartbeats (no news for %s) after %s attempts', timeout,
+                   t.attempts - t.handed_back));
     END IF;
     RETURN 'failed';
 END
@@ -219,26 +229,34 @@ CREATE FUNCTION backups._retire(agent text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ DELETE FROM backups.agents a WHERE a.agent_id = _retire.agent $$;
 
--- Backups whose objects the agent should remove: deleted or expired, not
--- yet purged. `label` names the backup's folder: the named source, or the
--- database.
-CREATE FUNCTION backups._to_purge(max integer DEFAULT 50)
+-- Captures whose objects the agent should remove: deleted or expired
+-- backups, and captures that failed or were cancelled (their attempts
+-- clean up after themselves, but an agent killed mid-upload cannot; the
+-- grace lets a silent agent that is still winding down finish first).
+-- `label` names the backup's folder: the named source, or the database.
+-- `skip`: rows the agent could not purge lately, so that one stuck backup
+-- never holds up the others.
+CREATE FUNCTION backups._to_purge(max integer DEFAULT 50, skip bigint[] DEFAULT '{}')
 RETURNS TABLE (id bigint, name text, label text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.id, t.name, coalesce(t.source, t.database::text)
       FROM backups.transfers t
-     WHERE t.kind = 'capture' AND (t.status = 'expired' OR t.deleted_at IS NOT NULL) AND t.purged_at IS NULL
+     WHERE t.kind = 'capture' AND t.purged_at IS NULL AND NOT t.id = ANY (_to_purge.skip)
+       AND (t.status = 'expired' OR t.deleted_at IS NOT NULL
+            OR (t.status IN ('failed', 'cancelled') AND t.finished_at < now() - interval '10 minutes'))
      ORDER BY t.id LIMIT _to_purge.max
 $$;
 
-CREATE FUNCTION backups._purged(transfer_id bigint, message text) RETURNS void
+-- Purged: `removed` objects are gone, and nothing is left under the folder.
+CREATE FUNCTION backups._purged(transfer_id bigint, removed integer, folder text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE backups.transfers t SET purged_at = now() WHERE t.id = _purged.transfer_id AND t.purged_at IS NULL;
-    IF FOUND THEN
-        PERFORM backups._log(_purged.transfer_id, _purged.message);
+    IF FOUND AND _purged.removed > 0 THEN
+        PERFORM backups._log(_purged.transfer_id,
+                             format('removed %s object(s) under %s from storage', _purged.removed, _purged.folder));
     END IF;
 END
 $$;

@@ -91,7 +91,9 @@ CREATE TABLE backups.transfers (
     finished_at         timestamptz,
     heartbeat_at        timestamptz,
     agent_id            text,
-    attempts            integer NOT NULL DEFAULT 0,     -- claims so far; the worker requeues up to 3
+    attempts            integer NOT NULL DEFAULT 0,     -- claims so far, never reused: fences writes, names objects
+    handed_back         integer NOT NULL DEFAULT 0,     -- claims given back at an agent's shutdown: not counted
+                                                        -- against the 3 attempts the worker allows
     cancel_requested    boolean NOT NULL DEFAULT false,
     source_size         bigint,                         -- pg_database_size at start
     processed_bytes     bigint NOT NULL DEFAULT 0,      -- bytes read from the source so far

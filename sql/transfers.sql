@@ -165,7 +165,8 @@ BEGIN
         (10, 'finished', t.finished_at::text),
         (11, 'duration', backups._duration(t.started_at, t.finished_at)),
         (12, 'agent', t.agent_id),
-        (13, 'attempts', CASE WHEN t.attempts > 1 THEN t.attempts::text END),
+        (13, 'attempts', CASE WHEN t.attempts > 1 THEN t.attempts::text
+                              || CASE WHEN t.handed_back > 0 THEN format(' (%s handed back at shutdown)', t.handed_back) ELSE '' END END),
         (14, 'format', t.format),
         (15, 'source size', CASE WHEN t.source_size IS NOT NULL THEN pg_size_pretty(t.source_size) END),
         (16, 'processed', CASE WHEN t.processed_bytes > 0 THEN pg_size_pretty(t.processed_bytes) END),
@@ -243,10 +244,9 @@ BEGIN
         RAISE EXCEPTION '% is still %', t.name, t.status
             USING HINT = format('Cancel it first: SELECT backups.cancel(%L);', t.name);
     END IF;
-    UPDATE backups.transfers
-    SET deleted_at = now(),
-        purged_at = CASE WHEN object_key IS NULL THEN now() ELSE purged_at END
-    WHERE transfers.id = t.id;
+    -- The agent removes whatever is stored under the backup's folder, every
+    -- attempt's, then sets purged_at.
+    UPDATE backups.transfers SET deleted_at = now() WHERE transfers.id = t.id;
     PERFORM backups._log(t.id, format('deleted by %s', session_user));
     PERFORM backups._notify('delete ' || t.name);
 END

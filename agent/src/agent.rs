@@ -25,9 +25,6 @@ use crate::store::purge;
 use crate::store::storage::Storage;
 use crate::transfer::{queue, supervisor};
 
-/// How long handed-back transfers get to record that they were.
-const HAND_BACK_PATIENCE: Duration = Duration::from_secs(60);
-
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
     let ctx = Arc::new(Ctx { cfg, storage });
@@ -61,6 +58,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut heard = events.subscribe();
     let mut stop = Box::pin(stop_signal());
     let mut transfers = JoinSet::new();
+    let mut spare: Option<Client> = None;
 
     loop {
         tokio::select! {
@@ -93,9 +91,27 @@ pub async fn run(cfg: Config) -> Result<()> {
             continue;
         }
         while transfers.len() < ctx.cfg.max_concurrent {
+            // The supervisor's own connection first: nothing is claimed
+            // without a line to report on it.
+            if spare.as_ref().is_none_or(|c| c.is_closed()) {
+                match conn::connect(&url).await {
+                    Ok(c) => spare = Some(c),
+                    Err(e) => {
+                        tracing::warn!("not claiming: {e:#}");
+                        break;
+                    }
+                }
+            }
             match queue::claim(&control, &agent_id, &sources).await {
                 Ok(Some(claimed)) => {
-                    transfers.spawn(supervisor::supervise(ctx.clone(), claimed, events.subscribe(), shutdown.clone()));
+                    let line = spare.take().expect("opened above");
+                    transfers.spawn(supervisor::supervise(
+                        ctx.clone(),
+                        claimed,
+                        line,
+                        events.subscribe(),
+                        shutdown.clone(),
+                    ));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -115,7 +131,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             tracing::info!("grace period over: handing running transfers back to the queue");
             trigger.enter(Phase::HandBack);
             let rest = async { while transfers.join_next().await.is_some() {} };
-            let _ = tokio::time::timeout(HAND_BACK_PATIENCE, rest).await;
+            let _ = tokio::time::timeout(supervisor::hand_back_patience(&ctx), rest).await;
         }
     }
     let _ =

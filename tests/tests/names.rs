@@ -108,3 +108,49 @@ fn odd_database_names_go_through_capture_restore_link_download_and_delete() {
     }
     assert_eq!(files_under(store.path()), Vec::<std::path::PathBuf>::new(), "{}", agent.log_text());
 }
+
+/// pg_dump --verbose names tables in the database's encoding: in an
+/// SQL_ASCII database a name can hold any byte, which is not UTF-8 on the
+/// agent's side, and must neither stop the reading of pg_dump's output (which
+/// would kill pg_dump with SIGPIPE) nor be lost.
+#[test]
+fn a_database_whose_names_are_not_utf8_is_captured_and_restored() {
+    let c = Cluster::start().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();
+    for db in ["raw", "raw_back"] {
+        c.sql(
+            "postgres",
+            &format!("CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+        )
+        .unwrap();
+    }
+    // Tables named "caf" + the byte 0xE9 + "_N" (LATIN1's é, invalid UTF-8).
+    c.sql(
+        "raw",
+        "DO $$ BEGIN FOR i IN 0..29 LOOP
+           EXECUTE format('CREATE TABLE %I (x text); INSERT INTO %I SELECT ''row '' || g FROM generate_series(1, %s) g',
+                          'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII') || '_' || i,
+                          'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII') || '_' || i, i);
+         END LOOP; END $$",
+    )
+    .unwrap();
+    // Names and row counts, as ASCII (the names themselves are not UTF-8).
+    let summary = "SELECT count(*) || ' ' || md5(string_agg(relname::text, ',' ORDER BY relname)) || ' ' ||
+                          sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', relname), false, true, '')))[1]::text::int)
+                     FROM pg_class WHERE relname LIKE 'caf%' AND relkind = 'r'";
+    let want = c.sql("raw", summary).unwrap();
+    assert!(want.starts_with("30 "), "{want}");
+    for jobs in ["NULL", "2"] {
+        let b = c.sql("postgres", &format!("SELECT backups.capture('raw', jobs => {jobs})")).unwrap();
+        assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+        let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'raw_back', 'raw_back')")).unwrap();
+        assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+        assert_eq!(c.sql("raw_back", summary).unwrap(), want);
+        // The names made it into the log, readable.
+        let logged = c
+            .sql("postgres", &format!("SELECT count(*) FROM backups.transfer_logs l JOIN backups.transfers t ON t.id = l.transfer_id WHERE t.name = '{b}' AND l.message LIKE '%caf%\\_29%'"))
+            .unwrap();
+        assert_ne!(logged, "0", "the table names are missing from the log of {b}");
+    }
+}

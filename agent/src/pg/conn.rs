@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
 use tokio_postgres::{Client, Config as PgConfig, NoTls};
 
 /// Connect and drive the connection in the background. Notifications are
@@ -76,6 +76,23 @@ impl Conn {
         if let Some(app) = cfg.get_application_name() {
             parts.push(format!("application_name={}", quote(app)));
         }
+        // What else the connection asked for is kept: TLS first of all.
+        match cfg.get_ssl_mode() {
+            SslMode::Disable => parts.push("sslmode=disable".into()),
+            SslMode::Require => parts.push("sslmode=require".into()),
+            _ => {}
+        }
+        if let Some(o) = cfg.get_options() {
+            parts.push(format!("options={}", quote(o)));
+        }
+        if let Some(t) = cfg.get_connect_timeout() {
+            parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+        }
+        match cfg.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => parts.push("target_session_attrs=read-write".into()),
+            TargetSessionAttrs::ReadOnly => parts.push("target_session_attrs=read-only".into()),
+            _ => {}
+        }
         let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
         Ok(Conn { keywords: parts.join(" "), password })
     }
@@ -125,6 +142,16 @@ mod tests {
         // The string libpq gets back names the same database.
         let parsed: PgConfig = c.with_password().parse().unwrap();
         assert_eq!(parsed.get_dbname(), Some("it's q3#sales"));
+        // TLS and the other settings of the connection are kept.
+        let c = Conn::new(
+            "postgres://a@h/postgres?sslmode=require&options=-c%20statement_timeout%3D0&connect_timeout=5&target_session_attrs=read-write",
+            Some("shop"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.keywords,
+            "host=h port=5432 user=a dbname=shop sslmode=require options='-c statement_timeout=0' connect_timeout=5 target_session_attrs=read-write"
+        );
     }
 
     #[test]

@@ -115,8 +115,18 @@ impl ToolCommand {
         let stderr = child.stderr.take().expect("stderr is piped");
         let kept = tail.clone();
         let reader = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Read to the end whatever it prints: a line that is not UTF-8
+            // (a table name in LATIN1) must neither stop the reading, which
+            // would close the pipe and kill the tool with SIGPIPE, nor be lost.
+            let mut stderr = BufReader::new(stderr);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match stderr.read_until(b'\n', &mut raw).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']).replace('\0', "");
                 {
                     let mut t = kept.lock().expect("tail");
                     if t.len() == TAIL {

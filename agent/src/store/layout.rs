@@ -18,9 +18,11 @@
 
 use anyhow::{bail, Result};
 use object_store::path::{Path, PathPart};
+use serde::{Deserialize, Serialize};
 
 /// How a backup is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One `pg_dump -Fc` archive.
     Custom,

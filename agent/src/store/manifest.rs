@@ -28,7 +28,7 @@ pub struct Manifest {
     pub id: String,
     pub database: String,
     /// `custom` (one pg_dump -Fc file) or `directory` (pg_dump -Fd files).
-    pub format: String,
+    pub format: Format,
     pub compression: String,
     pub source_size: i64,
     pub tool_versions: serde_json::Value,
@@ -50,7 +50,7 @@ impl Manifest {
             manifest_version: 1,
             id: id.to_string(),
             database: label.to_string(),
-            format: format.as_str().to_string(),
+            format,
             compression: "zstd".into(),
             source_size,
             tool_versions: versions.clone(),
@@ -64,8 +64,8 @@ impl Manifest {
     /// (which covers every file's) for a directory-format one.
     pub fn to_bytes(&self) -> Result<(Vec<u8>, String)> {
         let bytes = serde_json::to_vec_pretty(self)?;
-        let checksum = match (self.format.as_str(), self.files.as_slice()) {
-            ("custom", [only]) => only.sha256.clone(),
+        let checksum = match (self.format, self.files.as_slice()) {
+            (Format::Custom, [only]) => only.sha256.clone(),
             _ => hex::encode(Sha256::digest(&bytes)),
         };
         Ok((bytes, checksum))

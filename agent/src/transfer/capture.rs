@@ -139,7 +139,7 @@ async fn store_manifest(task: &Task, keys: &Keys, manifest: &Manifest) -> Result
     storage.store.put(&keys.manifest(), bytes.into()).await.context("writing the manifest")?;
     let mut written = vec![keys.manifest()];
     for f in &manifest.files {
-        written.push(match Format::parse(&manifest.format)? {
+        written.push(match manifest.format {
             Format::Custom => keys.dump(),
             Format::Directory => keys.dir_file(&f.name)?,
         });

@@ -109,7 +109,10 @@ impl Job {
             "restore" => {
                 let from = row.source.as_deref().context("restore without a backup")?;
                 Job::Restore(Restore {
-                    from: if from.starts_with("http://") || from.starts_with("https://") {
+                    from: if ["http://", "https://"]
+                        .iter()
+                        .any(|p| from.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p)))
+                    {
                         BackupRef::Url(url::Url::parse(from).context("invalid backup URL")?)
                     } else {
                         BackupRef::Id(from.to_string())
@@ -166,12 +169,12 @@ mod tests {
             panic!()
         };
         assert_eq!((c.source.label(), c.format()), ("replica", Format::Custom));
-        let Job::Restore(r) =
-            Job::decode(&row("restore", Some("https://x.example/b.dump"), serde_json::json!({}))).unwrap()
-        else {
-            panic!()
-        };
-        assert!(matches!(r.from, BackupRef::Url(_)));
+        for url in ["https://x.example/b.dump", "HTTP://x.example/b.dump"] {
+            let Job::Restore(r) = Job::decode(&row("restore", Some(url), serde_json::json!({}))).unwrap() else {
+                panic!()
+            };
+            assert!(matches!(r.from, BackupRef::Url(_)), "{url}");
+        }
         let Job::Copy(c) =
             Job::decode(&row("copy", Some("replica"), serde_json::json!({"named_source": true}))).unwrap()
         else {

@@ -17,6 +17,9 @@ use crate::transfer::job::Claimed;
 
 /// How long a lost control connection is waited for, per call.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long one call may take before its connection is taken for dead (a
+/// half-open TCP connection would otherwise hang it for many minutes).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a finish keeps trying before its outcome is called unknown.
 const FINISH_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -66,19 +69,20 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub async fn connect(url: &str, claimed: &Claimed, agent: &str) -> Result<Self> {
-        let client = conn::connect_with_retry(url, RECONNECT_PATIENCE).await?;
-        Ok(Reporter {
+    /// Report on `claimed` over `client`, a connection opened before the
+    /// claim (so that nothing is claimed without a line to report on it).
+    pub fn new(url: &str, client: Client, claimed: &Claimed, agent: &str) -> Self {
+        Reporter {
             url: url.to_string(),
             client: Mutex::new(Some(client)),
             id: claimed.id,
             name: claimed.name.clone(),
             agent: agent.to_string(),
             attempt: claimed.attempt,
-        })
+        }
     }
 
-    /// One query; on a lost connection, reconnect and try once more.
+    /// One query; on a lost or hung connection, reconnect and try once more.
     async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
         let mut guard = self.client.lock().await;
         for retry in [false, true] {
@@ -86,13 +90,18 @@ impl Reporter {
                 *guard = Some(conn::connect_with_retry(&self.url, RECONNECT_PATIENCE).await?);
             }
             let client = guard.as_ref().expect("connected");
-            match client.query_one(sql, params).await {
-                Ok(row) => return Ok(row),
-                Err(e) if client.is_closed() && !retry => {
+            match tokio::time::timeout(CALL_TIMEOUT, client.query_one(sql, params)).await {
+                Ok(Ok(row)) => return Ok(row),
+                Ok(Err(e)) if client.is_closed() && !retry => {
                     tracing::warn!("control connection lost ({e}); reconnecting");
                     *guard = None;
                 }
-                Err(e) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) if !retry => {
+                    tracing::warn!("no answer from the control database within {CALL_TIMEOUT:?}; reconnecting");
+                    *guard = None;
+                }
+                Err(_) => anyhow::bail!("no answer from the control database within {CALL_TIMEOUT:?}"),
             }
         }
         unreachable!("the second try returns")

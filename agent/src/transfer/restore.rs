@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use async_compression::tokio::bufread::ZstdDecoder;
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
+use tokio_util::task::TaskTracker;
 
 use crate::pg::conn;
 use crate::pg::target;
@@ -58,7 +60,7 @@ fn describe(from: &BackupRef) -> String {
 async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathBuf, Format)> {
     let fetched = task.progress.counter();
     match from {
-        BackupRef::Url(url) => fetch_url(url.as_str(), staging, &fetched).await,
+        BackupRef::Url(url) => fetch_url(url.as_str(), staging, &fetched, &task.tracker).await,
         BackupRef::Id(id) => {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
             let b = backups::find(&control, Some(id)).await?;
@@ -80,7 +82,12 @@ async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathB
 /// Download a URL to staging: a pg_dump custom-format file (plain or
 /// zstd-compressed) or a tar of a directory-format dump, as served by the
 /// agent's links. Anything else fails before the target is touched.
-async fn fetch_url(url: &str, staging: &FsPath, fetched: &Arc<AtomicU64>) -> Result<(PathBuf, Format)> {
+async fn fetch_url(
+    url: &str,
+    staging: &FsPath,
+    fetched: &Arc<AtomicU64>,
+    tracker: &TaskTracker,
+) -> Result<(PathBuf, Format)> {
     let resp = reqwest::get(url).await.with_context(|| format!("fetching {url}"))?;
     if !resp.status().is_success() {
         bail!("fetching {url}: HTTP {}", resp.status());
@@ -106,10 +113,14 @@ async fn fetch_url(url: &str, staging: &FsPath, fetched: &Arc<AtomicU64>) -> Res
         return Ok((raw, Format::Custom));
     }
     if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        // Decompressed as part of the work, so that a cancel stops it at once.
         let dest = staging.join("backup.dump");
-        let input = std::fs::File::open(&raw)?;
-        let output = std::fs::File::create(&dest)?;
-        tokio::task::spawn_blocking(move || zstd::stream::copy_decode(input, output)).await??;
+        let mut input =
+            ZstdDecoder::new(tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::open(&raw).await?));
+        input.multiple_members(true);
+        let mut output = tokio::fs::File::create(&dest).await?;
+        tokio::io::copy(&mut input, &mut output).await.with_context(|| format!("decompressing what {url} served"))?;
+        drop(output);
         let mut magic = [0u8; 5];
         let _ = std::fs::File::open(&dest).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
         if &magic == b"PGDMP" {
@@ -119,7 +130,7 @@ async fn fetch_url(url: &str, staging: &FsPath, fetched: &Arc<AtomicU64>) -> Res
         let dir = staging.join("dump");
         let raw2 = raw.clone();
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)).await??;
+        tracker.spawn_blocking(move || tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)).await??;
         // Our links wrap the dump's files in a folder named after the backup.
         let found = std::iter::once(dir.clone())
             .chain(std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.is_dir()))

@@ -33,8 +33,20 @@ use crate::transfer::task::Task;
 use crate::transfer::{capture, copy, restore};
 
 /// How long stopped work gets to wind down (uploads to abort, threads to
-/// notice) before the outcome is recorded anyway.
-const WIND_DOWN: Duration = Duration::from_secs(60);
+/// notice) before the outcome is recorded anyway, beyond the time storage
+/// requests are retried for.
+const WIND_DOWN_MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest a supervisor takes between being told to hand back and
+/// having recorded it: its wind-down, removing what the attempt stored
+/// (retried for as long as storage requests are), and the record itself.
+pub fn hand_back_patience(ctx: &Ctx) -> Duration {
+    wind_down(ctx) + ctx.cfg.store.storage_retry_timeout + Duration::from_secs(60)
+}
+
+fn wind_down(ctx: &Ctx) -> Duration {
+    ctx.cfg.store.storage_retry_timeout + WIND_DOWN_MARGIN
+}
 
 /// How the work ended, as the supervisor saw it.
 enum Ended {
@@ -46,24 +58,29 @@ enum Ended {
     Lost,
 }
 
-/// Run one claimed transfer to its recorded end. `events` carries the
-/// payloads of the agent's NOTIFY channel (`cancel b001`, ...).
-pub async fn supervise(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String>, shutdown: Shutdown) {
+/// Run one claimed transfer to its recorded end, reporting over `line` (a
+/// control connection of its own, opened before the claim). `events`
+/// carries the payloads of the agent's NOTIFY channel (`cancel b001`, ...).
+pub async fn supervise(
+    ctx: Arc<Ctx>,
+    claimed: Claimed,
+    line: tokio_postgres::Client,
+    events: broadcast::Receiver<String>,
+    shutdown: Shutdown,
+) {
     let span = tracing::info_span!("transfer", name = %claimed.name, attempt = claimed.attempt);
-    run(ctx, claimed, events, shutdown).instrument(span).await
+    let rep = Reporter::new(&ctx.cfg.store.database_url, line, &claimed, &ctx.cfg.agent_id);
+    run(ctx, claimed, rep, events, shutdown).instrument(span).await
 }
 
-async fn run(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String>, mut shutdown: Shutdown) {
+async fn run(
+    ctx: Arc<Ctx>,
+    claimed: Claimed,
+    rep: Reporter,
+    events: broadcast::Receiver<String>,
+    mut shutdown: Shutdown,
+) {
     tracing::info!("claimed");
-    let rep = match Reporter::connect(&ctx.cfg.store.database_url, &claimed, &ctx.cfg.agent_id).await {
-        Ok(r) => r,
-        Err(e) => {
-            // Without a line to the table nothing can be recorded; the worker
-            // requeues the transfer when its heartbeat stays silent.
-            tracing::error!("cannot report on the transfer: {e:#}");
-            return;
-        }
-    };
     let job = match &claimed.job {
         Ok(job) => job.clone(),
         Err(why) => {
@@ -95,6 +112,8 @@ async fn run(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String
     let mut events = Some(events);
     let ended = loop {
         let beat_now = tokio::select! {
+            // Work that has ended wins over a cancel or hand back that arrives with it.
+            biased;
             res = &mut work => break match res {
                 Ok(Ok(done)) => Ended::Done(done),
                 Ok(Err(e)) => Ended::Failed(format!("{e:#}")),
@@ -133,21 +152,35 @@ async fn run(ctx: Arc<Ctx>, claimed: Claimed, events: broadcast::Receiver<String
         let _ = work.await;
     }
     tracker.close();
-    if tokio::time::timeout(WIND_DOWN, tracker.wait()).await.is_err() {
-        tracing::warn!("background work did not end within {WIND_DOWN:?}");
+    if tokio::time::timeout(wind_down(&ctx), tracker.wait()).await.is_err() {
+        tracing::warn!("background work did not end within {:?}", wind_down(&ctx));
     }
-    if !matches!(ended, Ended::Done(_)) {
+    let completed = matches!(ended, Ended::Done(_));
+    if !completed {
         remove_stored(&ctx, &rep, stored_by.as_ref()).await;
     }
-    rep.log(&journal.finish()).await;
+    settle(&rep, &mut journal).await;
 
     // 4. Record.
     let processed = journal.processed();
     let tool_warnings = journal.tool_warnings;
-    if !record(&rep, ended, processed, tool_warnings).await {
-        // Ours no more: what this attempt stored is nobody's.
+    if !record(&rep, ended, processed, tool_warnings).await && completed {
+        // Ours no more: what this attempt stored is nobody's (its keys are
+        // its own: attempt numbers are never reused).
         remove_stored(&ctx, &rep, stored_by.as_ref()).await;
     }
+}
+
+/// Write what is left to write before the final status: the facts the
+/// work learnt (when it ended before a heartbeat wrote them) and its last
+/// log lines.
+async fn settle(rep: &Reporter, journal: &mut Journal) {
+    if let Some(f) = journal.take_facts() {
+        if let Err(e) = rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
+            tracing::warn!("recording the start: {e:#}");
+        }
+    }
+    rep.log(&journal.finish()).await;
 }
 
 /// One heartbeat, after writing what the work said and the facts it learnt.
