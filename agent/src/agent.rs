@@ -21,13 +21,15 @@ use crate::pg::conn;
 use crate::pg::tool::Tool;
 use crate::serve::links;
 use crate::shutdown::{self, Phase};
+use crate::staging::StagingArea;
 use crate::store::purge;
 use crate::store::storage::Storage;
 use crate::transfer::{queue, supervisor};
 
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
-    let ctx = Arc::new(Ctx { cfg, storage });
+    let staging = StagingArea::claim(&cfg.staging_dir, &cfg.agent_id);
+    let ctx = Arc::new(Ctx { cfg, storage, staging });
     Tool::PgDump.version(&ctx.cfg).await?;
     let url = ctx.cfg.store.database_url.clone();
     let mut control =

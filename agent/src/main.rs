@@ -7,10 +7,11 @@
 //! config.rs     every option, declared once (flags, environment, TOML file)
 //! ctx.rs        what a running agent shares: settings and storage
 //! shutdown.rs   the one shutdown signal: drain, then hand back
+//! staging.rs    this agent's own local disk for files in flight
 //! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
 //! transfer/     job (the typed job, decoded once), supervisor (heartbeat, cancel,
 //!               hand back, the one writer of final status), queue (claim), report
-//!               (the lifecycle calls), progress, task, staging, and the kinds:
+//!               (the lifecycle calls), progress, task, and the kinds:
 //!               capture, parallel (capture), restore, copy
 //! pg/           conn (connections), tool (pg_dump, pg_restore, psql as process
 //!               groups), target (replacing and restoring into a database)
@@ -30,6 +31,7 @@ mod ctx;
 mod pg;
 mod serve;
 mod shutdown;
+mod staging;
 mod store;
 mod transfer;
 

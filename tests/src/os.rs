@@ -54,3 +54,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Files below `dir` other than lock files (the agent's claim on its
+/// staging area): what a transfer left behind.
+pub fn files_left(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir).into_iter().filter(|p| p.extension().is_none_or(|e| e != "lock")).collect()
+}

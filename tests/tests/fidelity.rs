@@ -72,7 +72,7 @@ fn a_rich_database_survives_every_round_trip() {
     assert_same_database(&c, "rich", "via_copy", "copy");
     // The copy really took both roads: parallel COPY streams and pg_dump.
     let streams = c
-        .sql("postgres", &format!("SELECT count(*) FROM backups.transfer_logs l JOIN backups.transfers t ON t.id = l.transfer_id WHERE t.name = '{cp}' AND l.message LIKE 'pgbackups: copying table %'"))
+        .sql("postgres", &format!("SELECT count(*) FROM backups.transfer_logs l JOIN backups.transfers t ON t.id = l.transfer_id WHERE t.name = '{cp}' AND l.message LIKE 'copying table %'"))
         .unwrap();
     assert_ne!(streams, "0", "no table went through a parallel COPY stream");
 

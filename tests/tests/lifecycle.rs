@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{self, create_db, fingerprint, wait, wait_for, SHOP};
-use pgbackups_e2e::os::{deleted_open_files, files_under, processes_with};
+use pgbackups_e2e::os::{deleted_open_files, files_left, files_under, processes_with};
 use pgbackups_e2e::proxy::Proxy;
 use pgbackups_e2e::s3::S3Server;
 
@@ -64,7 +64,7 @@ fn cancelling_a_parallel_capture_mid_data_leaves_no_process_open_file_staging_or
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pg_dumps(&staging_path), vec![], "pg_dump processes survived the cancel");
     assert_eq!(deleted_open_files(agent.pid(), staging.path()), Vec::<String>::new(), "the agent holds deleted files");
-    assert_eq!(files_under(staging.path()), Vec::<std::path::PathBuf>::new(), "staging files left");
+    assert_eq!(files_left(staging.path()), Vec::<std::path::PathBuf>::new(), "staging files left");
     assert_eq!(files_under(store.path()), Vec::<std::path::PathBuf>::new(), "objects or staged uploads left");
     // And the server has no pg_dump session holding a snapshot.
     wait_for(

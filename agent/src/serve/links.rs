@@ -15,7 +15,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -128,7 +128,7 @@ async fn custom_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
 
 /// A directory-format backup, verified into staging, then streamed as a tar.
 async fn tar_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
-    let staging = tempfile::Builder::new().prefix("pgbackups-link-").tempdir_in(ensure(&ctx.cfg.staging_dir)?)?;
+    let staging = ctx.staging.temp("link-")?;
     let dir = backups::fetch(&ctx.storage, b, staging.path(), &Arc::new(AtomicU64::new(0))).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let name = b.name.clone();
@@ -141,11 +141,6 @@ async fn tar_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
         }
     });
     Ok(Body::from_stream(tokio_stream_from(rx)))
-}
-
-fn ensure(dir: &std::path::Path) -> Result<&std::path::Path> {
-    std::fs::create_dir_all(dir).with_context(|| format!("staging directory {}", dir.display()))?;
-    Ok(dir)
 }
 
 fn tokio_stream_from(

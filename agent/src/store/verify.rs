@@ -66,7 +66,7 @@ impl Stream for Verified {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.done = true;
-                Poll::Ready(Some(Err(std::io::Error::other(format!("reading {}: {e}", self.key)))))
+                Poll::Ready(Some(Err(std::io::Error::other(Said(format!("reading {}: {e}", self.key))))))
             }
             Poll::Ready(None) => {
                 self.done = true;
@@ -76,10 +76,10 @@ impl Stream for Verified {
                 } else {
                     Poll::Ready(Some(Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!(
+                        Said(format!(
                             "checksum mismatch for {}: stored object sha256 {sum}, recorded {}; the backup is corrupt",
                             self.key, self.expected
-                        ),
+                        )),
                     ))))
                 }
             }
@@ -87,19 +87,48 @@ impl Stream for Verified {
     }
 }
 
+/// An error this module words itself (storage, checksum), as opposed to
+/// one from the decoder.
+#[derive(Debug)]
+struct Said(String);
+
+impl std::fmt::Display for Said {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Said {}
+
 /// The object decompressed, read to its end: any corruption is a read error.
 pub fn decompressed(object: Verified) -> impl AsyncRead + Unpin + Send {
+    let key = object.key.to_string();
     let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, StreamReader::new(object)));
     decoder.multiple_members(true);
-    ErrorAfterData { inner: decoder, error: None }
+    ErrorAfterData { inner: decoder, error: None, key }
 }
 
 /// The decoder can hand back bytes and an error from one read, which
 /// `AsyncRead` forbids (readers may drop the bytes, or assert): the bytes
-/// come first, the error on the next read.
+/// come first, the error on the next read. The decoder's own errors (a
+/// frame whose content checksum does not match, say) are said to be what
+/// they are: corruption.
 struct ErrorAfterData<R> {
     inner: R,
     error: Option<std::io::Error>,
+    key: String,
+}
+
+impl<R> ErrorAfterData<R> {
+    fn worded(&self, e: std::io::Error) -> std::io::Error {
+        if e.get_ref().is_some_and(|inner| inner.is::<Said>()) {
+            return e;
+        }
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} does not decompress ({e}); the backup is corrupt", self.key),
+        )
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for ErrorAfterData<R> {
@@ -113,9 +142,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for ErrorAfterData<R> {
         }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Err(e)) if buf.filled().len() > before => {
-                self.error = Some(e);
-                Poll::Ready(Ok(()))
+            Poll::Ready(Err(e)) => {
+                let e = self.worded(e);
+                if buf.filled().len() > before {
+                    self.error = Some(e);
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Ready(Err(e))
+                }
             }
             other => other,
         }
@@ -154,7 +188,8 @@ mod tests {
         for at in [10, stored.len() / 2, stored.len() - 1] {
             let mut bad = stored.clone();
             bad[at] ^= 1;
-            assert!(read_back(bad, &sum).await.is_err(), "a flipped byte at {at} went unnoticed");
+            let e = read_back(bad, &sum).await.expect_err("a flipped byte went unnoticed").to_string();
+            assert!(e.contains("corrupt"), "{at}: {e}");
         }
         // The right bytes with the wrong record.
         let e = read_back(stored, &"0".repeat(64)).await.unwrap_err();

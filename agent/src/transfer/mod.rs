@@ -10,6 +10,5 @@ pub mod progress;
 pub mod queue;
 pub mod report;
 pub mod restore;
-pub mod staging;
 pub mod supervisor;
 pub mod task;

@@ -16,6 +16,7 @@
 //! idempotent); only a transfer the table says is not ours loses its
 //! objects, and an outcome that cannot be learnt keeps them.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,13 +152,15 @@ async fn run(
         work.abort();
         let _ = work.await;
     }
+    // Heartbeats go on meanwhile: a slow wind-down is not a silent agent.
     tracker.close();
-    if tokio::time::timeout(wind_down(&ctx), tracker.wait()).await.is_err() {
+    let wound_down = tokio::time::timeout(wind_down(&ctx), tracker.wait());
+    if alive(&ctx, &rep, &mut journal, wound_down).await.is_err() {
         tracing::warn!("background work did not end within {:?}", wind_down(&ctx));
     }
     let completed = matches!(ended, Ended::Done(_));
     if !completed {
-        remove_stored(&ctx, &rep, stored_by.as_ref()).await;
+        alive(&ctx, &rep, &mut journal, remove_stored(&ctx, &rep, stored_by.as_ref())).await;
     }
     settle(&rep, &mut journal).await;
 
@@ -168,6 +171,22 @@ async fn run(
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
         remove_stored(&ctx, &rep, stored_by.as_ref()).await;
+    }
+}
+
+/// Run `fut` while heartbeating (what the heartbeats learn no longer matters).
+async fn alive<T>(ctx: &Ctx, rep: &Reporter, journal: &mut Journal, fut: impl Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = ticker.tick() => {
+                beat(rep, journal).await;
+            }
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use anyhow::Result;
 use tokio_util::task::TaskTracker;
 
 use crate::ctx::Ctx;
+use crate::staging::Staging;
 use crate::transfer::progress::Progress;
-use crate::transfer::staging::Staging;
 
 pub struct Task {
     pub ctx: Arc<Ctx>,
@@ -23,6 +23,6 @@ pub struct Task {
 impl Task {
     /// This attempt's own staging directory.
     pub fn staging(&self) -> Result<Staging> {
-        Staging::create(&self.ctx.cfg.staging_dir, &self.name, self.attempt)
+        self.ctx.staging.create(&self.name, self.attempt)
     }
 }
