@@ -31,6 +31,15 @@ CREATE VIEW big_spenders AS SELECT c.email, count(*) AS n FROM customers c JOIN 
 SELECT setval('orders_id_seq', 123456);
 "#;
 
+/// A table `noise` of incompressible bytes: `rows` rows of `chunks` x 16
+/// random bytes (`rows * chunks * 16` bytes in all).
+pub fn noise(rows: u32, chunks: u32) -> String {
+    format!(
+        "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
+           FROM generate_series(1, {rows}) g, generate_series(1, {chunks}) i GROUP BY g"
+    )
+}
+
 /// Create database `db` (any name) and fill it with `sql`.
 pub fn create_db(c: &Cluster, db: &str, sql: &str) -> Result<()> {
     c.sql("postgres", &format!("CREATE DATABASE {}", ident(db)))?;

@@ -147,13 +147,7 @@ fn a_staging_directory_that_cannot_be_used_fails_cleanly() {
 fn s3_stopped_mid_upload_is_retried_or_fails_cleanly() {
     let c = Cluster::start().unwrap();
     // About 100 MB of incompressible data, so the upload takes a while.
-    create_db(
-        &c,
-        "big",
-        "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
-           FROM generate_series(1, 12000) g, generate_series(1, 500) i GROUP BY g",
-    )
-    .unwrap();
+    create_db(&c, "big", &data::noise(12000, 500)).unwrap();
     let mut s3 = S3Server::start("backups").unwrap();
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -111,13 +111,7 @@ fn a_parallel_capture_whose_upload_outlasts_the_heartbeat_timeout_completes_once
     let c = Cluster::start_with(&["backups.agent_timeout = '2s'"]).unwrap();
     // Incompressible data compressed at level 19: the agent is still
     // compressing and uploading for seconds after pg_dump has exited.
-    create_db(
-        &c,
-        "noise",
-        "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
-           FROM generate_series(1, 4000) g, generate_series(1, 400) i GROUP BY g",
-    )
-    .unwrap();
+    create_db(&c, "noise", &data::noise(4000, 400)).unwrap();
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--compression-level", "19"], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('noise', jobs => 2)").unwrap();

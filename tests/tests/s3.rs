@@ -26,12 +26,7 @@ fn capture_to_s3_uses_multipart_and_restores() {
     let c = Cluster::start().unwrap();
     create_db(&c, "shop", SHOP).unwrap();
     // About 24 MB of incompressible bytes: the stored object spans several 8 MiB parts.
-    c.sql(
-        "shop",
-        "CREATE TABLE noise AS SELECT g AS id, decode(string_agg(md5(random()::text || g || i), ''), 'hex') AS data
-                   FROM generate_series(1, 3000) g, generate_series(1, 500) i GROUP BY g",
-    )
-    .unwrap();
+    c.sql("shop", &data::noise(3000, 500)).unwrap();
     let s3 = S3Server::start("backups").unwrap();
     let agent = start_agent(&c, &s3, &[]);
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
