@@ -41,11 +41,12 @@ DECLARE
     t backups.transfers;
 BEGIN
     SELECT * INTO t FROM backups.transfers x WHERE x.id = _to_pending.transfer_id FOR UPDATE;
-    PERFORM backups._log(t.id, _to_pending.why, 'warning');
     IF t.cancel_requested THEN
+        PERFORM backups._log(t.id, format('cancelled (asked while it ran) instead of going back to the queue: %s', _to_pending.why));
         PERFORM backups._end(t.id, 'cancelled');
         RETURN;
     END IF;
+    PERFORM backups._log(t.id, _to_pending.why, 'warning');
     UPDATE backups.transfers x
        SET status = 'pending', agent_id = NULL, heartbeat_at = NULL, started_at = NULL,
            processed_bytes = 0, current_object = NULL, source_size = NULL, format = NULL,
@@ -58,9 +59,13 @@ $$;
 
 -- Claim the oldest pending transfer this agent can run. A capture from a
 -- named source goes to an agent that knows the name; when no live agent
--- does, any agent claims it, and fails it with a clear message.
+-- does, any agent claims it, and fails it with a clear message. `lease`:
+-- the seconds without a heartbeat after which the worker requeues it
+-- (backups.agent_timeout), so that an agent cut off from this database
+-- for that long stops on its own instead of working on unseen.
 CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[])
-RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb, attempt integer)
+RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb,
+               attempt integer, lease double precision)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -82,7 +87,8 @@ BEGIN
         RETURN;
     END IF;
     PERFORM backups._log(t.id, format('claimed by agent %s (attempt %s)', _claim.agent, t.attempts));
-    RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, t.source, t.target, t.options, t.attempts;
+    RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, t.source, t.target, t.options, t.attempts,
+        extract(epoch FROM coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval)::double precision;
 END
 $$;
 

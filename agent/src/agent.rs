@@ -24,6 +24,7 @@ use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
 use crate::store::purge;
 use crate::store::storage::Storage;
+use crate::transfer::report::CALL_TIMEOUT;
 use crate::transfer::{queue, supervisor};
 
 pub async fn run(cfg: Config) -> Result<()> {
@@ -61,6 +62,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut stop = Box::pin(stop_signal());
     let mut transfers = JoinSet::new();
     let mut spare: Option<Client> = None;
+    // A call that got no answer: the connection is taken for dead.
+    let mut stale = false;
 
     loop {
         tokio::select! {
@@ -75,10 +78,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = tokio::time::sleep(ctx.cfg.poll_interval) => {}
             Some(_) = transfers.join_next(), if !transfers.is_empty() => {}
         }
-        if control.is_closed() {
+        if control.is_closed() || stale {
             tracing::warn!("control database connection lost; reconnecting");
             match conn::connect(&url).await {
-                Ok(c) => control = c,
+                Ok(c) => {
+                    control = c;
+                    stale = false;
+                }
                 Err(e) => {
                     tracing::warn!("{e:#}");
                     continue;
@@ -88,8 +94,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         if listener.as_ref().is_none_or(|h| h.is_finished()) {
             listener = listen(&url, events.clone()).await.ok();
         }
-        if let Err(e) = queue::announce(&control, &agent_id, &sources).await {
+        if let Err(e) = within(queue::announce(&control, &agent_id, &sources)).await {
             tracing::warn!("{e:#}");
+            stale = true;
             continue;
         }
         while transfers.len() < ctx.cfg.max_concurrent {
@@ -104,7 +111,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     }
                 }
             }
-            match queue::claim(&control, &agent_id, &sources).await {
+            match within(queue::claim(&control, &agent_id, &sources)).await {
                 Ok(Some(claimed)) => {
                     let line = spare.take().expect("opened above");
                     transfers.spawn(supervisor::supervise(
@@ -118,6 +125,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("{e:#}");
+                    stale = true;
                     break;
                 }
             }
@@ -143,6 +151,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// A call on the control connection, given up after `CALL_TIMEOUT` (a
+/// half-open connection would otherwise stall the loop for many minutes).
+async fn within<T>(call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the control database within {CALL_TIMEOUT:?}"))?
+}
+
 async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -155,7 +171,9 @@ async fn stop_signal() {
 /// notification's payload (a transfer name, `cancel b001`, `delete b001`...).
 /// The returned task ends when the connection does.
 async fn listen(url: &str, events: broadcast::Sender<String>) -> Result<tokio::task::JoinHandle<()>> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) = tokio::time::timeout(CALL_TIMEOUT, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}"))??;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

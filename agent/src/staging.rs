@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
@@ -16,60 +17,78 @@ use crate::store::layout::segment;
 
 /// This agent's part of the staging directory.
 pub struct StagingArea {
+    root: PathBuf,
+    /// `<root>/<agent id as one segment>`; its lock is the same name plus `.lock`.
     dir: PathBuf,
-    /// Why the area cannot be used, if it cannot: the transfers that need
-    /// it fail with this (a streamed capture needs none).
-    unusable: Option<String>,
-    _lock: Option<File>,
+    lock: PathBuf,
+    /// The lock, once held; until then each transfer that needs the area
+    /// tries again, and fails with the reason if it still cannot have it
+    /// (a streamed capture needs none).
+    held: Mutex<Option<File>>,
 }
 
 impl StagingArea {
     /// Claim `<root>/<agent id>`, after removing the areas of agents gone.
     pub fn claim(root: &Path, agent_id: &str) -> StagingArea {
-        let dir = root.join(segment(agent_id));
-        match Self::try_claim(root, &dir) {
-            Ok(lock) => StagingArea { dir, unusable: None, _lock: Some(lock) },
-            Err(e) => {
-                tracing::warn!("staging: {e:#}");
-                StagingArea { dir, unusable: Some(format!("{e:#}")), _lock: None }
-            }
+        let name = segment(agent_id);
+        let area = StagingArea {
+            root: root.to_path_buf(),
+            dir: root.join(&name),
+            lock: root.join(format!("{name}.lock")),
+            held: Mutex::new(None),
+        };
+        if let Err(e) = area.usable() {
+            tracing::warn!("staging: {e:#}");
         }
+        area
     }
 
-    fn try_claim(root: &Path, dir: &Path) -> Result<File> {
+    /// The area, claimed now if it was not yet.
+    fn usable(&self) -> Result<&Path> {
+        let mut held = self.held.lock().expect("staging lock");
+        if held.is_none() {
+            *held = Some(self.try_claim()?);
+        }
+        Ok(&self.dir)
+    }
+
+    fn try_claim(&self) -> Result<File> {
+        let root = &self.root;
         std::fs::create_dir_all(root)
             .with_context(|| format!("staging directory {} cannot be created", root.display()))?;
         // One agent at a time looks around and claims.
-        let guard = File::create(root.join(".claim.lock"))
+        let guard = File::create(root.join(CLAIM_LOCK))
             .with_context(|| format!("staging directory {} is not writable", root.display()))?;
         guard.lock()?;
         for entry in std::fs::read_dir(root)?.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "lock") && path.file_stem().is_some_and(|s| s != ".claim") {
-                let free = File::open(&path).map(|f| f.try_lock().is_ok()).unwrap_or(false);
-                if free {
-                    let _ = std::fs::remove_dir_all(path.with_extension(""));
-                    let _ = std::fs::remove_file(&path);
+            let file_name = entry.file_name();
+            let Some(other) = file_name.to_str().and_then(|n| n.strip_suffix(".lock")) else { continue };
+            if file_name == CLAIM_LOCK || entry.path() == self.lock {
+                continue;
+            }
+            let free = File::open(entry.path()).map(|f| f.try_lock().is_ok()).unwrap_or(false);
+            if free {
+                // The lock goes only with the files it guards.
+                match std::fs::remove_dir_all(root.join(other)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!("staging: cannot remove what a gone agent left in {other}: {e}")
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                 }
             }
         }
-        let lock_path = dir.with_extension("lock");
-        let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+        let lock = File::create(&self.lock).with_context(|| format!("creating {}", self.lock.display()))?;
         if lock.try_lock().is_err() {
-            bail!("another agent with the same id uses {}", dir.display());
+            bail!("another agent with the same id uses {}", self.dir.display());
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("removing stale {}", dir.display()))?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing stale {}", self.dir.display()))?;
         }
-        std::fs::create_dir(dir).with_context(|| format!("staging directory {} cannot be created", dir.display()))?;
+        std::fs::create_dir(&self.dir)
+            .with_context(|| format!("staging directory {} cannot be created", self.dir.display()))?;
         Ok(lock)
-    }
-
-    fn usable(&self) -> Result<&Path> {
-        match &self.unusable {
-            Some(why) => bail!("{why}"),
-            None => Ok(&self.dir),
-        }
     }
 
     /// The directory of one transfer attempt, empty.
@@ -89,12 +108,15 @@ impl StagingArea {
     }
 }
 
+/// Held while an agent looks for the areas of agents gone.
+const CLAIM_LOCK: &str = ".claim.lock";
+
 impl Drop for StagingArea {
     /// A clean exit leaves nothing behind.
     fn drop(&mut self) {
-        if self._lock.is_some() {
+        if self.held.get_mut().map(|h| h.is_some()).unwrap_or(false) {
             let _ = std::fs::remove_dir_all(&self.dir);
-            let _ = std::fs::remove_file(self.dir.with_extension("lock"));
+            let _ = std::fs::remove_file(&self.lock);
         }
     }
 }
@@ -133,10 +155,15 @@ mod tests {
         let sb = b.create("r001", 1).unwrap();
         assert_ne!(sa.path(), sb.path());
         std::fs::write(sa.path().join("x"), b"x").unwrap();
-        // A second agent with the same id is refused its area.
+        // A second agent with the same id is refused its area (until the
+        // first is gone).
         let same = StagingArea::claim(root.path(), "host-1");
         assert!(same.create("b001", 1).is_err());
         assert!(sa.path().join("x").exists());
+        // Dotted ids (hostnames) each have their own lock.
+        let d1 = StagingArea::claim(root.path(), "db1.example.com-1");
+        let d2 = StagingArea::claim(root.path(), "db1.example.com-2");
+        assert!(d1.create("b001", 1).is_ok() && d2.create("b001", 1).is_ok());
         // host-2 dies (its lock goes with it): the next agent clears its area.
         let gone = sb.path().parent().unwrap().to_path_buf();
         drop(sb);

@@ -176,3 +176,36 @@ fn purging_while_storage_is_down_or_large_never_delays_claims() {
         .unwrap();
     assert_eq!(files_under(&s3.root.join("backups/pg/shop").join(&b)), Vec::<std::path::PathBuf>::new());
 }
+
+#[test]
+fn a_transfer_still_running_after_the_grace_period_is_handed_back_and_finished_by_the_next_agent() {
+    let c = Cluster::start().unwrap();
+    create_db(&c, "shop", SHOP).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let args = ["--staging-dir", staging.path().to_str().unwrap(), "--shutdown-grace", "1"];
+    let mut first = Agent::start(&c.url("postgres"), &file_url(store.path()), &args, &[]).unwrap();
+    // pg_dump waits on a lock: the capture cannot finish within the grace.
+    let mut locker = c.client("shop").unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").unwrap();
+    let id = c.sql("postgres", "SELECT backups.capture('shop', jobs => 2)").unwrap();
+    wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{id}'"), "running", PATIENCE).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(first.terminate(PATIENCE).unwrap().success(), "{}", first.log_text());
+    assert_eq!(field(&c, &id, "status || ' ' || attempts || ' ' || handed_back"), "pending 1 1");
+    assert_eq!(pg_dumps(staging.path().to_str().unwrap()), vec![], "pg_dump outlived the agent");
+    assert_eq!(files_left(staging.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(files_under(store.path()), Vec::<std::path::PathBuf>::new());
+    // The next agent finishes it, as a new attempt with objects of its own.
+    locker.batch_execute("ROLLBACK").unwrap();
+    let second = Agent::start(&c.url("postgres"), &file_url(store.path()), &args, &[]).unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", second.log_text());
+    assert_eq!(field(&c, &id, "attempts"), "2");
+    assert_eq!(field(&c, &id, "object_key"), format!("shop/{id}/dump-2"));
+    let m = data::manifest(store.path(), &format!("shop/{id}"), 2).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = data::materialise(store.path(), &m, work.path()).unwrap();
+    c.sql("postgres", "CREATE DATABASE shop_back").unwrap();
+    data::pg_restore(&c, "shop_back", &dir).unwrap();
+    assert_eq!(fingerprint(&c, "shop_back").unwrap(), fingerprint(&c, "shop").unwrap());
+}

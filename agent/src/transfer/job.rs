@@ -13,6 +13,8 @@ pub struct Claimed {
     pub id: i64,
     pub name: String,
     pub attempt: i32,
+    /// How long without a heartbeat before the worker requeues it.
+    pub lease: std::time::Duration,
     pub job: std::result::Result<Job, String>,
 }
 

@@ -2,6 +2,8 @@
 //! transfer this agent can run (`FOR UPDATE SKIP LOCKED` in `_claim`, so two
 //! agents never run the same one), and announce the agent while it runs.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
@@ -14,7 +16,7 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<O
     let kinds: Vec<&str> = KINDS.to_vec();
     let row = client
         .query_opt(
-            "SELECT id, name, kind, database, source, target, options, attempt FROM backups._claim($1, $2, $3)",
+            "SELECT id, name, kind, database, source, target, options, attempt, lease FROM backups._claim($1, $2, $3)",
             &[&agent, &kinds, &sources],
         )
         .await
@@ -31,7 +33,8 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<O
             attempt: r.get(7),
         };
         let job = Job::decode(&row).map_err(|e| format!("{e:#}"));
-        Claimed { id: row.id, name: row.name, attempt: row.attempt, job }
+        let lease = Duration::from_secs_f64(r.get::<_, f64>(8).max(1.0));
+        Claimed { id: row.id, name: row.name, attempt: row.attempt, lease, job }
     }))
 }
 

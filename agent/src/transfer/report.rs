@@ -16,10 +16,12 @@ use crate::pg::conn;
 use crate::transfer::job::Claimed;
 
 /// How long a lost control connection is waited for, per call.
-const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(15);
 /// How long one call may take before its connection is taken for dead (a
-/// half-open TCP connection would otherwise hang it for many minutes).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// half-open TCP connection would otherwise hang it for many minutes). A
+/// call, its reconnect and its second try stay within the default 60 s
+/// without a heartbeat after which the worker requeues a transfer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a finish keeps trying before its outcome is called unknown.
 const FINISH_PATIENCE: Duration = Duration::from_secs(120);
 

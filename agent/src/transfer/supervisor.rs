@@ -18,9 +18,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
+use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -42,7 +43,9 @@ const WIND_DOWN_MARGIN: Duration = Duration::from_secs(30);
 /// having recorded it: its wind-down, removing what the attempt stored
 /// (retried for as long as storage requests are), and the record itself.
 pub fn hand_back_patience(ctx: &Ctx) -> Duration {
-    wind_down(ctx) + ctx.cfg.store.storage_retry_timeout + Duration::from_secs(60)
+    // A handful of calls to the table, each of which may reconnect and retry.
+    let calls = 4 * (3 * crate::transfer::report::CALL_TIMEOUT);
+    wind_down(ctx) + ctx.cfg.store.storage_retry_timeout + calls
 }
 
 fn wind_down(ctx: &Ctx) -> Duration {
@@ -110,17 +113,20 @@ async fn run(
     // 1 and 2: heartbeat until the work ends or must stop.
     let cancel_event = format!("cancel {}", claimed.name);
     let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut events = Some(events);
+    let mut last_beat = Instant::now();
     let ended = loop {
         let beat_now = tokio::select! {
-            // Work that has ended wins over a cancel or hand back that arrives with it.
+            // Work that has ended wins over a cancel or hand back arriving
+            // with it; a hand back, over slow heartbeats.
             biased;
             res = &mut work => break match res {
                 Ok(Ok(done)) => Ended::Done(done),
                 Ok(Err(e)) => Ended::Failed(format!("{e:#}")),
                 Err(e) => Ended::Failed(format!("the transfer's work panicked: {e}")),
             },
-            _ = ticker.tick() => true,
+            _ = shutdown.reached(Phase::HandBack) => break Ended::HandBack,
             ev = next_event(&mut events) => match ev {
                 // A cancel: check with the table at once rather than trust the payload.
                 Ok(e) => e == cancel_event,
@@ -130,23 +136,29 @@ async fn run(
                     false
                 }
             },
-            _ = shutdown.reached(Phase::HandBack) => break Ended::HandBack,
+            _ = ticker.tick() => true,
         };
         if beat_now {
             match beat(&rep, &mut journal).await {
                 Some(Beat::CancelRequested) => break Ended::Cancelled,
                 Some(Beat::Lost) => break Ended::Lost,
-                _ => {}
+                Some(Beat::Run) => last_beat = Instant::now(),
+                None => {}
             }
+        }
+        if last_beat.elapsed() >= claimed.lease {
+            // The worker has requeued it by now: whatever this attempt
+            // still did, nobody would record.
+            tracing::warn!("no heartbeat got through for {:?}: stopping", claimed.lease);
+            break Ended::Lost;
         }
     };
     match &ended {
         Ended::Cancelled => journal_say(&rep, &mut journal, "cancel requested: stopping").await,
         Ended::HandBack => journal_say(&rep, &mut journal, "the agent is shutting down: stopping").await,
-        Ended::Lost => tracing::warn!("no longer ours: the worker requeued it after missed heartbeats; stopping"),
+        Ended::Lost => tracing::warn!("no longer ours: the worker requeues it after missed heartbeats; stopping"),
         _ => {}
     }
-
     // 3. Stop the work if it still runs, and wait for what it left running.
     if !work.is_finished() {
         work.abort();
@@ -160,7 +172,10 @@ async fn run(
     }
     let completed = matches!(ended, Ended::Done(_));
     if !completed {
-        alive(&ctx, &rep, &mut journal, remove_stored(&ctx, &rep, stored_by.as_ref())).await;
+        // (The removal does not write to the table itself: the heartbeats
+        // between need the reporter.)
+        let said = alive(&ctx, &rep, &mut journal, remove_stored(&ctx, stored_by.as_ref())).await;
+        rep.log(&said).await;
     }
     settle(&rep, &mut journal).await;
 
@@ -170,7 +185,8 @@ async fn run(
     if !record(&rep, ended, processed, tool_warnings).await && completed {
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
-        remove_stored(&ctx, &rep, stored_by.as_ref()).await;
+        let said = remove_stored(&ctx, stored_by.as_ref()).await;
+        rep.log(&said).await;
     }
 }
 
@@ -178,6 +194,7 @@ async fn run(
 async fn alive<T>(ctx: &Ctx, rep: &Reporter, journal: &mut Journal, fut: impl Future<Output = T>) -> T {
     tokio::pin!(fut);
     let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
@@ -247,16 +264,16 @@ fn keys_of(ctx: &Ctx, claimed: &Claimed, job: &Job) -> Option<Keys> {
     }
 }
 
-/// Remove every object this attempt may have stored.
-async fn remove_stored(ctx: &Ctx, rep: &Reporter, keys: Option<&Keys>) {
-    let Some(keys) = keys else { return };
+/// Remove every object this attempt may have stored; what to log about it.
+async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
+    let Some(keys) = keys else { return Vec::new() };
     match ctx.storage.delete_attempt(keys).await {
-        Ok(0) => {}
-        Ok(n) => rep.log(&[(Level::Info, format!("removed the {n} object(s) this attempt had stored"))]).await,
+        Ok(0) => Vec::new(),
+        Ok(n) => vec![(Level::Info, format!("removed the {n} object(s) this attempt had stored"))],
         Err(e) => {
             let msg = format!("could not remove what this attempt stored: {e:#}");
             tracing::warn!("{msg}");
-            rep.log(&[(Level::Warning, msg)]).await;
+            vec![(Level::Warning, msg)]
         }
     }
 }
