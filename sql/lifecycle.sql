@@ -235,6 +235,12 @@ CREATE FUNCTION backups._retire(agent text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ DELETE FROM backups.agents a WHERE a.agent_id = _retire.agent $$;
 
+-- The name a capture's objects are stored under: its named source, or its
+-- database (the agent's `Source::label` says the same).
+CREATE FUNCTION backups._label(t backups.transfers) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(t.source, t.database::text) $$;
+
 -- Captures whose objects the agent should remove: deleted or expired
 -- backups, and captures that failed or were cancelled (their attempts
 -- clean up after themselves, but an agent killed mid-upload cannot; the
@@ -246,7 +252,7 @@ CREATE FUNCTION backups._to_purge(max integer DEFAULT 50, skip bigint[] DEFAULT 
 RETURNS TABLE (id bigint, name text, label text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.id, t.name, coalesce(t.source, t.database::text)
+    SELECT t.id, t.name, backups._label(t)
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.purged_at IS NULL AND NOT t.id = ANY (_to_purge.skip)
        AND (t.status = 'expired' OR t.deleted_at IS NOT NULL
@@ -273,7 +279,7 @@ CREATE FUNCTION backups._stored(id text DEFAULT NULL)
 RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.name, coalesce(t.source, t.database::text), t.attempts, t.format, t.checksum, t.stored_size
+    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))

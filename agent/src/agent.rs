@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::Config;
 use crate::ctx::Ctx;
@@ -171,9 +171,7 @@ async fn stop_signal() {
 /// notification's payload (a transfer name, `cancel b001`, `delete b001`...).
 /// The returned task ends when the connection does.
 async fn listen(url: &str, events: broadcast::Sender<String>) -> Result<tokio::task::JoinHandle<()>> {
-    let (client, mut connection) = tokio::time::timeout(CALL_TIMEOUT, tokio_postgres::connect(url, NoTls))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}"))??;
+    let (client, mut connection) = conn::open(url).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -6,20 +6,26 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
-use tokio_postgres::{Client, Config as PgConfig, NoTls};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Config as PgConfig, Connection, NoTls, Socket};
 
 /// How long a connection may take to open (a host that drops packets would
 /// otherwise hold the caller for minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connect and drive the connection in the background. Notifications are
-/// not delivered here: see `listener`.
-pub async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+/// Open a connection, within `CONNECT_TIMEOUT`; the caller drives it.
+pub async fn open(url: &str) -> Result<(Client, Connection<Socket, NoTlsStream>)> {
+    tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
         .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("connecting to {}", redact(url)))?;
+        .with_context(|| format!("connecting to {}", redact(url)))
+}
+
+/// Connect and drive the connection in the background. Notifications are
+/// not delivered here: see the agent's `listen`.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = open(url).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("connection closed: {e}");

@@ -65,7 +65,7 @@ pub struct Reporter {
     url: String,
     client: Mutex<Option<Client>>,
     id: i64,
-    pub name: String,
+    name: String,
     agent: String,
     attempt: i32,
 }

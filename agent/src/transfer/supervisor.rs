@@ -211,27 +211,31 @@ async fn alive<T>(ctx: &Ctx, rep: &Reporter, journal: &mut Journal, fut: impl Fu
 /// work learnt (when it ended before a heartbeat wrote them) and its last
 /// log lines.
 async fn settle(rep: &Reporter, journal: &mut Journal) {
-    if let Some(f) = journal.take_facts() {
-        if let Err(e) = rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
+    write_facts(rep, journal).await;
+    rep.log(&journal.finish()).await;
+}
+
+/// Write the facts the work learnt since the last call, if any: false when
+/// the transfer is no longer ours. Facts that could not be written wait for
+/// the next call.
+async fn write_facts(rep: &Reporter, journal: &mut Journal) -> bool {
+    let Some(f) = journal.take_facts() else { return true };
+    match rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
+        Ok(ours) => ours,
+        Err(e) => {
             tracing::warn!("recording the start: {e:#}");
+            journal.keep_facts(f);
+            true
         }
     }
-    rep.log(&journal.finish()).await;
 }
 
 /// One heartbeat, after writing what the work said and the facts it learnt.
 /// `None` when the control database could not be reached this time.
 async fn beat(rep: &Reporter, journal: &mut Journal) -> Option<Beat> {
     rep.log(&journal.drain()).await;
-    if let Some(f) = journal.take_facts() {
-        match rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
-            Ok(true) => {}
-            Ok(false) => return Some(Beat::Lost),
-            Err(e) => {
-                tracing::warn!("recording the start: {e:#}");
-                journal.keep_facts(f);
-            }
-        }
+    if !write_facts(rep, journal).await {
+        return Some(Beat::Lost);
     }
     match rep.heartbeat(journal.processed(), journal.current()).await {
         Ok(b) => Some(b),
