@@ -1,5 +1,7 @@
--- Permissions: nothing for PUBLIC; users read and capture; admins may also
--- destroy or schedule. Superusers bypass these checks.
+-- Permissions: nothing for PUBLIC; users read, capture and take back their
+-- own pending requests, on the databases they own (the functions check
+-- that: internal.sql, _may_act_on); admins may also destroy, restore, copy
+-- or schedule, anywhere. Superusers bypass these checks.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA backups FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -9,7 +11,8 @@ GRANT EXECUTE ON FUNCTION
     backups.info(text),
     backups.url(text, interval),
     backups.database_info(name),
-    backups.schedules()
+    backups.schedules(),
+    backups.cancel(text)
 TO backups_user;
 GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO backups_user;
 GRANT EXECUTE ON FUNCTION
@@ -17,8 +20,7 @@ GRANT EXECUTE ON FUNCTION
     backups.copy(text, name, name),
     backups.delete(text),
     backups.schedule(text, name, integer, integer, integer),
-    backups.unschedule(name),
-    backups.cancel(text)
+    backups.unschedule(name)
 TO backups_admin;
 -- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
 -- back), announcing itself, purging, and reading back what it stored.

@@ -38,8 +38,60 @@ CREATE FUNCTION backups._is_finished(status text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT status IN ('completed', 'failed', 'cancelled', 'expired') $$;
 
--- Look a transfer up by name; NULL means the newest one (of `kinds`).
--- Deleted backups are gone as far as users are concerned.
+-- Tenancy. Superusers and members of backups_admin act on every database;
+-- a backups_user acts only on the databases whose owner role it is a member
+-- of. The caller is session_user: inside a SECURITY DEFINER function
+-- current_user is the extension's owner, and a login role can only SET ROLE
+-- to roles it is a member of, so its session_user has at least the rights
+-- its current_user had. (pg_has_role is true for superusers.)
+CREATE FUNCTION backups._is_admin() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_has_role(session_user, 'backups_admin', 'MEMBER') $$;
+
+CREATE FUNCTION backups._may_act_on(db name) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT backups._is_admin()
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d
+                    WHERE d.datname = _may_act_on.db AND pg_catalog.pg_has_role(session_user, d.datdba, 'MEMBER'))
+$$;
+
+-- A transfer a user may see: one on a database it may act on. A capture
+-- from a named source (one of the agent's connections, not a database of
+-- this cluster) is an admin's.
+CREATE FUNCTION backups._may_see(t backups.transfers) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT backups._is_admin() OR ((t.kind <> 'capture' OR t.source IS NULL) AND backups._may_act_on(t.database)) $$;
+
+-- Refuse, before anything is queued, what the caller may not do to `db`.
+CREATE FUNCTION backups._require(db name, action text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT backups._may_act_on(_require.db) THEN
+        RAISE EXCEPTION 'permission denied to % database "%"', _require.action, _require.db
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('A backups_user acts only on databases whose owner role it is a member of; %I is owned by %I. '
+                                'Ask its owner to GRANT %I TO %I, or ask a backups_admin.',
+                                _require.db,
+                                (SELECT d.datdba::regrole::text FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
+                                (SELECT d.datdba::regrole::text FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
+                                session_user);
+    END IF;
+END
+$$;
+
+-- A URL as it may be shown: no user or password, no query string (signed
+-- links carry their signature there), no fragment.
+CREATE FUNCTION backups._redact_url(url text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT regexp_replace(regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1***@'),
+                          '[?#].*$', '?***')
+$$;
+
+-- Look a transfer up by name; NULL means the newest one (of `kinds`) the
+-- caller may see. Deleted backups are gone as far as users are concerned.
 CREATE FUNCTION backups._find(id text, kinds text[] DEFAULT ARRAY['capture', 'restore', 'copy'])
 RETURNS backups.transfers
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -49,7 +101,7 @@ DECLARE
 BEGIN
     IF _find.id IS NULL THEN
         SELECT * INTO t FROM backups.transfers x
-        WHERE x.kind = ANY (_find.kinds) AND x.deleted_at IS NULL
+        WHERE x.kind = ANY (_find.kinds) AND x.deleted_at IS NULL AND backups._may_see(x)
         ORDER BY x.created_at DESC, x.id DESC LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'there are no transfers yet'
@@ -63,6 +115,11 @@ BEGIN
         RAISE EXCEPTION 'unknown transfer "%"', _find.id
             USING ERRCODE = 'no_data_found',
                   HINT = 'Transfers are named like b001 (backup), a001 (scheduled backup), r001 (restore) and c001 (copy); SELECT * FROM backups.list(); shows them.';
+    END IF;
+    IF NOT backups._may_see(t) THEN
+        RAISE EXCEPTION 'permission denied for transfer %', t.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A backups_user sees only the transfers of databases whose owner role it is a member of; SELECT * FROM backups.list(); shows them.';
     END IF;
     IF NOT t.kind = ANY (_find.kinds) THEN
         RAISE EXCEPTION '"%" is a %, not a %', t.name, t.kind, array_to_string(_find.kinds, ' or ')

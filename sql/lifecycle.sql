@@ -14,7 +14,7 @@
 -- attempt. A finish is idempotent: sent again after its reply was lost, it
 -- finds the row already in the state it asked for, and says so.
 
--- The one place a transfer ends.
+-- The one place a transfer ends. A restore's secret URL goes with it.
 CREATE FUNCTION backups._end(transfer_id bigint, status text, error text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -24,7 +24,7 @@ BEGIN
     END IF;
     UPDATE backups.transfers t
        SET status = _end.status, finished_at = now(), current_object = NULL,
-           error = coalesce(_end.error, t.error)
+           error = coalesce(_end.error, t.error), source_url = NULL
      WHERE t.id = _end.transfer_id;
 END
 $$;
@@ -87,7 +87,7 @@ BEGIN
         RETURN;
     END IF;
     PERFORM backups._log(t.id, format('claimed by agent %s (attempt %s)', _claim.agent, t.attempts));
-    RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, t.source, t.target, t.options, t.attempts,
+    RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, coalesce(t.source_url, t.source), t.target, t.options, t.attempts,
         extract(epoch FROM coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval)::double precision;
 END
 $$;

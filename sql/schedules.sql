@@ -49,7 +49,7 @@ AS $$
     SELECT s.database, s.spec, s.timezone, s.next_run_at, s.next_run_at AT TIME ZONE 'UTC',
            s.next_run_at AT TIME ZONE s.timezone, s.last_run_at,
            s.retain_daily, s.retain_weekly, s.retain_monthly
-    FROM backups.schedules s ORDER BY s.database
+    FROM backups.schedules s WHERE backups._may_act_on(s.database) ORDER BY s.database
 $$;
 
 CREATE FUNCTION backups.unschedule(database name DEFAULT current_database()) RETURNS void

@@ -22,10 +22,13 @@ $guard$;
 -- Roles are cluster-wide and outlive the extension, so create them only once.
 -- Postgres reserves the pg_ prefix for its own roles (CREATE ROLE refuses
 -- it, and pg_dumpall and pg_upgrade skip such roles), hence backups_*.
--- backups_user:  capture, wait, list, info, url, database_info
--- backups_admin: everything a user can, plus restore, copy, delete,
---                   schedule, unschedule, cancel
--- backups_agent: the agent's role; the only one with DML on the tables
+-- backups_user:  capture, wait, list, info, url, database_info, and cancel
+--                of its own pending transfers, on the databases whose owner
+--                role it is a member of (internal.sql: _may_act_on)
+-- backups_admin: all of that on every database, plus restore, copy,
+--                delete, schedule, unschedule and any cancel
+-- backups_agent: the agent's control role: the lifecycle functions only
+--                (grants.sql); nobody has DML on the tables
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'backups_user') THEN
@@ -81,6 +84,8 @@ CREATE TABLE backups.transfers (
     database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
     source              text,                           -- capture: named source from the agent config (NULL: this cluster);
                                                         -- restore: backup name or URL; copy: source database or named source
+    source_url          text,                           -- restore from a URL: the URL whole, for the agent only (source
+                                                        -- holds it redacted); cleared when the transfer ends
     target              text,                           -- restore/copy: target database
     options             jsonb NOT NULL DEFAULT '{}',    -- e.g. {"jobs": 4}
     schedule_id         bigint REFERENCES backups.schedules (id) ON DELETE SET NULL,
@@ -134,15 +139,13 @@ CREATE TABLE backups.agents (
     last_seen_at timestamptz NOT NULL DEFAULT now()
 );
 
--- No direct access for anyone but the agent's role; users go through the
--- SECURITY DEFINER functions, guarded by EXECUTE grants. USAGE on the schema
--- only lets a role look names up, so that one without the grant is told
--- "permission denied for function restore" rather than about the schema.
+-- No direct access for anyone: users and the agent go through SECURITY
+-- DEFINER functions, guarded by EXECUTE grants (grants.sql). USAGE on the
+-- schema only lets a role look names up, so that one without the grant is
+-- told "permission denied for function restore" rather than about the schema.
 REVOKE ALL ON ALL TABLES IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
 GRANT USAGE ON SCHEMA backups TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backups TO backups_agent;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA backups TO backups_agent;
 
 -- The agent's own rows are data, not configuration: keep them in dumps of
 -- the control database.

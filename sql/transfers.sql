@@ -21,9 +21,14 @@ BEGIN
     END IF;
     IF v_source IS NULL THEN
         PERFORM backups._check_database(v_db, 'source');
+        PERFORM backups._require(v_db, 'capture');
     ELSIF v_source !~ '^[A-Za-z0-9_.-]+$' THEN
         RAISE EXCEPTION 'invalid source name "%"', v_source
             USING HINT = 'A source is the name of a connection defined in the agent configuration ([sources.NAME]); names use letters, digits, _ . and -.';
+    ELSIF NOT backups._is_admin() THEN
+        RAISE EXCEPTION 'permission denied to capture the named source "%"', v_source
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Named sources are the agent''s own connections: only a backups_admin captures them. Capture a database you own with SELECT backups.capture(''mydb'');';
     END IF;
     v_name := backups._next_name('b');
     INSERT INTO backups.transfers (name, kind, database, source, options)
@@ -139,7 +144,7 @@ AS $$
                WHEN 'expired' THEN 'expired by retention'
            END
     FROM backups.transfers t
-    WHERE t.deleted_at IS NULL
+    WHERE t.deleted_at IS NULL AND backups._may_see(t)
     ORDER BY t.created_at DESC, t.id DESC
 $$;
 
@@ -200,6 +205,7 @@ BEGIN
     IF cancel.id IS NULL THEN
         SELECT * INTO t FROM backups.transfers x
         WHERE x.status IN ('pending', 'running')
+          AND (backups._is_admin() OR (x.status = 'pending' AND x.created_by = session_user AND backups._may_see(x)))
         ORDER BY x.created_at DESC, x.id DESC LIMIT 1 FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'nothing to cancel: no transfer is pending or running'
@@ -214,6 +220,12 @@ BEGIN
             USING HINT = CASE WHEN t.kind = 'capture' AND t.status = 'completed'
                               THEN format('To remove the backup, use SELECT backups.delete(%L);', t.name)
                               ELSE 'Only pending or running transfers can be cancelled.' END;
+    END IF;
+    -- A backups_user may take back what it queued itself, until it starts.
+    IF NOT backups._is_admin() AND NOT (t.status = 'pending' AND t.created_by = session_user) THEN
+        RAISE EXCEPTION 'permission denied to cancel %', t.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A backups_user can cancel only the pending transfers it queued itself; ask a backups_admin to cancel others.';
     END IF;
     IF t.status = 'pending' THEN
         UPDATE backups.transfers SET cancel_requested = true WHERE transfers.id = t.id;
@@ -262,7 +274,7 @@ DECLARE
 BEGIN
     IF url.id IS NULL THEN
         SELECT * INTO t FROM backups.transfers x
-        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL
+        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
         ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'there is no completed backup yet'
@@ -297,6 +309,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_backup text := btrim(restore.backup);
+    v_url    text;
     b        backups.transfers;
     v_name   text;
     v_id     bigint;
@@ -311,6 +324,10 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Pass a backup id such as b001, a link from backups.url(), or any http(s) URL serving a pg_dump custom-format file.';
         END IF;
+        -- Only the agent sees the URL whole: credentials and signed query
+        -- strings stay out of list(), info() and the log.
+        v_url := v_backup;
+        v_backup := backups._redact_url(v_url);
     ELSE
         b := backups._find(v_backup, ARRAY['capture']);
         IF b.status <> 'completed' THEN
@@ -321,8 +338,8 @@ BEGIN
     END IF;
     PERFORM backups._check_target(restore.target, restore.confirm, 'restore');
     v_name := backups._next_name('r');
-    INSERT INTO backups.transfers (name, kind, database, source, target)
-    VALUES (v_name, 'restore', restore.target, v_backup, restore.target)
+    INSERT INTO backups.transfers (name, kind, database, source, source_url, target)
+    VALUES (v_name, 'restore', restore.target, v_backup, v_url, restore.target)
     RETURNING transfers.id INTO v_id;
     PERFORM backups._log(v_id, format('restore of %s into %s queued by %s', v_backup, restore.target, session_user));
     PERFORM backups._notify(v_name);
@@ -380,6 +397,7 @@ DECLARE
     v_tables bigint;
 BEGIN
     PERFORM backups._check_database(v_db, 'source');
+    PERFORM backups._require(v_db, 'inspect');
     -- pg_class is per database: tables can only be counted in this one.
     IF v_db = current_database() THEN
         SELECT count(*) INTO v_tables FROM pg_catalog.pg_class c

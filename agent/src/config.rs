@@ -23,6 +23,10 @@ pub const DEFAULT_STAGING_DIR: &str = "/var/tmp/pgbackups";
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 2.0;
+/// A restore from a URL reads at most this much...
+pub const DEFAULT_URL_MAX_BYTES: u64 = 1 << 40;
+/// ...within this many seconds.
+pub const DEFAULT_URL_TIMEOUT_SECS: u64 = 6 * 3600;
 /// How often a running transfer reports progress and learns of a cancel.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -56,6 +60,11 @@ pub struct StoreOptions {
 /// What only the agent needs.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 pub struct AgentOptions {
+    /// The connection for the control cluster's databases: what captures read,
+    /// and restores and copies replace (default: --database-url). See the
+    /// README for the rights it needs.
+    #[arg(long, env = "PGBACKUPS_DATA_URL")]
+    pub data_url: Option<String>,
     /// How many transfers this agent runs at once.
     #[arg(long, env = "PGBACKUPS_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
@@ -93,6 +102,17 @@ pub struct AgentOptions {
     /// A file holding the link secret (so that it does not show in `ps`).
     #[arg(long, env = "PGBACKUPS_LINK_SECRET_FILE")]
     pub link_secret_file: Option<PathBuf>,
+    /// Let restores fetch URLs on loopback, private, link-local and cloud
+    /// metadata addresses (refused by default).
+    #[arg(long, env = "PGBACKUPS_ALLOW_PRIVATE_URLS")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_urls: bool,
+    /// The largest download a restore from a URL accepts, in bytes.
+    #[arg(long, env = "PGBACKUPS_URL_MAX_BYTES")]
+    pub url_max_bytes: Option<u64>,
+    /// How long a restore may take to download a URL, in seconds.
+    #[arg(long, env = "PGBACKUPS_URL_TIMEOUT")]
+    pub url_timeout: Option<u64>,
     /// Named sources (replicas, forks, other servers), by name; file only
     /// (or PGBACKUPS_SOURCE_<NAME>=url).
     #[arg(skip)]
@@ -123,10 +143,21 @@ pub struct Listen {
     pub secret: String,
 }
 
+/// What a restore from a URL may fetch.
+#[derive(Debug, Clone)]
+pub struct UrlPolicy {
+    pub allow_private: bool,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
 /// Everything the agent runs with, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: StoreConfig,
+    /// The control cluster's databases are reached through this.
+    pub data_url: String,
+    pub url_policy: UrlPolicy,
     pub max_concurrent: usize,
     pub agent_id: String,
     pub staging_dir: PathBuf,
@@ -186,7 +217,13 @@ impl Config {
             }
         }
         Ok(Config {
+            data_url: o.data_url.unwrap_or_else(|| store.database_url.clone()),
             store,
+            url_policy: UrlPolicy {
+                allow_private: o.allow_private_urls,
+                max_bytes: o.url_max_bytes.unwrap_or(DEFAULT_URL_MAX_BYTES),
+                timeout: Duration::from_secs(o.url_timeout.unwrap_or(DEFAULT_URL_TIMEOUT_SECS)),
+            },
             max_concurrent,
             agent_id: o.agent_id.unwrap_or_else(default_agent_id),
             staging_dir: o.staging_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR)),

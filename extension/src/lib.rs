@@ -26,6 +26,7 @@ mod tests {
     include!("../../pgrx-tests/lifecycle.rs");
     include!("../../pgrx-tests/tick.rs");
     include!("../../pgrx-tests/client.rs");
+    include!("../../pgrx-tests/tenancy.rs");
 }
 
 ::pgrx::pg_module_magic!(name, version);

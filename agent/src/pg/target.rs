@@ -1,18 +1,59 @@
 //! The receiving end of restores and copies: replace the target database,
-//! and run pg_restore into it with Heroku's flags.
+//! create the extensions an archive names, and run pg_restore into it as
+//! the target's owner, with Heroku's flags. Nothing in an archive runs with
+//! more rights than the database's owner has, and what it creates belongs
+//! to the owner.
+
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
+use crate::pg::archive::Extension;
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Exit, Tool, ToolCommand};
+
+/// A target database, and the role everything is applied as.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub owner: String,
+}
+
+/// Refuse, before the target is touched, an archive whose extensions this
+/// server does not have.
+pub async fn check_extensions(cfg: &Config, extensions: &[Extension]) -> Result<()> {
+    if extensions.is_empty() {
+        return Ok(());
+    }
+    let c = conn::connect(&cfg.data_url).await?;
+    let names: Vec<&str> = extensions.iter().map(|e| e.name.as_str()).collect();
+    let missing: Vec<String> = c
+        .query(
+            "SELECT n FROM unnest($1::text[]) n WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions a WHERE a.name = n)",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the backup needs the extension(s) {} which this server does not have (pg_available_extensions); \
+             install the package that provides them, then restore again",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
 
 /// Drop and recreate `target` with its owner, encoding and locale, so that
 /// it ends up holding exactly what is restored into it. Refuses the control
 /// database. Connections to the target are terminated (WITH (FORCE)).
-pub async fn recreate(cfg: &Config, target: &str) -> Result<()> {
-    let c = conn::connect(&cfg.store.database_url).await?;
-    let control: String = c.query_one("SELECT current_database()", &[]).await?.get(0);
+pub async fn recreate(cfg: &Config, target: &str) -> Result<Target> {
+    let c = conn::connect(&cfg.data_url).await?;
+    let control = conn::connect(&cfg.store.database_url).await?;
+    let control: String = control.query_one("SELECT current_database()", &[]).await?.get(0);
     if control == target {
         bail!("refusing to replace the control database {target:?}");
     }
@@ -39,7 +80,35 @@ pub async fn recreate(cfg: &Config, target: &str) -> Result<()> {
     ))
     .await
     .with_context(|| format!("creating {target}"))?;
-    Ok(())
+    Ok(Target { name: target.to_string(), owner })
+}
+
+/// Create the archive's extensions in `target` as the agent, each schema
+/// they go into that does not exist yet created for the owner; returns
+/// those schemas, which the restore then leaves out.
+pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Extension]) -> Result<Vec<String>> {
+    if extensions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = conn::connect(&Conn::new(&cfg.data_url, Some(&target.name))?.with_password()).await?;
+    let mut made = Vec::new();
+    for e in extensions {
+        let exists = c.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&e.schema]).await?.is_some();
+        if !exists {
+            c.batch_execute(&format!("CREATE SCHEMA {} AUTHORIZATION {}", ident(&e.schema), ident(&target.owner)))
+                .await
+                .with_context(|| format!("creating schema {} for extension {}", e.schema, e.name))?;
+            made.push(e.schema.clone());
+        }
+        c.batch_execute(&format!(
+            "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
+            ident(&e.name),
+            ident(&e.schema)
+        ))
+        .await
+        .with_context(|| format!("creating extension {} in {}", e.name, target.name))?;
+    }
+    Ok(made)
 }
 
 pub fn ident(s: &str) -> String {
@@ -50,12 +119,17 @@ pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `pg_restore --clean --if-exists --no-acl --no-owner --verbose [-j N]`
-/// into `target`; the caller adds the input (a path, or stdin).
-pub fn pg_restore(cfg: &Config, target: &str, jobs: Option<usize>) -> Result<ToolCommand> {
-    let conn = Conn::new(&cfg.store.database_url, Some(target))?;
+/// `pg_restore --clean --if-exists --no-acl --no-owner --verbose
+/// --role=OWNER [-j N] [--use-list LIST]` into `target`; the caller adds the
+/// input (a path, or stdin).
+pub fn pg_restore(cfg: &Config, target: &Target, jobs: Option<usize>, list: Option<&Path>) -> Result<ToolCommand> {
+    let conn = Conn::new(&cfg.data_url, Some(&target.name))?;
     let mut c = ToolCommand::new(cfg, Tool::PgRestore, &conn);
     c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
+    c.arg(format!("--role={}", target.owner));
+    if let Some(l) = list {
+        c.arg("--use-list").arg(l);
+    }
     if let Some(j) = jobs.filter(|j| *j > 1) {
         c.arg(format!("--jobs={j}"));
     }

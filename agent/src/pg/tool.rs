@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::config::Config;
@@ -66,11 +66,17 @@ pub struct ToolCommand {
 impl ToolCommand {
     /// `tool --dbname CONN`, stdin and stdout closed, stderr read by the agent.
     pub fn new(cfg: &Config, tool: Tool, conn: &Conn) -> Self {
-        let mut cmd = Command::new(tool.path(cfg));
-        cmd.arg("--dbname").arg(&conn.keywords);
+        let mut c = Self::offline(cfg, tool);
+        c.cmd.arg("--dbname").arg(&conn.keywords);
         if let Some(p) = &conn.password {
-            cmd.env("PGPASSWORD", p);
+            c.cmd.env("PGPASSWORD", p);
         }
+        c
+    }
+
+    /// The tool with no connection (`pg_restore --list`, or to a file).
+    pub fn offline(cfg: &Config, tool: Tool) -> Self {
+        let mut cmd = Command::new(tool.path(cfg));
         cmd.env("PGAPPNAME", APPLICATION_NAME)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -104,6 +110,18 @@ impl ToolCommand {
     pub fn stdin_piped(&mut self) -> &mut Self {
         self.cmd.stdin(Stdio::piped());
         self
+    }
+
+    /// Run it to the end and return what it printed (a listing: small).
+    pub async fn read_all(&mut self) -> Result<Vec<u8>> {
+        self.stdout_piped();
+        let mut p = self.spawn(|_| {})?;
+        let mut stdout = p.take_stdout();
+        let mut out = Vec::new();
+        let (read, exit) = tokio::join!(stdout.read_to_end(&mut out), p.wait());
+        exit?.check()?;
+        read.with_context(|| format!("reading what {} printed", self.tool.name()))?;
+        Ok(out)
     }
 
     /// Start it; each stderr line goes to `say` as it comes.

@@ -66,7 +66,7 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
             })?;
             Conn::new(&s.url, None)
         }
-        Source::Database(db) => Conn::new(&cfg.store.database_url, Some(db)),
+        Source::Database(db) => Conn::new(&cfg.data_url, Some(db)),
     }
 }
 

@@ -2,8 +2,10 @@
 //! `heroku pg:copy`, but in parallel, the way pgcopydb does it:
 //!
 //! 1. the source exports a snapshot that every step below reads, so the
-//!    copy is consistent; the target is replaced;
-//! 2. the schema (pg_dump's pre-data section) is piped into pg_restore;
+//!    copy is consistent;
+//! 2. the schema (pg_dump's pre-data section) is dumped to staging, the
+//!    target replaced, the schema's extensions created by the agent and the
+//!    rest restored as the target's owner (as in a restore);
 //! 3. the data: the larger tables stream `COPY TO` -> `COPY FROM` over N
 //!    connection pairs at once (text format: binary COPY carries type OIDs,
 //!    which differ between databases); everything else in the data section
@@ -11,6 +13,11 @@
 //!    tables) goes through pg_dump | pg_restore beside them;
 //! 4. indexes, constraints and triggers (post-data) are built by
 //!    `pg_restore -j N`, from a small directory dump in staging.
+//!
+//! Everything written runs as the target's owner (`pg_restore --role`,
+//! `SET ROLE` before COPY FROM). Everything read runs with row_security
+//! off, as pg_dump does: where a policy would hide rows from the agent's
+//! role, the copy fails instead of copying fewer rows.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::pg::conn::{self, Conn};
-use crate::pg::target;
+use crate::pg::archive;
+use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::capture;
 use crate::transfer::job::{Completion, Copy};
@@ -35,7 +43,7 @@ const PARALLEL_TABLE_MIN_BYTES: i64 = 1 << 20;
 pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let source = capture::connection(cfg, &copy.source)?;
-    let target_conn = Conn::new(&cfg.store.database_url, Some(&copy.target))?;
+    let target_conn = Conn::new(&cfg.data_url, Some(&copy.target))?;
     let staging = task.staging()?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
@@ -53,11 +61,23 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
             tables.len()
         ),
     );
-    target::recreate(cfg, &copy.target).await?;
     let dump = Dump { cfg, source: &source, snapshot: &snapshot, progress: &task.progress };
 
     // 2. Schema.
-    dump.pipe(&copy.target, &["--section=pre-data"]).await.context("copying the schema")?;
+    let pre = staging.path().join("pre-data.dump");
+    dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
+    let toc = archive::read(cfg, &pre, staging.path()).await?;
+    target::check_extensions(cfg, &toc.extensions).await?;
+    let target = target::recreate(cfg, &copy.target).await?;
+    let schemas = target::create_extensions(cfg, &target, &toc.extensions).await?;
+    let list = staging.path().join("pre-data.list");
+    toc.write_list(&list, &schemas)?;
+    let mut cmd = target::pg_restore(cfg, &target, None, Some(&list))?;
+    cmd.arg(&pre);
+    let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+    if warnings > 0 {
+        bail!("pg_restore reported {warnings} errors creating the schema");
+    }
 
     // 3. Data: the big tables in parallel, biggest first; the rest beside them.
     let mut rest_args = vec!["--section=data".to_string()];
@@ -65,8 +85,8 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
     let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
     let streams = (0..jobs.min(tables.len()).max(1))
-        .map(|_| copy_tables(cfg, &source, &target_conn, &snapshot, queue.clone(), &task.progress));
-    let (rest, copies) = tokio::join!(dump.pipe(&copy.target, &rest_args), futures::future::join_all(streams));
+        .map(|_| copy_tables(cfg, &source, (&target_conn, &target.owner), &snapshot, queue.clone(), &task.progress));
+    let (rest, copies) = tokio::join!(dump.pipe(&target, &rest_args), futures::future::join_all(streams));
     rest.context("copying sequences, large objects and small tables")?;
     for c in copies {
         c?;
@@ -75,7 +95,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 4. Indexes, constraints, triggers: pg_restore -j from a directory dump.
     let post = staging.path().join("post-data");
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
-    let mut cmd = target::pg_restore(cfg, &copy.target, Some(jobs))?;
+    let mut cmd = target::pg_restore(cfg, &target, Some(jobs), None)?;
     cmd.arg(&post);
     let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
@@ -111,11 +131,12 @@ async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
 
 /// One COPY stream: take tables off the queue until it is empty. Each table
 /// goes `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
-/// COPY FROM STDIN`: libpq moves the rows, the agent only counts bytes.
+/// COPY FROM STDIN` (as `owner`): libpq moves the rows, the agent only
+/// counts bytes.
 async fn copy_tables(
     cfg: &Config,
     source: &Conn,
-    target: &Conn,
+    (target, owner): (&Conn, &str),
     snapshot: &str,
     queue: Arc<Mutex<VecDeque<String>>>,
     progress: &Progress,
@@ -129,12 +150,21 @@ async fn copy_tables(
             &[
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
                 &format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''")),
+                "SET row_security = off",
                 &format!("COPY {table} TO STDOUT"),
                 "COMMIT",
             ],
         );
         out.stdout_piped();
-        let mut inn = psql(cfg, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
+        let mut inn = psql(
+            cfg,
+            target,
+            &[
+                &format!("SET ROLE {}", target::ident(owner)),
+                "SET synchronous_commit = off",
+                &format!("COPY {table} FROM STDIN"),
+            ],
+        );
         inn.stdin_piped();
         let mut reader = out.spawn(progress.tool_output())?;
         let mut writer = inn.spawn(progress.tool_output())?;
@@ -196,11 +226,11 @@ impl Dump<'_> {
     }
 
     /// `pg_dump -Fc ARGS | pg_restore` into `target`, counting the bytes.
-    async fn pipe(&self, target: &str, args: &[&str]) -> Result<()> {
+    async fn pipe(&self, target: &Target, args: &[&str]) -> Result<()> {
         let mut cmd = self.command(args);
         cmd.arg("--format=custom").stdout_piped();
         let mut dump = cmd.spawn(self.progress.tool_output())?;
-        let mut restore_cmd = target::pg_restore(self.cfg, target, None)?;
+        let mut restore_cmd = target::pg_restore(self.cfg, target, None, None)?;
         restore_cmd.stdin_piped();
         let mut restore = restore_cmd.spawn(self.progress.tool_output())?;
         let pumped = pump(dump.take_stdout(), restore.take_stdin(), self.progress.counter());
@@ -212,6 +242,13 @@ impl Dump<'_> {
             bail!("pg_restore reported {warnings} errors");
         }
         Ok(())
+    }
+
+    /// `pg_dump -Fc ARGS -f file`.
+    async fn to_file(&self, file: &std::path::Path, args: &[&str]) -> Result<()> {
+        let mut cmd = self.command(args);
+        cmd.arg("--format=custom").arg("--file").arg(file);
+        cmd.spawn(self.progress.tool_output())?.wait().await?.check()
     }
 
     /// `pg_dump -Fd ARGS -f dir`.

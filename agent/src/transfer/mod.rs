@@ -8,6 +8,7 @@ pub mod job;
 pub mod parallel;
 pub mod progress;
 pub mod queue;
+pub mod remote;
 pub mod report;
 pub mod restore;
 pub mod supervisor;

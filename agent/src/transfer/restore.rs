@@ -15,19 +15,22 @@ use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::task::TaskTracker;
 
-use crate::pg::conn;
-use crate::pg::target;
+use crate::config::UrlPolicy;
+use crate::pg::{archive, conn, target};
 use crate::store::backups;
 use crate::store::layout::Format;
 use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::human;
 use crate::transfer::report::Level;
+use crate::transfer::remote;
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
+    let toc = archive::read(cfg, &archive, staging.path()).await?;
+    target::check_extensions(cfg, &toc.extensions).await?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
         Level::Info,
@@ -38,8 +41,12 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
             format.as_str()
         ),
     );
-    target::recreate(cfg, &restore.target).await?;
-    let mut cmd = target::pg_restore(cfg, &restore.target, Some(jobs))?;
+    let target = target::recreate(cfg, &restore.target).await?;
+    let schemas = target::create_extensions(cfg, &target, &toc.extensions).await?;
+    let list = staging.path().join("restore.list");
+    toc.write_list(&list, &schemas)?;
+    task.progress.say(Level::Info, format!("applying the archive as the database's owner, {}", target.owner));
+    let mut cmd = target::pg_restore(cfg, &target, Some(jobs), Some(&list))?;
     cmd.arg(&archive);
     let exit = cmd.spawn(task.progress.tool_output())?.wait().await?;
     let warnings = target::restore_warnings(&exit)?;
@@ -52,7 +59,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
 fn describe(from: &BackupRef) -> String {
     match from {
         BackupRef::Id(id) => id.clone(),
-        BackupRef::Url(u) => u.to_string(),
+        BackupRef::Url(u) => remote::redact(u),
     }
 }
 
@@ -60,7 +67,7 @@ fn describe(from: &BackupRef) -> String {
 async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathBuf, Format)> {
     let fetched = task.progress.counter();
     match from {
-        BackupRef::Url(url) => fetch_url(url.as_str(), staging, &fetched, &task.tracker).await,
+        BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &fetched, &task.tracker).await,
         BackupRef::Id(id) => {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
             let b = backups::find(&control, Some(id)).await?;
@@ -79,29 +86,49 @@ async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathB
     }
 }
 
-/// Download a URL to staging: a pg_dump custom-format file (plain or
-/// zstd-compressed) or a tar of a directory-format dump, as served by the
-/// agent's links. Anything else fails before the target is touched.
+/// Download a URL to staging, within the policy's limits: a pg_dump
+/// custom-format file (plain or zstd-compressed) or a tar of a
+/// directory-format dump, as served by the agent's links. Anything else
+/// fails before the target is touched.
 async fn fetch_url(
-    url: &str,
+    policy: &UrlPolicy,
+    full: &url::Url,
     staging: &FsPath,
     fetched: &Arc<AtomicU64>,
     tracker: &TaskTracker,
 ) -> Result<(PathBuf, Format)> {
-    let resp = reqwest::get(url).await.with_context(|| format!("fetching {url}"))?;
+    // Messages name the URL without its credentials or query string, and
+    // reqwest's errors would print it whole: they lose it.
+    let url = remote::redact(full);
+    remote::check(full, policy.allow_private)?;
+    let resp = remote::client(policy)?
+        .get(full.clone())
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("fetching {url}: {:#}", anyhow::Error::from(e.without_url())))?;
     if !resp.status().is_success() {
         bail!("fetching {url}: HTTP {}", resp.status());
+    }
+    let max = policy.max_bytes;
+    if resp.content_length().is_some_and(|n| n > max) {
+        bail!("{url} is {} bytes, more than the {max} a restore from a URL may fetch (url_max_bytes)", resp.content_length().unwrap_or(0));
     }
     let raw = staging.join("download");
     let mut out = tokio::fs::File::create(&raw).await?;
     let f = fetched.clone();
     let stream = resp
         .bytes_stream()
-        .map_ok(move |b| {
-            f.fetch_add(b.len() as u64, Ordering::Relaxed);
-            b
-        })
-        .map_err(std::io::Error::other);
+        .map_err(|e| std::io::Error::other(e.without_url()))
+        .and_then(move |b| {
+            let total = f.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
+            futures::future::ready(if total > max {
+                Err(std::io::Error::other(format!(
+                    "more than the {max} bytes a restore from a URL may fetch (url_max_bytes)"
+                )))
+            } else {
+                Ok(b)
+            })
+        });
     tokio::io::copy(&mut tokio_util::io::StreamReader::new(stream), &mut out)
         .await
         .with_context(|| format!("downloading {url}"))?;

@@ -1,0 +1,198 @@
+//! What an archive asks of its target before the rest of it is applied as
+//! the target's owner: the extensions it names. Extensions are
+//! server-installed code that may need a superuser, so the agent creates
+//! them itself, from names it parsed, never from SQL text the archive
+//! carries; everything else is applied by `pg_restore --role=OWNER` from a
+//! listing that leaves them out.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::pg::tool::{Tool, ToolCommand};
+
+/// `CREATE EXTENSION name WITH SCHEMA schema`, as the archive asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    pub name: String,
+    pub schema: String,
+}
+
+/// An archive's table of contents (`pg_restore --list`), and its extensions.
+#[derive(Debug)]
+pub struct Toc {
+    lines: Vec<String>,
+    pub extensions: Vec<Extension>,
+}
+
+/// Read the archive's listing; reading it also proves pg_restore can.
+pub async fn read(cfg: &Config, archive: &Path, scratch: &Path) -> Result<Toc> {
+    let listing = ToolCommand::offline(cfg, Tool::PgRestore)
+        .arg("--list")
+        .arg(archive)
+        .read_all()
+        .await
+        .context("reading the archive's table of contents")?;
+    let lines: Vec<String> = String::from_utf8_lossy(&listing).lines().map(str::to_string).collect();
+    let wanted: Vec<&String> = lines.iter().filter(|l| entry(l) == Some("EXTENSION")).collect();
+    if wanted.is_empty() {
+        return Ok(Toc { lines, extensions: Vec::new() });
+    }
+    // The statements of those entries alone, as SQL text to parse.
+    let only = scratch.join("extensions.list");
+    std::fs::write(&only, wanted.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    let sql = ToolCommand::offline(cfg, Tool::PgRestore)
+        .arg("--use-list")
+        .arg(&only)
+        .args(["--file", "-"])
+        .arg(archive)
+        .read_all()
+        .await
+        .context("reading the archive's extensions")?;
+    let _ = std::fs::remove_file(&only);
+    let extensions = parse_extensions(&String::from_utf8_lossy(&sql))?;
+    if extensions.len() != wanted.len() {
+        bail!(
+            "the archive has {} extension entries but {} plain CREATE EXTENSION statements: refusing to restore it",
+            wanted.len(),
+            extensions.len()
+        );
+    }
+    Ok(Toc { lines, extensions })
+}
+
+impl Toc {
+    /// The listing for `pg_restore --use-list`: everything but the
+    /// extensions (created beforehand), their comments (an extension's
+    /// owner's to set), and the schemas created for them.
+    pub fn write_list(&self, path: &Path, schemas_made: &[String]) -> Result<()> {
+        let mut out = String::new();
+        for l in &self.lines {
+            let skip = match entry(l) {
+                Some("EXTENSION") => true,
+                Some(rest) => {
+                    rest.starts_with("COMMENT - EXTENSION ")
+                        || schemas_made.iter().any(|s| rest.starts_with(&format!("SCHEMA - {s} ")))
+                }
+                None => false,
+            };
+            if skip {
+                out.push(';');
+            }
+            out.push_str(l);
+            out.push('\n');
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A listing line's "DESC NAMESPACE TAG OWNER" part (`EXTENSION` alone for
+/// an extension), or None for comments.
+fn entry(line: &str) -> Option<&str> {
+    let (id, rest) = line.split_once("; ")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // "<catalog oid> <object oid> DESC ..."
+    let mut parts = rest.splitn(3, ' ');
+    let (_, _, desc) = (parts.next()?, parts.next()?, parts.next()?);
+    if desc.starts_with("EXTENSION - ") {
+        return Some("EXTENSION");
+    }
+    Some(desc)
+}
+
+/// Every `CREATE EXTENSION IF NOT EXISTS x WITH SCHEMA s;` in `sql`.
+/// Anything else that starts like one is refused.
+fn parse_extensions(sql: &str) -> Result<Vec<Extension>> {
+    let mut found = Vec::new();
+    for line in sql.lines().filter(|l| l.starts_with("CREATE EXTENSION")) {
+        let parsed = (|| {
+            let rest = line.strip_prefix("CREATE EXTENSION IF NOT EXISTS ")?;
+            let (name, rest) = ident(rest)?;
+            let rest = rest.strip_prefix(" WITH SCHEMA ")?;
+            let (schema, rest) = ident(rest)?;
+            (rest == ";").then_some(Extension { name, schema })
+        })();
+        match parsed {
+            Some(e) => found.push(e),
+            None => bail!("unexpected extension statement in the archive: {line:?}"),
+        }
+    }
+    Ok(found)
+}
+
+/// An SQL identifier at the start of `s`, bare or double-quoted, and the rest.
+fn ident(s: &str) -> Option<(String, &str)> {
+    if let Some(q) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = q.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if q[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    return (!name.is_empty()).then(|| (name, &q[i + 1..]));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        return None;
+    }
+    let end = s.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')).unwrap_or(s.len());
+    let name = &s[..end];
+    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$')).then(|| (name.to_string(), &s[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_statements_are_parsed_strictly() {
+        let sql = "SET statement_timeout = 0;\n--\n-- Name: hstore; Type: EXTENSION\n--\n\n\
+                   CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;\n\
+                   CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\" WITH SCHEMA \"my \"\"ext\"\" s\";\n";
+        assert_eq!(
+            parse_extensions(sql).unwrap(),
+            vec![
+                Extension { name: "hstore".into(), schema: "public".into() },
+                Extension { name: "uuid-ossp".into(), schema: "my \"ext\" s".into() },
+            ]
+        );
+        for evil in [
+            "CREATE EXTENSION IF NOT EXISTS x WITH SCHEMA public; ALTER ROLE me SUPERUSER;",
+            "CREATE EXTENSION x WITH SCHEMA public;",
+            "CREATE EXTENSION IF NOT EXISTS x WITH SCHEMA \"public;",
+        ] {
+            assert!(parse_extensions(evil).is_err(), "{evil}");
+        }
+    }
+
+    #[test]
+    fn the_listing_leaves_out_extensions_their_comments_and_their_schemas() {
+        let toc = Toc {
+            lines: vec![
+                ";".into(),
+                "; Archive created at 2026-11-22".into(),
+                "5; 2615 16390 SCHEMA - ext postgres".into(),
+                "2; 3079 16391 EXTENSION - hstore ".into(),
+                "3470; 0 0 COMMENT - EXTENSION hstore ".into(),
+                "6; 2615 16392 SCHEMA - extra postgres".into(),
+                "215; 1259 16386 TABLE public t alice".into(),
+            ],
+            extensions: vec![Extension { name: "hstore".into(), schema: "ext".into() }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        toc.write_list(&p, &["ext".into()]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with(';')).collect::<Vec<_>>(),
+            vec!["6; 2615 16392 SCHEMA - extra postgres", "215; 1259 16386 TABLE public t alice"]
+        );
+    }
+}
