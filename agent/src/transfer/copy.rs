@@ -171,8 +171,10 @@ async fn copy_tables(
         let pumped = pump(reader.take_stdout(), writer.take_stdin(), progress.counter());
         let (pumped, r, w) = tokio::join!(pumped, reader.wait(), writer.wait());
         let (r, w) = (r?, w?);
-        if !r.success() || !w.success() {
-            bail!("copying {table} failed (reading: {}, writing: {}); see the log", r.status, w.status);
+        for (end, exit) in [("reading", &r), ("writing", &w)] {
+            if !exit.success() {
+                bail!("copying {table} failed {end} it: {}", exit.said());
+            }
         }
         pumped.with_context(|| format!("copying {table}"))?;
     }
