@@ -12,9 +12,11 @@
 //! transfer/     job (the typed job, decoded once), supervisor (heartbeat, cancel,
 //!               hand back, the one writer of final status), queue (claim), report
 //!               (the lifecycle calls), progress, task, and the kinds:
-//!               capture, parallel (capture), restore, copy
+//!               capture, parallel (capture), restore (remote: what a restore
+//!               from a URL may fetch), copy
 //! pg/           conn (connections), tool (pg_dump, pg_restore, psql as process
-//!               groups), target (replacing and restoring into a database)
+//!               groups), target (replacing a database, applying an archive as its
+//!               owner), archive (the extensions an archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
 //! serve/        links: signed download links over HTTP
