@@ -74,8 +74,8 @@ BEGIN
                   HINT = format('A backups_user acts only on databases whose owner role it is a member of; %I is owned by %I. '
                                 'Ask its owner to GRANT %I TO %I, or ask a backups_admin.',
                                 _require.db,
-                                (SELECT d.datdba::regrole::text FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
-                                (SELECT d.datdba::regrole::text FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
+                                (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
+                                (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
                                 session_user);
     END IF;
 END
