@@ -15,14 +15,19 @@ use pgbackups_e2e::data::{fingerprint, wait, SHOP};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// A database owner's trap: a CHECK whose function makes `mallory`
+/// A database owner's trap: a CHECK whose function tries to make `mallory`
 /// superuser when evaluated by anyone else, as it is when the table's rows
-/// are loaded by a superuser.
+/// are loaded: directly, after `RESET ROLE` (back to the session's login),
+/// after `SET ROLE postgres` and after `RESET SESSION AUTHORIZATION`. Each
+/// failure is swallowed, so the rows load either way.
 const TRAP: &str = r#"
 CREATE FUNCTION f(x int) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
     IF current_user <> 'mallory' THEN
-        EXECUTE 'ALTER ROLE mallory SUPERUSER';
+        BEGIN EXECUTE 'ALTER ROLE mallory SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+        BEGIN EXECUTE 'RESET ROLE'; EXECUTE 'ALTER ROLE mallory SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+        BEGIN EXECUTE 'SET ROLE postgres'; EXECUTE 'ALTER ROLE mallory SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+        BEGIN EXECUTE 'RESET SESSION AUTHORIZATION'; EXECUTE 'ALTER ROLE mallory SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
     END IF;
     RETURN true;
 END $$;
@@ -70,8 +75,9 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'evil_restored', 'evil_restored')")).unwrap();
     let status = wait(&c, &r, PATIENCE).unwrap();
     assert_eq!(is_superuser(&c, "mallory"), "f", "the restore ran the trap with more rights than the owner's");
-    // The trap's rows fail their CHECK as alice (a warning); the rest is in.
     assert_eq!(status, "completed", "{}", agent.log_text());
+    // The trap ran (its rows are in) and got nowhere.
+    assert_eq!(c.sql("evil_restored", "SELECT count(*) FROM t").unwrap(), "10");
     assert_eq!(c.sql("evil_restored", "SELECT count(*) FROM plain").unwrap(), "100");
     assert_eq!(
         c.sql(
@@ -90,8 +96,11 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     assert_eq!(sql_as(&c, "alice", "evil_restored", "UPDATE plain SET note = 'mine' WHERE id = 1 RETURNING note"), "mine");
 
     let cp = c.sql("postgres", "SELECT backups.copy('evil', 'evil_copied', 'evil_copied')").unwrap();
-    let _ = wait(&c, &cp, PATIENCE).unwrap();
+    assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(is_superuser(&c, "mallory"), "f", "the copy ran the trap with more rights than the owner's");
+    assert_eq!(c.sql("evil_copied", "SELECT count(*) FROM t").unwrap(), "10");
+    // The throwaway logins that applied them are gone.
+    assert_eq!(c.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups_apply%'").unwrap(), "0");
 }
 
 #[test]
@@ -101,7 +110,8 @@ fn a_copy_subject_to_row_level_security_fails_instead_of_dropping_rows() {
     // owner, but does not bypass row-level security.
     c.sql(
         "postgres",
-        "CREATE ROLE app LOGIN; CREATE ROLE copier LOGIN CREATEDB IN ROLE pg_read_all_data; GRANT app TO copier",
+        "CREATE ROLE app LOGIN; CREATE ROLE copier LOGIN CREATEDB CREATEROLE IN ROLE pg_read_all_data;
+         GRANT app TO copier WITH ADMIN OPTION",
     )
     .unwrap();
     for db in ["tenant", "tenant_copy"] {
@@ -128,6 +138,7 @@ fn a_copy_subject_to_row_level_security_fails_instead_of_dropping_rows() {
     // Nothing was copied short.
     let copied = c.sql("tenant_copy", "SELECT count(*) FROM secrets").unwrap_or_else(|_| "no table".into());
     assert!(copied != "10000", "copied {copied} rows of 20000");
+    assert_eq!(c.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups_apply%'").unwrap(), "0");
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! the target's owner: the extensions it names. Extensions are
 //! server-installed code that may need a superuser, so the agent creates
 //! them itself, from names it parsed, never from SQL text the archive
-//! carries; everything else is applied by `pg_restore --role=OWNER` from a
-//! listing that leaves them out.
+//! carries. Everything else is applied as the owner from listings
+//! (`pg_restore --use-list`) chosen by entry type, never by name: first the
+//! schemas (the extensions go into them), then the rest without the
+//! extensions and their comments.
 
 use std::path::Path;
 
@@ -62,20 +64,29 @@ pub async fn read(cfg: &Config, archive: &Path, scratch: &Path) -> Result<Toc> {
     Ok(Toc { lines, extensions })
 }
 
+/// Which entries a listing keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Only the schemas: applied before the extensions are created.
+    Schemas,
+    /// All but the extensions (created by the agent) and their comments (the
+    /// extension owner's to set); without the schemas too when they were
+    /// applied first.
+    Rest { without_schemas: bool },
+}
+
 impl Toc {
-    /// The listing for `pg_restore --use-list`: everything but the
-    /// extensions (created beforehand), their comments (an extension's
-    /// owner's to set), and the schemas created for them.
-    pub fn write_list(&self, path: &Path, schemas_made: &[String]) -> Result<()> {
+    /// The listing for `pg_restore --use-list` of `part`.
+    pub fn write_list(&self, path: &Path, part: Part) -> Result<()> {
         let mut out = String::new();
         for l in &self.lines {
-            let skip = match entry(l) {
-                Some("EXTENSION") => true,
-                Some(rest) => {
-                    rest.starts_with("COMMENT - EXTENSION ")
-                        || schemas_made.iter().any(|s| rest.starts_with(&format!("SCHEMA - {s} ")))
+            let skip = match (entry(l), part) {
+                (None, _) => false,
+                (Some(e), Part::Schemas) => !e.starts_with("SCHEMA - "),
+                (Some("EXTENSION"), Part::Rest { .. }) => true,
+                (Some(e), Part::Rest { without_schemas }) => {
+                    e.starts_with("COMMENT - EXTENSION ") || (without_schemas && e.starts_with("SCHEMA - "))
                 }
-                None => false,
             };
             if skip {
                 out.push(';');
@@ -173,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn the_listing_leaves_out_extensions_their_comments_and_their_schemas() {
+    fn listings_are_chosen_by_entry_type_never_by_name() {
         let toc = Toc {
             lines: vec![
                 ";".into(),
@@ -181,18 +192,24 @@ mod tests {
                 "5; 2615 16390 SCHEMA - ext postgres".into(),
                 "2; 3079 16391 EXTENSION - hstore ".into(),
                 "3470; 0 0 COMMENT - EXTENSION hstore ".into(),
-                "6; 2615 16392 SCHEMA - extra postgres".into(),
-                "215; 1259 16386 TABLE public t alice".into(),
+                "6; 2615 16392 SCHEMA - ext foo postgres".into(),
+                "215; 1259 16386 TABLE ext foo important alice".into(),
+                "216; 1259 16387 TABLE public EXTENSION - x alice".into(),
             ],
             extensions: vec![Extension { name: "hstore".into(), schema: "ext".into() }],
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l");
-        toc.write_list(&p, &["ext".into()]).unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
+        let kept = |part| {
+            toc.write_list(&p, part).unwrap();
+            let text = std::fs::read_to_string(&p).unwrap();
+            text.lines().filter(|l| !l.starts_with(';')).map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(kept(Part::Schemas), vec!["5; 2615 16390 SCHEMA - ext postgres", "6; 2615 16392 SCHEMA - ext foo postgres"]);
         assert_eq!(
-            text.lines().filter(|l| !l.starts_with(';')).collect::<Vec<_>>(),
-            vec!["6; 2615 16392 SCHEMA - extra postgres", "215; 1259 16386 TABLE public t alice"]
+            kept(Part::Rest { without_schemas: true }),
+            vec!["215; 1259 16386 TABLE ext foo important alice", "216; 1259 16387 TABLE public EXTENSION - x alice"]
         );
+        assert_eq!(kept(Part::Rest { without_schemas: false }).len(), 4);
     }
 }

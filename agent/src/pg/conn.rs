@@ -64,6 +64,17 @@ impl Conn {
     /// `url` (a URL or keyword/value string), aimed at `dbname` if given.
     pub fn new(url: &str, dbname: Option<&str>) -> Result<Conn> {
         let cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+        Ok(Self::from_config(&cfg, dbname))
+    }
+
+    /// Like `new`, logging in as `user` with `password` instead.
+    pub fn login_as(url: &str, dbname: &str, user: &str, password: &str) -> Result<Conn> {
+        let mut cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+        cfg.user(user).password(password);
+        Ok(Self::from_config(&cfg, Some(dbname)))
+    }
+
+    fn from_config(cfg: &PgConfig, dbname: Option<&str>) -> Conn {
         let mut parts = Vec::new();
         let hosts: Vec<String> = cfg
             .get_hosts()
@@ -107,7 +118,7 @@ impl Conn {
             _ => {}
         }
         let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
-        Ok(Conn { keywords: parts.join(" "), password })
+        Conn { keywords: parts.join(" "), password }
     }
 
     /// The full string, password included, for the agent's own connections.

@@ -83,23 +83,18 @@ pub async fn recreate(cfg: &Config, target: &str) -> Result<Target> {
     Ok(Target { name: target.to_string(), owner })
 }
 
-/// Create the archive's extensions in `target` as the agent, each schema
-/// they go into that does not exist yet created for the owner; returns
-/// those schemas, which the restore then leaves out.
-pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Extension]) -> Result<Vec<String>> {
+/// Create the archive's extensions in `target` as the agent, once the
+/// archive's schemas are in (a schema the archive does not create is
+/// created for the owner).
+pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Extension]) -> Result<()> {
     if extensions.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let c = conn::connect(&Conn::new(&cfg.data_url, Some(&target.name))?.with_password()).await?;
-    let mut made = Vec::new();
     for e in extensions {
-        let exists = c.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&e.schema]).await?.is_some();
-        if !exists {
-            c.batch_execute(&format!("CREATE SCHEMA {} AUTHORIZATION {}", ident(&e.schema), ident(&target.owner)))
-                .await
-                .with_context(|| format!("creating schema {} for extension {}", e.schema, e.name))?;
-            made.push(e.schema.clone());
-        }
+        c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}", ident(&e.schema), ident(&target.owner)))
+            .await
+            .with_context(|| format!("creating schema {} for extension {}", e.schema, e.name))?;
         c.batch_execute(&format!(
             "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
             ident(&e.name),
@@ -108,7 +103,7 @@ pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Exte
         .await
         .with_context(|| format!("creating extension {} in {}", e.name, target.name))?;
     }
-    Ok(made)
+    Ok(())
 }
 
 pub fn ident(s: &str) -> String {
@@ -120,11 +115,16 @@ pub fn literal(s: &str) -> String {
 }
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose
-/// --role=OWNER [-j N] [--use-list LIST]` into `target`; the caller adds the
-/// input (a path, or stdin).
-pub fn pg_restore(cfg: &Config, target: &Target, jobs: Option<usize>, list: Option<&Path>) -> Result<ToolCommand> {
-    let conn = Conn::new(&cfg.data_url, Some(&target.name))?;
-    let mut c = ToolCommand::new(cfg, Tool::PgRestore, &conn);
+/// --role=OWNER [-j N] [--use-list LIST]` into `target` over `conn` (the
+/// transfer's applier); the caller adds the input (a path, or stdin).
+pub fn pg_restore(
+    cfg: &Config,
+    conn: &Conn,
+    target: &Target,
+    jobs: Option<usize>,
+    list: Option<&Path>,
+) -> Result<ToolCommand> {
+    let mut c = ToolCommand::new(cfg, Tool::PgRestore, conn);
     c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
     c.arg(format!("--role={}", target.owner));
     if let Some(l) = list {

@@ -28,11 +28,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::pg::conn::{self, Conn};
+use crate::pg::applier::Applier;
 use crate::pg::archive;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::capture;
 use crate::transfer::job::{Completion, Copy};
+use crate::transfer::restore;
 use crate::transfer::progress::{human, Progress};
 use crate::transfer::report::Level;
 use crate::transfer::task::Task;
@@ -43,7 +45,6 @@ const PARALLEL_TABLE_MIN_BYTES: i64 = 1 << 20;
 pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let source = capture::connection(cfg, &copy.source)?;
-    let target_conn = Conn::new(&cfg.data_url, Some(&copy.target))?;
     let staging = task.staging()?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
@@ -69,12 +70,9 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let toc = archive::read(cfg, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
     let target = target::recreate(cfg, &copy.target).await?;
-    let schemas = target::create_extensions(cfg, &target, &toc.extensions).await?;
-    let list = staging.path().join("pre-data.list");
-    toc.write_list(&list, &schemas)?;
-    let mut cmd = target::pg_restore(cfg, &target, None, Some(&list))?;
-    cmd.arg(&pre);
-    let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+    let target_conn = applier.conn()?;
+    let warnings = restore::apply(task, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");
     }
@@ -86,7 +84,8 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
     let streams = (0..jobs.min(tables.len()).max(1))
         .map(|_| copy_tables(cfg, &source, (&target_conn, &target.owner), &snapshot, queue.clone(), &task.progress));
-    let (rest, copies) = tokio::join!(dump.pipe(&target, &rest_args), futures::future::join_all(streams));
+    let (rest, copies) =
+        tokio::join!(dump.pipe((&target_conn, &target), &rest_args), futures::future::join_all(streams));
     rest.context("copying sequences, large objects and small tables")?;
     for c in copies {
         c?;
@@ -95,7 +94,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 4. Indexes, constraints, triggers: pg_restore -j from a directory dump.
     let post = staging.path().join("post-data");
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
-    let mut cmd = target::pg_restore(cfg, &target, Some(jobs), None)?;
+    let mut cmd = target::pg_restore(cfg, &target_conn, &target, Some(jobs), None)?;
     cmd.arg(&post);
     let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
@@ -228,11 +227,11 @@ impl Dump<'_> {
     }
 
     /// `pg_dump -Fc ARGS | pg_restore` into `target`, counting the bytes.
-    async fn pipe(&self, target: &Target, args: &[&str]) -> Result<()> {
+    async fn pipe(&self, (conn, target): (&Conn, &Target), args: &[&str]) -> Result<()> {
         let mut cmd = self.command(args);
         cmd.arg("--format=custom").stdout_piped();
         let mut dump = cmd.spawn(self.progress.tool_output())?;
-        let mut restore_cmd = target::pg_restore(self.cfg, target, None, None)?;
+        let mut restore_cmd = target::pg_restore(self.cfg, conn, target, None, None)?;
         restore_cmd.stdin_piped();
         let mut restore = restore_cmd.spawn(self.progress.tool_output())?;
         let pumped = pump(dump.take_stdout(), restore.take_stdin(), self.progress.counter());

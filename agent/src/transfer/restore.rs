@@ -16,7 +16,10 @@ use tokio::io::AsyncReadExt;
 use tokio_util::task::TaskTracker;
 
 use crate::config::UrlPolicy;
-use crate::pg::{archive, conn, target};
+use crate::pg::applier::Applier;
+use crate::pg::archive::{self, Part, Toc};
+use crate::pg::conn::{self, Conn};
+use crate::pg::target::{self, Target};
 use crate::store::backups;
 use crate::store::layout::Format;
 use crate::transfer::job::{BackupRef, Completion, Restore};
@@ -42,18 +45,44 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
         ),
     );
     let target = target::recreate(cfg, &restore.target).await?;
-    let schemas = target::create_extensions(cfg, &target, &toc.extensions).await?;
-    let list = staging.path().join("restore.list");
-    toc.write_list(&list, &schemas)?;
-    task.progress.say(Level::Info, format!("applying the archive as the database's owner, {}", target.owner));
-    let mut cmd = target::pg_restore(cfg, &target, Some(jobs), Some(&list))?;
-    cmd.arg(&archive);
-    let exit = cmd.spawn(task.progress.tool_output())?.wait().await?;
-    let warnings = target::restore_warnings(&exit)?;
+    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+    let warnings = apply(task, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
     Ok(Completion::Applied { processed, warnings })
+}
+
+/// Apply `archive` to `target` as its owner, over `conn` (the transfer's
+/// applier): the schemas, then the extensions (created by the agent), then
+/// everything else with `jobs`. pg_restore's warnings.
+pub async fn apply(
+    task: &Task,
+    conn: &Conn,
+    target: &Target,
+    archive: &FsPath,
+    toc: &Toc,
+    scratch: &FsPath,
+    jobs: Option<usize>,
+) -> Result<i32> {
+    let cfg = &task.ctx.cfg;
+    task.progress.say(Level::Info, format!("applying the archive as the database's owner, {}", target.owner));
+    let mut warnings = 0;
+    let with_extensions = !toc.extensions.is_empty();
+    if with_extensions {
+        let list = scratch.join("schemas.list");
+        toc.write_list(&list, Part::Schemas)?;
+        let mut cmd = target::pg_restore(cfg, conn, target, None, Some(&list))?;
+        cmd.arg(archive);
+        warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+        target::create_extensions(cfg, target, &toc.extensions).await?;
+    }
+    let list = scratch.join("rest.list");
+    toc.write_list(&list, Part::Rest { without_schemas: with_extensions })?;
+    let mut cmd = target::pg_restore(cfg, conn, target, jobs, Some(&list))?;
+    cmd.arg(archive);
+    warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+    Ok(warnings)
 }
 
 fn describe(from: &BackupRef) -> String {
