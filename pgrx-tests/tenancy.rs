@@ -170,3 +170,29 @@ fn restore_urls_are_shown_without_credentials_or_query_strings() {
         Spi::get_one(&format!("SELECT source_url FROM backups.transfers WHERE name = '{r}'")).unwrap();
     assert_eq!(kept, None);
 }
+
+#[pg_test]
+fn transfers_stay_with_the_owner_they_were_queued_under() {
+    tenants();
+    as_user("alice");
+    let b: String = one("SELECT backups.capture('postgres')");
+    as_superuser();
+    // A backups_user's capture dumps with the owner's rights; an admin's does not.
+    assert_eq!(one::<String>(&format!("SELECT options ->> 'role' FROM backups.transfers WHERE name = '{b}'")), "shop_owners");
+    let by_admin: String = one("SELECT backups.capture('postgres')");
+    let role: Option<String> =
+        Spi::get_one(&format!("SELECT options ->> 'role' FROM backups.transfers WHERE name = '{by_admin}'")).unwrap();
+    assert_eq!(role, None);
+    // The database changes hands: its new owner does not inherit the old
+    // owner's backups, which stay with the old owner.
+    run("ALTER DATABASE postgres OWNER TO bob");
+    as_user("bob");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{b}'")), 0);
+    assert!(refusal(&format!("SELECT backups.url('{b}')")).unwrap().contains("permission denied for transfer"));
+    let own: String = one("SELECT backups.capture('postgres')");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{own}'")), 1);
+    as_user("alice");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{b}'")), 1);
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{own}'")), 0);
+    as_superuser();
+}

@@ -56,12 +56,19 @@ AS $$
                     WHERE d.datname = _may_act_on.db AND pg_catalog.pg_has_role(session_user, d.datdba, 'MEMBER'))
 $$;
 
--- A transfer a user may see: one on a database it may act on. A capture
--- from a named source (one of the agent's connections, not a database of
--- this cluster) is an admin's.
+-- A transfer a user may see: one on a database whose owner, when it was
+-- queued, the user is a member of (not whoever owns that name now: a
+-- database dropped or renamed and its name taken by another tenant does not
+-- hand over its backups). A capture from a named source (one of the
+-- agent's connections, not a database of this cluster) is an admin's.
 CREATE FUNCTION backups._may_see(t backups.transfers) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT backups._is_admin() OR ((t.kind <> 'capture' OR t.source IS NULL) AND backups._may_act_on(t.database)) $$;
+AS $$
+    SELECT backups._is_admin()
+        OR ((t.kind <> 'capture' OR t.source IS NULL)
+            AND CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = t.owner_role) THEN false
+                     ELSE pg_catalog.pg_has_role(session_user, t.owner_role, 'MEMBER') END)
+$$;
 
 -- Refuse, before anything is queued, what the caller may not do to `db`.
 CREATE FUNCTION backups._require(db name, action text) RETURNS void

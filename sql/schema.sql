@@ -82,6 +82,8 @@ CREATE TABLE backups.transfers (
     status              text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'expired')),
     database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
+    owner_role          oid,                            -- the owner of `database` when queued: whose members may see
+                                                        -- the transfer (tenancy), whoever owns the name later
     source              text,                           -- capture: named source from the agent config (NULL: this cluster);
                                                         -- restore: backup name or URL; copy: source database or named source
     source_url          text,                           -- restore from a URL: the URL whole, for the agent only (source
@@ -113,6 +115,18 @@ CREATE TABLE backups.transfers (
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
     purged_at           timestamptz                     -- when the agent removed the objects (after delete or expiry)
 );
+-- Every way a transfer is queued records who owned its database then.
+CREATE FUNCTION backups._record_owner() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.owner_role := (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = NEW.database);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER transfers_record_owner BEFORE INSERT ON backups.transfers
+    FOR EACH ROW EXECUTE FUNCTION backups._record_owner();
+
 CREATE INDEX transfers_pending_idx ON backups.transfers (id) WHERE status = 'pending';
 CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE status = 'running';
 CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);

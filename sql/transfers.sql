@@ -31,9 +31,15 @@ BEGIN
                   HINT = 'Named sources are the agent''s own connections: only a backups_admin captures them. Capture a database you own with SELECT backups.capture(''mydb'');';
     END IF;
     v_name := backups._next_name('b');
+    -- A backups_user's capture holds what the database's owner may read,
+    -- not what the agent's role may: pg_dump runs with the owner's rights.
     INSERT INTO backups.transfers (name, kind, database, source, options)
     VALUES (v_name, 'capture', v_db, v_source,
-            CASE WHEN v_jobs IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('jobs', v_jobs) END)
+            jsonb_strip_nulls(jsonb_build_object(
+                'jobs', v_jobs,
+                'role', CASE WHEN v_source IS NULL AND NOT backups._is_admin()
+                             THEN (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = v_db)
+                        END)))
     RETURNING id INTO v_id;
     PERFORM backups._log(v_id, format('queued by %s', session_user));
     PERFORM backups._notify(v_name);

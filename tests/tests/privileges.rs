@@ -221,3 +221,27 @@ fn restores_from_private_addresses_are_refused_and_urls_never_shown_whole() {
     let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{r}'")).unwrap();
     assert!(err.contains("link-local (cloud metadata) address"), "{err}");
 }
+
+#[test]
+fn a_backups_users_capture_holds_no_more_than_the_owner_may_read() {
+    let c = Cluster::start().unwrap();
+    c.sql(
+        "postgres",
+        "CREATE ROLE app; CREATE ROLE auditor LOGIN; CREATE ROLE alice LOGIN IN ROLE backups_user, app",
+    )
+    .unwrap();
+    c.sql("postgres", "CREATE DATABASE shop OWNER app").unwrap();
+    c.sql("shop", "GRANT CREATE ON SCHEMA public TO auditor").unwrap();
+    sql_as(&c, "auditor", "shop", "CREATE TABLE audit (salary text); INSERT INTO audit VALUES ('1M')");
+    c.sql("shop", "CREATE TABLE orders (id int); ALTER TABLE orders OWNER TO app").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    // alice owns shop (through app) but may not read audit: neither may her backup.
+    let b = sql_as(&c, "alice", "postgres", "SELECT backups.capture('shop')");
+    assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
+    let err = sql_as(&c, "alice", "postgres", &format!("SELECT value FROM backups.info('{b}') WHERE field = 'error'"));
+    assert!(err.contains("permission denied for table audit"), "{err}");
+    // An admin's capture reads everything.
+    let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
+    assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+}

@@ -38,9 +38,19 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         object_key: Some(storage.relative(&keys.object(format))),
         tool_versions: versions.clone(),
     });
+    if let Some(role) = &capture.role {
+        task.progress.say(Level::Info, format!("dumping with the rights of the database's owner, {role}"));
+    }
+    let dump = || {
+        let mut c = pg_dump(cfg, &source);
+        if let Some(role) = &capture.role {
+            c.arg(format!("--role={role}"));
+        }
+        c
+    };
     let files = match capture.jobs {
-        None => vec![dump_custom(task, &source, &keys).await?],
-        Some(jobs) => parallel::dump(task, pg_dump(cfg, &source), jobs, &keys).await?,
+        None => vec![dump_custom(task, dump(), &keys).await?],
+        Some(jobs) => parallel::dump(task, dump(), jobs, &keys).await?,
     };
     let manifest = Manifest::new(&task.name, capture.source.label(), format, source_size, &versions, files);
     let checksum = store_manifest(task, &keys, &manifest).await?;
@@ -95,7 +105,7 @@ pub fn pg_dump(cfg: &Config, source: &Conn) -> ToolCommand {
 /// `pg_dump -Fc`, its stdout compressed on all cores into one upload. The
 /// first of the three to fail stops the others: a storage error ends the
 /// upload, the compressor's next send fails, and pg_dump gets a broken pipe.
-async fn dump_custom(task: &Task, source: &Conn, keys: &Keys) -> Result<FileEntry> {
+async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<FileEntry> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     task.progress.say(
@@ -103,7 +113,6 @@ async fn dump_custom(task: &Task, source: &Conn, keys: &Keys) -> Result<FileEntr
         format!("custom format, compressed by the agent with zstd level {} on all cores", cfg.compression_level),
     );
     let key = keys.dump();
-    let mut cmd = pg_dump(cfg, source);
     cmd.arg("--format=custom").stdout_piped();
     let mut dump = cmd.spawn(task.progress.tool_output())?;
     let stdout = SyncIoBridge::new(dump.take_stdout());

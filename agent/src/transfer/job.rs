@@ -47,6 +47,10 @@ pub struct Capture {
     pub source: Source,
     /// `None`: one custom-format stream; `Some(n)`: a directory-format dump with n jobs.
     pub jobs: Option<u32>,
+    /// Dump with this role's rights (`pg_dump --role`): the database's
+    /// owner, for a capture a backups_user queued, so that the backup holds
+    /// no more than its owner may read.
+    pub role: Option<String>,
 }
 
 impl Capture {
@@ -106,6 +110,10 @@ impl Job {
                     Some(j) => Some(
                         j.as_u64().filter(|j| (1..=64).contains(j)).map(|j| j as u32).context("invalid jobs option")?,
                     ),
+                },
+                role: match row.options.get("role") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(r) => Some(r.as_str().context("invalid role option")?.to_string()),
                 },
             }),
             "restore" => {
