@@ -325,10 +325,18 @@ BEGIN
             USING HINT = 'For example SELECT backups.restore(''b001'', target => ''staging'', confirm => ''staging'');';
     END IF;
     IF v_backup ~* '^[a-z][a-z0-9+.-]*://' THEN
-        IF v_backup !~* '^https?://[^[:space:]/?#]+' OR v_backup ~ '[[:space:]]' THEN
-            RAISE EXCEPTION 'cannot restore from "%": only http:// and https:// URLs are supported', v_backup
+        IF v_backup !~* '^https?://' THEN
+            RAISE EXCEPTION 'cannot restore from a % URL: only http:// and https:// URLs are supported', substring(v_backup FROM '^[^:]*')
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Pass a backup id such as b001, a link from backups.url(), or any http(s) URL serving a pg_dump custom-format file.';
+        END IF;
+        -- Strictly [user[:password]@]host[:port][/path][?query]: a user,
+        -- password or path holding a raw @ / ? or # would be cut in the wrong
+        -- place when the URL is shown without its credentials.
+        IF v_backup !~* '^https?://([^/?#@[:space:]]+@)?(\[[0-9a-f:.]+\]|[^/?#@:[:space:]\[\]]+)(:[0-9]{1,5})?(/[^?#@[:space:]]*)?([?#][^[:space:]]*)?$' THEN
+            RAISE EXCEPTION 'cannot restore from this URL: it cannot be parsed safely (it is not shown here: it may hold a password)'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Percent-encode @, /, ? and # in user names, passwords and paths (@ is %40), and leave no spaces.';
         END IF;
         -- Only the agent sees the URL whole: credentials and signed query
         -- strings stay out of list(), info() and the log.

@@ -132,16 +132,32 @@ fn kind_v4(a: Ipv4Addr) -> &'static str {
 }
 
 fn kind_v6(a: Ipv6Addr) -> &'static str {
-    let first = a.segments()[0];
+    let seg = a.segments();
+    let first = seg[0];
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    // Addresses that carry an IPv4 address reach it: judge that one.
+    if seg[..6] == [0; 6] && !a.is_loopback() && !a.is_unspecified() {
+        return kind_v4(v4(seg[6], seg[7])); // ::a.b.c.d (IPv4-compatible)
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return kind_v4(v4(seg[6], seg[7])); // NAT64
+    }
+    if first == 0x2002 {
+        return kind_v4(v4(seg[1], seg[2])); // 6to4
+    }
     if a.is_loopback() {
         "loopback"
     } else if a.is_unspecified() || a.is_multicast() {
         "reserved"
     } else if (first & 0xffc0) == 0xfe80 {
         "link-local (cloud metadata)"
-    } else if (first & 0xfe00) == 0xfc00 {
-        // Unique local, fd00:ec2::254 (AWS's metadata) among them.
+    } else if (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfec0 || (first == 0x64 && seg[1] == 0xff9b) {
+        // Unique local (fd00:ec2::254, AWS's metadata, among them), the old
+        // site-local, local-use NAT64.
         "private"
+    } else if (first == 0x2001 && seg[1] == 0) || (first == 0x2001 && seg[1] == 0xdb8) || (first & 0xe000) != 0x2000 {
+        // Teredo tunnels, documentation, and everything outside 2000::/3.
+        "reserved"
     } else {
         "public"
     }
@@ -166,6 +182,12 @@ mod tests {
             "fd00:ec2::254",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
         ] {
             assert!(!is_public(a.parse().unwrap()), "{a}");
         }

@@ -129,6 +129,7 @@ async fn fetch_url(
     // Messages name the URL without its credentials or query string, and
     // reqwest's errors would print it whole: they lose it.
     let url = remote::redact(full);
+    let max = policy.max_bytes;
     remote::check(full, policy.allow_private)?;
     let resp = remote::client(policy)?
         .get(full.clone())
@@ -138,7 +139,6 @@ async fn fetch_url(
     if !resp.status().is_success() {
         bail!("fetching {url}: HTTP {}", resp.status());
     }
-    let max = policy.max_bytes;
     if resp.content_length().is_some_and(|n| n > max) {
         bail!("{url} is {} bytes, more than the {max} a restore from a URL may fetch (url_max_bytes)", resp.content_length().unwrap_or(0));
     }
@@ -175,8 +175,14 @@ async fn fetch_url(
             ZstdDecoder::new(tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::open(&raw).await?));
         input.multiple_members(true);
         let mut output = tokio::fs::File::create(&dest).await?;
-        tokio::io::copy(&mut input, &mut output).await.with_context(|| format!("decompressing what {url} served"))?;
+        // The limit holds for what it decompresses to, as well.
+        let written = tokio::io::copy(&mut (&mut input).take(max + 1), &mut output)
+            .await
+            .with_context(|| format!("decompressing what {url} served"))?;
         drop(output);
+        if written > max {
+            bail!("{url} decompresses to more than the {max} bytes a restore from a URL may fetch (url_max_bytes)");
+        }
         let mut magic = [0u8; 5];
         let _ = std::fs::File::open(&dest).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
         if &magic == b"PGDMP" {
@@ -186,14 +192,88 @@ async fn fetch_url(
         let dir = staging.join("dump");
         let raw2 = raw.clone();
         let d = dir.clone();
-        tracker.spawn_blocking(move || tar::Archive::new(std::fs::File::open(raw2)?).unpack(d)).await??;
+        tracker.spawn_blocking(move || unpack(&raw2, &d, max)).await??;
         // Our links wrap the dump's files in a folder named after the backup.
         let found = std::iter::once(dir.clone())
-            .chain(std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .find(|d| d.join("toc.dat").exists());
+            .chain(
+                std::fs::read_dir(&dir)?
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            )
+            .find(|d| d.join("toc.dat").is_file());
         if let Some(d) = found {
             return Ok((d, Format::Directory));
         }
     }
     bail!("{url} does not serve a pg_dump archive (custom format, or a tar of a directory-format dump)")
+}
+
+/// Unpack a tar of a directory-format dump into `dir`: files and folders
+/// only (a link could point the restore at any directory of the agent's
+/// host), each inside `dir`, at most `max` bytes in all.
+fn unpack(tarball: &FsPath, dir: &FsPath, max: u64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(tarball)?);
+    let mut total = 0u64;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let path = entry.path()?.display().to_string();
+        if !(kind.is_file() || kind.is_dir()) {
+            bail!("the tar holds {path:?}, which is not a file or a folder ({kind:?}): refusing it");
+        }
+        total += entry.size();
+        if total > max {
+            bail!("the tar unpacks to more than the {max} bytes a restore from a URL may fetch (url_max_bytes)");
+        }
+        if !entry.unpack_in(dir)? {
+            bail!("the tar holds {path:?}, outside its folder: refusing it");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tarball(dir: &FsPath, build: impl FnOnce(&mut tar::Builder<std::fs::File>)) -> PathBuf {
+        let path = dir.join("t.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        build(&mut b);
+        b.finish().unwrap();
+        path
+    }
+
+    fn file(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    }
+
+    #[test]
+    fn a_tar_unpacks_only_files_and_folders_inside_its_folder_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = tarball(dir.path(), |b| file(b, "b001/toc.dat", b"PGDMP"));
+        unpack(&ok, &dir.path().join("a"), 100).unwrap();
+        assert!(dir.path().join("a/b001/toc.dat").is_file());
+
+        let link = tarball(dir.path(), |b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_link(&mut h, "x", "/var/tmp").unwrap();
+        });
+        let err = unpack(&link, &dir.path().join("b"), 100).unwrap_err().to_string();
+        assert!(err.contains("not a file or a folder"), "{err}");
+        assert!(std::fs::symlink_metadata(dir.path().join("b/x")).is_err());
+
+        let big = tarball(dir.path(), |b| file(b, "toc.dat", &[0u8; 200]));
+        let err = unpack(&big, &dir.path().join("c"), 100).unwrap_err().to_string();
+        assert!(err.contains("url_max_bytes"), "{err}");
+    }
 }
