@@ -114,7 +114,9 @@ impl Settings {
         if let Some(m) = self.mode {
             out.push(("sslmode", m.as_str().to_string()));
         }
-        for (k, v) in [("sslrootcert", &self.rootcert), ("sslcert", &self.cert), ("sslkey", &self.key), ("sslcrl", &self.crl)] {
+        for (k, v) in
+            [("sslrootcert", &self.rootcert), ("sslcert", &self.cert), ("sslkey", &self.key), ("sslcrl", &self.crl)]
+        {
             if let Some(p) = v {
                 out.push((k, file(p)));
             }
@@ -267,7 +269,9 @@ pub async fn connect(cfg: &PgConfig, settings: &Settings) -> Result<(Client, Con
     };
     let tls = if attempts.iter().all(|m| *m == PgSslMode::Disable) {
         // Never used; spares reading the certificate files.
-        MakeRustlsConnect::new(base_config()?.with_custom_certificate_verifier(Arc::new(Unverified(provider()))).with_no_client_auth())
+        MakeRustlsConnect::new(
+            base_config()?.with_custom_certificate_verifier(Arc::new(Unverified(provider()))).with_no_client_auth(),
+        )
     } else {
         MakeRustlsConnect::new(client_config(&r)?)
     };
@@ -365,8 +369,10 @@ fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
             return Some(r);
         }
         // io::Error hides the error it wraps from `source()`.
-        if let Some(r) =
-            err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<rustls::Error>())
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
         {
             return Some(r);
         }
@@ -586,12 +592,8 @@ mod tests {
 
     #[test]
     fn a_missing_root_certificate_is_a_clear_error() {
-        let r = Resolved {
-            mode: SslMode::VerifyFull,
-            rootcert: Some("/nonexistent/ca.pem".into()),
-            cert: None,
-            crl: None,
-        };
+        let r =
+            Resolved { mode: SslMode::VerifyFull, rootcert: Some("/nonexistent/ca.pem".into()), cert: None, crl: None };
         let e = client_config(&r).unwrap_err();
         assert!(e.to_string().starts_with("cannot read sslrootcert /nonexistent/ca.pem"), "{e}");
         assert!(e.downcast_ref::<Fatal>().is_some());
