@@ -80,7 +80,7 @@ fn holds(sql: &str) -> String {
 }
 
 #[test]
-fn verify_full_captures_over_tls_for_the_agent_and_pg_dump() {
+fn verify_full_capture_restore_and_copy_run_over_tls_for_the_agent_and_its_tools() {
     let pki = Pki::new();
     let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, &["log_connections = on"]).unwrap();
     // The server refuses plain TCP connections: whatever gets in used TLS.
@@ -91,8 +91,13 @@ fn verify_full_captures_over_tls_for_the_agent_and_pg_dump() {
     assert!(!plain.status.success());
     assert!(String::from_utf8_lossy(&plain.stderr).contains("no encryption"), "{plain:?}");
 
-    create_db(&c, "shop", "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 1000) g")
-        .unwrap();
+    // Over 1 MB: a copy streams it with COPY rather than through pg_dump.
+    create_db(
+        &c,
+        "shop",
+        "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 30000) g",
+    )
+    .unwrap();
     // A lock holds pg_dump mid-capture, long enough to look at its connection
     // (taken over the Unix socket, which needs no TLS).
     let mut locker = postgres::Client::connect(
@@ -133,11 +138,29 @@ fn verify_full_captures_over_tls_for_the_agent_and_pg_dump() {
 
     lock.commit().unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+
+    // A restore (psql, pg_restore) and a copy (its snapshot held on the
+    // agent's own connection, pg_dump | pg_restore, psql COPY streams) go
+    // over TLS too.
+    let want = c.sql("shop", "SELECT count(*) || ' ' || sum(hashtext(name)) FROM items").unwrap();
+    for (db, sql) in [
+        ("shop_restored", format!("SELECT backups.restore('{id}', 'shop_restored', 'shop_restored')")),
+        ("shop_copy", "SELECT backups.copy('shop', 'shop_copy', 'shop_copy')".to_string()),
+    ] {
+        c.sql("postgres", &format!("CREATE DATABASE {db}")).unwrap();
+        let t = c.sql("postgres", &sql).unwrap();
+        assert_eq!(wait(&c, &t, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+        assert_eq!(c.sql(db, "SELECT count(*) || ' ' || sum(hashtext(name)) FROM items").unwrap(), want, "{db}");
+    }
+    let copy_log = c.sql("postgres", "SELECT string_agg(value, E'\\n') FROM backups.info('c001')").unwrap();
+    assert!(copy_log.contains("copying table ") && copy_log.contains("items"), "not streamed: {copy_log}");
     // The server logged the connections to both databases (the agent's
     // own, pg_dump's to shop) as TLS.
     let log = c.log_text();
-    assert!(log.contains("database=shop application_name=pgbackups SSL enabled (protocol=TLSv1."), "{log}");
-    assert!(log.contains("database=postgres application_name=pgbackups SSL enabled (protocol=TLSv1."), "{log}");
+    for db in ["postgres", "shop", "shop_restored", "shop_copy"] {
+        let line = format!("database={db} application_name=pgbackups SSL enabled (protocol=TLSv1.");
+        assert!(log.contains(&line), "no {line:?} in the server log:\n{log}");
+    }
     assert!(agent.terminate(Duration::from_secs(30)).unwrap().success());
 }
 
