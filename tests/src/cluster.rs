@@ -73,9 +73,17 @@ impl Cluster {
 
     /// Like [`Cluster::start_with`], serving TLS with the given certificate
     /// (PEM, with its chain) and key, and taking TCP connections over TLS
-    /// only (`hostssl`): a plain one is refused. Unix-socket connections
-    /// stay open, without TLS as always.
-    pub fn start_tls(cert_pem: &str, key_pem: &str, conf: &[&str]) -> Result<Self> {
+    /// only (`hostssl`, trust): a plain one is refused. Unix-socket
+    /// connections stay open, without TLS as always. `client_ca` (PEM)
+    /// verifies client certificates, for `hba` lines (put first) such as
+    /// `hostssl all alice 127.0.0.0/8 cert`.
+    pub fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+        hba: &[&str],
+        conf: &[&str],
+    ) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
         // Owned by the server's user with the rest of `dir` (init_at), the
@@ -90,13 +98,17 @@ impl Cluster {
             format!("ssl_cert_file = '{}'", tls.join("server.crt").display()),
             format!("ssl_key_file = '{}'", tls.join("server.key").display()),
         ];
+        if let Some(ca) = client_ca {
+            std::fs::write(tls.join("client-ca.crt"), ca)?;
+            settings.push(format!("ssl_ca_file = '{}'", tls.join("client-ca.crt").display()));
+        }
         settings.extend(conf.iter().map(|s| s.to_string()));
         let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
         let c = Self::init_at(&dir, free_port()?, &settings)?;
-        std::fs::write(
-            c.data().join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.0/8 trust\nhostssl all all ::1/128 trust\n",
-        )?;
+        let mut lines: Vec<&str> = vec!["local all all trust"];
+        lines.extend(hba);
+        lines.extend(["hostssl all all 127.0.0.0/8 trust", "hostssl all all ::1/128 trust", ""]);
+        std::fs::write(c.data().join("pg_hba.conf"), lines.join("\n"))?;
         c.start_server()?;
         c.sql("postgres", "CREATE EXTENSION pg_backups")?;
         Ok(c)

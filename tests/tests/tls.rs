@@ -5,6 +5,7 @@
 //! certificate refused stops the agent with a clear message, having claimed
 //! nothing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -19,8 +20,9 @@ use rcgen::{
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The test's certificates: `ca.pem` signed the server's, `other-ca.pem`
-/// signed nothing the server has.
+/// The test's certificates: `ca.pem` signed the server's and the client
+/// certificate `client.pem` (of role `tlsagent`, key `client.key`);
+/// `other-ca.pem` signed nothing the server has.
 struct Pki {
     dir: tempfile::TempDir,
     server_cert: String,
@@ -43,9 +45,19 @@ impl Pki {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().unwrap();
         let server = p.signed_by(&key, &ca).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "tlsagent");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().unwrap();
+        let client = p.signed_by(&client_key, &ca).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("other-ca.pem"), other.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+        // libpq refuses a key others can read.
+        let key_path = dir.path().join("client.key");
+        std::fs::write(&key_path, client_key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Pki { dir, server_cert: server.pem(), server_key: key.serialize_pem() }
     }
 
@@ -82,7 +94,7 @@ fn holds(sql: &str) -> String {
 #[test]
 fn verify_full_capture_restore_and_copy_run_over_tls_for_the_agent_and_its_tools() {
     let pki = Pki::new();
-    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, &["log_connections = on"]).unwrap();
+    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, None, &[], &["log_connections = on"]).unwrap();
     // The server refuses plain TCP connections: whatever gets in used TLS.
     let plain = Command::new("psql")
         .args(["-X", "-At", "-c", "SELECT 1", "-d", &format!("{} sslmode=disable", c.connstr("postgres"))])
@@ -167,7 +179,7 @@ fn verify_full_capture_restore_and_copy_run_over_tls_for_the_agent_and_its_tools
 #[test]
 fn a_certificate_from_another_ca_stops_the_agent_with_a_clear_error_and_claims_nothing() {
     let pki = Pki::new();
-    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, &[]).unwrap();
+    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, None, &[], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture()").unwrap();
     let store = tempfile::tempdir().unwrap();
     let other = pki.other_ca().display().to_string();
@@ -202,7 +214,7 @@ fn a_certificate_from_another_ca_stops_the_agent_with_a_clear_error_and_claims_n
 #[test]
 fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     let pki = Pki::new();
-    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, &[]).unwrap();
+    let c = Cluster::start_tls(&pki.server_cert, &pki.server_key, None, &[], &[]).unwrap();
     create_db(&c, "shop", "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 100) g").unwrap();
     let store = tempfile::tempdir().unwrap();
     let ca = pki.ca().display().to_string();
@@ -226,4 +238,39 @@ fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     let agent = Agent::start(&conninfo, &storage_url(store.path()), &[], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+}
+
+#[test]
+fn a_client_certificate_logs_in_the_agent_and_its_tools() {
+    let pki = Pki::new();
+    let ca = std::fs::read_to_string(pki.ca()).unwrap();
+    // Role tlsagent may log in over TCP with its certificate only.
+    let c = Cluster::start_tls(
+        &pki.server_cert,
+        &pki.server_key,
+        Some(&ca),
+        &["hostssl all tlsagent 127.0.0.0/8 cert"],
+        &[],
+    )
+    .unwrap();
+    c.sql("postgres", "CREATE ROLE tlsagent SUPERUSER LOGIN").unwrap();
+    create_db(&c, "shop", "CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 100) g").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = pki.dir.path().display().to_string();
+    let url = format!(
+        "postgres://tlsagent@localhost:{}/postgres?sslmode=verify-full&sslrootcert={dir}/ca.pem&sslcert={dir}/client.pem&sslkey={dir}/client.key",
+        c.port
+    );
+    let agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+    // pg_dump logs in with the same certificate, or the capture fails.
+    let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    let who = c
+        .sql(
+            "postgres",
+            "SELECT string_agg(DISTINCT s.client_dn, ',') FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.usename = 'tlsagent'",
+        )
+        .unwrap();
+    assert_eq!(who, "/CN=tlsagent");
 }

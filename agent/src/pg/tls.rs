@@ -93,7 +93,8 @@ pub struct Settings {
 impl Settings {
     /// Take `key=value` if it is a TLS setting; false if it is not one.
     fn take(&mut self, key: &str, value: &str) -> Result<bool> {
-        let path = || Some(PathBuf::from(value));
+        // An empty value leaves the setting unset, as in libpq.
+        let path = || (!value.is_empty()).then(|| PathBuf::from(value));
         match key {
             "sslmode" => self.mode = Some(SslMode::parse(value)?),
             "sslrootcert" => self.rootcert = path(),
@@ -125,33 +126,57 @@ impl Settings {
     }
 
     /// What applies, as libpq decides it: the string's settings, else the
-    /// `PGSSL*` variables, else the files of `~/.postgresql/` that exist.
+    /// `PGSSL*` variables, else the files of `~/.postgresql/`; a file that
+    /// does not exist counts as not given, except a root certificate that
+    /// verify-ca and verify-full need.
     fn resolve(&self, env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> Result<Resolved> {
         let mode = match (self.mode, env("PGSSLMODE")) {
             (Some(m), _) => m,
             (None, Some(m)) if !m.is_empty() => SslMode::parse(&m)?,
             _ => SslMode::Prefer,
         };
-        let file = |given: &Option<PathBuf>, var: &str, default: &str| -> Option<PathBuf> {
+        let named = |given: &Option<PathBuf>, var: &str, default: &str| -> Option<PathBuf> {
             given
                 .clone()
                 .or_else(|| env(var).filter(|v| !v.is_empty()).map(PathBuf::from))
-                .or_else(|| home.map(|h| h.join(".postgresql").join(default)).filter(|p| p.exists()))
+                .or_else(|| home.map(|h| h.join(".postgresql").join(default)))
         };
-        let rootcert = file(&self.rootcert, "PGSSLROOTCERT", "root.crt");
-        let crl = file(&self.crl, "PGSSLCRL", "root.crl");
-        let cert = file(&self.cert, "PGSSLCERT", "postgresql.crt");
-        let key = file(&self.key, "PGSSLKEY", "postgresql.key");
-        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && rootcert.is_none() {
-            bail!(Fatal(format!(
-                "sslmode={} needs sslrootcert: a PEM file of the certificate authorities to trust",
-                mode.as_str()
-            )));
-        }
-        if cert.is_some() && key.is_none() {
-            bail!(Fatal("sslcert needs sslkey: the client certificate's private key".into()));
-        }
-        Ok(Resolved { mode, rootcert, cert: cert.zip(key), crl })
+        let existing = |p: Option<PathBuf>| p.filter(|p| p.exists());
+        let rootcert = named(&self.rootcert, "PGSSLROOTCERT", "root.crt");
+        let verify = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+        let rootcert = match existing(rootcert.clone()) {
+            None if verify => bail!(Fatal(match rootcert {
+                Some(p) => format!("sslmode={}: root certificate file {} does not exist", mode.as_str(), p.display()),
+                None => format!(
+                    "sslmode={} needs sslrootcert: a PEM file of the certificate authorities to trust",
+                    mode.as_str()
+                ),
+            })),
+            None => {
+                if let Some(p) = self.rootcert.as_ref().filter(|_| mode != SslMode::Disable) {
+                    tracing::warn!(
+                        "sslrootcert {} does not exist: the server's certificate is not checked (sslmode={}), as libpq does",
+                        p.display(),
+                        mode.as_str()
+                    );
+                }
+                None
+            }
+            found => found,
+        };
+        let crl = existing(named(&self.crl, "PGSSLCRL", "root.crl"));
+        let cert = existing(named(&self.cert, "PGSSLCERT", "postgresql.crt"));
+        let key = named(&self.key, "PGSSLKEY", "postgresql.key");
+        let cert = match (cert, key) {
+            (Some(c), Some(k)) if k.exists() => Some((c, k)),
+            (Some(c), k) if mode != SslMode::Disable => bail!(Fatal(format!(
+                "sslcert {} is there but not its private key sslkey{}",
+                c.display(),
+                k.map(|k| format!(" {}", k.display())).unwrap_or_default()
+            ))),
+            _ => None,
+        };
+        Ok(Resolved { mode, rootcert, cert, crl })
     }
 }
 
@@ -520,6 +545,8 @@ mod tests {
         assert_eq!(s.crl.as_deref(), Some(Path::new("/r.pem")));
         let (s, rest) = split("postgresql://h/db?sslmode=require").unwrap();
         assert_eq!((s.mode, rest.as_str()), (Some(SslMode::Require), "postgresql://h/db"));
+        let (s, rest) = split("postgres://h/db?sslrootcert=&sslmode=prefer").unwrap();
+        assert_eq!((s.rootcert, rest.as_str()), (None, "postgres://h/db"));
         let (s, rest) = split("postgres://h/db").unwrap();
         assert_eq!((s, rest.as_str()), (Settings::default(), "postgres://h/db"));
         assert!(split("postgres://h/db?sslmode=verify").unwrap_err().to_string().contains("invalid sslmode"));
@@ -561,26 +588,33 @@ mod tests {
     fn resolve_follows_libpq() {
         let none = |_: &str| None;
         let home = tempfile::tempdir().unwrap();
+        let ca = home.path().join("ca.pem");
+        std::fs::write(&ca, "").unwrap();
         // Default: prefer, nothing verified.
         let r = Settings::default().resolve(&none, Some(home.path())).unwrap();
         assert_eq!(r, Resolved { mode: SslMode::Prefer, rootcert: None, cert: None, crl: None });
-        // verify-* need a root certificate.
+        // verify-* need a root certificate that exists.
         let s = Settings { mode: Some(SslMode::VerifyFull), ..Default::default() };
-        assert!(s.resolve(&none, Some(home.path())).unwrap_err().to_string().contains("needs sslrootcert"));
+        assert!(s.resolve(&none, Some(home.path())).unwrap_err().to_string().contains("root certificate file"));
+        assert!(s.resolve(&none, None).unwrap_err().to_string().contains("needs sslrootcert"));
+        // require with a missing one goes on unverified, as libpq does.
+        let s =
+            Settings { mode: Some(SslMode::Require), rootcert: Some("/nonexistent.pem".into()), ..Default::default() };
+        assert_eq!(s.resolve(&none, None).unwrap().rootcert, None);
         // The environment, then ~/.postgresql, fill in what the string leaves out.
         let env = |k: &str| match k {
             "PGSSLMODE" => Some("verify-ca".to_string()),
-            "PGSSLROOTCERT" => Some("/env/ca.pem".to_string()),
+            "PGSSLROOTCERT" => Some(ca.display().to_string()),
             _ => None,
         };
         let r = Settings::default().resolve(&env, Some(home.path())).unwrap();
-        assert_eq!((r.mode, r.rootcert.as_deref()), (SslMode::VerifyCa, Some(Path::new("/env/ca.pem"))));
+        assert_eq!((r.mode, r.rootcert.as_deref()), (SslMode::VerifyCa, Some(ca.as_path())));
         std::fs::create_dir(home.path().join(".postgresql")).unwrap();
         std::fs::write(home.path().join(".postgresql/root.crt"), "").unwrap();
         std::fs::write(home.path().join(".postgresql/postgresql.crt"), "").unwrap();
         let s = Settings { mode: Some(SslMode::Require), ..Default::default() };
         let r = s.resolve(&none, Some(home.path()));
-        assert!(r.unwrap_err().to_string().contains("sslcert needs sslkey"));
+        assert!(r.unwrap_err().to_string().contains("but not its private key"));
         std::fs::write(home.path().join(".postgresql/postgresql.key"), "").unwrap();
         let r = s.resolve(&none, Some(home.path())).unwrap();
         assert_eq!(r.rootcert, Some(home.path().join(".postgresql/root.crt")));
