@@ -143,6 +143,11 @@ impl Settings {
         };
         let existing = |p: Option<PathBuf>| p.filter(|p| p.exists());
         let rootcert = named(&self.rootcert, "PGSSLROOTCERT", "root.crt");
+        if rootcert.as_deref() == Some(Path::new("system")) {
+            bail!(Fatal(
+                "sslrootcert=system (the system's certificate authorities) is not supported: name a PEM file".into()
+            ));
+        }
         let verify = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
         let rootcert = match existing(rootcert.clone()) {
             None if verify => bail!(Fatal(match rootcert {
@@ -597,6 +602,8 @@ mod tests {
         let s = Settings { mode: Some(SslMode::VerifyFull), ..Default::default() };
         assert!(s.resolve(&none, Some(home.path())).unwrap_err().to_string().contains("root certificate file"));
         assert!(s.resolve(&none, None).unwrap_err().to_string().contains("needs sslrootcert"));
+        let s = Settings { rootcert: Some("system".into()), ..Default::default() };
+        assert!(s.resolve(&none, None).unwrap_err().to_string().contains("sslrootcert=system"));
         // require with a missing one goes on unverified, as libpq does.
         let s =
             Settings { mode: Some(SslMode::Require), rootcert: Some("/nonexistent.pem".into()), ..Default::default() };
