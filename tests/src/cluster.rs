@@ -1,8 +1,9 @@
 //! A throwaway Postgres 15 cluster: initdb into a temporary directory owned
 //! by an unprivileged user (initdb and postgres refuse to run as root), a
 //! free port on loopback, `shared_preload_libraries = 'pg_backups'`, trust
-//! authentication for local connections. Dropping a `Cluster` stops it and
-//! removes its directory, also when a test panics.
+//! authentication for local connections (over TLS only, if asked).
+//! Dropping a `Cluster` stops it and removes its directory, also when a
+//! test panics.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,49 @@ impl Cluster {
     pub fn start_with(conf: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
         let c = Self::init_at(&dir, free_port()?, conf)?;
+        c.start_server()?;
+        c.sql("postgres", "CREATE EXTENSION pg_backups")?;
+        Ok(c)
+    }
+
+    /// Like [`Cluster::start_with`], serving TLS with the given certificate
+    /// (PEM, with its chain) and key, and taking TCP connections over TLS
+    /// only (`hostssl`, trust): a plain one is refused. Unix-socket
+    /// connections stay open, without TLS as always. `client_ca` (PEM)
+    /// verifies client certificates, for `hba` lines (put first) such as
+    /// `hostssl all alice 127.0.0.0/8 cert`.
+    pub fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+        hba: &[&str],
+        conf: &[&str],
+    ) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
+        // Owned by the server's user with the rest of `dir` (init_at), the
+        // key readable by it alone, as postgres insists.
+        let tls = dir.join("tls");
+        std::fs::create_dir(&tls)?;
+        std::fs::write(tls.join("server.crt"), cert_pem)?;
+        std::fs::write(tls.join("server.key"), key_pem)?;
+        std::fs::set_permissions(tls.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+        let mut settings = vec![
+            "ssl = on".to_string(),
+            format!("ssl_cert_file = '{}'", tls.join("server.crt").display()),
+            format!("ssl_key_file = '{}'", tls.join("server.key").display()),
+        ];
+        if let Some(ca) = client_ca {
+            std::fs::write(tls.join("client-ca.crt"), ca)?;
+            settings.push(format!("ssl_ca_file = '{}'", tls.join("client-ca.crt").display()));
+        }
+        settings.extend(conf.iter().map(|s| s.to_string()));
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let c = Self::init_at(&dir, free_port()?, &settings)?;
+        let mut lines: Vec<&str> = vec!["local all all trust"];
+        lines.extend(hba);
+        lines.extend(["hostssl all all 127.0.0.0/8 trust", "hostssl all all ::1/128 trust", ""]);
+        std::fs::write(c.data().join("pg_hba.conf"), lines.join("\n"))?;
         c.start_server()?;
         c.sql("postgres", "CREATE EXTENSION pg_backups")?;
         Ok(c)

@@ -1,24 +1,39 @@
 //! Connections to Postgres: tokio-postgres clients for the agent's own
-//! queries, and `Conn`, the libpq connection string handed to pg_dump,
-//! pg_restore and psql, with its password kept apart for the environment.
+//! queries (over TLS as `tls` sets it up), and `Conn`, the libpq connection
+//! string handed to pg_dump, pg_restore and psql, with its password kept
+//! apart for the environment.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{Client, Config as PgConfig, Connection, NoTls, Socket};
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::{Client, Config as PgConfig, Connection, Socket};
+
+use crate::pg::tls;
+
+/// The agent's `application_name` on every connection it and its tools
+/// open (unless the connection string names one).
+pub const APPLICATION_NAME: &str = "pgbackups";
 
 /// How long a connection may take to open (a host that drops packets would
 /// otherwise hold the caller for minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Open a connection, within `CONNECT_TIMEOUT`; the caller drives it.
-pub async fn open(url: &str) -> Result<(Client, Connection<Socket, NoTlsStream>)> {
-    tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+/// Open a connection (a URL or keyword/value string, TLS settings
+/// included), within `CONNECT_TIMEOUT`; the caller drives it.
+pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)> {
+    let attempt = async {
+        let (settings, rest) = tls::split(url)?;
+        let mut cfg: PgConfig = rest.parse().context("invalid connection string")?;
+        if cfg.get_application_name().is_none() {
+            cfg.application_name(APPLICATION_NAME);
+        }
+        tls::connect(&cfg, &settings).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
+        .and_then(|r| r)
         .with_context(|| format!("connecting to {}", redact(url)))
 }
 
@@ -34,13 +49,15 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// Connect, retrying with backoff for up to `patience`.
+/// Connect, retrying with backoff for up to `patience`; a TLS setting or
+/// certificate refused is not retried.
 pub async fn connect_with_retry(url: &str, patience: Duration) -> Result<Client> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut wait = Duration::from_millis(200);
     loop {
         match connect(url).await {
             Ok(c) => return Ok(c),
+            Err(e) if e.downcast_ref::<tls::Fatal>().is_some() => return Err(e),
             Err(e) if tokio::time::Instant::now() + wait < deadline => {
                 tracing::debug!("{e:#}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
@@ -63,18 +80,20 @@ pub struct Conn {
 impl Conn {
     /// `url` (a URL or keyword/value string), aimed at `dbname` if given.
     pub fn new(url: &str, dbname: Option<&str>) -> Result<Conn> {
-        let cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
-        Ok(Self::from_config(&cfg, dbname))
+        let (tls, rest) = tls::split(url).with_context(|| format!("invalid connection string {}", redact(url)))?;
+        let cfg: PgConfig = rest.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+        Ok(Self::from_config(&cfg, &tls, dbname))
     }
 
     /// Like `new`, logging in as `user` with `password` instead.
     pub fn login_as(url: &str, dbname: &str, user: &str, password: &str) -> Result<Conn> {
-        let mut cfg: PgConfig = url.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+        let (tls, rest) = tls::split(url).with_context(|| format!("invalid connection string {}", redact(url)))?;
+        let mut cfg: PgConfig = rest.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
         cfg.user(user).password(password);
-        Ok(Self::from_config(&cfg, Some(dbname)))
+        Ok(Self::from_config(&cfg, &tls, Some(dbname)))
     }
 
-    fn from_config(cfg: &PgConfig, dbname: Option<&str>) -> Conn {
+    fn from_config(cfg: &PgConfig, tls: &tls::Settings, dbname: Option<&str>) -> Conn {
         let mut parts = Vec::new();
         let hosts: Vec<String> = cfg
             .get_hosts()
@@ -86,6 +105,10 @@ impl Conn {
             .collect();
         if !hosts.is_empty() {
             parts.push(format!("host={}", quote(&hosts.join(","))));
+        }
+        if !cfg.get_hostaddrs().is_empty() {
+            let addrs: Vec<String> = cfg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+            parts.push(format!("hostaddr={}", addrs.join(",")));
         }
         if !cfg.get_ports().is_empty() {
             let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
@@ -101,10 +124,8 @@ impl Conn {
             parts.push(format!("application_name={}", quote(app)));
         }
         // What else the connection asked for is kept: TLS first of all.
-        match cfg.get_ssl_mode() {
-            SslMode::Disable => parts.push("sslmode=disable".into()),
-            SslMode::Require => parts.push("sslmode=require".into()),
-            _ => {}
+        for (k, v) in tls.keywords() {
+            parts.push(format!("{k}={}", quote(&v)));
         }
         if let Some(o) = cfg.get_options() {
             parts.push(format!("options={}", quote(o)));
@@ -176,6 +197,36 @@ mod tests {
             c.keywords,
             "host=h port=5432 user=a dbname=shop sslmode=require options='-c statement_timeout=0' connect_timeout=5 target_session_attrs=read-write"
         );
+    }
+
+    #[test]
+    fn conn_gives_the_tools_every_tls_setting() {
+        for mode in ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] {
+            let c = Conn::new(&format!("postgres://a@h/postgres?sslmode={mode}"), None).unwrap();
+            assert_eq!(c.keywords, format!("host=h port=5432 user=a dbname=postgres sslmode={mode}"));
+        }
+        // URL form: files, and a host address beside the name checked.
+        let c = Conn::new(
+            "postgres://a:pw@db.example.com:6543/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert=/etc/ssl/my%20ca.pem&sslcert=/c.pem&sslkey=/k.pem&sslcrl=/crl.pem",
+            Some("shop"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.keywords,
+            "host=db.example.com hostaddr=127.0.0.1 port=6543 user=a dbname=shop sslmode=verify-full \
+             sslrootcert='/etc/ssl/my ca.pem' sslcert=/c.pem sslkey=/k.pem sslcrl=/crl.pem"
+        );
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        // Keyword/value form; what the agent gets back (with_password) is
+        // the same connection, TLS included.
+        let c = Conn::new("host=h user=a dbname=x sslmode=verify-ca sslrootcert='/tmp/it\\'s.pem' password=pw", None)
+            .unwrap();
+        assert_eq!(c.keywords, "host=h user=a dbname=x sslmode=verify-ca sslrootcert='/tmp/it\\'s.pem'");
+        let (settings, rest) = tls::split(&c.with_password()).unwrap();
+        assert_eq!(settings.mode, Some(tls::SslMode::VerifyCa));
+        assert_eq!(settings.rootcert.as_deref(), Some(std::path::Path::new("/tmp/it's.pem")));
+        let parsed: PgConfig = rest.parse().unwrap();
+        assert_eq!(parsed.get_password(), Some(&b"pw"[..]));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! PostgreSQL as the agent touches it: connections, the client programs it
-//! runs (pg_dump, pg_restore, psql), and the databases it restores into.
+//! PostgreSQL as the agent touches it: connections (and their TLS), the
+//! client programs it runs (pg_dump, pg_restore, psql), and the databases it
+//! restores into.
 
 pub mod applier;
 pub mod archive;
 pub mod conn;
 pub mod target;
+pub mod tls;
 pub mod tool;

@@ -15,10 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::config::Config;
-use crate::pg::conn::Conn;
-
-/// The agent's `application_name` on every connection its tools open.
-pub const APPLICATION_NAME: &str = "pgbackups";
+use crate::pg::conn::{Conn, APPLICATION_NAME};
 
 /// How many of a tool's last stderr lines are kept for its error message.
 const TAIL: usize = 20;
