@@ -93,7 +93,10 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
         "alice"
     );
     // The owner can use what was restored.
-    assert_eq!(sql_as(&c, "alice", "evil_restored", "UPDATE plain SET note = 'mine' WHERE id = 1 RETURNING note"), "mine");
+    assert_eq!(
+        sql_as(&c, "alice", "evil_restored", "UPDATE plain SET note = 'mine' WHERE id = 1 RETURNING note"),
+        "mine"
+    );
 
     let cp = c.sql("postgres", "SELECT backups.copy('evil', 'evil_copied', 'evil_copied')").unwrap();
     assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
@@ -157,7 +160,12 @@ fn the_documented_capture_only_agent_captures_and_can_do_nothing_else() {
         c.sql("postgres", &format!("CREATE DATABASE {db} OWNER app")).unwrap();
     }
     sql_as(&c, "app", "shop", SHOP);
-    sql_as(&c, "app", "shop", "ALTER TABLE orders ENABLE ROW LEVEL SECURITY; CREATE POLICY none ON orders USING (false)");
+    sql_as(
+        &c,
+        "app",
+        "shop",
+        "ALTER TABLE orders ENABLE ROW LEVEL SECURITY; CREATE POLICY none ON orders USING (false)",
+    );
     let store = tempfile::tempdir().unwrap();
     let control = format!("postgres://pgbackups_control@127.0.0.1:{}/postgres", c.port);
     let data = format!("postgres://pgbackups_reader@127.0.0.1:{}/postgres", c.port);
@@ -211,11 +219,17 @@ fn restores_from_private_addresses_are_refused_and_urls_never_shown_whole() {
         assert!(!listed.contains(secret), "list() shows {secret}");
     }
     // Once it ended, the URL is gone from the table too.
-    assert_eq!(c.sql("postgres", &format!("SELECT source_url IS NULL FROM backups.transfers WHERE name = '{r}'")).unwrap(), "t");
+    assert_eq!(
+        c.sql("postgres", &format!("SELECT source_url IS NULL FROM backups.transfers WHERE name = '{r}'")).unwrap(),
+        "t"
+    );
     assert_eq!(c.sql("staging", "SELECT x FROM keep_me").unwrap(), "42", "the target was not touched");
     // Cloud metadata, by address.
     let r = c
-        .sql("postgres", "SELECT backups.restore('http://169.254.169.254/latest/meta-data/x.dump', 'staging', 'staging')")
+        .sql(
+            "postgres",
+            "SELECT backups.restore('http://169.254.169.254/latest/meta-data/x.dump', 'staging', 'staging')",
+        )
         .unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "failed");
     let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{r}'")).unwrap();
@@ -225,11 +239,8 @@ fn restores_from_private_addresses_are_refused_and_urls_never_shown_whole() {
 #[test]
 fn a_backups_users_capture_holds_no_more_than_the_owner_may_read() {
     let c = Cluster::start().unwrap();
-    c.sql(
-        "postgres",
-        "CREATE ROLE app; CREATE ROLE auditor LOGIN; CREATE ROLE alice LOGIN IN ROLE backups_user, app",
-    )
-    .unwrap();
+    c.sql("postgres", "CREATE ROLE app; CREATE ROLE auditor LOGIN; CREATE ROLE alice LOGIN IN ROLE backups_user, app")
+        .unwrap();
     c.sql("postgres", "CREATE DATABASE shop OWNER app").unwrap();
     c.sql("shop", "GRANT CREATE ON SCHEMA public TO auditor").unwrap();
     sql_as(&c, "auditor", "shop", "CREATE TABLE audit (salary text); INSERT INTO audit VALUES ('1M')");

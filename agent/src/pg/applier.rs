@@ -35,7 +35,13 @@ impl Applier {
     /// Create the role for attempt `attempt` of transfer `name` into `target`.
     /// Dropping the `Applier` drops the role (on `tracker`, which the
     /// supervisor waits for).
-    pub async fn create(cfg: &Config, target: &Target, name: &str, attempt: i32, tracker: &TaskTracker) -> Result<Self> {
+    pub async fn create(
+        cfg: &Config,
+        target: &Target,
+        name: &str,
+        attempt: i32,
+        tracker: &TaskTracker,
+    ) -> Result<Self> {
         let c = conn::connect(&cfg.data_url).await?;
         sweep(&c).await;
         let role = format!("{PREFIX}{}_{attempt}", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
@@ -52,13 +58,7 @@ impl Applier {
         .with_context(|| {
             format!("creating the login {role} that applies the archive as {} (see the README: the agent's roles)", target.owner)
         })?;
-        Ok(Applier {
-            role,
-            password,
-            target: target.clone(),
-            data_url: cfg.data_url.clone(),
-            tracker: tracker.clone(),
-        })
+        Ok(Applier { role, password, target: target.clone(), data_url: cfg.data_url.clone(), tracker: tracker.clone() })
     }
 
     /// The connection to the target that the tools use.
@@ -86,9 +86,13 @@ async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     // sessions end with the tools anyway.)
     c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role]).await.ok();
     if let Ok(t) = conn::connect(&Conn::new(url, Some(&target.name))?.with_password()).await {
-        t.batch_execute(&format!("REASSIGN OWNED BY {r} TO {o}; DROP OWNED BY {r}", r = ident(role), o = ident(&target.owner)))
-            .await
-            .ok();
+        t.batch_execute(&format!(
+            "REASSIGN OWNED BY {r} TO {o}; DROP OWNED BY {r}",
+            r = ident(role),
+            o = ident(&target.owner)
+        ))
+        .await
+        .ok();
     }
     c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role))).await?;
     Ok(())

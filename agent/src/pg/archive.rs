@@ -153,9 +153,11 @@ fn ident(s: &str) -> Option<(String, &str)> {
         }
         return None;
     }
-    let end = s.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')).unwrap_or(s.len());
+    let end =
+        s.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')).unwrap_or(s.len());
     let name = &s[..end];
-    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$')).then(|| (name.to_string(), &s[end..]))
+    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$'))
+        .then(|| (name.to_string(), &s[end..]))
 }
 
 #[cfg(test)]
@@ -205,7 +207,10 @@ mod tests {
             let text = std::fs::read_to_string(&p).unwrap();
             text.lines().filter(|l| !l.starts_with(';')).map(str::to_string).collect::<Vec<_>>()
         };
-        assert_eq!(kept(Part::Schemas), vec!["5; 2615 16390 SCHEMA - ext postgres", "6; 2615 16392 SCHEMA - ext foo postgres"]);
+        assert_eq!(
+            kept(Part::Schemas),
+            vec!["5; 2615 16390 SCHEMA - ext postgres", "6; 2615 16392 SCHEMA - ext foo postgres"]
+        );
         assert_eq!(
             kept(Part::Rest { without_schemas: true }),
             vec!["215; 1259 16386 TABLE ext foo important alice", "216; 1259 16387 TABLE public EXTENSION - x alice"]

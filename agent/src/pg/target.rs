@@ -92,9 +92,13 @@ pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Exte
     }
     let c = conn::connect(&Conn::new(&cfg.data_url, Some(&target.name))?.with_password()).await?;
     for e in extensions {
-        c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}", ident(&e.schema), ident(&target.owner)))
-            .await
-            .with_context(|| format!("creating schema {} for extension {}", e.schema, e.name))?;
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}",
+            ident(&e.schema),
+            ident(&target.owner)
+        ))
+        .await
+        .with_context(|| format!("creating schema {} for extension {}", e.schema, e.name))?;
         c.batch_execute(&format!(
             "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
             ident(&e.name),

@@ -27,16 +27,16 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::pg::conn::{self, Conn};
 use crate::pg::applier::Applier;
 use crate::pg::archive;
+use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::capture;
 use crate::transfer::job::{Completion, Copy};
-use crate::transfer::restore;
 use crate::transfer::progress::{human, Progress};
 use crate::transfer::report::Level;
+use crate::transfer::restore;
 use crate::transfer::task::Task;
 
 /// Tables smaller than this go through pg_dump with the rest of the data.

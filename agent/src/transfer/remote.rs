@@ -122,9 +122,14 @@ fn kind_v4(a: Ipv4Addr) -> &'static str {
     } else if a.is_private() || (o1 == 100 && (o2 & 0xc0) == 64) {
         // 100.64/10 (shared address space) holds some clouds' metadata too.
         "private"
-    } else if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || o1 == 0 || o1 >= 240 {
-        "reserved"
-    } else if (o1 == 192 && o2 == 0 && o3 == 0) || (o1 == 198 && (o2 & 0xfe) == 18) {
+    } else if a.is_unspecified()
+        || a.is_broadcast()
+        || a.is_multicast()
+        || o1 == 0
+        || o1 >= 240
+        || (o1 == 192 && o2 == 0 && o3 == 0)
+        || (o1 == 198 && (o2 & 0xfe) == 18)
+    {
         "reserved"
     } else {
         "public"
@@ -155,7 +160,7 @@ fn kind_v6(a: Ipv6Addr) -> &'static str {
         // Unique local (fd00:ec2::254, AWS's metadata, among them), the old
         // site-local, local-use NAT64.
         "private"
-    } else if (first == 0x2001 && seg[1] == 0) || (first == 0x2001 && seg[1] == 0xdb8) || (first & 0xe000) != 0x2000 {
+    } else if (first == 0x2001 && (seg[1] == 0 || seg[1] == 0xdb8)) || (first & 0xe000) != 0x2000 {
         // Teredo tunnels, documentation, and everything outside 2000::/3.
         "reserved"
     } else {

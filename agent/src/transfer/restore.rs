@@ -24,8 +24,8 @@ use crate::store::backups;
 use crate::store::layout::Format;
 use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::human;
-use crate::transfer::report::Level;
 use crate::transfer::remote;
+use crate::transfer::report::Level;
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
@@ -140,24 +140,24 @@ async fn fetch_url(
         bail!("fetching {url}: HTTP {}", resp.status());
     }
     if resp.content_length().is_some_and(|n| n > max) {
-        bail!("{url} is {} bytes, more than the {max} a restore from a URL may fetch (url_max_bytes)", resp.content_length().unwrap_or(0));
+        bail!(
+            "{url} is {} bytes, more than the {max} a restore from a URL may fetch (url_max_bytes)",
+            resp.content_length().unwrap_or(0)
+        );
     }
     let raw = staging.join("download");
     let mut out = tokio::fs::File::create(&raw).await?;
     let f = fetched.clone();
-    let stream = resp
-        .bytes_stream()
-        .map_err(|e| std::io::Error::other(e.without_url()))
-        .and_then(move |b| {
-            let total = f.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
-            futures::future::ready(if total > max {
-                Err(std::io::Error::other(format!(
-                    "more than the {max} bytes a restore from a URL may fetch (url_max_bytes)"
-                )))
-            } else {
-                Ok(b)
-            })
-        });
+    let stream = resp.bytes_stream().map_err(|e| std::io::Error::other(e.without_url())).and_then(move |b| {
+        let total = f.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
+        futures::future::ready(if total > max {
+            Err(std::io::Error::other(format!(
+                "more than the {max} bytes a restore from a URL may fetch (url_max_bytes)"
+            )))
+        } else {
+            Ok(b)
+        })
+    });
     tokio::io::copy(&mut tokio_util::io::StreamReader::new(stream), &mut out)
         .await
         .with_context(|| format!("downloading {url}"))?;
