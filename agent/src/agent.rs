@@ -17,8 +17,8 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::Config;
 use crate::ctx::Ctx;
+use crate::pg::bins::Bins;
 use crate::pg::conn;
-use crate::pg::tool::Tool;
 use crate::serve::links;
 use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
@@ -29,9 +29,10 @@ use crate::transfer::{queue, supervisor};
 
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
+    let bins = Bins::discover(&cfg.pg_bin_dir).await?;
+    tracing::info!("PostgreSQL client tools found: {}", bins.describe());
     let staging = StagingArea::claim(&cfg.staging_dir, &cfg.agent_id);
-    let ctx = Arc::new(Ctx { cfg, storage, staging });
-    Tool::PgDump.version(&ctx.cfg).await?;
+    let ctx = Arc::new(Ctx { cfg, storage, staging, bins });
     let url = ctx.cfg.store.database_url.clone();
     let mut control =
         conn::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;

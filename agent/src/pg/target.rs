@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Exit, Tool, ToolCommand};
 
@@ -42,6 +43,13 @@ pub async fn recreate(cfg: &Config, target: &str) -> Result<()> {
     Ok(())
 }
 
+/// The major of the control cluster's server, which every restore and
+/// copy target is on.
+pub async fn server_major(cfg: &Config) -> Result<u32> {
+    let c = conn::connect(&cfg.store.database_url).await?;
+    bins::server_major(&c).await
+}
+
 pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -51,10 +59,10 @@ pub fn literal(s: &str) -> String {
 }
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose [-j N]`
-/// into `target`; the caller adds the input (a path, or stdin).
-pub fn pg_restore(cfg: &Config, target: &str, jobs: Option<usize>) -> Result<ToolCommand> {
+/// into `target`, from `tools`; the caller adds the input (a path, or stdin).
+pub fn pg_restore(cfg: &Config, tools: &Tools, target: &str, jobs: Option<usize>) -> Result<ToolCommand> {
     let conn = Conn::new(&cfg.store.database_url, Some(target))?;
-    let mut c = ToolCommand::new(cfg, Tool::PgRestore, &conn);
+    let mut c = ToolCommand::new(tools, Tool::PgRestore, &conn);
     c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
     if let Some(j) = jobs.filter(|j| *j > 1) {
         c.arg(format!("--jobs={j}"));

@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
 use crate::config::Config;
+use crate::pg::bins::{self, Need, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::store::layout::{Format, Keys};
@@ -29,7 +30,7 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     let source = connection(cfg, &capture.source)?;
-    let (source_size, versions) = inspect(cfg, &source).await?;
+    let (source_size, tools, versions) = inspect(task, &source).await?;
     let keys = storage.keys(capture.source.label(), &task.name, task.attempt);
     let format = capture.format();
     task.progress.started(Facts {
@@ -39,8 +40,8 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         tool_versions: versions.clone(),
     });
     let files = match capture.jobs {
-        None => vec![dump_custom(task, &source, &keys).await?],
-        Some(jobs) => parallel::dump(task, pg_dump(cfg, &source), jobs, &keys).await?,
+        None => vec![dump_custom(task, tools, &source, &keys).await?],
+        Some(jobs) => parallel::dump(task, pg_dump(cfg, tools, &source), jobs, &keys).await?,
     };
     let manifest = Manifest::new(&task.name, capture.source.label(), format, source_size, &versions, files);
     let checksum = store_manifest(task, &keys, &manifest).await?;
@@ -70,18 +71,23 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
     }
 }
 
-/// The source's size and the versions involved, recorded with the backup.
-async fn inspect(cfg: &Config, source: &Conn) -> Result<(i64, serde_json::Value)> {
+/// The source's size, the tools that fit its server, and the versions
+/// involved, recorded with the backup.
+async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, serde_json::Value)> {
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 = src.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
-    let pg_dump = Tool::PgDump.version(cfg).await?;
-    Ok((size, serde_json::json!({ "pg_dump": pg_dump, "server": server, "agent": env!("CARGO_PKG_VERSION") })))
+    let major = bins::server_major(&src).await?;
+    let tools = task.ctx.bins.pick("pg_dump", &[Need::Server("this server", major)])?;
+    task.progress.say(Level::Info, format!("PostgreSQL {server}: {}", tools.used()));
+    let versions =
+        serde_json::json!({ "pg_dump": tools.version, "server": server, "agent": env!("CARGO_PKG_VERSION") });
+    Ok((size, tools, versions))
 }
 
 /// pg_dump with Heroku's flags plus ours, for either format.
-pub fn pg_dump(cfg: &Config, source: &Conn) -> ToolCommand {
-    let mut c = ToolCommand::new(cfg, Tool::PgDump, source);
+pub fn pg_dump(cfg: &Config, tools: &Tools, source: &Conn) -> ToolCommand {
+    let mut c = ToolCommand::new(tools, Tool::PgDump, source);
     c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--verbose", "--compress=0"]);
     for s in &cfg.exclude_schema {
         c.arg(format!("--exclude-schema={s}"));
@@ -95,7 +101,7 @@ pub fn pg_dump(cfg: &Config, source: &Conn) -> ToolCommand {
 /// `pg_dump -Fc`, its stdout compressed on all cores into one upload. The
 /// first of the three to fail stops the others: a storage error ends the
 /// upload, the compressor's next send fails, and pg_dump gets a broken pipe.
-async fn dump_custom(task: &Task, source: &Conn, keys: &Keys) -> Result<FileEntry> {
+async fn dump_custom(task: &Task, tools: &Tools, source: &Conn, keys: &Keys) -> Result<FileEntry> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     task.progress.say(
@@ -103,7 +109,7 @@ async fn dump_custom(task: &Task, source: &Conn, keys: &Keys) -> Result<FileEntr
         format!("custom format, compressed by the agent with zstd level {} on all cores", cfg.compression_level),
     );
     let key = keys.dump();
-    let mut cmd = pg_dump(cfg, source);
+    let mut cmd = pg_dump(cfg, tools, source);
     cmd.arg("--format=custom").stdout_piped();
     let mut dump = cmd.spawn(task.progress.tool_output())?;
     let stdout = SyncIoBridge::new(dump.take_stdout());

@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
+use crate::pg::bins::{self, Need, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::target;
 use crate::pg::tool::{Tool, ToolCommand};
@@ -44,6 +45,13 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     snap_conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let snapshot: String = snap_conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
     let tables = big_tables(&snap_conn).await?;
+    // pg_dump's archive goes into pg_restore: one set of tools for both ends.
+    let needs = [
+        Need::Server("the source", bins::server_major(&snap_conn).await?),
+        Need::Server("the target", target::server_major(cfg).await?),
+    ];
+    let tools = task.ctx.bins.pick("pg_dump", &needs)?;
+    task.progress.say(Level::Info, tools.used());
     task.progress.say(
         Level::Info,
         format!(
@@ -54,7 +62,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
         ),
     );
     target::recreate(cfg, &copy.target).await?;
-    let dump = Dump { cfg, source: &source, snapshot: &snapshot, progress: &task.progress };
+    let dump = Dump { cfg, tools, source: &source, snapshot: &snapshot, progress: &task.progress };
 
     // 2. Schema.
     dump.pipe(&copy.target, &["--section=pre-data"]).await.context("copying the schema")?;
@@ -65,7 +73,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
     let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
     let streams = (0..jobs.min(tables.len()).max(1))
-        .map(|_| copy_tables(cfg, &source, &target_conn, &snapshot, queue.clone(), &task.progress));
+        .map(|_| copy_tables(tools, &source, &target_conn, &snapshot, queue.clone(), &task.progress));
     let (rest, copies) = tokio::join!(dump.pipe(&copy.target, &rest_args), futures::future::join_all(streams));
     rest.context("copying sequences, large objects and small tables")?;
     for c in copies {
@@ -75,7 +83,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 4. Indexes, constraints, triggers: pg_restore -j from a directory dump.
     let post = staging.path().join("post-data");
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
-    let mut cmd = target::pg_restore(cfg, &copy.target, Some(jobs))?;
+    let mut cmd = target::pg_restore(cfg, tools, &copy.target, Some(jobs))?;
     cmd.arg(&post);
     let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
@@ -113,7 +121,7 @@ async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
 /// goes `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
 /// COPY FROM STDIN`: libpq moves the rows, the agent only counts bytes.
 async fn copy_tables(
-    cfg: &Config,
+    tools: &Tools,
     source: &Conn,
     target: &Conn,
     snapshot: &str,
@@ -124,7 +132,7 @@ async fn copy_tables(
         let Some(table) = queue.lock().expect("queue").pop_front() else { break };
         progress.say(Level::Info, format!("copying table {table}"));
         let mut out = psql(
-            cfg,
+            tools,
             source,
             &[
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
@@ -134,7 +142,7 @@ async fn copy_tables(
             ],
         );
         out.stdout_piped();
-        let mut inn = psql(cfg, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
+        let mut inn = psql(tools, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
         inn.stdin_piped();
         let mut reader = out.spawn(progress.tool_output())?;
         let mut writer = inn.spawn(progress.tool_output())?;
@@ -150,8 +158,8 @@ async fn copy_tables(
 }
 
 /// `psql -X -q -v ON_ERROR_STOP=1 -c ...`.
-fn psql(cfg: &Config, conn: &Conn, commands: &[&str]) -> ToolCommand {
-    let mut c = ToolCommand::new(cfg, Tool::Psql, conn);
+fn psql(tools: &Tools, conn: &Conn, commands: &[&str]) -> ToolCommand {
+    let mut c = ToolCommand::new(tools, Tool::Psql, conn);
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
     for cmd in commands {
         c.arg("-c").arg(cmd);
@@ -181,6 +189,7 @@ async fn pump(
 /// pg_dump of the source at the exported snapshot.
 struct Dump<'a> {
     cfg: &'a Config,
+    tools: &'a Tools,
     source: &'a Conn,
     snapshot: &'a str,
     progress: &'a Progress,
@@ -188,7 +197,7 @@ struct Dump<'a> {
 
 impl Dump<'_> {
     fn command(&self, args: &[&str]) -> ToolCommand {
-        let mut c = ToolCommand::new(self.cfg, Tool::PgDump, self.source);
+        let mut c = ToolCommand::new(self.tools, Tool::PgDump, self.source);
         c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--compress=0"])
             .arg(format!("--snapshot={}", self.snapshot))
             .args(args);
@@ -200,7 +209,7 @@ impl Dump<'_> {
         let mut cmd = self.command(args);
         cmd.arg("--format=custom").stdout_piped();
         let mut dump = cmd.spawn(self.progress.tool_output())?;
-        let mut restore_cmd = target::pg_restore(self.cfg, target, None)?;
+        let mut restore_cmd = target::pg_restore(self.cfg, self.tools, target, None)?;
         restore_cmd.stdin_piped();
         let mut restore = restore_cmd.spawn(self.progress.tool_output())?;
         let pumped = pump(dump.take_stdout(), restore.take_stdin(), self.progress.counter());

@@ -15,6 +15,7 @@ use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::task::TaskTracker;
 
+use crate::pg::bins::{self, Need};
 use crate::pg::conn;
 use crate::pg::target;
 use crate::store::backups;
@@ -28,6 +29,13 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
+    // pg_restore reads no archive from a newer pg_dump, and talks to its server.
+    let needs = [
+        Need::Server("the target", target::server_major(cfg).await?),
+        Need::Archive(bins::archive_major(&task.ctx.bins, &archive).await?),
+    ];
+    let tools = task.ctx.bins.pick("pg_restore", &needs)?;
+    task.progress.say(Level::Info, tools.used());
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
         Level::Info,
@@ -39,7 +47,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
         ),
     );
     target::recreate(cfg, &restore.target).await?;
-    let mut cmd = target::pg_restore(cfg, &restore.target, Some(jobs))?;
+    let mut cmd = target::pg_restore(cfg, tools, &restore.target, Some(jobs))?;
     cmd.arg(&archive);
     let exit = cmd.spawn(task.progress.tool_output())?.wait().await?;
     let warnings = target::restore_warnings(&exit)?;
