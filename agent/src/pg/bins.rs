@@ -35,12 +35,14 @@ impl Tools {
         }
     }
 
-    /// `using pg_dump (PostgreSQL) 16.2 from /opt/pg16/bin`, for transfer logs.
+    /// `using PostgreSQL 16 tools from /opt/pg16/bin (pg_dump (PostgreSQL)
+    /// 16.2)`, for transfer logs.
     pub fn used(&self) -> String {
-        match &self.dir {
-            Some(d) => format!("using {} from {}", self.version, d.display()),
-            None => format!("using {} from PATH", self.version),
-        }
+        let place = match &self.dir {
+            Some(d) => d.display().to_string(),
+            None => "PATH".into(),
+        };
+        format!("using PostgreSQL {} tools from {place} ({})", self.major, self.version)
     }
 
     /// `16 (/usr/lib/postgresql/16/bin)`, for messages.
@@ -270,6 +272,7 @@ mod tests {
         let on_path = Tools { major: 16, version: String::new(), dir: None };
         assert_eq!(on_path.path("psql"), PathBuf::from("psql"));
         assert_eq!(on_path.describe(), "16 (on PATH)");
+        assert_eq!(t.used(), "using PostgreSQL 15 tools from /opt/pg15/bin (pg_dump (PostgreSQL) 15.1)");
     }
 
     #[test]
