@@ -13,8 +13,9 @@
 //!               hand back, the one writer of final status), queue (claim), report
 //!               (the lifecycle calls), progress, task, and the kinds:
 //!               capture, parallel (capture), restore, copy
-//! pg/           conn (connections), tool (pg_dump, pg_restore, psql as process
-//!               groups), target (replacing and restoring into a database)
+//! pg/           conn (connections), bins (which major's pg_dump, pg_restore and
+//!               psql a transfer runs), tool (those as process groups), target
+//!               (replacing and restoring into a database)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
 //! serve/        links: signed download links over HTTP
