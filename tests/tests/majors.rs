@@ -1,11 +1,12 @@
 //! PostgreSQL majors end to end: a PostgreSQL 16 control cluster (the
 //! extension installed into the pgserver wheel, see scripts/deps.sh), a
 //! plain PostgreSQL 15 server as a named source, and the agent given the 16
-//! tools with `--pg-bin-dir`, finding Debian's 15 ones by itself. Each
-//! transfer runs the tools of the lowest major that fits its servers: a
+//! tools with `--pg-bin-dir`, finding Debian's 15 ones by itself. Each side
+//! of a transfer runs the tools of the lowest major that fits its server: a
 //! capture of 16 with pg_dump 16, of 15 with pg_dump 15; a restore of that
-//! 15 backup and a copy from 15 into 16 with the 16 tools. Without tools new
-//! enough, a capture fails saying which major it needs.
+//! 15 backup into 16 with pg_restore 16; a copy from 15 into 16 with pg_dump
+//! 15 and pg_restore 16. Without tools new enough, a capture fails saying
+//! which major it needs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -109,11 +110,13 @@ fn a_15_backup_restores_into_16_and_a_copy_goes_from_15_to_16() {
     assert_eq!(fingerprint(&c, "staging").unwrap(), want);
     assert_eq!(c.sql("staging", "SELECT name FROM customers WHERE email = 'fifteen@example.com'").unwrap(), "only in 15");
 
-    // Copied from 15 into 16: tools that fit both ends, the 16 ones.
+    // Copied from 15 into 16: pg_dump 15 (the source's), pg_restore 16.
     create_db(&c, "copied", "CREATE TABLE leftovers (x int)").unwrap();
     let k = c.sql("postgres", "SELECT backups.copy('old', 'copied', 'copied')").unwrap();
     assert_eq!(wait(&c, &k, PATIENCE).unwrap(), "completed", "{}\n{}", log_of(&c, &k), agent.log_text());
-    assert!(log_of(&c, &k).contains("using PostgreSQL 16 tools"), "{}", log_of(&c, &k));
+    let log = log_of(&c, &k);
+    assert!(log.contains(&format!("source: using PostgreSQL 15 tools from {PG_BIN}")), "{log}");
+    assert!(log.contains(&format!("target: using PostgreSQL 16 tools from {}", bin16.display())), "{log}");
     assert_eq!(fingerprint(&c, "copied").unwrap(), want);
 }
 

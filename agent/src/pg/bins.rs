@@ -3,8 +3,10 @@
 //! pg_restore reads no archive from a newer pg_dump. The agent knows one bin
 //! directory per PostgreSQL major (`--pg-bin-dir`, then
 //! `/usr/lib/postgresql/*/bin`, then PATH), learns each one's major once at
-//! start-up, and gives a transfer the lowest major that is at least every
-//! server (and archive) it touches.
+//! start-up, and gives each side of a transfer the lowest major that is at
+//! least its server's: a capture's pg_dump the source's; a restore's
+//! pg_restore the target's and that of the pg_dump that wrote the archive; a
+//! copy, a capture and a restore without storage, both.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ pub enum Need {
     /// A server the tools connect to, named for messages ("this server",
     /// "the source", "the target").
     Server(&'static str, u32),
-    /// An archive written by pg_dump of this major.
+    /// An archive written by pg_dump of this major, for pg_restore.
     Archive(u32),
 }
 
@@ -76,7 +78,7 @@ impl fmt::Display for Need {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Need::Server(what, m) => write!(f, "{what} is PostgreSQL {m}"),
-            Need::Archive(m) => write!(f, "the backup was written by pg_dump {m}"),
+            Need::Archive(m) => write!(f, "the archive is from pg_dump {m}"),
         }
     }
 }
@@ -143,9 +145,33 @@ impl Bins {
         self.found.last().expect("discover finds at least one")
     }
 
+    /// A capture's: pg_dump for the source's server.
+    pub fn for_capture(&self, server: u32) -> Result<&Tools> {
+        self.pick("pg_dump", &[Need::Server("this server", server)])
+    }
+
+    /// A restore's: pg_restore for the target's server and for the archive,
+    /// written by pg_dump of major `archive`.
+    pub fn for_restore(&self, target: u32, archive: u32) -> Result<&Tools> {
+        self.pick("pg_restore", &[Need::Server("the target", target), Need::Archive(archive)])
+    }
+
+    /// A copy's, as a capture then a restore: the source side's (pg_dump,
+    /// psql COPY TO) for the source's server, and the target side's
+    /// (pg_restore, psql COPY FROM) for the target's server and for the
+    /// archive that pg_dump writes. The pg_dump of the source's own major is
+    /// the one that knows its catalog: a newer major's pg_dump of an older
+    /// minor can misread it (15.20 keeps a `pg_attver` column option that
+    /// pg_dump 16.2 dumps as one the server refuses).
+    pub fn for_copy(&self, source: u32, target: u32) -> Result<(&Tools, &Tools)> {
+        let dump = self.pick("pg_dump", &[Need::Server("the source", source)])?;
+        let restore = self.pick("pg_restore", &[Need::Server("the target", target), Need::Archive(dump.major)])?;
+        Ok((dump, restore))
+    }
+
     /// The tools of the lowest major that meets every need; `program` (the
     /// one that would refuse) names them in the error.
-    pub fn pick(&self, program: &str, needs: &[Need]) -> Result<&Tools> {
+    fn pick(&self, program: &str, needs: &[Need]) -> Result<&Tools> {
         let need = needs.iter().map(|n| n.major()).max().unwrap_or(0);
         if let Some(t) = self.found.iter().find(|t| t.major >= need) {
             return Ok(t);
@@ -248,15 +274,24 @@ mod tests {
     #[test]
     fn the_lowest_major_at_least_every_need_is_picked() {
         let bins = Bins::new(vec![tools(17, "/b17"), tools(15, "/b15"), tools(16, "/b16")]);
-        let pick = |needs: &[Need]| bins.pick("pg_dump", needs).map(|t| t.major).map_err(|e| e.to_string());
-        assert_eq!(pick(&[Need::Server("this server", 15)]), Ok(15));
-        assert_eq!(pick(&[Need::Server("this server", 16)]), Ok(16));
+        let capture = |server| bins.for_capture(server).map(|t| t.major).map_err(|e| e.to_string());
+        assert_eq!(capture(15), Ok(15));
+        assert_eq!(capture(16), Ok(16));
         // Older servers get the oldest tools that can talk to them.
-        assert_eq!(pick(&[Need::Server("this server", 13)]), Ok(15));
-        // A copy: both ends; a restore: the target and the archive's writer.
-        assert_eq!(pick(&[Need::Server("the source", 15), Need::Server("the target", 16)]), Ok(16));
-        assert_eq!(pick(&[Need::Server("the source", 17), Need::Server("the target", 15)]), Ok(17));
-        assert_eq!(pick(&[Need::Server("the target", 15), Need::Archive(16)]), Ok(16));
+        assert_eq!(capture(13), Ok(15));
+        // A restore: the target, and the pg_dump that wrote the archive.
+        let restore = |target, archive| bins.for_restore(target, archive).map(|t| t.major).map_err(|e| e.to_string());
+        assert_eq!(restore(16, 15), Ok(16));
+        assert_eq!(restore(15, 16), Ok(16));
+        assert_eq!(restore(14, 13), Ok(15));
+        // A copy: pg_dump for the source; pg_restore for the target and that pg_dump.
+        let copy = |source, target| {
+            bins.for_copy(source, target).map(|(d, r)| (d.major, r.major)).map_err(|e| e.to_string())
+        };
+        assert_eq!(copy(15, 16), Ok((15, 16)));
+        assert_eq!(copy(16, 15), Ok((16, 16)));
+        assert_eq!(copy(17, 17), Ok((17, 17)));
+        assert_eq!(copy(13, 14), Ok((15, 15)));
         assert_eq!(bins.newest().major, 17);
     }
 
@@ -265,7 +300,7 @@ mod tests {
         // --pg-bin-dir first, then the scan, then PATH.
         let path = Tools { major: 15, version: "pg_dump (PostgreSQL) 15.9".into(), dir: None };
         let bins = Bins::new(vec![tools(15, "/opt/pg15/bin"), tools(15, "/usr/lib/postgresql/15/bin"), path]);
-        let t = bins.pick("pg_dump", &[Need::Server("this server", 15)]).unwrap();
+        let t = bins.for_capture(15).unwrap();
         assert_eq!(t.dir.as_deref(), Some(Path::new("/opt/pg15/bin")));
         assert_eq!(bins.describe(), "15 (/opt/pg15/bin)");
         assert_eq!(t.path("pg_restore"), PathBuf::from("/opt/pg15/bin/pg_restore"));
@@ -278,22 +313,21 @@ mod tests {
     #[test]
     fn none_fitting_names_what_is_needed_and_what_was_found() {
         let bins = Bins::new(vec![tools(15, "/usr/lib/postgresql/15/bin")]);
-        let e = bins.pick("pg_dump", &[Need::Server("this server", 16)]).unwrap_err().to_string();
+        let e = bins.for_capture(16).unwrap_err().to_string();
         assert_eq!(
             e,
             "this server is PostgreSQL 16; pg_dump 16 or newer is needed, found 15 (/usr/lib/postgresql/15/bin); \
              add its bin directory with --pg-bin-dir"
         );
-        let e = bins
-            .pick("pg_restore", &[Need::Server("the target", 15), Need::Archive(17)])
-            .unwrap_err()
-            .to_string();
+        let e = bins.for_restore(15, 17).unwrap_err().to_string();
         assert!(
-            e.starts_with(
-                "the target is PostgreSQL 15 and the backup was written by pg_dump 17; pg_restore 17 or newer is needed"
-            ),
+            e.starts_with("the target is PostgreSQL 15 and the archive is from pg_dump 17; pg_restore 17 or newer is needed"),
             "{e}"
         );
+        let e = bins.for_copy(15, 16).unwrap_err().to_string();
+        assert!(e.starts_with("the target is PostgreSQL 16 and the archive is from pg_dump 15; pg_restore 16"), "{e}");
+        let e = bins.for_copy(16, 15).unwrap_err().to_string();
+        assert!(e.starts_with("the source is PostgreSQL 16; pg_dump 16 or newer is needed"), "{e}");
     }
 
     #[test]

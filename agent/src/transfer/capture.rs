@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
 use crate::config::Config;
-use crate::pg::bins::{self, Need, Tools};
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::store::layout::{Format, Keys};
@@ -78,7 +78,7 @@ async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, s
     let size: i64 = src.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
     let major = bins::server_major(&src).await?;
-    let tools = task.ctx.bins.pick("pg_dump", &[Need::Server("this server", major)])?;
+    let tools = task.ctx.bins.for_capture(major)?;
     task.progress.say(Level::Info, format!("PostgreSQL {server}: {}", tools.used()));
     let versions =
         serde_json::json!({ "pg_dump": tools.version, "server": server, "agent": env!("CARGO_PKG_VERSION") });

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::pg::bins::{self, Need, Tools};
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::target;
 use crate::pg::tool::{Tool, ToolCommand};
@@ -32,6 +32,14 @@ use crate::transfer::task::Task;
 
 /// Tables smaller than this go through pg_dump with the rest of the data.
 const PARALLEL_TABLE_MIN_BYTES: i64 = 1 << 20;
+
+/// The tools each side runs: pg_dump and psql COPY TO on the source,
+/// pg_restore and psql COPY FROM on the target.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    source: &'a Tools,
+    target: &'a Tools,
+}
 
 pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
@@ -45,13 +53,12 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     snap_conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let snapshot: String = snap_conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
     let tables = big_tables(&snap_conn).await?;
-    // pg_dump's archive goes into pg_restore: one set of tools for both ends.
-    let needs = [
-        Need::Server("the source", bins::server_major(&snap_conn).await?),
-        Need::Server("the target", target::server_major(cfg).await?),
-    ];
-    let tools = task.ctx.bins.pick("pg_dump", &needs)?;
-    task.progress.say(Level::Info, tools.used());
+    // The source side's tools fit the source; the target side's fit the
+    // target and read what the source side's pg_dump writes.
+    let source_major = bins::server_major(&snap_conn).await?;
+    let (source_tools, target_tools) = task.ctx.bins.for_copy(source_major, target::server_major(cfg).await?)?;
+    task.progress.say(Level::Info, format!("source: {}", source_tools.used()));
+    task.progress.say(Level::Info, format!("target: {}", target_tools.used()));
     task.progress.say(
         Level::Info,
         format!(
@@ -62,6 +69,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
         ),
     );
     target::recreate(cfg, &copy.target).await?;
+    let tools = Sides { source: source_tools, target: target_tools };
     let dump = Dump { cfg, tools, source: &source, snapshot: &snapshot, progress: &task.progress };
 
     // 2. Schema.
@@ -83,7 +91,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 4. Indexes, constraints, triggers: pg_restore -j from a directory dump.
     let post = staging.path().join("post-data");
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
-    let mut cmd = target::pg_restore(cfg, tools, &copy.target, Some(jobs))?;
+    let mut cmd = target::pg_restore(cfg, tools.target, &copy.target, Some(jobs))?;
     cmd.arg(&post);
     let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
@@ -121,7 +129,7 @@ async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
 /// goes `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
 /// COPY FROM STDIN`: libpq moves the rows, the agent only counts bytes.
 async fn copy_tables(
-    tools: &Tools,
+    tools: Sides<'_>,
     source: &Conn,
     target: &Conn,
     snapshot: &str,
@@ -132,7 +140,7 @@ async fn copy_tables(
         let Some(table) = queue.lock().expect("queue").pop_front() else { break };
         progress.say(Level::Info, format!("copying table {table}"));
         let mut out = psql(
-            tools,
+            tools.source,
             source,
             &[
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
@@ -142,7 +150,7 @@ async fn copy_tables(
             ],
         );
         out.stdout_piped();
-        let mut inn = psql(tools, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
+        let mut inn = psql(tools.target, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
         inn.stdin_piped();
         let mut reader = out.spawn(progress.tool_output())?;
         let mut writer = inn.spawn(progress.tool_output())?;
@@ -189,7 +197,7 @@ async fn pump(
 /// pg_dump of the source at the exported snapshot.
 struct Dump<'a> {
     cfg: &'a Config,
-    tools: &'a Tools,
+    tools: Sides<'a>,
     source: &'a Conn,
     snapshot: &'a str,
     progress: &'a Progress,
@@ -197,7 +205,7 @@ struct Dump<'a> {
 
 impl Dump<'_> {
     fn command(&self, args: &[&str]) -> ToolCommand {
-        let mut c = ToolCommand::new(self.tools, Tool::PgDump, self.source);
+        let mut c = ToolCommand::new(self.tools.source, Tool::PgDump, self.source);
         c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--compress=0"])
             .arg(format!("--snapshot={}", self.snapshot))
             .args(args);
@@ -209,7 +217,7 @@ impl Dump<'_> {
         let mut cmd = self.command(args);
         cmd.arg("--format=custom").stdout_piped();
         let mut dump = cmd.spawn(self.progress.tool_output())?;
-        let mut restore_cmd = target::pg_restore(self.cfg, self.tools, target, None)?;
+        let mut restore_cmd = target::pg_restore(self.cfg, self.tools.target, target, None)?;
         restore_cmd.stdin_piped();
         let mut restore = restore_cmd.spawn(self.progress.tool_output())?;
         let pumped = pump(dump.take_stdout(), restore.take_stdin(), self.progress.counter());

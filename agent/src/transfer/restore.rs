@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::task::TaskTracker;
 
-use crate::pg::bins::{self, Need};
+use crate::pg::bins;
 use crate::pg::conn;
 use crate::pg::target;
 use crate::store::backups;
@@ -30,11 +30,9 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
     // pg_restore reads no archive from a newer pg_dump, and talks to its server.
-    let needs = [
-        Need::Server("the target", target::server_major(cfg).await?),
-        Need::Archive(bins::archive_major(&task.ctx.bins, &archive).await?),
-    ];
-    let tools = task.ctx.bins.pick("pg_restore", &needs)?;
+    let target_major = target::server_major(cfg).await?;
+    let archive_major = bins::archive_major(&task.ctx.bins, &archive).await?;
+    let tools = task.ctx.bins.for_restore(target_major, archive_major)?;
     task.progress.say(Level::Info, tools.used());
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
