@@ -68,10 +68,7 @@ fn a_capture_of_a_16_database_uses_pg_dump_16_and_restores() {
     }
     // Both majors were found: 16 given, 15 from /usr/lib/postgresql.
     let log = agent.log_text();
-    assert!(
-        log.contains(&format!("PostgreSQL client tools found: 15 ({PG_BIN}), 16 ({})", bin16.display())),
-        "{log}"
-    );
+    assert!(log.contains(&format!("PostgreSQL client tools found: 15 ({PG_BIN}), 16 ({})", bin16.display())), "{log}");
 }
 
 #[test]
@@ -108,7 +105,10 @@ fn a_15_backup_restores_into_16_and_a_copy_goes_from_15_to_16() {
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}\n{}", log_of(&c, &r), agent.log_text());
     assert!(log_of(&c, &r).contains("using PostgreSQL 16 tools"), "{}", log_of(&c, &r));
     assert_eq!(fingerprint(&c, "staging").unwrap(), want);
-    assert_eq!(c.sql("staging", "SELECT name FROM customers WHERE email = 'fifteen@example.com'").unwrap(), "only in 15");
+    assert_eq!(
+        c.sql("staging", "SELECT name FROM customers WHERE email = 'fifteen@example.com'").unwrap(),
+        "only in 15"
+    );
 
     // Copied from 15 into 16: pg_dump 15 (the source's), pg_restore 16.
     create_db(&c, "copied", "CREATE TABLE leftovers (x int)").unwrap();

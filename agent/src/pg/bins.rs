@@ -198,7 +198,8 @@ fn scan(root: &Path) -> Vec<PathBuf> {
 async fn probe(dir: Option<PathBuf>) -> Result<Tools> {
     let tools = Tools { major: 0, version: String::new(), dir };
     let path = tools.path("pg_dump");
-    let out = Command::new(&path).arg("--version").output().await.with_context(|| format!("running {}", path.display()))?;
+    let out =
+        Command::new(&path).arg("--version").output().await.with_context(|| format!("running {}", path.display()))?;
     if !out.status.success() {
         bail!("{} --version failed ({})", path.display(), out.status);
     }
@@ -285,9 +286,8 @@ mod tests {
         assert_eq!(restore(15, 16), Ok(16));
         assert_eq!(restore(14, 13), Ok(15));
         // A copy: pg_dump for the source; pg_restore for the target and that pg_dump.
-        let copy = |source, target| {
-            bins.for_copy(source, target).map(|(d, r)| (d.major, r.major)).map_err(|e| e.to_string())
-        };
+        let copy =
+            |source, target| bins.for_copy(source, target).map(|(d, r)| (d.major, r.major)).map_err(|e| e.to_string());
         assert_eq!(copy(15, 16), Ok((15, 16)));
         assert_eq!(copy(16, 15), Ok((16, 16)));
         assert_eq!(copy(17, 17), Ok((17, 17)));
@@ -321,7 +321,9 @@ mod tests {
         );
         let e = bins.for_restore(15, 17).unwrap_err().to_string();
         assert!(
-            e.starts_with("the target is PostgreSQL 15 and the archive is from pg_dump 17; pg_restore 17 or newer is needed"),
+            e.starts_with(
+                "the target is PostgreSQL 15 and the archive is from pg_dump 17; pg_restore 17 or newer is needed"
+            ),
             "{e}"
         );
         let e = bins.for_copy(15, 16).unwrap_err().to_string();

@@ -150,7 +150,8 @@ async fn copy_tables(
             ],
         );
         out.stdout_piped();
-        let mut inn = psql(tools.target, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
+        let mut inn =
+            psql(tools.target, target, &["SET synchronous_commit = off", &format!("COPY {table} FROM STDIN")]);
         inn.stdin_piped();
         let mut reader = out.spawn(progress.tool_output())?;
         let mut writer = inn.spawn(progress.tool_output())?;
