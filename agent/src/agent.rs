@@ -30,7 +30,6 @@ use crate::transfer::{queue, supervisor};
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
     let bins = Bins::discover(&cfg.pg_bin_dir).await?;
-    tracing::info!("PostgreSQL client tools found: {}", bins.describe());
     let staging = StagingArea::claim(&cfg.staging_dir, &cfg.agent_id);
     let ctx = Arc::new(Ctx { cfg, storage, staging, bins });
     let url = ctx.cfg.store.database_url.clone();
@@ -56,6 +55,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (purge_wake, purge_woken) = watch::channel(());
     background.spawn(purge::run(url.clone(), ctx.storage.clone(), purge_woken, shutdown.clone()));
     tracing::info!(agent = %agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
+    tracing::info!("PostgreSQL client tools found: {}", ctx.bins.describe());
 
     let (events, _) = broadcast::channel::<String>(256);
     let mut listener = listen(&url, events.clone()).await.ok();
