@@ -15,7 +15,7 @@ PGRX_DATA  ?= /tmp/pgrx-data
 PGRX_DATA16 ?= /tmp/pgrx-data16
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test e2e lint demo demo-stop bench clean
+.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench clean
 
 all: build
 
@@ -33,8 +33,9 @@ install: build
 		(cd extension && cargo pgrx install --release --pg-config $(PG16_BIN)/pg_config)
 	install -m 0755 target/release/pgbackups $(PREFIX)/bin/pgbackups
 
-# Every tier: unit, in-database (pgrx), end-to-end; then lints.
-test: deps unit pgrx-test install e2e lint
+# Every tier: unit, in-database (pgrx), the other majors type-checked,
+# end-to-end; then lints.
+test: deps unit pgrx-test check-majors install e2e lint
 
 unit:
 	cargo test -p pgbackups-core -p pgbackups
@@ -43,6 +44,10 @@ unit:
 pgrx-test:
 	cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_DATA)
 	cd extension && cargo pgrx test pg16 --runas postgres --pgdata $(PGRX_DATA16)
+
+# The extension type-checked for 13, 14 and 17, which have no headers here.
+check-majors:
+	bash scripts/check-majors.sh
 
 e2e:
 	PGBACKUPS_BIN=$(CURDIR)/target/release/pgbackups cargo test --release -p pgbackups-e2e
