@@ -1,12 +1,21 @@
 # pg_backups: make demo | make test | make install | make bench
 # Every target installs what it needs first (scripts/deps.sh, idempotent).
 
+# The PostgreSQL the extension is installed into: any major from 13 to 17
+# (cargo pgrx builds the feature pgNN that this pg_config's version names).
 PG_CONFIG  ?= /usr/lib/postgresql/15/bin/pg_config
+# PostgreSQL 16 for the tests, from PyPI's pgserver wheel, installed by
+# scripts/deps.sh into $(PG16_WHEEL); the e2e tests find it by $PG16_BIN
+# (their default is the same path: tests/src/cluster.rs).
+PG16_WHEEL ?= /opt/pgbackups/pg16-wheel
+PG16_BIN   := $(PG16_WHEEL)/pgserver/pginstall/bin
+export PG16_WHEEL PG16_BIN
 PREFIX     ?= /usr/local
 PGRX_DATA  ?= /tmp/pgrx-data
+PGRX_DATA16 ?= /tmp/pgrx-data16
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test e2e lint demo demo-stop bench clean
+.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench clean
 
 all: build
 
@@ -16,19 +25,29 @@ deps:
 build: deps
 	cargo build --release -p pgbackups -p pgbackups-e2e
 
-# The extension into the system PostgreSQL 15, the agent into $(PREFIX)/bin.
+# The extension into the PostgreSQL of $(PG_CONFIG) (the system's 15 by
+# default) and into the test PostgreSQL 16, the agent into $(PREFIX)/bin.
 install: build
 	cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG)
+	[ "$(realpath $(PG_CONFIG))" = "$(realpath $(PG16_BIN)/pg_config)" ] || \
+		(cd extension && cargo pgrx install --release --pg-config $(PG16_BIN)/pg_config)
 	install -m 0755 target/release/pgbackups $(PREFIX)/bin/pgbackups
 
-# Every tier: unit, in-database (pgrx), end-to-end; then lints.
-test: deps unit pgrx-test install e2e lint
+# Every tier: unit, in-database (pgrx), the other majors type-checked,
+# end-to-end; then lints.
+test: deps unit pgrx-test check-majors install e2e lint
 
 unit:
 	cargo test -p pgbackups-core -p pgbackups
 
+# The in-database tests on PostgreSQL 15 and on 16.
 pgrx-test:
 	cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_DATA)
+	cd extension && cargo pgrx test pg16 --runas postgres --pgdata $(PGRX_DATA16)
+
+# The extension type-checked for 13, 14 and 17, which have no headers here.
+check-majors:
+	bash scripts/check-majors.sh
 
 e2e:
 	PGBACKUPS_BIN=$(CURDIR)/target/release/pgbackups cargo test --release -p pgbackups-e2e

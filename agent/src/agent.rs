@@ -17,8 +17,8 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::Config;
 use crate::ctx::Ctx;
+use crate::pg::bins::Bins;
 use crate::pg::conn;
-use crate::pg::tool::Tool;
 use crate::serve::links;
 use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
@@ -29,9 +29,9 @@ use crate::transfer::{queue, supervisor};
 
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
+    let bins = Bins::discover(&cfg.pg_bin_dir).await?;
     let staging = StagingArea::claim(&cfg.staging_dir, &cfg.agent_id);
-    let ctx = Arc::new(Ctx { cfg, storage, staging });
-    Tool::PgDump.version(&ctx.cfg).await?;
+    let ctx = Arc::new(Ctx { cfg, storage, staging, bins });
     let url = ctx.cfg.store.database_url.clone();
     let mut control =
         conn::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
@@ -55,6 +55,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (purge_wake, purge_woken) = watch::channel(());
     background.spawn(purge::run(url.clone(), ctx.storage.clone(), purge_woken, shutdown.clone()));
     tracing::info!(agent = %agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
+    tracing::info!("PostgreSQL client tools found: {}", ctx.bins.describe());
 
     let (events, _) = broadcast::channel::<String>(256);
     let mut listener = listen(&url, events.clone()).await.ok();

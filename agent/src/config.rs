@@ -74,9 +74,13 @@ pub struct AgentOptions {
     /// Local directory for files in flight (parallel dumps, restores).
     #[arg(long, env = "PGBACKUPS_STAGING_DIR")]
     pub staging_dir: Option<PathBuf>,
-    /// Directory holding pg_dump, pg_restore and psql (default: PATH).
-    #[arg(long, env = "PGBACKUPS_PG_BIN_DIR")]
-    pub pg_bin_dir: Option<PathBuf>,
+    /// A directory holding pg_dump, pg_restore and psql of one PostgreSQL major
+    /// (repeatable, one per major); /usr/lib/postgresql/*/bin and PATH are
+    /// searched after them, and each transfer takes the lowest major that
+    /// is at least its servers'.
+    #[arg(long, env = "PGBACKUPS_PG_BIN_DIR", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub pg_bin_dir: Vec<PathBuf>,
     /// zstd compression level (1-19).
     #[arg(long, env = "PGBACKUPS_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
@@ -161,7 +165,7 @@ pub struct Config {
     pub max_concurrent: usize,
     pub agent_id: String,
     pub staging_dir: PathBuf,
-    pub pg_bin_dir: Option<PathBuf>,
+    pub pg_bin_dir: Vec<PathBuf>,
     pub compression_level: i32,
     pub exclude_schema: Vec<String>,
     pub shutdown_grace: Duration,
@@ -259,6 +263,24 @@ fn link_secret(value: Option<String>, file: Option<&Path>) -> Result<String> {
     Ok(secret)
 }
 
+/// A list, or one value alone (`pg_bin_dir = "/usr/lib/postgresql/16/bin"`).
+fn one_or_many<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// The TOML file as a table (empty without one), refusing keys that no
 /// option has.
 fn read_file(path: Option<&Path>) -> Result<toml::Table> {
@@ -303,6 +325,7 @@ mod tests {
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let (_f, c) = file(
             "database_url = \"postgres://file/postgres\"\nmax_concurrent = 5\ncompression_level = 7\n\
+             pg_bin_dir = [\"/opt/pg16/bin\", \"/opt/pg17/bin\"]\n\
              [sources.replica]\nurl = \"postgres://replica/app\"\n[storage_options]\nregion = \"eu-west-3\"\n",
         );
         let store = StoreOptions { database_url: Some("postgres://flag/postgres".into()), ..Default::default() };
@@ -315,6 +338,13 @@ mod tests {
         assert_eq!(cfg.sources["replica"].url, "postgres://replica/app");
         assert_eq!(cfg.store.storage_options["region"], "eu-west-3");
         assert!(cfg.listen.is_none());
+        assert_eq!(cfg.pg_bin_dir, [PathBuf::from("/opt/pg16/bin"), PathBuf::from("/opt/pg17/bin")]);
+        // A flag replaces the file's list; one directory alone is a list of one.
+        let flagged = AgentOptions { pg_bin_dir: vec![PathBuf::from("/x/bin")], ..Default::default() };
+        assert_eq!(Config::load(&c, &store, &flagged).unwrap().pg_bin_dir, [PathBuf::from("/x/bin")]);
+        let (_g, one) = file("database_url = \"x\"\npg_bin_dir = \"/usr/lib/postgresql/16/bin\"\n");
+        let cfg = Config::load(&one, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        assert_eq!(cfg.pg_bin_dir, [PathBuf::from("/usr/lib/postgresql/16/bin")]);
         // download reads the same file, taking only what it uses.
         let s = StoreConfig::load(&c, &StoreOptions::default()).unwrap();
         assert_eq!(s.database_url, "postgres://file/postgres");

@@ -1,7 +1,8 @@
-//! What every part of a running agent shares: its settings, its storage and
-//! its staging area.
+//! What every part of a running agent shares: its settings, its storage, its
+//! staging area and the PostgreSQL tools it found.
 
 use crate::config::Config;
+use crate::pg::bins::Bins;
 use crate::staging::StagingArea;
 use crate::store::storage::Storage;
 
@@ -9,4 +10,5 @@ pub struct Ctx {
     pub cfg: Config,
     pub storage: Storage,
     pub staging: StagingArea,
+    pub bins: Bins,
 }

@@ -15,10 +15,11 @@
 //!               capture, parallel (capture), restore (remote: what a restore
 //!               from a URL may fetch), copy
 //! pg/           conn (connections), tls (libpq's sslmode and certificates over
-//!               rustls), tool (pg_dump, pg_restore, psql as process groups),
-//!               target (replacing a database, applying an archive as its owner),
-//!               applier (the throwaway login that applies it), archive (the
-//!               extensions an archive names)
+//!               rustls), bins (which major's pg_dump, pg_restore and psql a
+//!               transfer runs), tool (those as process groups), target (replacing
+//!               a database, applying an archive as its owner), applier (the
+//!               throwaway login that applies it), archive (the extensions an
+//!               archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
 //! serve/        links: signed download links over HTTP

@@ -1,9 +1,10 @@
-//! A throwaway Postgres 15 cluster: initdb into a temporary directory owned
-//! by an unprivileged user (initdb and postgres refuse to run as root), a
-//! free port on loopback, `shared_preload_libraries = 'pg_backups'`, trust
-//! authentication for local connections (over TLS only, if asked).
-//! Dropping a `Cluster` stops it and removes its directory, also when a
-//! test panics.
+//! A throwaway Postgres cluster (Debian's 15 unless told another major's
+//! binaries): initdb into a temporary directory owned by an unprivileged
+//! user (initdb and postgres refuse to run as root), a free port on
+//! loopback, `shared_preload_libraries = 'pg_backups'` (or a plain server,
+//! for a source that needs no extension), trust authentication for local
+//! connections (over TLS only, if asked). Dropping a `Cluster` stops it and
+//! removes its directory, also when a test panics.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,21 @@ use anyhow::{bail, Context, Result};
 /// Where Debian's postgresql-15 puts the server binaries.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// Where scripts/deps.sh puts PostgreSQL 16 (PyPI's pgserver wheel), unless
+/// `$PG16_BIN` says otherwise (the Makefile passes its own).
+pub const PG16_BIN: &str = "/opt/pgbackups/pg16-wheel/pgserver/pginstall/bin";
+
+/// PostgreSQL 16's binaries: `$PG16_BIN`, or [`PG16_BIN`].
+pub fn pg16_bin() -> PathBuf {
+    std::env::var_os("PG16_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(PG16_BIN))
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The directory of its server binaries (and of the client tools the
+    /// harness runs against it).
+    pub bin: PathBuf,
     /// Leave the cluster running and its files in place when dropped.
     pub keep: bool,
 }
@@ -64,8 +77,14 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra postgresql.conf lines.
     pub fn start_with(conf: &[&str]) -> Result<Self> {
+        Self::start_with_bin(Path::new(PG_BIN), conf)
+    }
+
+    /// Like [`Cluster::start_with`], with the server binaries in `bin` (the
+    /// extension must be installed into that PostgreSQL).
+    pub fn start_with_bin(bin: &Path, conf: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
-        let c = Self::init_at(&dir, free_port()?, conf)?;
+        let c = Self::init_with(&dir, free_port()?, bin, true, conf)?;
         c.start_server()?;
         c.sql("postgres", "CREATE EXTENSION pg_backups")?;
         Ok(c)
@@ -114,16 +133,32 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A plain server from the binaries in `bin`, without the extension:
+    /// a source or target the agent reaches by URL, which needs nothing
+    /// installed into that PostgreSQL.
+    pub fn start_plain(bin: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("pgbackups-cluster-").tempdir()?.keep();
+        let c = Self::init_with(&dir, free_port()?, bin, false, &[])?;
+        c.start_server()?;
+        Ok(c)
+    }
+
     /// Initialise a cluster in `dir` (created if missing, must be empty).
     pub fn init_at(dir: &Path, port: u16, conf: &[&str]) -> Result<Self> {
+        Self::init_with(dir, port, Path::new(PG_BIN), true, conf)
+    }
+
+    /// Initialise a cluster in `dir` with the binaries in `bin`, the
+    /// extension preloaded or not.
+    fn init_with(dir: &Path, port: u16, bin: &Path, extension: bool, conf: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         if let Some(user) = run_as() {
             check("chown", Command::new("chown").args(["-R", user]).arg(dir).output()?)?;
         }
-        let c = Cluster { dir: dir.to_path_buf(), port, keep: false };
+        let c = Cluster { dir: dir.to_path_buf(), port, bin: bin.to_path_buf(), keep: false };
         check(
             "initdb",
-            command(&format!("{PG_BIN}/initdb"))
+            command(&c.program("initdb"))
                 .arg("-D")
                 .arg(c.data())
                 .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
@@ -133,11 +168,13 @@ impl Cluster {
             format!("port = {port}"),
             "listen_addresses = '127.0.0.1'".into(),
             format!("unix_socket_directories = '{}'", dir.display()),
-            "shared_preload_libraries = 'pg_backups'".into(),
-            "backups.database_name = 'postgres'".into(),
             "fsync = off".into(),
             "log_min_messages = info".into(),
         ];
+        if extension {
+            settings.push("shared_preload_libraries = 'pg_backups'".into());
+            settings.push("backups.database_name = 'postgres'".into());
+        }
         settings.extend(conf.iter().map(|s| s.to_string()));
         let conf_path = c.data().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path)?;
@@ -148,15 +185,26 @@ impl Cluster {
         Ok(c)
     }
 
-    /// An existing cluster directory, for `pgbackups-cluster stop`.
+    /// An existing cluster directory, for `pgbackups-cluster stop`: the
+    /// binaries of its major (Debian's, or PostgreSQL 16's).
     pub fn open(dir: &Path) -> Result<Self> {
+        let major = std::fs::read_to_string(dir.join("data/PG_VERSION")).context("not a cluster directory")?;
+        let bin = match major.trim() {
+            "16" if !Path::new("/usr/lib/postgresql/16/bin/postgres").exists() => pg16_bin(),
+            m => PathBuf::from(format!("/usr/lib/postgresql/{m}/bin")),
+        };
         let conf = std::fs::read_to_string(dir.join("data/postgresql.conf")).context("not a cluster directory")?;
         let port = conf
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("port = ").and_then(|p| p.trim().parse().ok()))
             .context("no port in postgresql.conf")?;
-        Ok(Cluster { dir: dir.to_path_buf(), port, keep: true })
+        Ok(Cluster { dir: dir.to_path_buf(), port, bin, keep: true })
+    }
+
+    /// One of its PostgreSQL programs (`initdb`, `pg_ctl`, `psql`, `pg_dump`...).
+    pub fn program(&self, name: &str) -> String {
+        self.bin.join(name).display().to_string()
     }
 
     pub fn data(&self) -> PathBuf {
@@ -170,7 +218,7 @@ impl Cluster {
     pub fn start_server(&self) -> Result<()> {
         check(
             "pg_ctl start",
-            command(&format!("{PG_BIN}/pg_ctl"))
+            command(&self.program("pg_ctl"))
                 .arg("-D")
                 .arg(self.data())
                 .arg("-l")
@@ -187,7 +235,7 @@ impl Cluster {
     pub fn stop_server(&self, mode: &str) -> Result<()> {
         check(
             "pg_ctl stop",
-            command(&format!("{PG_BIN}/pg_ctl"))
+            command(&self.program("pg_ctl"))
                 .arg("-D")
                 .arg(self.data())
                 .args(["-m", mode, "-w", "stop"])
@@ -223,7 +271,7 @@ impl Cluster {
 
     /// Run SQL with psql (ON_ERROR_STOP); returns its stdout.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new("psql")
+        let out = Command::new(self.program("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", &self.connstr(db), "-c", sql])
             .output()?;
         Ok(String::from_utf8(check(&format!("psql {sql:?}"), out)?.stdout)?.trim_end().to_string())

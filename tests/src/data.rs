@@ -154,7 +154,7 @@ pub fn materialise(root: &Path, manifest: &serde_json::Value, out: &Path) -> Res
 
 /// `pg_restore --no-acl --no-owner -d db path` (the user's own command).
 pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
-    let out = Command::new("pg_restore")
+    let out = Command::new(c.program("pg_restore"))
         .args(["--no-acl", "--no-owner", "--exit-on-error", "-d", &c.connstr(db)])
         .arg(path)
         .output()?;
@@ -168,8 +168,9 @@ pub fn pg_restore(c: &Cluster, db: &str, path: &Path) -> Result<()> {
 /// legitimately differs between two databases: comments, blank lines, and
 /// the random `\restrict` keys newer pg_dump versions print.
 pub fn schema(c: &Cluster, db: &str) -> Result<String> {
-    let out =
-        Command::new("pg_dump").args(["--schema-only", "--no-owner", "--no-acl", "-d", &c.connstr(db)]).output()?;
+    let out = Command::new(c.program("pg_dump"))
+        .args(["--schema-only", "--no-owner", "--no-acl", "-d", &c.connstr(db)])
+        .output()?;
     if !out.status.success() {
         bail!("pg_dump --schema-only: {}", String::from_utf8_lossy(&out.stderr));
     }

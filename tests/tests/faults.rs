@@ -212,7 +212,7 @@ fn the_agent_refuses_bad_settings_with_one_line() {
         ),
         (
             vec!["--database-url", &url, "--storage", &storage, "--pg-bin-dir", "/nonexistent"],
-            "pgbackups: cannot run /nonexistent/pg_dump",
+            "pgbackups: --pg-bin-dir /nonexistent: there is no pg_dump there",
         ),
         (vec!["--storage", &storage], "pgbackups: no control database"),
         (

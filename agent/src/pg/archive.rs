@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
+use crate::pg::bins::Tools;
 use crate::pg::tool::{Tool, ToolCommand};
 
 /// `CREATE EXTENSION name WITH SCHEMA schema`, as the archive asks.
@@ -29,8 +29,8 @@ pub struct Toc {
 }
 
 /// Read the archive's listing; reading it also proves pg_restore can.
-pub async fn read(cfg: &Config, archive: &Path, scratch: &Path) -> Result<Toc> {
-    let listing = ToolCommand::offline(cfg, Tool::PgRestore)
+pub async fn read(tools: &Tools, archive: &Path, scratch: &Path) -> Result<Toc> {
+    let listing = ToolCommand::offline(tools, Tool::PgRestore)
         .arg("--list")
         .arg(archive)
         .read_all()
@@ -44,7 +44,7 @@ pub async fn read(cfg: &Config, archive: &Path, scratch: &Path) -> Result<Toc> {
     // The statements of those entries alone, as SQL text to parse.
     let only = scratch.join("extensions.list");
     std::fs::write(&only, wanted.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-    let sql = ToolCommand::offline(cfg, Tool::PgRestore)
+    let sql = ToolCommand::offline(tools, Tool::PgRestore)
         .arg("--use-list")
         .arg(&only)
         .args(["--file", "-"])

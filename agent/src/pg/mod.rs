@@ -1,9 +1,10 @@
 //! PostgreSQL as the agent touches it: connections (and their TLS), the
-//! client programs it runs (pg_dump, pg_restore, psql), and the databases it
-//! restores into.
+//! client programs it runs (pg_dump, pg_restore, psql) and which major's it
+//! runs, and the databases it restores into.
 
 pub mod applier;
 pub mod archive;
+pub mod bins;
 pub mod conn;
 pub mod target;
 pub mod tls;

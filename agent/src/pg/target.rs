@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 use crate::pg::archive::Extension;
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Exit, Tool, ToolCommand};
 
@@ -110,6 +111,13 @@ pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Exte
     Ok(())
 }
 
+/// The major of the control cluster's server, which every restore and
+/// copy target is on.
+pub async fn server_major(cfg: &Config) -> Result<u32> {
+    let c = conn::connect(&cfg.data_url).await?;
+    bins::server_major(&c).await
+}
+
 pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -119,16 +127,17 @@ pub fn literal(s: &str) -> String {
 }
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose
-/// --role=OWNER [-j N] [--use-list LIST]` into `target` over `conn` (the
-/// transfer's applier); the caller adds the input (a path, or stdin).
+/// --role=OWNER [-j N] [--use-list LIST]` from `tools` into `target` over
+/// `conn` (the transfer's applier); the caller adds the input (a path, or
+/// stdin).
 pub fn pg_restore(
-    cfg: &Config,
+    tools: &Tools,
     conn: &Conn,
     target: &Target,
     jobs: Option<usize>,
     list: Option<&Path>,
 ) -> Result<ToolCommand> {
-    let mut c = ToolCommand::new(cfg, Tool::PgRestore, conn);
+    let mut c = ToolCommand::new(tools, Tool::PgRestore, conn);
     c.args(["--clean", "--if-exists", "--no-acl", "--no-owner", "--verbose"]);
     c.arg(format!("--role={}", target.owner));
     if let Some(l) = list {

@@ -1,12 +1,12 @@
 //! The PostgreSQL client programs the agent runs (pg_dump, pg_restore,
-//! psql), set up in one place: the connection (`--dbname`, with the password
+//! psql), set up in one place: which of them (from the `Tools` a transfer
+//! was given, see `bins`), the connection (`--dbname`, with the password
 //! in PGPASSWORD, never on the command line), the application name, stdio,
 //! and a process group of its own. Dropping a `ToolProcess` that has not
 //! exited kills the whole group, so the workers of `pg_dump -j` and
 //! `pg_restore -j` go with their leader, whatever stopped the transfer.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::config::Config;
+use crate::pg::bins::Tools;
 use crate::pg::conn::{Conn, APPLICATION_NAME};
 
 /// How many of a tool's last stderr lines are kept for its error message.
@@ -35,23 +35,6 @@ impl Tool {
             Tool::Psql => "psql",
         }
     }
-
-    /// Its path: in `--pg-bin-dir`, or found on PATH.
-    pub fn path(self, cfg: &Config) -> PathBuf {
-        match &cfg.pg_bin_dir {
-            Some(dir) => dir.join(self.name()),
-            None => PathBuf::from(self.name()),
-        }
-    }
-
-    /// `pg_dump --version` and the like.
-    pub async fn version(self, cfg: &Config) -> Result<String> {
-        let path = self.path(cfg);
-        let out = Command::new(&path).arg("--version").output().await.with_context(|| {
-            format!("cannot run {}: install the PostgreSQL client tools or set --pg-bin-dir", path.display())
-        })?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
 }
 
 /// A tool's command line being built.
@@ -61,9 +44,10 @@ pub struct ToolCommand {
 }
 
 impl ToolCommand {
-    /// `tool --dbname CONN`, stdin and stdout closed, stderr read by the agent.
-    pub fn new(cfg: &Config, tool: Tool, conn: &Conn) -> Self {
-        let mut c = Self::offline(cfg, tool);
+    /// `tool --dbname CONN` from `tools`, stdin and stdout closed, stderr
+    /// read by the agent.
+    pub fn new(tools: &Tools, tool: Tool, conn: &Conn) -> Self {
+        let mut c = Self::offline(tools, tool);
         c.cmd.arg("--dbname").arg(&conn.keywords);
         if let Some(p) = &conn.password {
             c.cmd.env("PGPASSWORD", p);
@@ -72,8 +56,8 @@ impl ToolCommand {
     }
 
     /// The tool with no connection (`pg_restore --list`, or to a file).
-    pub fn offline(cfg: &Config, tool: Tool) -> Self {
-        let mut cmd = Command::new(tool.path(cfg));
+    pub fn offline(tools: &Tools, tool: Tool) -> Self {
+        let mut cmd = Command::new(tools.path(tool.name()));
         cmd.env("PGAPPNAME", APPLICATION_NAME)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -124,7 +108,8 @@ impl ToolCommand {
     /// Start it; each stderr line goes to `say` as it comes.
     pub fn spawn(&mut self, say: impl Fn(String) + Send + 'static) -> Result<ToolProcess> {
         let tool = self.tool;
-        let mut child = self.cmd.spawn().with_context(|| format!("starting {}", tool.name()))?;
+        let program = self.cmd.as_std().get_program().to_string_lossy().into_owned();
+        let mut child = self.cmd.spawn().with_context(|| format!("starting {program}"))?;
         let group = child.id().map(|pid| pid as i32);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
         let stderr = child.stderr.take().expect("stderr is piped");

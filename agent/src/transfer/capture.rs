@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
 use crate::config::Config;
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::store::layout::{Format, Keys};
@@ -29,7 +30,7 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     let source = connection(cfg, &capture.source)?;
-    let (source_size, versions) = inspect(cfg, &source).await?;
+    let (source_size, tools, versions) = inspect(task, &source).await?;
     let keys = storage.keys(capture.source.label(), &task.name, task.attempt);
     let format = capture.format();
     task.progress.started(Facts {
@@ -42,7 +43,7 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         task.progress.say(Level::Info, format!("dumping with the rights of the database's owner, {role}"));
     }
     let dump = || {
-        let mut c = pg_dump(cfg, &source);
+        let mut c = pg_dump(cfg, tools, &source);
         if let Some(role) = &capture.role {
             c.arg(format!("--role={role}"));
         }
@@ -80,18 +81,23 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
     }
 }
 
-/// The source's size and the versions involved, recorded with the backup.
-async fn inspect(cfg: &Config, source: &Conn) -> Result<(i64, serde_json::Value)> {
+/// The source's size, the tools that fit its server, and the versions
+/// involved, recorded with the backup.
+async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, serde_json::Value)> {
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 = src.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
-    let pg_dump = Tool::PgDump.version(cfg).await?;
-    Ok((size, serde_json::json!({ "pg_dump": pg_dump, "server": server, "agent": env!("CARGO_PKG_VERSION") })))
+    let major = bins::server_major(&src).await?;
+    let tools = task.ctx.bins.for_capture(major)?;
+    task.progress.say(Level::Info, format!("PostgreSQL {server}: {}", tools.used()));
+    let versions =
+        serde_json::json!({ "pg_dump": tools.version, "server": server, "agent": env!("CARGO_PKG_VERSION") });
+    Ok((size, tools, versions))
 }
 
 /// pg_dump with Heroku's flags plus ours, for either format.
-pub fn pg_dump(cfg: &Config, source: &Conn) -> ToolCommand {
-    let mut c = ToolCommand::new(cfg, Tool::PgDump, source);
+pub fn pg_dump(cfg: &Config, tools: &Tools, source: &Conn) -> ToolCommand {
+    let mut c = ToolCommand::new(tools, Tool::PgDump, source);
     c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--verbose", "--compress=0"]);
     for s in &cfg.exclude_schema {
         c.arg(format!("--exclude-schema={s}"));

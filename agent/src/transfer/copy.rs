@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Config;
 use crate::pg::applier::Applier;
 use crate::pg::archive;
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
@@ -42,6 +42,14 @@ use crate::transfer::task::Task;
 /// Tables smaller than this go through pg_dump with the rest of the data.
 const PARALLEL_TABLE_MIN_BYTES: i64 = 1 << 20;
 
+/// The tools each side runs: pg_dump and psql COPY TO on the source,
+/// pg_restore and psql COPY FROM on the target.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    source: &'a Tools,
+    target: &'a Tools,
+}
+
 pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let source = capture::connection(cfg, &copy.source)?;
@@ -53,6 +61,12 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     snap_conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let snapshot: String = snap_conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
     let tables = big_tables(&snap_conn).await?;
+    // The source side's tools fit the source; the target side's fit the
+    // target and read what the source side's pg_dump writes.
+    let source_major = bins::server_major(&snap_conn).await?;
+    let (source_tools, target_tools) = task.ctx.bins.for_copy(source_major, target::server_major(cfg).await?)?;
+    task.progress.say(Level::Info, format!("source: {}", source_tools.used()));
+    task.progress.say(Level::Info, format!("target: {}", target_tools.used()));
     task.progress.say(
         Level::Info,
         format!(
@@ -62,17 +76,18 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
             tables.len()
         ),
     );
-    let dump = Dump { cfg, source: &source, snapshot: &snapshot, progress: &task.progress };
+    let tools = Sides { source: source_tools, target: target_tools };
+    let dump = Dump { tools, source: &source, snapshot: &snapshot, progress: &task.progress };
 
     // 2. Schema.
     let pre = staging.path().join("pre-data.dump");
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
-    let toc = archive::read(cfg, &pre, staging.path()).await?;
+    let toc = archive::read(tools.target, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
     let target = target::recreate(cfg, &copy.target).await?;
     let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
     let target_conn = applier.conn()?;
-    let warnings = restore::apply(task, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
+    let warnings = restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");
     }
@@ -83,7 +98,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
     let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
     let streams = (0..jobs.min(tables.len()).max(1))
-        .map(|_| copy_tables(cfg, &source, (&target_conn, &target.owner), &snapshot, queue.clone(), &task.progress));
+        .map(|_| copy_tables(tools, &source, (&target_conn, &target.owner), &snapshot, queue.clone(), &task.progress));
     let (rest, copies) =
         tokio::join!(dump.pipe((&target_conn, &target), &rest_args), futures::future::join_all(streams));
     rest.context("copying sequences, large objects and small tables")?;
@@ -94,7 +109,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 4. Indexes, constraints, triggers: pg_restore -j from a directory dump.
     let post = staging.path().join("post-data");
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
-    let mut cmd = target::pg_restore(cfg, &target_conn, &target, Some(jobs), None)?;
+    let mut cmd = target::pg_restore(tools.target, &target_conn, &target, Some(jobs), None)?;
     cmd.arg(&post);
     let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
@@ -133,7 +148,7 @@ async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
 /// COPY FROM STDIN` (as `owner`): libpq moves the rows, the agent only
 /// counts bytes.
 async fn copy_tables(
-    cfg: &Config,
+    tools: Sides<'_>,
     source: &Conn,
     (target, owner): (&Conn, &str),
     snapshot: &str,
@@ -144,7 +159,7 @@ async fn copy_tables(
         let Some(table) = queue.lock().expect("queue").pop_front() else { break };
         progress.say(Level::Info, format!("copying table {table}"));
         let mut out = psql(
-            cfg,
+            tools.source,
             source,
             &[
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
@@ -156,7 +171,7 @@ async fn copy_tables(
         );
         out.stdout_piped();
         let mut inn = psql(
-            cfg,
+            tools.target,
             target,
             &[
                 &format!("SET ROLE {}", target::ident(owner)),
@@ -181,8 +196,8 @@ async fn copy_tables(
 }
 
 /// `psql -X -q -v ON_ERROR_STOP=1 -c ...`.
-fn psql(cfg: &Config, conn: &Conn, commands: &[&str]) -> ToolCommand {
-    let mut c = ToolCommand::new(cfg, Tool::Psql, conn);
+fn psql(tools: &Tools, conn: &Conn, commands: &[&str]) -> ToolCommand {
+    let mut c = ToolCommand::new(tools, Tool::Psql, conn);
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
     for cmd in commands {
         c.arg("-c").arg(cmd);
@@ -211,7 +226,7 @@ async fn pump(
 
 /// pg_dump of the source at the exported snapshot.
 struct Dump<'a> {
-    cfg: &'a Config,
+    tools: Sides<'a>,
     source: &'a Conn,
     snapshot: &'a str,
     progress: &'a Progress,
@@ -219,7 +234,7 @@ struct Dump<'a> {
 
 impl Dump<'_> {
     fn command(&self, args: &[&str]) -> ToolCommand {
-        let mut c = ToolCommand::new(self.cfg, Tool::PgDump, self.source);
+        let mut c = ToolCommand::new(self.tools.source, Tool::PgDump, self.source);
         c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--compress=0"])
             .arg(format!("--snapshot={}", self.snapshot))
             .args(args);
@@ -231,7 +246,7 @@ impl Dump<'_> {
         let mut cmd = self.command(args);
         cmd.arg("--format=custom").stdout_piped();
         let mut dump = cmd.spawn(self.progress.tool_output())?;
-        let mut restore_cmd = target::pg_restore(self.cfg, conn, target, None, None)?;
+        let mut restore_cmd = target::pg_restore(self.tools.target, conn, target, None, None)?;
         restore_cmd.stdin_piped();
         let mut restore = restore_cmd.spawn(self.progress.tool_output())?;
         let pumped = pump(dump.take_stdout(), restore.take_stdin(), self.progress.counter());

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::UrlPolicy;
 use crate::pg::applier::Applier;
 use crate::pg::archive::{self, Part, Toc};
+use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::store::backups;
@@ -32,7 +33,12 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
-    let toc = archive::read(cfg, &archive, staging.path()).await?;
+    // pg_restore reads no archive from a newer pg_dump, and talks to its server.
+    let target_major = target::server_major(cfg).await?;
+    let archive_major = bins::archive_major(&task.ctx.bins, &archive).await?;
+    let tools = task.ctx.bins.for_restore(target_major, archive_major)?;
+    task.progress.say(Level::Info, tools.used());
+    let toc = archive::read(tools, &archive, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
@@ -46,7 +52,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     );
     let target = target::recreate(cfg, &restore.target).await?;
     let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
-    let warnings = apply(task, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
+    let warnings = apply(task, tools, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
@@ -56,8 +62,10 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
 /// Apply `archive` to `target` as its owner, over `conn` (the transfer's
 /// applier): the schemas, then the extensions (created by the agent), then
 /// everything else with `jobs`. pg_restore's warnings.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     task: &Task,
+    tools: &Tools,
     conn: &Conn,
     target: &Target,
     archive: &FsPath,
@@ -72,14 +80,14 @@ pub async fn apply(
     if with_extensions {
         let list = scratch.join("schemas.list");
         toc.write_list(&list, Part::Schemas)?;
-        let mut cmd = target::pg_restore(cfg, conn, target, None, Some(&list))?;
+        let mut cmd = target::pg_restore(tools, conn, target, None, Some(&list))?;
         cmd.arg(archive);
         warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
         target::create_extensions(cfg, target, &toc.extensions).await?;
     }
     let list = scratch.join("rest.list");
     toc.write_list(&list, Part::Rest { without_schemas: with_extensions })?;
-    let mut cmd = target::pg_restore(cfg, conn, target, jobs, Some(&list))?;
+    let mut cmd = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
     cmd.arg(archive);
     warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     Ok(warnings)
