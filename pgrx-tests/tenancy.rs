@@ -91,6 +91,8 @@ fn a_backups_user_lists_and_reads_only_its_databases_transfers() {
     run(&format!(
         "UPDATE backups.transfers SET status = 'completed', finished_at = now(), format = 'custom' WHERE name IN ('{ours}', '{theirs}')"
     ));
+    // As if alice had queued it (with the owner's rights, so hers to download).
+    run(&format!("UPDATE backups.transfers SET options = '{{\"role\": \"shop_owners\"}}' WHERE name = '{ours}'"));
     run("SELECT backups.schedule('daily 03:00', database => 'postgres')");
     run("SELECT backups.schedule('daily 04:00', database => 'template1')");
 
@@ -116,6 +118,17 @@ fn a_backups_user_lists_and_reads_only_its_databases_transfers() {
     }
     let schedules: String = one("SELECT string_agg(database::text, ',') FROM backups.schedules()");
     assert_eq!(schedules, "postgres");
+    // An admin's capture of her database read with the agent's rights: she
+    // sees it, but only an admin gets its data.
+    as_superuser();
+    let admins: String = one("SELECT backups.capture('postgres')");
+    run(&format!("UPDATE backups.transfers SET status = 'completed', finished_at = now() + interval '1 s', format = 'custom' WHERE name = '{admins}'"));
+    as_user("alice");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{admins}'")), 1);
+    let err = refusal(&format!("SELECT backups.url('{admins}')")).unwrap();
+    assert!(err.starts_with("42501 permission denied to download"), "{err}");
+    let link: String = one("SELECT backups.url()");
+    assert!(link.contains(&format!("/backups/{ours}.dump")), "url() skips what she may not download: {link}");
 
     as_user("bob");
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.list()"), 0);
@@ -195,4 +208,14 @@ fn transfers_stay_with_the_owner_they_were_queued_under() {
     assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{b}'")), 1);
     assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{own}'")), 0);
     as_superuser();
+}
+
+#[pg_test]
+fn scheduled_captures_run_with_the_owners_rights_so_tenants_may_download_them() {
+    tenants();
+    run("SELECT backups.schedule('daily 03:00', database => 'postgres')");
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
+    assert_eq!(one::<i32>("SELECT backups._fire_schedules()"), 1);
+    let role: String = one("SELECT options ->> 'role' FROM backups.transfers WHERE schedule_id IS NOT NULL");
+    assert_eq!(role, "shop_owners");
 }

@@ -33,8 +33,14 @@ BEGIN
                 RAISE WARNING 'pg_backups: skipping the schedule of database "%": it does not exist or refuses connections', s.database;
             ELSE
                 v_name := backups._next_name('a');
-                INSERT INTO backups.transfers (name, kind, database, schedule_id)
-                VALUES (v_name, 'capture', s.database, s.id) RETURNING id INTO v_id;
+                -- With the owner's rights, as a backups_user's own
+                -- capture: its tenants may download it (url()).
+                INSERT INTO backups.transfers (name, kind, database, schedule_id, options)
+                VALUES (v_name, 'capture', s.database, s.id,
+                        jsonb_strip_nulls(jsonb_build_object('role',
+                            (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d
+                              WHERE d.datname = s.database))))
+                RETURNING id INTO v_id;
                 PERFORM backups._log(v_id, format('scheduled capture (%s), due %s', s.spec, s.next_run_at));
                 PERFORM backups._notify(v_name);
                 v_fired := v_fired + 1;

@@ -281,6 +281,7 @@ BEGIN
     IF url.id IS NULL THEN
         SELECT * INTO t FROM backups.transfers x
         WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+          AND (backups._is_admin() OR x.options ? 'role')
         ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'there is no completed backup yet'
@@ -288,6 +289,13 @@ BEGIN
         END IF;
     ELSE
         t := backups._find(url.id, ARRAY['capture']);
+    END IF;
+    -- A capture an admin queued read with the agent's rights, so it may
+    -- hold what the database's owner may not read: only admins get it.
+    IF NOT backups._is_admin() AND NOT t.options ? 'role' THEN
+        RAISE EXCEPTION 'permission denied to download %', t.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'It was captured by a backups_admin with the agent''s rights, and may hold data the database''s owner cannot read. Capture one yourself (SELECT backups.capture();), or ask a backups_admin for a link.';
     END IF;
     IF t.status <> 'completed' THEN
         RAISE EXCEPTION '% is %, not completed: there is nothing to download', t.name, t.status

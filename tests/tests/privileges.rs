@@ -256,3 +256,39 @@ fn a_backups_users_capture_holds_no_more_than_the_owner_may_read() {
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
 }
+
+#[test]
+fn a_database_search_path_cannot_hijack_the_agents_queries() {
+    let c = Cluster::start().unwrap();
+    c.sql("postgres", "CREATE ROLE alice LOGIN IN ROLE backups_user").unwrap();
+    c.sql("postgres", "CREATE DATABASE alicedb OWNER alice").unwrap();
+    c.sql("postgres", "CREATE DATABASE alicecopy OWNER alice").unwrap();
+    // Functions that shadow pg_catalog's when the database's search_path
+    // names the owner's schema first, each trying to make alice superuser.
+    let trap = |f: &str, args: &str, ret: &str, value: &str| {
+        format!(
+            "CREATE FUNCTION evil.{f}({args}) RETURNS {ret} LANGUAGE plpgsql AS $$
+             BEGIN BEGIN EXECUTE 'ALTER ROLE alice SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END; RETURN {value}; END $$;"
+        )
+    };
+    let sql = [
+        "CREATE SCHEMA evil;".to_string(),
+        trap("current_database", "", "name", "'alicedb'"),
+        trap("pg_database_size", "name", "bigint", "1"),
+        trap("pg_export_snapshot", "", "text", "'x'"),
+        trap("pg_table_size", "regclass", "bigint", "1"),
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x;".into(),
+        "ALTER DATABASE alicedb SET search_path = evil, pg_catalog, public;".into(),
+    ]
+    .join("\n");
+    sql_as(&c, "alice", "alicedb", &sql);
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let b = sql_as(&c, "alice", "postgres", "SELECT backups.capture('alicedb')");
+    assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert_eq!(is_superuser(&c, "alice"), "f", "the capture ran the owner's functions as the agent");
+    let cp = c.sql("postgres", "SELECT backups.copy('alicedb', 'alicecopy', 'alicecopy')").unwrap();
+    assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert_eq!(is_superuser(&c, "alice"), "f", "the copy ran the owner's functions as the agent");
+    assert_eq!(c.sql("alicecopy", "SELECT count(*) FROM t").unwrap(), "1000");
+}

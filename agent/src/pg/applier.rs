@@ -3,10 +3,12 @@
 //! a trigger, an index expression) can `RESET ROLE` back to the session's
 //! login. So the archive is applied by a throwaway login role made for the
 //! transfer: NOINHERIT, a member of the target's owner and of nothing else,
-//! with a random password that is never stored. Whatever the archive runs,
-//! it has at most the owner's rights. The role is dropped when the transfer
-//! stops, however it stops; one left by a killed agent cannot log in after
-//! its VALID UNTIL, and is dropped by the next restore or copy.
+//! with a random password that is never stored or sent (the server gets its
+//! SCRAM verifier). Whatever the archive runs, it has at most the owner's
+//! rights. The role is made, and shown to log in, before the target is
+//! touched. It is disabled and dropped when the transfer stops, however it
+//! stops; one left by a killed agent is dropped by the transfer's next
+//! attempt, and cannot log in after its VALID UNTIL anyway.
 
 use anyhow::{Context, Result};
 use tokio_util::task::TaskTracker;
@@ -32,9 +34,9 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Create the role for attempt `attempt` of transfer `name` into `target`.
-    /// Dropping the `Applier` drops the role (on `tracker`, which the
-    /// supervisor waits for).
+    /// Create the role for attempt `attempt` of transfer `name` into
+    /// `target`, and log in with it once. Dropping the `Applier` drops the
+    /// role (on `tracker`, which the supervisor waits for).
     pub async fn create(
         cfg: &Config,
         target: &Target,
@@ -43,27 +45,47 @@ impl Applier {
         tracker: &TaskTracker,
     ) -> Result<Self> {
         let c = conn::connect(&cfg.data_url).await?;
-        sweep(&c).await;
-        let role = format!("{PREFIX}{}_{attempt}", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
-        let password = random_password()?;
+        let transfer = format!("{PREFIX}{}_", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
+        sweep(&c, &transfer).await;
+        let role = format!("{transfer}{attempt}");
+        let password = random_hex(32)?;
         let until = (chrono::Utc::now() + chrono::Duration::days(LIFETIME_DAYS)).to_rfc3339();
         c.batch_execute(&format!(
-            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN NOINHERIT PASSWORD {pw} VALID UNTIL {until} IN ROLE {owner}",
+            "CREATE ROLE {r} LOGIN NOINHERIT PASSWORD {pw} VALID UNTIL {until} IN ROLE {owner}",
             r = ident(&role),
-            pw = literal(&password),
+            pw = literal(&scram_verifier(&password)?),
             until = literal(&until),
             owner = ident(&target.owner),
         ))
         .await
         .with_context(|| {
-            format!("creating the login {role} that applies the archive as {} (see the README: the agent's roles)", target.owner)
+            format!(
+                "creating the login {role} that applies the archive as {} (see the README: the agent's roles)",
+                target.owner
+            )
         })?;
-        Ok(Applier { role, password, target: target.clone(), data_url: cfg.data_url.clone(), tracker: tracker.clone() })
+        let applier = Applier {
+            role,
+            password,
+            target: target.clone(),
+            data_url: cfg.data_url.clone(),
+            tracker: tracker.clone(),
+        };
+        // Before the target is touched: can it log in at all?
+        let login = Conn::login_as(&applier.data_url, None, &applier.role, &applier.password)?;
+        conn::connect(&login.with_password()).await.with_context(|| {
+            format!(
+                "logging in as {}, the login that applies the archive: pg_hba.conf must accept password logins for it \
+                 (see the README: the agent's roles)",
+                applier.role
+            )
+        })?;
+        Ok(applier)
     }
 
     /// The connection to the target that the tools use.
     pub fn conn(&self) -> Result<Conn> {
-        Conn::login_as(&self.data_url, &self.target.name, &self.role, &self.password)
+        Conn::login_as(&self.data_url, Some(&self.target.name), &self.role, &self.password)
     }
 }
 
@@ -72,19 +94,26 @@ impl Drop for Applier {
         let (role, target, url) = (self.role.clone(), self.target.clone(), self.data_url.clone());
         self.tracker.spawn(async move {
             if let Err(e) = drop_role(&url, &role, &target).await {
-                tracing::warn!("could not drop the login {role}: {e:#} (it expires on its own)");
+                tracing::warn!("could not drop the login {role}: {e:#} (the next attempt or restore drops it)");
             }
         });
     }
 }
 
-/// End its sessions, give what it created (after a RESET ROLE) to the
-/// owner, and drop it.
+/// Disable it (which works whatever the archive did to it: gave it a new
+/// password, say), end its sessions, give what it created (after a RESET
+/// ROLE) to the owner, and drop it.
 async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     let c = conn::connect(url).await?;
+    disable(&c, role).await?;
     // (A data role that is not a superuser may not be allowed to: its
     // sessions end with the tools anyway.)
-    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role]).await.ok();
+    c.execute(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
+        &[&role],
+    )
+    .await
+    .ok();
     if let Ok(t) = conn::connect(&Conn::new(url, Some(&target.name))?.with_password()).await {
         t.batch_execute(&format!(
             "REASSIGN OWNED BY {r} TO {o}; DROP OWNED BY {r}",
@@ -98,13 +127,35 @@ async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     Ok(())
 }
 
-/// Drop the throwaway roles that can no longer log in (left by an agent
-/// that was killed); those that still own something stay, inert.
-async fn sweep(c: &tokio_postgres::Client) {
+/// No login, no password, no membership.
+async fn disable(c: &tokio_postgres::Client, role: &str) -> Result<()> {
+    c.batch_execute(&format!("ALTER ROLE {} NOLOGIN PASSWORD NULL VALID UNTIL '-infinity'", ident(role))).await?;
+    let granted: Vec<String> = c
+        .query(
+            "SELECT pg_catalog.pg_get_userbyid(m.roleid) FROM pg_catalog.pg_auth_members m
+               JOIN pg_catalog.pg_roles r ON r.oid = m.member WHERE r.rolname = $1",
+            &[&role],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for g in granted {
+        c.batch_execute(&format!("REVOKE {} FROM {}", ident(&g), ident(role))).await?;
+    }
+    Ok(())
+}
+
+/// Disable and drop the throwaway roles of earlier attempts of this
+/// transfer (an agent killed mid-restore leaves one), and any that can no
+/// longer log in; one that still owns something stays, disabled.
+async fn sweep(c: &tokio_postgres::Client, transfer: &str) {
     let Ok(rows) = c
         .query(
-            "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1) AND rolvaliduntil < now()",
-            &[&PREFIX],
+            "SELECT rolname::text FROM pg_catalog.pg_roles
+              WHERE pg_catalog.starts_with(rolname, $1)
+                 OR (pg_catalog.starts_with(rolname, $2) AND rolvaliduntil < pg_catalog.now())",
+            &[&transfer, &PREFIX],
         )
         .await
     else {
@@ -112,15 +163,71 @@ async fn sweep(c: &tokio_postgres::Client) {
     };
     for r in rows {
         let role: String = r.get(0);
-        if let Err(e) = c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(&role))).await {
-            tracing::debug!("leaving expired login {role}: {e}");
+        let dropped = async {
+            disable(c, &role).await?;
+            c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(&role))).await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = dropped.await {
+            tracing::debug!("leaving disabled login {role}: {e:#}");
         }
     }
 }
 
-/// 32 random bytes from the kernel, as hex.
-fn random_password() -> Result<String> {
-    let mut bytes = [0u8; 32];
+/// PostgreSQL's SCRAM-SHA-256 verifier of `password` (what `CREATE ROLE
+/// ... PASSWORD` stores), so that the password itself never travels in a
+/// statement that a log could keep.
+fn scram_verifier(password: &str) -> Result<String> {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    const ITERATIONS: u32 = 4096;
+    let hmac = |key: &[u8], data: &[u8]| -> [u8; 32] {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        m.update(data);
+        m.finalize().into_bytes().into()
+    };
+    let salt = random_bytes::<16>()?;
+    // PBKDF2-HMAC-SHA-256, one block.
+    let mut u = hmac(password.as_bytes(), &[&salt[..], &1u32.to_be_bytes()].concat());
+    let mut salted = u;
+    for _ in 1..ITERATIONS {
+        u = hmac(password.as_bytes(), &u);
+        for (s, x) in salted.iter_mut().zip(u) {
+            *s ^= x;
+        }
+    }
+    let stored_key = Sha256::digest(hmac(&salted, b"Client Key"));
+    let server_key = hmac(&salted, b"Server Key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(format!("SCRAM-SHA-256${ITERATIONS}:{}${}:{}", b64.encode(salt), b64.encode(stored_key), b64.encode(server_key)))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// `n` random bytes from the kernel, as hex.
+fn random_hex(n: usize) -> Result<String> {
+    let mut bytes = vec![0u8; n];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifier_has_postgres_scram_form() {
+        let v = scram_verifier("secret").unwrap();
+        let (head, keys) = v.split_once('$').unwrap().1.split_once('$').unwrap();
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert_eq!(head.split_once(':').unwrap().1.len(), 24, "a 16-byte salt in base64");
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!((stored.len(), server.len()), (44, 44));
+        assert!(!v.contains("secret"));
+    }
 }

@@ -28,6 +28,14 @@ pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)
         if cfg.get_application_name().is_none() {
             cfg.application_name(APPLICATION_NAME);
         }
+        // A database's owner may set its search_path (ALTER DATABASE ...
+        // SET) so that its own functions shadow pg_catalog's in the agent's
+        // queries, run with the agent's rights: the agent's sessions pin it.
+        let options = match cfg.get_options() {
+            Some(o) => format!("{o} {PINNED_SEARCH_PATH}"),
+            None => PINNED_SEARCH_PATH.to_string(),
+        };
+        cfg.options(&options);
         tls::connect(&cfg, &settings).await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -36,6 +44,9 @@ pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)
         .and_then(|r| r)
         .with_context(|| format!("connecting to {}", redact(url)))
 }
+
+/// The search_path of every session the agent opens itself.
+pub const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
 
 /// Connect and drive the connection in the background. Notifications are
 /// not delivered here: see the agent's `listen`.
@@ -86,11 +97,11 @@ impl Conn {
     }
 
     /// Like `new`, logging in as `user` with `password` instead.
-    pub fn login_as(url: &str, dbname: &str, user: &str, password: &str) -> Result<Conn> {
+    pub fn login_as(url: &str, dbname: Option<&str>, user: &str, password: &str) -> Result<Conn> {
         let (tls, rest) = tls::split(url).with_context(|| format!("invalid connection string {}", redact(url)))?;
         let mut cfg: PgConfig = rest.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
         cfg.user(user).password(password);
-        Ok(Self::from_config(&cfg, &tls, Some(dbname)))
+        Ok(Self::from_config(&cfg, &tls, dbname))
     }
 
     fn from_config(cfg: &PgConfig, tls: &tls::Settings, dbname: Option<&str>) -> Conn {

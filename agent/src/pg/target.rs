@@ -19,6 +19,13 @@ use crate::pg::tool::{Exit, Tool, ToolCommand};
 pub struct Target {
     pub name: String,
     pub owner: String,
+    encoding: String,
+    collate: String,
+    ctype: String,
+    /// The owner is a superuser, or can create roles, bypass row-level
+    /// security or reach the server's files and programs: what the archive
+    /// runs gets that too.
+    pub privileged_owner: bool,
 }
 
 /// Refuse, before the target is touched, an archive whose extensions this
@@ -48,40 +55,61 @@ pub async fn check_extensions(cfg: &Config, extensions: &[Extension]) -> Result<
     Ok(())
 }
 
-/// Drop and recreate `target` with its owner, encoding and locale, so that
-/// it ends up holding exactly what is restored into it. Refuses the control
-/// database. Connections to the target are terminated (WITH (FORCE)).
-pub async fn recreate(cfg: &Config, target: &str) -> Result<Target> {
+/// The target as it is now: its owner, encoding and locale, and whether
+/// that owner holds more than a database owner should (a superuser, or a
+/// role that can create roles or run programs on the server). Refuses the
+/// control database.
+pub async fn find(cfg: &Config, target: &str) -> Result<Target> {
     let c = conn::connect(&cfg.data_url).await?;
     let control = conn::connect(&cfg.store.database_url).await?;
-    let control: String = control.query_one("SELECT current_database()", &[]).await?.get(0);
+    let control: String = control.query_one("SELECT pg_catalog.current_database()", &[]).await?.get(0);
     if control == target {
         bail!("refusing to replace the control database {target:?}");
     }
     let row = c
         .query_opt(
-            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype
-               FROM pg_database WHERE datname = $1",
+            "SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate,
+                    d.datctype,
+                    r.rolsuper OR r.rolcreaterole OR r.rolbypassrls
+                    OR pg_catalog.pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER')
+                    OR pg_catalog.pg_has_role(r.oid, 'pg_write_server_files', 'MEMBER')
+                    OR pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
+               FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba
+              WHERE d.datname = $1",
             &[&target],
         )
         .await?
         .with_context(|| format!("target database {target:?} does not exist"))?;
-    let (owner, encoding, collate, ctype): (String, String, String, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target)))
+    Ok(Target {
+        name: target.to_string(),
+        owner: row.get(0),
+        encoding: row.get(1),
+        collate: row.get(2),
+        ctype: row.get(3),
+        privileged_owner: row.get(4),
+    })
+}
+
+/// Drop and recreate `target` with its owner, encoding and locale, so that
+/// it ends up holding exactly what is restored into it. Connections to the
+/// target are terminated (WITH (FORCE)).
+pub async fn recreate(cfg: &Config, target: &Target) -> Result<()> {
+    let c = conn::connect(&cfg.data_url).await?;
+    let name = &target.name;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
         .await
-        .with_context(|| format!("dropping {target}"))?;
+        .with_context(|| format!("dropping {name}"))?;
     c.batch_execute(&format!(
         "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-        ident(target),
-        ident(&owner),
-        literal(&encoding),
-        literal(&collate),
-        literal(&ctype)
+        ident(name),
+        ident(&target.owner),
+        literal(&target.encoding),
+        literal(&target.collate),
+        literal(&target.ctype)
     ))
     .await
-    .with_context(|| format!("creating {target}"))?;
-    Ok(Target { name: target.to_string(), owner })
+    .with_context(|| format!("creating {name}"))?;
+    Ok(())
 }
 
 /// Create the archive's extensions in `target` as the agent, once the

@@ -85,7 +85,8 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
 /// involved, recorded with the backup.
 async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, serde_json::Value)> {
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
-    let size: i64 = src.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    let size: i64 =
+        src.query_one("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())", &[]).await?.get(0);
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
     let major = bins::server_major(&src).await?;
     let tools = task.ctx.bins.for_capture(major)?;

@@ -59,7 +59,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     // 1. One snapshot for every step; it lives as long as this transaction.
     let snap_conn = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     snap_conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-    let snapshot: String = snap_conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+    let snapshot: String = snap_conn.query_one("SELECT pg_catalog.pg_export_snapshot()", &[]).await?.get(0);
     let tables = big_tables(&snap_conn).await?;
     // The source side's tools fit the source; the target side's fit the
     // target and read what the source side's pg_dump writes.
@@ -84,8 +84,10 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
     let toc = archive::read(tools.target, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
-    let target = target::recreate(cfg, &copy.target).await?;
+    let target = target::find(cfg, &copy.target).await?;
+    restore::warn_if_privileged(task, &target);
     let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+    target::recreate(cfg, &target).await?;
     let target_conn = applier.conn()?;
     let warnings = restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
     if warnings > 0 {
@@ -199,6 +201,9 @@ async fn copy_tables(
 fn psql(tools: &Tools, conn: &Conn, commands: &[&str]) -> ToolCommand {
     let mut c = ToolCommand::new(tools, Tool::Psql, conn);
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+    // As in the agent's own sessions: the database's search_path is its
+    // owner's to set, and must not reach what runs here.
+    c.arg("-c").arg("SET search_path = pg_catalog, pg_temp");
     for cmd in commands {
         c.arg("-c").arg(cmd);
     }

@@ -50,13 +50,31 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
             format.as_str()
         ),
     );
-    let target = target::recreate(cfg, &restore.target).await?;
+    let target = target::find(cfg, &restore.target).await?;
+    warn_if_privileged(task, &target);
     let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+    target::recreate(cfg, &target).await?;
     let warnings = apply(task, tools, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
     Ok(Completion::Applied { processed, warnings })
+}
+
+/// What the archive runs gets the owner's rights: say so when they are more
+/// than a database owner's should be.
+pub fn warn_if_privileged(task: &Task, target: &Target) {
+    if target.privileged_owner {
+        task.progress.say(
+            Level::Warning,
+            format!(
+                "{} is owned by {}, a superuser or a role with powers beyond its databases: what the archive runs \
+                 (functions in constraints, triggers, index expressions) runs with those; give the database to an \
+                 ordinary role (ALTER DATABASE ... OWNER TO) to contain it",
+                target.name, target.owner
+            ),
+        );
+    }
 }
 
 /// Apply `archive` to `target` as its owner, over `conn` (the transfer's
