@@ -292,3 +292,32 @@ fn a_database_search_path_cannot_hijack_the_agents_queries() {
     assert_eq!(is_superuser(&c, "alice"), "f", "the copy ran the owner's functions as the agent");
     assert_eq!(c.sql("alicecopy", "SELECT count(*) FROM t").unwrap(), "1000");
 }
+
+#[test]
+fn the_throwaway_login_authenticates_with_scram_where_the_server_asks_for_passwords() {
+    let c = Cluster::start().unwrap();
+    // Passwords for everyone but the agent's own role (trusted here, as a
+    // stand-in for whatever the deployment gives it).
+    let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+    std::fs::write(c.data().join("pg_hba.conf"), hba).unwrap();
+    c.sql("postgres", "SELECT pg_reload_conf()").unwrap();
+    c.sql("postgres", "CREATE ROLE app").unwrap();
+    for db in ["shop", "shop_copy", "shop_restored"] {
+        c.sql("postgres", &format!("CREATE DATABASE {db} OWNER app")).unwrap();
+    }
+    c.sql("shop", "CREATE TABLE t AS SELECT generate_series(1, 100) AS x; ALTER TABLE t OWNER TO app").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
+    assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'shop_restored', 'shop_restored')")).unwrap();
+    assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    let cp = c.sql("postgres", "SELECT backups.copy('shop', 'shop_copy', 'shop_copy')").unwrap();
+    assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    for db in ["shop_restored", "shop_copy"] {
+        assert_eq!(c.sql(db, "SELECT count(*) FROM t").unwrap(), "100");
+    }
+    // The server logged the applier's SCRAM logins, not trust ones.
+    let log = c.log_text();
+    assert!(!log.contains("password authentication failed"), "{log}");
+}
