@@ -108,6 +108,14 @@ mod client {
         // The same calls done right queue a restore and a copy.
         let r = text(&mut c, &format!("SELECT backups.restore('{done}', 'pgrx_bad_target', 'pgrx_bad_target')"));
         assert!(r.starts_with('r'), "{r}");
+        // One restore or copy into a database at a time.
+        expect_error(
+            &mut c,
+            "SELECT backups.copy('pgrx_tests', 'pgrx_bad_target', 'pgrx_bad_target')",
+            &format!("database \"pgrx_bad_target\" is already the target of {r} (pending)"),
+            &format!("backups.wait('{r}')"),
+        );
+        assert_eq!(text(&mut c, &format!("SELECT backups.cancel('{r}')")), "cancelled");
         let cp = text(&mut c, "SELECT backups.copy('pgrx_tests', 'pgrx_bad_target', 'pgrx_bad_target')");
         assert!(cp.starts_with('c'), "{cp}");
         assert_eq!(count(&mut c), before + 2);

@@ -165,8 +165,11 @@ $$;
 -- Restore and copy replace everything in the target: ask for its name twice,
 -- and never touch the database that holds the backup history.
 CREATE FUNCTION backups._check_target(target name, confirm name, action text) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_busy   text;
+    v_status text;
 BEGIN
     IF target IS NULL OR target = '' THEN
         RAISE EXCEPTION 'a target database must be given'
@@ -182,6 +185,17 @@ BEGIN
             USING HINT = 'The control database holds the backup history and the queue; choose another target database.';
     END IF;
     PERFORM backups._check_database(target, 'target');
+    -- One restore or copy into a database at a time: a second one's drop
+    -- would end the first. The lock orders two callers racing to queue.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_backups target ' || target));
+    SELECT t.name, t.status INTO v_busy, v_status FROM backups.transfers t
+     WHERE t.kind IN ('restore', 'copy') AND t.target = _check_target.target AND t.status IN ('pending', 'running')
+     ORDER BY t.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'database "%" is already the target of % (%)', target, v_busy, v_status
+            USING ERRCODE = 'lock_not_available',
+                  HINT = format('Wait for it to end (SELECT backups.wait(%L);), or cancel it (SELECT backups.cancel(%L);).', v_busy, v_busy);
+    END IF;
 END
 $$;
 
