@@ -70,6 +70,11 @@ AS $$
                      ELSE pg_catalog.pg_has_role(session_user, t.owner_role, 'MEMBER') END)
 $$;
 
+-- The name of `db`'s owner role (NULL for no such database).
+CREATE FUNCTION backups._owner_name(db name) RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = _owner_name.db $$;
+
 -- Refuse, before anything is queued, what the caller may not do to `db`.
 CREATE FUNCTION backups._require(db name, action text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
@@ -80,9 +85,7 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = format('A backups_user acts only on databases whose owner role it is a member of; %I is owned by %I. '
                                 'Ask its owner to GRANT %I TO %I, or ask a backups_admin.',
-                                _require.db,
-                                (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
-                                (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = _require.db),
+                                _require.db, backups._owner_name(_require.db), backups._owner_name(_require.db),
                                 session_user);
     END IF;
 END

@@ -37,9 +37,7 @@ BEGIN
                 -- capture: its tenants may download it (url()).
                 INSERT INTO backups.transfers (name, kind, database, schedule_id, options)
                 VALUES (v_name, 'capture', s.database, s.id,
-                        jsonb_strip_nulls(jsonb_build_object('role',
-                            (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d
-                              WHERE d.datname = s.database))))
+                        jsonb_strip_nulls(jsonb_build_object('role', backups._owner_name(s.database))))
                 RETURNING id INTO v_id;
                 PERFORM backups._log(v_id, format('scheduled capture (%s), due %s', s.spec, s.next_run_at));
                 PERFORM backups._notify(v_name);

@@ -38,7 +38,7 @@ BEGIN
             jsonb_strip_nulls(jsonb_build_object(
                 'jobs', v_jobs,
                 'role', CASE WHEN v_source IS NULL AND NOT backups._is_admin()
-                             THEN (SELECT pg_catalog.pg_get_userbyid(d.datdba) FROM pg_catalog.pg_database d WHERE d.datname = v_db)
+                             THEN backups._owner_name(v_db)
                         END)))
     RETURNING id INTO v_id;
     PERFORM backups._log(v_id, format('queued by %s', session_user));

@@ -48,7 +48,7 @@ impl Applier {
         let transfer = format!("{PREFIX}{}_", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
         sweep(&c, &transfer).await;
         let role = format!("{transfer}{attempt}");
-        let password = random_hex(32)?;
+        let password = hex::encode(random_bytes::<32>()?);
         let until = (chrono::Utc::now() + chrono::Duration::days(LIFETIME_DAYS)).to_rfc3339();
         c.batch_execute(&format!(
             "CREATE ROLE {r} LOGIN NOINHERIT PASSWORD {pw} VALID UNTIL {until} IN ROLE {owner}",
@@ -203,17 +203,11 @@ fn scram_verifier(password: &str) -> Result<String> {
     Ok(format!("SCRAM-SHA-256${ITERATIONS}:{}${}:{}", b64.encode(salt), b64.encode(stored_key), b64.encode(server_key)))
 }
 
+/// `N` random bytes from the kernel.
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(bytes)
-}
-
-/// `n` random bytes from the kernel, as hex.
-fn random_hex(n: usize) -> Result<String> {
-    let mut bytes = vec![0u8; n];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::pg::bins::Tools;
+use crate::pg::bins::{self, Tools};
 use crate::pg::tool::{Tool, ToolCommand};
 
 /// `CREATE EXTENSION name WITH SCHEMA schema`, as the archive asks.
@@ -76,6 +76,11 @@ pub enum Part {
 }
 
 impl Toc {
+    /// The major of the pg_dump that wrote the archive, as its listing says.
+    pub fn dumped_by(&self) -> Option<u32> {
+        bins::dumped_by(&self.lines)
+    }
+
     /// The listing for `pg_restore --use-list` of `part`.
     pub fn write_list(&self, path: &Path, part: Part) -> Result<()> {
         let mut out = String::new();

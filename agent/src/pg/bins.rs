@@ -222,33 +222,9 @@ pub async fn server_major(client: &tokio_postgres::Client) -> Result<u32> {
     Ok(num / 10000)
 }
 
-/// The major of the pg_dump that wrote `archive` (a custom-format file or a
-/// directory), read by the newest pg_restore, which reads any archive the
-/// others can.
-pub async fn archive_major(bins: &Bins, archive: &Path) -> Result<u32> {
-    let tools = bins.newest();
-    let path = tools.path("pg_restore");
-    let out = Command::new(&path)
-        .arg("--list")
-        .arg(archive)
-        .output()
-        .await
-        .with_context(|| format!("running {}", path.display()))?;
-    if !out.status.success() {
-        bail!(
-            "pg_restore {} cannot read the backup: {}; a newer pg_restore may be needed: add its bin directory with \
-             --pg-bin-dir",
-            tools.describe(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let list = String::from_utf8_lossy(&out.stdout);
-    dumped_by(&list).with_context(|| format!("no pg_dump version in the list of {}", archive.display()))
-}
-
 /// The major in `pg_restore --list`'s `;     Dumped by pg_dump version: 16.2`.
-fn dumped_by(list: &str) -> Option<u32> {
-    list.lines().find_map(|l| l.split("Dumped by pg_dump version:").nth(1)).and_then(tool_major)
+pub fn dumped_by(list: &[String]) -> Option<u32> {
+    list.iter().find_map(|l| l.split("Dumped by pg_dump version:").nth(1)).and_then(tool_major)
 }
 
 #[cfg(test)]
@@ -268,8 +244,9 @@ mod tests {
         let list = ";\n; Archive created at 2024-01-01 00:00:00 UTC\n;     dbname: shop\n\
                     ;     Dumped from database version: 15.10 (Debian 15.10-0+deb12u1)\n\
                     ;     Dumped by pg_dump version: 16.2\n;\n";
-        assert_eq!(dumped_by(list), Some(16));
-        assert_eq!(dumped_by("; nothing here\n"), None);
+        let lines = |text: &str| text.lines().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(dumped_by(&lines(list)), Some(16));
+        assert_eq!(dumped_by(&lines("; nothing here\n")), None);
     }
 
     #[test]

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pg::applier::Applier;
 use crate::pg::archive;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
@@ -84,10 +83,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
     let toc = archive::read(tools.target, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
-    let target = target::find(cfg, &copy.target).await?;
-    restore::warn_if_privileged(task, &target);
-    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
-    target::recreate(cfg, &target).await?;
+    let (target, applier) = restore::replace_target(task, &copy.target).await?;
     let target_conn = applier.conn()?;
     let warnings = restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
     if warnings > 0 {

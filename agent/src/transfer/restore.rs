@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::UrlPolicy;
 use crate::pg::applier::Applier;
 use crate::pg::archive::{self, Part, Toc};
-use crate::pg::bins::{self, Tools};
+use crate::pg::bins::Tools;
 use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::store::backups;
@@ -33,12 +33,21 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
-    // pg_restore reads no archive from a newer pg_dump, and talks to its server.
-    let target_major = target::server_major(cfg).await?;
-    let archive_major = bins::archive_major(&task.ctx.bins, &archive).await?;
-    let tools = task.ctx.bins.for_restore(target_major, archive_major)?;
+    // The table of contents, read by the newest pg_restore, which reads any
+    // archive the others can, says which pg_dump wrote it; pg_restore reads
+    // no archive from a newer pg_dump, and talks to its server.
+    let newest = task.ctx.bins.newest();
+    let toc = archive::read(newest, &archive, staging.path()).await.with_context(|| {
+        format!(
+            "pg_restore {} cannot read the backup; a newer pg_restore may be needed: add its bin directory with \
+             --pg-bin-dir",
+            newest.describe()
+        )
+    })?;
+    let archive_major =
+        toc.dumped_by().with_context(|| format!("no pg_dump version in the list of {}", archive.display()))?;
+    let tools = task.ctx.bins.for_restore(target::server_major(cfg).await?, archive_major)?;
     task.progress.say(Level::Info, tools.used());
-    let toc = archive::read(tools, &archive, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
@@ -50,10 +59,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
             format.as_str()
         ),
     );
-    let target = target::find(cfg, &restore.target).await?;
-    warn_if_privileged(task, &target);
-    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
-    target::recreate(cfg, &target).await?;
+    let (target, applier) = replace_target(task, &restore.target).await?;
     let warnings = apply(task, tools, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
@@ -61,9 +67,14 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     Ok(Completion::Applied { processed, warnings })
 }
 
+/// Replace database `name` for an archive: find its owner, make the
+/// transfer's applier and see it log in, and only then drop and recreate
+/// the target, so that an applier that cannot work leaves it as it was.
 /// What the archive runs gets the owner's rights: say so when they are more
 /// than a database owner's should be.
-pub fn warn_if_privileged(task: &Task, target: &Target) {
+pub async fn replace_target(task: &Task, name: &str) -> Result<(Target, Applier)> {
+    let cfg = &task.ctx.cfg;
+    let target = target::find(cfg, name).await?;
     if target.privileged_owner {
         task.progress.say(
             Level::Warning,
@@ -75,6 +86,9 @@ pub fn warn_if_privileged(task: &Task, target: &Target) {
             ),
         );
     }
+    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+    target::recreate(cfg, &target).await?;
+    Ok((target, applier))
 }
 
 /// Apply `archive` to `target` as its owner, over `conn` (the transfer's
