@@ -16,8 +16,8 @@ GRANT EXECUTE ON FUNCTION
 TO backups_user;
 GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO backups_user;
 GRANT EXECUTE ON FUNCTION
-    backups.restore(text, name, name),
-    backups.copy(text, name, name),
+    backups.restore(text, name, name, boolean),
+    backups.copy(text, name, name, boolean),
     backups.delete(text),
     backups.schedule(text, name, integer, integer, integer),
     backups.unschedule(name)

@@ -202,6 +202,22 @@ BEGIN
 END
 $$;
 
+-- The options of a restore or copy that replaces `target` in place, with
+-- its risk spelled out: by default the archive goes into a shadow database
+-- swapped in at the end, which needs room for a second copy of the target.
+CREATE FUNCTION backups._in_place_option(target name, in_place boolean) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF in_place IS NOT TRUE THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    RAISE NOTICE 'in place: database "%" is dropped as soon as the transfer starts; if it then fails or is cancelled, "%" is left empty or half-restored', target, target
+        USING HINT = 'Leave in_place out to restore into a shadow database that replaces the target only once complete (it needs free space for a second copy of the target).';
+    RETURN '{"in_place": true}'::jsonb;
+END
+$$;
+
 -- "4.2 s", "3 min 12 s", "1 day 02:03:04": how long a transfer took.
 CREATE FUNCTION backups._duration(started timestamptz, finished timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp

@@ -318,7 +318,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION backups.restore(backup text, target name, confirm name) RETURNS text
+CREATE FUNCTION backups.restore(backup text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -360,8 +360,9 @@ BEGIN
     END IF;
     PERFORM backups._check_target(restore.target, restore.confirm, 'restore');
     v_name := backups._next_name('r');
-    INSERT INTO backups.transfers (name, kind, database, source, source_url, target)
-    VALUES (v_name, 'restore', restore.target, v_backup, v_url, restore.target)
+    INSERT INTO backups.transfers (name, kind, database, source, source_url, target, options)
+    VALUES (v_name, 'restore', restore.target, v_backup, v_url, restore.target,
+            backups._in_place_option(restore.target, restore.in_place))
     RETURNING transfers.id INTO v_id;
     PERFORM backups._log(v_id, format('restore of %s into %s queued by %s', v_backup, restore.target, session_user));
     PERFORM backups._notify(v_name);
@@ -369,7 +370,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION backups.copy(source text, target name, confirm name) RETURNS text
+CREATE FUNCTION backups.copy(source text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -401,7 +402,8 @@ BEGIN
     v_name := backups._next_name('c');
     INSERT INTO backups.transfers (name, kind, database, source, target, options)
     VALUES (v_name, 'copy', copy.target, v_source, copy.target,
-            CASE WHEN v_named THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END)
+            CASE WHEN v_named THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END
+            || backups._in_place_option(copy.target, copy.in_place))
     RETURNING transfers.id INTO v_id;
     PERFORM backups._log(v_id, format('copy of %s into %s queued by %s', v_source, copy.target, session_user));
     PERFORM backups._notify(v_name);

@@ -31,6 +31,7 @@ pub struct Applier {
     target: Target,
     data_url: String,
     tracker: TaskTracker,
+    closed: bool,
 }
 
 impl Applier {
@@ -70,6 +71,7 @@ impl Applier {
             target: target.clone(),
             data_url: cfg.data_url.clone(),
             tracker: tracker.clone(),
+            closed: false,
         };
         // Before the target is touched: can it log in at all?
         let login = Conn::login_as(&applier.data_url, None, &applier.role, &applier.password)?;
@@ -87,10 +89,20 @@ impl Applier {
     pub fn conn(&self) -> Result<Conn> {
         Conn::login_as(&self.data_url, Some(&self.target.name), &self.role, &self.password)
     }
+
+    /// Drop the role now, before the database it applied into is swapped
+    /// in: its sessions end, and what it made goes to the owner.
+    pub async fn close(mut self) -> Result<()> {
+        self.closed = true;
+        drop_role(&self.data_url, &self.role, &self.target).await
+    }
 }
 
 impl Drop for Applier {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         let (role, target, url) = (self.role.clone(), self.target.clone(), self.data_url.clone());
         self.tracker.spawn(async move {
             if let Err(e) = drop_role(&url, &role, &target).await {

@@ -1,11 +1,14 @@
 //! PostgreSQL as the agent touches it: connections (and their TLS), the
 //! client programs it runs (pg_dump, pg_restore, psql) and which major's it
-//! runs, and the databases it restores into.
+//! runs, and the databases it restores into (through a shadow database swapped
+//! in at the end).
 
 pub mod applier;
 pub mod archive;
 pub mod bins;
 pub mod conn;
+pub mod database;
+pub mod shadow;
 pub mod target;
 pub mod tls;
 pub mod tool;

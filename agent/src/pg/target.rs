@@ -12,20 +12,28 @@ use crate::config::Config;
 use crate::pg::archive::Extension;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
+use crate::pg::database::{self, Properties};
 use crate::pg::tool::{Exit, Tool, ToolCommand};
 
 /// A target database, and the role everything is applied as.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Where the archive is applied: the target itself, or its shadow.
     pub name: String,
     pub owner: String,
-    encoding: String,
-    collate: String,
-    ctype: String,
     /// The owner is a superuser, or can create roles, bypass row-level
     /// security or reach the server's files and programs: what the archive
     /// runs gets that too.
     pub privileged_owner: bool,
+    /// What the target is besides its contents, which its replacement gets.
+    pub props: Properties,
+}
+
+impl Target {
+    /// The same target, applied into database `name` instead.
+    pub fn into_database(&self, name: &str) -> Target {
+        Target { name: name.to_string(), ..self.clone() }
+    }
 }
 
 /// Refuse, before the target is touched, an archive whose extensions this
@@ -55,9 +63,9 @@ pub async fn check_extensions(cfg: &Config, extensions: &[Extension]) -> Result<
     Ok(())
 }
 
-/// The target as it is now: its owner, encoding and locale, and whether
-/// that owner holds more than a database owner should (a superuser, or a
-/// role that can create roles or run programs on the server). Refuses the
+/// The target as it is now: its owner and properties, and whether that
+/// owner holds more than a database owner should (a superuser, or a role
+/// that can create roles or run programs on the server). Refuses the
 /// control database.
 pub async fn find(cfg: &Config, target: &str) -> Result<Target> {
     let c = conn::connect(&cfg.data_url).await?;
@@ -66,49 +74,68 @@ pub async fn find(cfg: &Config, target: &str) -> Result<Target> {
     if control == target {
         bail!("refusing to replace the control database {target:?}");
     }
-    let row = c
-        .query_opt(
-            "SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate,
-                    d.datctype,
-                    r.rolsuper OR r.rolcreaterole OR r.rolbypassrls
+    let props = database::read(&c, bins::server_major(&c).await?, target)
+        .await?
+        .with_context(|| format!("target database {target:?} does not exist"))?;
+    let privileged_owner: bool = c
+        .query_one(
+            "SELECT r.rolsuper OR r.rolcreaterole OR r.rolbypassrls
                     OR pg_catalog.pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER')
                     OR pg_catalog.pg_has_role(r.oid, 'pg_write_server_files', 'MEMBER')
                     OR pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
-               FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba
-              WHERE d.datname = $1",
-            &[&target],
+               FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            &[&props.owner],
         )
         .await?
-        .with_context(|| format!("target database {target:?} does not exist"))?;
-    Ok(Target {
-        name: target.to_string(),
-        owner: row.get(0),
-        encoding: row.get(1),
-        collate: row.get(2),
-        ctype: row.get(3),
-        privileged_owner: row.get(4),
-    })
+        .get(0);
+    Ok(Target { name: target.to_string(), owner: props.owner.clone(), privileged_owner, props })
 }
 
-/// Drop and recreate `target` with its owner, encoding and locale, so that
-/// it ends up holding exactly what is restored into it. Connections to the
-/// target are terminated (WITH (FORCE)).
+/// In place: drop `target` and create it again, empty, with its
+/// properties; connections to it are ended (WITH (FORCE)). What a failure
+/// after this leaves is a half-restored target: only `in_place => true`
+/// asks for it.
 pub async fn recreate(cfg: &Config, target: &Target) -> Result<()> {
     let c = conn::connect(&cfg.data_url).await?;
     let name = &target.name;
     c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
         .await
         .with_context(|| format!("dropping {name}"))?;
-    c.batch_execute(&format!(
-        "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-        ident(name),
-        ident(&target.owner),
-        literal(&target.encoding),
-        literal(&target.collate),
-        literal(&target.ctype)
-    ))
-    .await
-    .with_context(|| format!("creating {name}"))?;
+    create(&c, target).await
+}
+
+/// Create database `target.name`, empty, with the target's properties.
+pub async fn create(c: &tokio_postgres::Client, target: &Target) -> Result<()> {
+    c.batch_execute(&target.props.create_statement(&target.name))
+        .await
+        .with_context(|| format!("creating database {}", target.name))
+}
+
+/// Give database `target.name` the target's settings, grants and
+/// connection limit, once the archive is in. Role settings the agent may
+/// not set (they need rights over the role) are warnings, each naming the
+/// statement to run by hand; anything else fails the transfer.
+pub async fn configure(cfg: &Config, target: &Target) -> Result<Vec<String>> {
+    let c = conn::connect(&cfg.data_url).await?;
+    let props = &target.props;
+    for s in props.configure_statements(&target.name) {
+        c.batch_execute(&s).await.with_context(|| format!("giving {} the target's settings: {s}", target.name))?;
+    }
+    let mut warnings = Vec::new();
+    for s in props.role_statements(&target.name) {
+        if let Err(e) = c.batch_execute(&s).await {
+            warnings
+                .push(format!("could not keep a role setting of the database ({:#}): run {s}", anyhow::Error::from(e)));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Give database `target.name` the target's comment (a shadow gets it in
+/// the swap: until then its comment marks it as the agent's).
+pub async fn comment(cfg: &Config, target: &Target) -> Result<()> {
+    let c = conn::connect(&cfg.data_url).await?;
+    c.batch_execute(&target.props.comment_statement(&target.name)).await?;
     Ok(())
 }
 

@@ -3,16 +3,18 @@
 //!
 //! 1. the source exports a snapshot that every step below reads, so the
 //!    copy is consistent;
-//! 2. the schema (pg_dump's pre-data section) is dumped to staging, the
-//!    target replaced, the schema's extensions created by the agent and the
-//!    rest restored as the target's owner (as in a restore);
+//! 2. the schema (pg_dump's pre-data section) is dumped to staging and
+//!    applied into the target's shadow (as in a restore: extensions created
+//!    by the agent, the rest as the target's owner);
 //! 3. the data: the larger tables stream `COPY TO` -> `COPY FROM` over N
 //!    connection pairs at once (text format: binary COPY carries type OIDs,
 //!    which differ between databases); everything else in the data section
 //!    (small tables, sequence values, large objects, extension config
 //!    tables) goes through pg_dump | pg_restore beside them;
 //! 4. indexes, constraints and triggers (post-data) are built by
-//!    `pg_restore -j N`, from a small directory dump in staging.
+//!    `pg_restore -j N`, from a small directory dump in staging;
+//! 5. the shadow gets the target's settings and grants and is swapped in
+//!    (`destination.rs`): until then the target is untouched.
 //!
 //! Everything written runs as the target's owner (`pg_restore --role`,
 //! `SET ROLE` before COPY FROM). Everything read runs with row_security
@@ -32,6 +34,7 @@ use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::capture;
+use crate::transfer::destination::Destination;
 use crate::transfer::job::{Completion, Copy};
 use crate::transfer::progress::{human, Progress};
 use crate::transfer::report::Level;
@@ -83,8 +86,9 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
     let toc = archive::read(tools.target, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
-    let (target, applier) = restore::replace_target(task, &copy.target).await?;
-    let target_conn = applier.conn()?;
+    let dest = Destination::prepare(task, &copy.target, copy.in_place).await?;
+    let target = dest.target.clone();
+    let target_conn = dest.conn()?;
     let warnings = restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");
@@ -109,8 +113,9 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     dump.to_dir(&post, &["--section=post-data"]).await.context("dumping indexes and constraints")?;
     let mut cmd = target::pg_restore(tools.target, &target_conn, &target, Some(jobs), None)?;
     cmd.arg(&post);
-    let warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+    let mut warnings = target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     drop(snap_conn);
+    warnings += dest.finish(task).await?;
 
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };

@@ -76,12 +76,15 @@ pub enum BackupRef {
 pub struct Restore {
     pub from: BackupRef,
     pub target: String,
+    /// Drop the target first instead of swapping a shadow in.
+    pub in_place: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Copy {
     pub source: Source,
     pub target: String,
+    pub in_place: bool,
 }
 
 /// A claimed row of the transfers table, as the claim returns it.
@@ -94,6 +97,16 @@ pub struct Row {
     pub target: Option<String>,
     pub options: serde_json::Value,
     pub attempt: i32,
+}
+
+impl Row {
+    /// The `in_place` option of a restore or copy.
+    fn in_place(&self) -> Result<bool> {
+        match self.options.get("in_place") {
+            None | Some(serde_json::Value::Null) => Ok(false),
+            Some(v) => v.as_bool().context("invalid in_place option"),
+        }
+    }
 }
 
 impl Job {
@@ -128,6 +141,7 @@ impl Job {
                         BackupRef::Id(from.to_string())
                     },
                     target: row.target.clone().unwrap_or_else(|| row.database.clone()),
+                    in_place: row.in_place()?,
                 })
             }
             "copy" => {
@@ -136,6 +150,7 @@ impl Job {
                 Job::Copy(Copy {
                     source: if named { Source::Named(source) } else { Source::Database(source) },
                     target: row.target.clone().unwrap_or_else(|| row.database.clone()),
+                    in_place: row.in_place()?,
                 })
             }
             other => bail!("this agent cannot run {other} transfers"),

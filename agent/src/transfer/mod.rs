@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod copy;
+pub mod destination;
 pub mod job;
 pub mod parallel;
 pub mod progress;

@@ -1,9 +1,11 @@
 //! Restore: a backup (by id, or from an http(s) URL) into a target database.
 //!
 //! The backup is first brought to local staging and verified: every
-//! SHA-256 must match before the target is touched, and a custom-format
-//! archive needs a seekable file for a parallel pg_restore anyway. Then the
-//! target is replaced and pg_restore runs with `-j` (the agent's cores).
+//! SHA-256 must match before anything is applied, and a custom-format
+//! archive needs a seekable file for a parallel pg_restore anyway. Then
+//! pg_restore runs with `-j` (the agent's cores) into the target's shadow,
+//! which replaces the target only once it holds everything
+//! (`destination.rs`).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +18,13 @@ use tokio::io::AsyncReadExt;
 use tokio_util::task::TaskTracker;
 
 use crate::config::UrlPolicy;
-use crate::pg::applier::Applier;
 use crate::pg::archive::{self, Part, Toc};
 use crate::pg::bins::Tools;
 use crate::pg::conn::{self, Conn};
 use crate::pg::target::{self, Target};
 use crate::store::backups;
 use crate::store::layout::Format;
+use crate::transfer::destination::Destination;
 use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::human;
 use crate::transfer::remote;
@@ -59,36 +61,14 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
             format.as_str()
         ),
     );
-    let (target, applier) = replace_target(task, &restore.target).await?;
-    let warnings = apply(task, tools, &applier.conn()?, &target, &archive, &toc, staging.path(), Some(jobs)).await?;
+    let dest = Destination::prepare(task, &restore.target, restore.in_place).await?;
+    let mut warnings =
+        apply(task, tools, &dest.conn()?, &dest.target, &archive, &toc, staging.path(), Some(jobs)).await?;
+    warnings += dest.finish(task).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
     Ok(Completion::Applied { processed, warnings })
-}
-
-/// Replace database `name` for an archive: find its owner, make the
-/// transfer's applier and see it log in, and only then drop and recreate
-/// the target, so that an applier that cannot work leaves it as it was.
-/// What the archive runs gets the owner's rights: say so when they are more
-/// than a database owner's should be.
-pub async fn replace_target(task: &Task, name: &str) -> Result<(Target, Applier)> {
-    let cfg = &task.ctx.cfg;
-    let target = target::find(cfg, name).await?;
-    if target.privileged_owner {
-        task.progress.say(
-            Level::Warning,
-            format!(
-                "{} is owned by {}, a superuser or a role with powers beyond its databases: what the archive runs \
-                 (functions in constraints, triggers, index expressions) runs with those; give the database to an \
-                 ordinary role (ALTER DATABASE ... OWNER TO) to contain it",
-                target.name, target.owner
-            ),
-        );
-    }
-    let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
-    target::recreate(cfg, &target).await?;
-    Ok((target, applier))
 }
 
 /// Apply `archive` to `target` as its owner, over `conn` (the transfer's
