@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::conn::{self, Conn};
-use crate::pg::target::{ident, literal, Target};
+use crate::pg::quote::{ident, literal};
+use crate::pg::target::Target;
 
 /// Names of the throwaway roles start with this.
 const PREFIX: &str = "pgbackups_apply_";

@@ -45,8 +45,10 @@ pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)
         .with_context(|| format!("connecting to {}", redact(url)))
 }
 
-/// The search_path of every session the agent opens itself.
-pub const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
+/// The search_path of every session the agent opens itself, and the
+/// quoting its statements' literals assume (`pg/quote.rs`), whatever a
+/// database's own settings say.
+pub const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on";
 
 /// Connect and drive the connection in the background. Notifications are
 /// not delivered here: see the agent's `listen`.

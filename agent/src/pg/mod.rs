@@ -8,6 +8,7 @@ pub mod archive;
 pub mod bins;
 pub mod conn;
 pub mod database;
+pub mod quote;
 pub mod shadow;
 pub mod target;
 pub mod tls;

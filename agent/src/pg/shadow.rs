@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::conn;
-use crate::pg::target::{self, ident, literal, Target};
+use crate::pg::quote::{ident, literal};
+use crate::pg::target::{self, Target};
 
 /// Comments on the databases the agent makes start with this.
 const MARK: &str = "pg_backups: ";

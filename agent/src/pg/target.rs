@@ -13,6 +13,7 @@ use crate::pg::archive::Extension;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::database::{self, Properties};
+use crate::pg::quote::ident;
 use crate::pg::tool::{Exit, Tool, ToolCommand};
 
 /// A target database, and the role everything is applied as.
@@ -173,14 +174,6 @@ pub async fn server_major(cfg: &Config) -> Result<u32> {
     bins::server_major(&c).await
 }
 
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose
 /// --role=OWNER [-j N] [--use-list LIST]` from `tools` into `target` over
 /// `conn` (the transfer's applier); the caller adds the input (a path, or
@@ -230,6 +223,7 @@ fn ignored_errors(text: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::quote::literal;
 
     #[test]
     fn counts_errors_pg_restore_ignored() {

@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::pg::archive;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
+use crate::pg::quote;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::capture;
@@ -177,7 +178,7 @@ async fn copy_tables(
             tools.target,
             target,
             &[
-                &format!("SET ROLE {}", target::ident(owner)),
+                &format!("SET ROLE {}", quote::ident(owner)),
                 "SET synchronous_commit = off",
                 &format!("COPY {table} FROM STDIN"),
             ],
