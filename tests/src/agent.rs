@@ -27,10 +27,29 @@ impl Agent {
     /// `pgbackups agent --database-url URL --storage STORAGE ARGS...`, with
     /// extra environment variables.
     pub fn start(database_url: &str, storage: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_wrapped(&[], database_url, storage, args, env)
+    }
+
+    /// Like [`Agent::start`], the binary run through `wrapper` (such as
+    /// `taskset -c 0`), which must exec it so that the pid stays the agent's.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        database_url: &str,
+        storage: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log =
             tempfile::Builder::new().prefix("pgbackups-agent-").suffix(".log").tempfile()?.into_temp_path().keep()?;
         let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("agent")
             .args(["--database-url", database_url, "--storage", storage, "--poll-interval", "0.5"])
             .args(args)
