@@ -86,6 +86,11 @@ impl Applier {
         Ok(applier)
     }
 
+    /// The login's name.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
     /// The connection to the target that the tools use.
     pub fn conn(&self) -> Result<Conn> {
         Conn::login_as(&self.data_url, Some(&self.target.name), &self.role, &self.password)

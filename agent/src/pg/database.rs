@@ -152,36 +152,41 @@ impl Properties {
         sql
     }
 
-    /// The statements that give database `name` this one's settings,
-    /// grants and connection limit. Run once the archive is applied: a
-    /// setting such as `default_transaction_read_only` or a revoked CONNECT
-    /// would stop the restore itself. The role settings come apart
-    /// (`role_statements`): they need rights over other roles.
-    pub fn configure_statements(&self, name: &str) -> Vec<String> {
+    /// The statements that give database `name` this one's grants and
+    /// connection limit. Run once the archive is applied: a revoked CONNECT
+    /// would stop the restore itself. Until then the database is closed to
+    /// PUBLIC (`pg/shadow.rs`), so the default grants are given back too.
+    pub fn access_statements(&self, name: &str) -> Vec<String> {
         let db = ident(name);
-        let mut out: Vec<String> =
-            self.settings.iter().map(|s| set_statement(&format!("ALTER DATABASE {db}"), s)).collect();
-        if let Some(grants) = &self.grants {
-            out.push(format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC, {}", ident(&self.owner)));
-            for g in grants {
-                out.push(format!(
-                    "GRANT {} ON DATABASE {db} TO {}{}",
-                    g.privilege,
-                    g.grantee.as_deref().map(ident).unwrap_or_else(|| "PUBLIC".into()),
-                    if g.grantable { " WITH GRANT OPTION" } else { "" }
-                ));
+        let mut out = Vec::new();
+        match &self.grants {
+            None => out.push(format!("GRANT CONNECT, TEMPORARY ON DATABASE {db} TO PUBLIC")),
+            Some(grants) => {
+                out.push(format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC, {}", ident(&self.owner)));
+                for g in grants {
+                    out.push(format!(
+                        "GRANT {} ON DATABASE {db} TO {}{}",
+                        g.privilege,
+                        g.grantee.as_deref().map(ident).unwrap_or_else(|| "PUBLIC".into()),
+                        if g.grantable { " WITH GRANT OPTION" } else { "" }
+                    ));
+                }
             }
         }
-        if self.connection_limit != -1 {
+        // (-2 marks a database left invalid by an interrupted drop.)
+        if self.connection_limit >= 0 {
             out.push(format!("ALTER DATABASE {db} CONNECTION LIMIT {}", self.connection_limit));
         }
         out
     }
 
-    /// `ALTER ROLE r IN DATABASE name SET ...` for every role setting.
-    pub fn role_statements(&self, name: &str) -> Vec<String> {
+    /// `ALTER DATABASE name SET ...` and `ALTER ROLE r IN DATABASE name SET
+    /// ...` for every setting: applied last, since a setting such as
+    /// `default_transaction_read_only` would stop the restore itself.
+    pub fn setting_statements(&self, name: &str) -> Vec<String> {
         let db = ident(name);
-        let mut out = Vec::new();
+        let mut out: Vec<String> =
+            self.settings.iter().map(|s| set_statement(&format!("ALTER DATABASE {db}"), s)).collect();
         for (role, config) in &self.role_settings {
             let prefix = format!("ALTER ROLE {} IN DATABASE {db}", ident(role));
             out.extend(config.iter().map(|s| set_statement(&prefix, s)));

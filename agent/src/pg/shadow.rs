@@ -29,8 +29,10 @@ const SWAP_ATTEMPTS: u32 = 5;
 
 /// A shadow of a target, dropped unless it was swapped in.
 pub struct Shadow {
-    target: Target,
     shadow: Target,
+    /// The shadow's oid: what is dropped or swapped in is this database,
+    /// whatever holds its name by then.
+    oid: u32,
     data_url: String,
     tracker: TaskTracker,
     swapped: bool,
@@ -46,25 +48,27 @@ fn replaced_name(oid: u32) -> String {
 
 impl Shadow {
     /// Drop what an earlier attempt left for `target`, and create its
-    /// shadow for transfer `transfer`.
+    /// shadow for transfer `transfer`, closed to everyone but its owner
+    /// (PUBLIC may not connect) until it gets the target's grants.
     pub async fn create(cfg: &Config, target: &Target, transfer: &str, tracker: &TaskTracker) -> Result<Shadow> {
         let c = conn::connect(&cfg.data_url).await?;
         let name = shadow_name(target.props.oid);
-        for leftover in [name.clone(), replaced_name(target.props.oid)] {
-            sweep(&c, target, &leftover).await?;
+        sweep(&c, target, &name).await?;
+        if let Err(e) = sweep(&c, target, &replaced_name(target.props.oid)).await {
+            tracing::warn!("{e:#}");
         }
-        let shadow = Shadow {
-            target: target.clone(),
-            shadow: target.into_database(&name),
-            data_url: cfg.data_url.clone(),
-            tracker: tracker.clone(),
-            swapped: false,
-        };
-        target::create(&c, &shadow.shadow).await.context("creating the shadow database the archive goes into")?;
+        let shadow = target.into_database(&name);
+        target::create(&c, &shadow).await.context("creating the shadow database the archive goes into")?;
+        let oid: u32 = c
+            .query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
+            .await
+            .context("finding the shadow database")?
+            .get(0);
+        let shadow = Shadow { shadow, oid, data_url: cfg.data_url.clone(), tracker: tracker.clone(), swapped: false };
         c.batch_execute(&format!(
-            "COMMENT ON DATABASE {} IS {}",
-            ident(&name),
-            literal(&format!("{MARK}shadow of {:?} for {transfer}, dropped unless swapped in", target.name))
+            "COMMENT ON DATABASE {s} IS {mark}; REVOKE ALL ON DATABASE {s} FROM PUBLIC",
+            s = ident(&name),
+            mark = literal(&format!("{MARK}shadow of {:?} for {transfer}, dropped unless swapped in", target.name))
         ))
         .await?;
         Ok(shadow)
@@ -75,42 +79,35 @@ impl Shadow {
         &self.shadow
     }
 
-    /// Swap the shadow in: end the target's sessions, then in one
-    /// transaction rename the target away and the shadow to its name, with
-    /// the target's comment; then drop the old contents.
-    pub async fn swap(mut self, transfer: &str) -> Result<()> {
+    /// Swap the shadow in, as `target` is now (re-read at the end, so
+    /// that what changed in it meanwhile is kept): end the sessions on
+    /// both, then in one transaction rename the target away (checking it is
+    /// still the database the restore was for) and the shadow to its name,
+    /// with the target's comment. Then drop the old contents; a warning if
+    /// they could not be dropped.
+    pub async fn swap(mut self, target: &Target, transfer: &str) -> Result<Option<String>> {
         let c = conn::connect(&self.data_url).await?;
-        let (name, shadow) = (&self.target.name, &self.shadow.name);
-        let oid: u32 = c
-            .query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[shadow])
-            .await
-            .context("finding the shadow database")?
-            .get(0);
-        let old = replaced_name(oid);
-        let renames = format!(
-            "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; {comment}; \
-             COMMENT ON DATABASE {o} IS {mark}; COMMIT",
-            t = ident(name),
-            o = ident(&old),
-            s = ident(shadow),
-            comment = self.target.props.comment_statement(name),
-            mark = literal(&format!("{MARK}{name:?} as it was before {transfer}, being dropped")),
-        );
+        let (name, shadow) = (target.name.clone(), self.shadow.name.clone());
+        let old = replaced_name(self.oid);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            end_sessions(&c, name).await;
-            match c.batch_execute(&renames).await {
+            end_sessions(&c, &name).await;
+            end_sessions(&c, &shadow).await;
+            match self.renames(&c, target, &old, transfer).await {
                 Ok(()) => break,
                 Err(e) => {
                     c.batch_execute("ROLLBACK").await.ok();
-                    let in_use = e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE);
+                    let in_use = e
+                        .downcast_ref::<tokio_postgres::Error>()
+                        .and_then(|e| e.code())
+                        .is_some_and(|c| *c == tokio_postgres::error::SqlState::OBJECT_IN_USE);
                     if !(in_use && attempt < SWAP_ATTEMPTS) {
-                        return Err(anyhow::Error::from(e).context(format!(
+                        return Err(e.context(format!(
                             "swapping the restored copy in for {name}{}; {name} is as it was",
                             if in_use {
-                                " (sessions kept connecting to it, or the agent may not end them: it needs \
-                                 pg_signal_backend or the sessions' roles)"
+                                " (sessions kept connecting to it or to the shadow, or the agent may not end them: \
+                                 it needs pg_signal_backend or the sessions' roles)"
                             } else {
                                 ""
                             }
@@ -120,13 +117,49 @@ impl Shadow {
             }
         }
         self.swapped = true;
-        if let Err(e) = c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&old))).await {
-            tracing::warn!(
-                "could not drop {old}, which holds what {name} held before {transfer}: {:#} (the next restore into \
-                 {name} drops it)",
+        Ok(c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&old))).await.err().map(|e| {
+            format!(
+                "could not drop {old}, which holds what {name} held before {transfer}: {:#}; drop it by hand, or the \
+                 next restore into {name} drops it",
                 anyhow::Error::from(e)
+            )
+        }))
+    }
+
+    /// The swap's transaction.
+    async fn renames(&self, c: &tokio_postgres::Client, target: &Target, old: &str, transfer: &str) -> Result<()> {
+        let name = &target.name;
+        c.batch_execute(&format!("BEGIN; ALTER DATABASE {} RENAME TO {}", ident(name), ident(old))).await?;
+        let still: Option<bool> = c
+            .query_opt(
+                "SELECT d.oid = $2 AND pg_catalog.pg_get_userbyid(d.datdba) = $3 FROM pg_catalog.pg_database d
+                  WHERE d.datname = $1",
+                &[&old, &target.props.oid, &target.owner],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let shadow_here: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1 AND oid = $2)",
+                &[&self.shadow.name, &self.oid],
+            )
+            .await?
+            .get(0);
+        if still != Some(true) || !shadow_here {
+            bail!(
+                "{name} is not the database the restore began with (it was replaced, renamed or given to another \
+                 owner meanwhile), or its shadow changed: refusing to swap"
             );
         }
+        c.batch_execute(&format!(
+            "ALTER DATABASE {s} RENAME TO {t}; {comment}; COMMENT ON DATABASE {o} IS {mark}; COMMIT",
+            s = ident(&self.shadow.name),
+            t = ident(name),
+            o = ident(old),
+            comment = target.props.comment_statement(name),
+            mark = literal(&format!("{MARK}{name:?} as it was before {transfer}, being dropped")),
+        ))
+        .await?;
         Ok(())
     }
 }
@@ -136,11 +169,17 @@ impl Drop for Shadow {
         if self.swapped {
             return;
         }
-        let (url, name) = (self.data_url.clone(), self.shadow.name.clone());
+        let (url, name, oid) = (self.data_url.clone(), self.shadow.name.clone(), self.oid);
         self.tracker.spawn(async move {
             let dropped = async {
                 let c = conn::connect(&url).await?;
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name))).await?;
+                // The shadow, not whatever took its name.
+                let ours = c
+                    .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1 AND oid = $2", &[&name, &oid])
+                    .await?;
+                if ours.is_some() {
+                    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name))).await?;
+                }
                 anyhow::Ok(())
             };
             if let Err(e) = dropped.await {
@@ -185,8 +224,8 @@ async fn sweep(c: &tokio_postgres::Client, target: &Target, name: &str) -> Resul
     let (owner, comment): (String, String) = (row.get(0), row.get(1));
     if owner != target.owner || !comment.starts_with(MARK) {
         bail!(
-            "a database named {name} is in the way of restoring into {}, and pg_backups did not make it: rename or \
-             drop it",
+            "a database named {name} is in the way of restoring into {}, and it is not marked as made by pg_backups \
+             (an agent killed just after creating it leaves it unmarked): rename or drop it",
             target.name
         );
     }

@@ -112,24 +112,62 @@ pub async fn create(c: &tokio_postgres::Client, target: &Target) -> Result<()> {
         .with_context(|| format!("creating database {}", target.name))
 }
 
-/// Give database `target.name` the target's settings, grants and
-/// connection limit, once the archive is in. Role settings the agent may
-/// not set (they need rights over the role) are warnings, each naming the
-/// statement to run by hand; anything else fails the transfer.
-pub async fn configure(cfg: &Config, target: &Target) -> Result<Vec<String>> {
+/// Give database `into` the grants, connection limit and settings of
+/// `target` (as it is now), once the archive is in. A setting the agent may
+/// not store (a superuser's, or a role's it has no rights over) is a
+/// warning naming the statement to run; a grant or limit it cannot give
+/// fails the transfer, which would otherwise leave the database more open
+/// than the target was.
+pub async fn configure(cfg: &Config, target: &Target, into: &str) -> Result<Vec<String>> {
     let c = conn::connect(&cfg.data_url).await?;
     let props = &target.props;
-    for s in props.configure_statements(&target.name) {
-        c.batch_execute(&s).await.with_context(|| format!("giving {} the target's settings: {s}", target.name))?;
+    for s in props.access_statements(into) {
+        c.batch_execute(&s).await.with_context(|| format!("giving {into} the grants of {}: {s}", target.name))?;
     }
     let mut warnings = Vec::new();
-    for s in props.role_statements(&target.name) {
+    for (s, shown) in props.setting_statements(into).into_iter().zip(props.setting_statements(&target.name)) {
         if let Err(e) = c.batch_execute(&s).await {
-            warnings
-                .push(format!("could not keep a role setting of the database ({:#}): run {s}", anyhow::Error::from(e)));
+            warnings.push(format!(
+                "could not keep a setting of {} ({:#}): run {shown}",
+                target.name,
+                anyhow::Error::from(e)
+            ));
         }
     }
     Ok(warnings)
+}
+
+/// Refuse a target that cannot be replaced: a template (its flag would be
+/// lost, and it cannot be dropped), or one that replication or a prepared
+/// transaction holds on to by its oid.
+pub async fn check_replaceable(cfg: &Config, target: &Target) -> Result<()> {
+    let c = conn::connect(&cfg.data_url).await?;
+    let row = c
+        .query_one(
+            "SELECT d.datistemplate,
+                    (SELECT count(*) FROM pg_catalog.pg_replication_slots s WHERE s.database = d.datname),
+                    (SELECT count(*) FROM pg_catalog.pg_subscription s WHERE s.subdbid = d.oid),
+                    (SELECT count(*) FROM pg_catalog.pg_prepared_xacts x WHERE x.database = d.datname)
+               FROM pg_catalog.pg_database d WHERE d.oid = $1",
+            &[&target.props.oid],
+        )
+        .await?;
+    let (template, slots, subscriptions, prepared): (bool, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let name = &target.name;
+    if template {
+        bail!("{name} is a template database: make it an ordinary one first (ALTER DATABASE ... IS_TEMPLATE false)");
+    }
+    if slots > 0 || subscriptions > 0 {
+        bail!(
+            "{name} has {slots} replication slot(s) and {subscriptions} subscription(s), which would not follow a \
+             replaced database: drop them first"
+        );
+    }
+    if prepared > 0 {
+        bail!("{name} has {prepared} prepared transaction(s): commit or roll them back first (pg_prepared_xacts)");
+    }
+    Ok(())
 }
 
 /// Give database `target.name` the target's comment (a shadow gets it in

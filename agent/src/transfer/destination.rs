@@ -7,10 +7,11 @@
 //! the archive is applied by the transfer's throwaway login
 //! (`pg/applier.rs`), with at most the owner's rights.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::pg::applier::Applier;
-use crate::pg::conn::Conn;
+use crate::pg::conn::{self, Conn};
+use crate::pg::quote::ident;
 use crate::pg::shadow::Shadow;
 use crate::pg::target::{self, Target};
 use crate::transfer::report::Level;
@@ -19,6 +20,8 @@ use crate::transfer::task::Task;
 pub struct Destination {
     /// Where the archive is applied: the shadow, or the target in place.
     pub target: Target,
+    /// The target as it was found.
+    original: Target,
     applier: Applier,
     shadow: Option<Shadow>,
 }
@@ -43,7 +46,8 @@ impl Destination {
                 ),
             );
         }
-        if in_place {
+        target::check_replaceable(cfg, &target).await?;
+        let (into, applier, shadow) = if in_place {
             let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
             task.progress.say(
                 Level::Warning,
@@ -54,16 +58,27 @@ impl Destination {
                 ),
             );
             target::recreate(cfg, &target).await?;
-            return Ok(Destination { target, applier, shadow: None });
-        }
-        let shadow = Shadow::create(cfg, &target, &task.name, &task.tracker).await?;
-        let into = shadow.target().clone();
-        task.progress.say(
-            Level::Info,
-            format!("applying into {}, which replaces {} once everything is in", into.name, target.name),
-        );
-        let applier = Applier::create(cfg, &into, &task.name, task.attempt, &task.tracker).await?;
-        Ok(Destination { target: into, applier, shadow: Some(shadow) })
+            (target.clone(), applier, None)
+        } else {
+            let shadow = Shadow::create(cfg, &target, &task.name, &task.tracker).await?;
+            let into = shadow.target().clone();
+            task.progress.say(
+                Level::Info,
+                format!("applying into {}, which replaces {} once everything is in", into.name, target.name),
+            );
+            let applier = Applier::create(cfg, &into, &task.name, task.attempt, &task.tracker).await?;
+            (into, applier, Some(shadow))
+        };
+        // Until it gets the target's grants, only the applier (NOINHERIT:
+        // the owner's rights are not its own) may connect, not PUBLIC.
+        let c = conn::connect(&cfg.data_url).await?;
+        c.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}",
+            db = ident(&into.name),
+            role = ident(applier.role())
+        ))
+        .await?;
+        Ok(Destination { target: into, original: target, applier, shadow })
     }
 
     /// The connection the tools apply the archive over.
@@ -71,22 +86,39 @@ impl Destination {
         self.applier.conn()
     }
 
-    /// Everything is in: give it the target's settings, grants and limit,
-    /// end the applier, and swap the shadow in. The role settings the
-    /// agent could not keep, as warnings.
+    /// Everything is in: end the applier (its sessions end, what it made
+    /// is the owner's), give what was applied the grants, limit and
+    /// settings the target has now, and swap the shadow in. The settings
+    /// the agent could not keep, as warnings.
     pub async fn finish(self, task: &Task) -> Result<i32> {
         let cfg = &task.ctx.cfg;
-        let warnings = target::configure(cfg, &self.target).await?;
-        for w in &warnings {
-            task.progress.say(Level::Warning, w.clone());
-        }
         self.applier.close().await?;
+        // As the target is now, not as it was when the restore began.
+        let now = match &self.shadow {
+            Some(_) => target::find(cfg, &self.original.name).await?,
+            None => self.original.clone(),
+        };
+        if now.props.oid != self.original.props.oid {
+            bail!("{} was replaced by another database during the restore: refusing to swap", now.name);
+        }
+        let mut warnings = target::configure(cfg, &now, &self.target.name).await?;
         match self.shadow {
             Some(shadow) => {
-                shadow.swap(&task.name).await?;
-                task.progress.say(Level::Info, "swapped in; the previous contents were dropped".to_string());
+                task.commit_point();
+                match shadow.swap(&now, &task.name).await? {
+                    None => {
+                        task.progress.say(Level::Info, "swapped in; the previous contents were dropped".to_string())
+                    }
+                    Some(w) => {
+                        task.progress.say(Level::Info, "swapped in".to_string());
+                        warnings.push(w);
+                    }
+                }
             }
             None => target::comment(cfg, &self.target).await?,
+        }
+        for w in &warnings {
+            task.progress.say(Level::Warning, w.clone());
         }
         Ok(warnings.len() as i32)
     }

@@ -17,6 +17,7 @@
 //! objects, and an outcome that cannot be learnt keeps them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,12 +95,14 @@ async fn run(
     };
     let (progress, mut journal) = progress::channel();
     let tracker = TaskTracker::new();
+    let committing = Arc::new(AtomicBool::new(false));
     let task = Task {
         ctx: ctx.clone(),
         name: claimed.name.clone(),
         attempt: claimed.attempt,
         progress,
         tracker: tracker.clone(),
+        committing: committing.clone(),
     };
     let stored_by = keys_of(&ctx, &claimed, &job);
     let mut work = tokio::spawn(async move {
@@ -126,7 +129,8 @@ async fn run(
                 Ok(Err(e)) => Ended::Failed(format!("{e:#}")),
                 Err(e) => Ended::Failed(format!("the transfer's work panicked: {e}")),
             },
-            _ = shutdown.reached(Phase::HandBack) => break Ended::HandBack,
+            // Past the point of no return the work is let end.
+            _ = shutdown.reached(Phase::HandBack), if !committing.load(Ordering::SeqCst) => break Ended::HandBack,
             ev = next_event(&mut events) => match ev {
                 // A cancel: check with the table at once rather than trust the payload.
                 Ok(e) => e == cancel_event,
@@ -140,7 +144,8 @@ async fn run(
         };
         if beat_now {
             match beat(&rep, &mut journal).await {
-                Some(Beat::CancelRequested) => break Ended::Cancelled,
+                Some(Beat::CancelRequested) if !committing.load(Ordering::SeqCst) => break Ended::Cancelled,
+                Some(Beat::CancelRequested) => {}
                 Some(Beat::Lost) => break Ended::Lost,
                 Some(Beat::Run) => last_beat = Instant::now(),
                 None => {}

@@ -3,6 +3,7 @@
 //! its background tasks are spawned on, so that the supervisor can wait for
 //! every one of them to end before it records how the transfer ended.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -18,11 +19,21 @@ pub struct Task {
     pub attempt: i32,
     pub progress: Progress,
     pub tracker: TaskTracker,
+    /// Set at the point of no return (a restore's swap): from then on a
+    /// cancel or a hand back waits for the work to end instead of stopping
+    /// it, so that the transfer is never recorded as stopped when its
+    /// target was in fact replaced.
+    pub committing: Arc<AtomicBool>,
 }
 
 impl Task {
     /// This attempt's own staging directory.
     pub fn staging(&self) -> Result<Staging> {
         self.ctx.staging.create(&self.name, self.attempt)
+    }
+
+    /// From here the work runs to its end: see `committing`.
+    pub fn commit_point(&self) {
+        self.committing.store(true, Ordering::SeqCst);
     }
 }
