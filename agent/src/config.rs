@@ -27,6 +27,9 @@ pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 2.0;
 pub const DEFAULT_URL_MAX_BYTES: u64 = 1 << 40;
 /// ...within this many seconds.
 pub const DEFAULT_URL_TIMEOUT_SECS: u64 = 6 * 3600;
+/// A copy reads tables larger than this in several ctid ranges at once;
+/// 0 never splits.
+pub const DEFAULT_SPLIT_TABLES_LARGER_THAN: u64 = 256 << 20;
 /// How often a running transfer reports progress and learns of a cancel.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -117,6 +120,10 @@ pub struct AgentOptions {
     /// How long a restore may take to download a URL, in seconds.
     #[arg(long, env = "PGBACKUPS_URL_TIMEOUT")]
     pub url_timeout: Option<u64>,
+    /// A copy splits tables larger than this many bytes (pg_table_size) into
+    /// ctid ranges that several COPY streams read at once (0: never).
+    #[arg(long, env = "PGBACKUPS_SPLIT_TABLES_LARGER_THAN")]
+    pub split_tables_larger_than: Option<u64>,
     /// Named sources (replicas, forks, other servers), by name; file only
     /// (or PGBACKUPS_SOURCE_<NAME>=url).
     #[arg(skip)]
@@ -172,6 +179,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub lock_wait_timeout: Option<String>,
+    /// Bytes above which a copy splits a table; 0 never.
+    pub split_tables_larger_than: u64,
     pub listen: Option<Listen>,
     pub sources: BTreeMap<String, SourceConfig>,
 }
@@ -238,6 +247,7 @@ impl Config {
             poll_interval: Duration::from_secs_f64(o.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL_SECS).max(0.1)),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             lock_wait_timeout: o.lock_wait_timeout,
+            split_tables_larger_than: o.split_tables_larger_than.unwrap_or(DEFAULT_SPLIT_TABLES_LARGER_THAN),
             listen,
             sources,
         })
@@ -335,6 +345,7 @@ mod tests {
         assert_eq!(cfg.max_concurrent, 1);
         assert_eq!(cfg.compression_level, 7);
         assert_eq!(cfg.store.storage, DEFAULT_STORAGE);
+        assert_eq!(cfg.split_tables_larger_than, DEFAULT_SPLIT_TABLES_LARGER_THAN);
         assert_eq!(cfg.sources["replica"].url, "postgres://replica/app");
         assert_eq!(cfg.store.storage_options["region"], "eu-west-3");
         assert!(cfg.listen.is_none());

@@ -20,6 +20,30 @@
 //! `SET ROLE` before COPY FROM). Everything read runs with row_security
 //! off, as pg_dump does: where a policy would hide rows from the agent's
 //! role, the copy fails instead of copying fewer rows.
+//!
+//! The COPY streams carry what pg_dump's COPY would, value for value:
+//!
+//! - every COPY names its columns, read from the source in the snapshot:
+//!   the non-dropped, non-generated ones in attnum order, quoted. pg_dump
+//!   may create the target's table with its columns in another order (an
+//!   inheritance child whose parent gained a column after it was created
+//!   gets the parent's columns first), and without the source's dropped
+//!   columns; a bare `COPY t` would fail or swap values there. Generated
+//!   columns are left for the target to compute, as pg_dump leaves them.
+//! - both ends pin the session settings pg_dump pins, so that no `ALTER
+//!   DATABASE/ROLE ... SET` on either side changes the text in between:
+//!   client_encoding (the source database's encoding, which pg_dump writes
+//!   by default: no conversion on the way out, one on the way in), DateStyle
+//!   ISO (no days-first dates, no zone abbreviations), IntervalStyle postgres
+//!   (sql_standard's single leading sign reads back differently) and
+//!   extra_float_digits 3 (no rounding).
+//! - a table larger than `--split-tables-larger-than` is read in parts by
+//!   ctid ranges, as pgcopydb's option of that name does: each part is an
+//!   item of its own for the streams, read in the same snapshot as the rest
+//!   (`COPY (SELECT cols FROM ONLY t WHERE ctid >= '(a,0)' AND ctid <
+//!   '(b,0)') TO STDOUT`, the last range open-ended) and written into the
+//!   same target table. PostgreSQL 14 and later scan just the range (TID
+//!   range scans); older servers scan the whole table for each part.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +69,10 @@ use crate::transfer::task::Task;
 /// Tables smaller than this go through pg_dump with the rest of the data.
 const PARALLEL_TABLE_MIN_BYTES: i64 = 1 << 20;
 
+/// A split table is read in at most this many parts: beyond that, more
+/// parts only mean more processes and log lines for the same streams.
+const MAX_PARTS: i64 = 256;
+
 /// The tools each side runs: pg_dump and psql COPY TO on the source,
 /// pg_restore and psql COPY FROM on the target.
 #[derive(Clone, Copy)]
@@ -63,10 +91,12 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let snap_conn = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     snap_conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let snapshot: String = snap_conn.query_one("SELECT pg_catalog.pg_export_snapshot()", &[]).await?.get(0);
-    let tables = big_tables(&snap_conn).await?;
+    let source_major = bins::server_major(&snap_conn).await?;
+    let tables = big_tables(&snap_conn, source_major).await?;
+    let encoding: String =
+        snap_conn.query_one("SELECT pg_catalog.current_setting('server_encoding')", &[]).await?.get(0);
     // The source side's tools fit the source; the target side's fit the
     // target and read what the source side's pg_dump writes.
-    let source_major = bins::server_major(&snap_conn).await?;
     let (source_tools, target_tools) = task.ctx.bins.for_copy(source_major, target::server_major(cfg).await?)?;
     task.progress.say(Level::Info, format!("source: {}", source_tools.used()));
     task.progress.say(Level::Info, format!("target: {}", target_tools.used()));
@@ -79,6 +109,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
             tables.len()
         ),
     );
+    let parts = work_queue(&tables, cfg.split_tables_larger_than, jobs, &task.progress);
     let tools = Sides { source: source_tools, target: target_tools };
     let dump = Dump { tools, source: &source, snapshot: &snapshot, progress: &task.progress };
 
@@ -97,11 +128,21 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
 
     // 3. Data: the big tables in parallel, biggest first; the rest beside them.
     let mut rest_args = vec!["--section=data".to_string()];
-    rest_args.extend(tables.iter().map(|(name, _)| format!("--exclude-table-data={name}")));
+    rest_args.extend(tables.iter().map(|t| format!("--exclude-table-data={}", t.name)));
     let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
-    let queue = Arc::new(Mutex::new(tables.iter().map(|(n, _)| n.clone()).collect::<VecDeque<_>>()));
-    let streams = (0..jobs.min(tables.len()).max(1))
-        .map(|_| copy_tables(tools, &source, (&target_conn, &target.owner), &snapshot, queue.clone(), &task.progress));
+    let settings = pinned_settings(&encoding);
+    let stream = Stream {
+        tools,
+        source: &source,
+        target: &target_conn,
+        owner: &target.owner,
+        snapshot: &snapshot,
+        settings: &settings,
+        progress: &task.progress,
+    };
+    let n = jobs.min(parts.len()).max(1);
+    let queue = Mutex::new(parts);
+    let streams = (0..n).map(|_| stream.run(&queue));
     let (rest, copies) =
         tokio::join!(dump.pipe((&target_conn, &target), &rest_args), futures::future::join_all(streams));
     rest.context("copying sequences, large objects and small tables")?;
@@ -127,80 +168,241 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     Ok(Completion::Applied { processed, warnings })
 }
 
-/// Ordinary tables worth a COPY stream of their own, biggest first, as
-/// quoted `schema.table`. Extension members (pg_dump treats their config
-/// tables specially) and tiny tables are left to pg_dump.
-async fn big_tables(c: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
-    let rows = c
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), pg_table_size(c.oid)
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
-                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                   AND d.objid = c.oid AND d.deptype = 'e')
-                AND pg_table_size(c.oid) >= $1
-              ORDER BY 2 DESC",
-            &[&PARALLEL_TABLE_MIN_BYTES],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+/// A table worth COPY streams of its own, as the snapshot shows it.
+struct BigTable {
+    /// Quoted `schema.table`.
+    name: String,
+    /// pg_table_size (TOAST included): what the order and splits go by.
+    bytes: i64,
+    /// Blocks of its heap, which ctid ranges divide.
+    blocks: i64,
+    /// What COPY names: quoted columns in attnum order, comma-separated;
+    /// empty for a table without any.
+    columns: String,
 }
 
-/// One COPY stream: take tables off the queue until it is empty. Each table
-/// goes `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
-/// COPY FROM STDIN` (as `owner`): libpq moves the rows, the agent only
-/// counts bytes.
-async fn copy_tables(
-    tools: Sides<'_>,
-    source: &Conn,
-    (target, owner): (&Conn, &str),
-    snapshot: &str,
-    queue: Arc<Mutex<VecDeque<String>>>,
-    progress: &Progress,
-) -> Result<()> {
-    loop {
-        let Some(table) = queue.lock().expect("queue").pop_front() else { break };
-        progress.say(Level::Info, format!("copying table {table}"));
-        let mut out = psql(
-            tools.source,
-            source,
-            &[
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                &format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''")),
-                "SET row_security = off",
-                &format!("COPY {table} TO STDOUT"),
-                "COMMIT",
-            ],
-        );
+/// Ordinary tables worth a COPY stream of their own, biggest first.
+/// Extension members (pg_dump treats their config tables specially) and
+/// tiny tables are left to pg_dump.
+async fn big_tables(c: &tokio_postgres::Client, major: u32) -> Result<Vec<BigTable>> {
+    // Generated columns (12+) are computed by the target, never copied.
+    let generated = if major >= 12 { "AND a.attgenerated = ''" } else { "" };
+    let sql = format!(
+        "SELECT format('%I.%I', n.nspname, c.relname), pg_table_size(c.oid),
+                pg_relation_size(c.oid) / current_setting('block_size')::bigint,
+                coalesce((SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+                            FROM pg_attribute a
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped {generated}), '')
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')
+            AND pg_table_size(c.oid) >= $1
+          ORDER BY 2 DESC"
+    );
+    let rows = c.query(&sql, &[&PARALLEL_TABLE_MIN_BYTES]).await?;
+    Ok(rows.iter().map(|r| BigTable { name: r.get(0), bytes: r.get(1), blocks: r.get(2), columns: r.get(3) }).collect())
+}
+
+/// One item of the streams' queue: a whole table, or a range of its blocks.
+struct Part {
+    table: String,
+    columns: String,
+    /// Blocks `first..end` (`end` None: to the end, rows past the blocks
+    /// counted included), as part `index` of `of`; None: the whole table.
+    range: Option<Blocks>,
+    /// Estimated: what the queue is ordered by.
+    bytes: i64,
+}
+
+#[derive(Debug, PartialEq)]
+struct Blocks {
+    first: i64,
+    end: Option<i64>,
+    index: i64,
+    of: i64,
+}
+
+impl Part {
+    /// What the source's psql runs. A range is read through a query, the
+    /// only COPY TO that takes a WHERE; `ONLY`, as `COPY t TO` reads no
+    /// inheritance child's rows either.
+    fn copy_to(&self) -> String {
+        match &self.range {
+            None => format!("COPY {}{} TO STDOUT", self.table, column_list(&self.columns)),
+            Some(b) => {
+                format!("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT", self.columns, self.table, b.condition())
+            }
+        }
+    }
+
+    /// What the target's psql runs.
+    fn copy_from(&self) -> String {
+        format!("COPY {}{} FROM STDIN", self.table, column_list(&self.columns))
+    }
+
+    /// For the log: `schema.table`, and which part.
+    fn describe(&self) -> String {
+        match &self.range {
+            None => self.table.clone(),
+            Some(b) => format!("{} part {}/{} ({})", self.table, b.index + 1, b.of, b.describe()),
+        }
+    }
+}
+
+impl Blocks {
+    fn condition(&self) -> String {
+        let from = format!("ctid >= '({},0)'::tid", self.first);
+        match self.end {
+            Some(end) => format!("{from} AND ctid < '({end},0)'::tid"),
+            None => from,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.end {
+            Some(end) => format!("blocks {} to {}", self.first, end - 1),
+            None => format!("blocks {} to the end", self.first),
+        }
+    }
+}
+
+/// ` (a, b)`, or nothing for a table without columns (COPY takes no `()`).
+fn column_list(columns: &str) -> String {
+    if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({columns})")
+    }
+}
+
+/// The streams' work: every big table, split ones as several parts, the
+/// biggest items first so that no stream is left with a big one at the end.
+fn work_queue(tables: &[BigTable], split_above: u64, jobs: usize, progress: &Progress) -> VecDeque<Part> {
+    let mut parts = Vec::new();
+    for t in tables {
+        let n = split_count(t.bytes, t.blocks, split_above, jobs);
+        if n > 1 {
+            progress.say(
+                Level::Info,
+                format!("splitting {} ({}) into {n} parts by ctid ranges", t.name, human(t.bytes as u64)),
+            );
+        }
+        parts.extend(ranges(t.blocks, n).into_iter().map(|range| Part {
+            table: t.name.clone(),
+            columns: t.columns.clone(),
+            range,
+            bytes: t.bytes / n,
+        }));
+    }
+    // Stable: a table's parts stay in block order.
+    parts.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    parts.into()
+}
+
+/// How many parts a table is read in: one at or under the threshold (0:
+/// never split); above it one per threshold's worth, at least one per
+/// stream, at most [`MAX_PARTS`] and never more than its blocks.
+fn split_count(bytes: i64, blocks: i64, split_above: u64, jobs: usize) -> i64 {
+    let threshold = i64::try_from(split_above).unwrap_or(i64::MAX);
+    if threshold == 0 || bytes <= threshold {
+        return 1;
+    }
+    let by_size = (bytes - 1) / threshold + 1;
+    by_size.max(jobs as i64).min(MAX_PARTS).min(blocks).max(1)
+}
+
+/// `n` ranges covering `blocks` blocks, the last one open-ended: rows the
+/// snapshot sees in blocks past those counted are read too. One: the whole
+/// table, read with `COPY t`.
+fn ranges(blocks: i64, n: i64) -> Vec<Option<Blocks>> {
+    if n <= 1 {
+        return vec![None];
+    }
+    (0..n)
+        .map(|k| {
+            let end = (k + 1 < n).then(|| blocks * (k + 1) / n);
+            Some(Blocks { first: blocks * k / n, end, index: k, of: n })
+        })
+        .collect()
+}
+
+/// pg_dump's session settings that shape COPY's text, for both ends (see
+/// the module's header). The client encoding is the source database's, as
+/// pg_dump's is by default.
+fn pinned_settings(encoding: &str) -> Vec<String> {
+    vec![
+        format!("SET client_encoding = {}", quote::literal(encoding)),
+        "SET DateStyle = ISO".into(),
+        "SET IntervalStyle = postgres".into(),
+        "SET extra_float_digits = 3".into(),
+        // A database's or role's timeouts must not cut a long stream short.
+        "SET statement_timeout = 0".into(),
+        "SET lock_timeout = 0".into(),
+        "SET idle_in_transaction_session_timeout = 0".into(),
+    ]
+}
+
+/// What every COPY stream shares.
+struct Stream<'a> {
+    tools: Sides<'a>,
+    source: &'a Conn,
+    target: &'a Conn,
+    /// The target's owner, whom COPY FROM runs as.
+    owner: &'a str,
+    snapshot: &'a str,
+    settings: &'a [String],
+    progress: &'a Progress,
+}
+
+impl Stream<'_> {
+    /// One COPY stream: take parts off the queue until it is empty.
+    async fn run(&self, queue: &Mutex<VecDeque<Part>>) -> Result<()> {
+        loop {
+            let Some(part) = queue.lock().expect("queue").pop_front() else { break };
+            self.copy(&part).await?;
+        }
+        Ok(())
+    }
+
+    /// `psql COPY TO STDOUT` (in the exported snapshot) -> agent -> `psql
+    /// COPY FROM STDIN` (as the owner): libpq moves the rows, the agent
+    /// only counts bytes.
+    async fn copy(&self, part: &Part) -> Result<()> {
+        let what = part.describe();
+        self.progress.say(Level::Info, format!("copying table {what}"));
+        let mut read: Vec<String> = self.settings.to_vec();
+        read.extend([
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY".into(),
+            format!("SET TRANSACTION SNAPSHOT {}", quote::literal(self.snapshot)),
+            "SET row_security = off".into(),
+            part.copy_to(),
+            "COMMIT".into(),
+        ]);
+        let mut write = vec![format!("SET ROLE {}", quote::ident(self.owner)), "SET synchronous_commit = off".into()];
+        write.extend(self.settings.iter().cloned());
+        write.push(part.copy_from());
+        let mut out = psql(self.tools.source, self.source, &read);
         out.stdout_piped();
-        let mut inn = psql(
-            tools.target,
-            target,
-            &[
-                &format!("SET ROLE {}", quote::ident(owner)),
-                "SET synchronous_commit = off",
-                &format!("COPY {table} FROM STDIN"),
-            ],
-        );
+        let mut inn = psql(self.tools.target, self.target, &write);
         inn.stdin_piped();
-        let mut reader = out.spawn(progress.tool_output())?;
-        let mut writer = inn.spawn(progress.tool_output())?;
-        let pumped = pump(reader.take_stdout(), writer.take_stdin(), progress.counter());
+        let mut reader = out.spawn(self.progress.tool_output())?;
+        let mut writer = inn.spawn(self.progress.tool_output())?;
+        let pumped = pump(reader.take_stdout(), writer.take_stdin(), self.progress.counter());
         let (pumped, r, w) = tokio::join!(pumped, reader.wait(), writer.wait());
         let (r, w) = (r?, w?);
         for (end, exit) in [("reading", &r), ("writing", &w)] {
             if !exit.success() {
-                bail!("copying {table} failed {end} it: {}", exit.said());
+                bail!("copying {what} failed {end} it: {}", exit.said());
             }
         }
-        pumped.with_context(|| format!("copying {table}"))?;
+        pumped.with_context(|| format!("copying {what}"))
     }
-    Ok(())
 }
 
 /// `psql -X -q -v ON_ERROR_STOP=1 -c ...`.
-fn psql(tools: &Tools, conn: &Conn, commands: &[&str]) -> ToolCommand {
+fn psql(tools: &Tools, conn: &Conn, commands: &[String]) -> ToolCommand {
     let mut c = ToolCommand::new(tools, Tool::Psql, conn);
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
     // As in the agent's own sessions: the database's search_path is its
@@ -279,5 +481,54 @@ impl Dump<'_> {
         let mut cmd = self.command(args);
         cmd.arg("--format=directory").arg("--file").arg(dir);
         cmd.spawn(self.progress.tool_output())?.wait().await?.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: i64 = 1 << 20;
+
+    #[test]
+    fn tables_split_by_size_at_least_one_part_per_stream_within_their_blocks() {
+        let t = (64 * MIB) as u64;
+        assert_eq!(split_count(64 * MIB, 8192, t, 2), 1, "at the threshold: whole");
+        assert_eq!(split_count(500 * MIB, 64_000, 0, 2), 1, "0: never split");
+        assert_eq!(split_count(64 * MIB + 1, 8192, t, 4), 4, "just above: one part per stream");
+        assert_eq!(split_count(640 * MIB, 80_000, t, 2), 10, "one per threshold's worth");
+        assert_eq!(split_count(1 << 50, 1 << 30, t, 2), MAX_PARTS);
+        assert_eq!(split_count(640 * MIB, 3, t, 2), 3, "no more parts than blocks (TOAST-heavy)");
+        assert_eq!(split_count(640 * MIB, 0, t, 2), 1);
+    }
+
+    #[test]
+    fn ranges_cover_every_block_once_and_the_last_is_open_ended() {
+        assert_eq!(ranges(100, 1), [None]);
+        let r: Vec<Blocks> = ranges(10, 3).into_iter().map(Option::unwrap).collect();
+        assert_eq!(
+            r,
+            [
+                Blocks { first: 0, end: Some(3), index: 0, of: 3 },
+                Blocks { first: 3, end: Some(6), index: 1, of: 3 },
+                Blocks { first: 6, end: None, index: 2, of: 3 },
+            ]
+        );
+        assert_eq!(r[1].condition(), "ctid >= '(3,0)'::tid AND ctid < '(6,0)'::tid");
+        assert_eq!(r[2].condition(), "ctid >= '(6,0)'::tid");
+    }
+
+    #[test]
+    fn every_copy_names_its_columns_and_a_part_reads_only_the_table_itself() {
+        let whole = Part { table: "s.\"T\"".into(), columns: "a, \"B c\"".into(), range: None, bytes: 0 };
+        assert_eq!(whole.copy_to(), "COPY s.\"T\" (a, \"B c\") TO STDOUT");
+        assert_eq!(whole.copy_from(), "COPY s.\"T\" (a, \"B c\") FROM STDIN");
+        let part = Part { range: ranges(10, 2).pop().unwrap(), ..whole };
+        assert_eq!(part.copy_to(), "COPY (SELECT a, \"B c\" FROM ONLY s.\"T\" WHERE ctid >= '(5,0)'::tid) TO STDOUT");
+        assert_eq!(part.copy_from(), "COPY s.\"T\" (a, \"B c\") FROM STDIN");
+        assert_eq!(part.describe(), "s.\"T\" part 2/2 (blocks 5 to the end)");
+        // No columns: COPY takes no empty list, SELECT takes an empty one.
+        let bare = Part { table: "t".into(), columns: String::new(), range: None, bytes: 0 };
+        assert_eq!(bare.copy_from(), "COPY t FROM STDIN");
     }
 }
