@@ -27,9 +27,9 @@ pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 2.0;
 pub const DEFAULT_URL_MAX_BYTES: u64 = 1 << 40;
 /// ...within this many seconds.
 pub const DEFAULT_URL_TIMEOUT_SECS: u64 = 6 * 3600;
-/// A copy reads tables larger than this in several ctid ranges at once;
-/// 0 never splits.
-pub const DEFAULT_SPLIT_TABLES_LARGER_THAN: u64 = 256 << 20;
+/// A copy reads tables larger than this in several ctid ranges at once, and
+/// a restore loads their data over several connections; 0 never splits.
+pub const DEFAULT_SPLIT_TABLES_LARGER_THAN: u64 = 64 << 20;
 /// How often a running transfer reports progress and learns of a cancel.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -121,7 +121,9 @@ pub struct AgentOptions {
     #[arg(long, env = "PGBACKUPS_URL_TIMEOUT")]
     pub url_timeout: Option<u64>,
     /// A copy splits tables larger than this many bytes (pg_table_size) into
-    /// ctid ranges that several COPY streams read at once (0: never).
+    /// ctid ranges that several COPY streams read at once; a restore loads a
+    /// table whose data passes this many bytes over several connections
+    /// (0: never).
     #[arg(long, env = "PGBACKUPS_SPLIT_TABLES_LARGER_THAN")]
     pub split_tables_larger_than: Option<u64>,
     /// Named sources (replicas, forks, other servers), by name; file only
@@ -179,7 +181,7 @@ pub struct Config {
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub lock_wait_timeout: Option<String>,
-    /// Bytes above which a copy splits a table; 0 never.
+    /// Bytes above which a copy or a restore splits a table; 0 never.
     pub split_tables_larger_than: u64,
     pub listen: Option<Listen>,
     pub sources: BTreeMap<String, SourceConfig>,

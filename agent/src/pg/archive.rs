@@ -7,6 +7,7 @@
 //! schemas (the extensions go into them), then the rest without the
 //! extensions and their comments.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +84,12 @@ impl Toc {
 
     /// The listing for `pg_restore --use-list` of `part`.
     pub fn write_list(&self, path: &Path, part: Part) -> Result<()> {
+        self.write_list_except(path, part, &HashSet::new())
+    }
+
+    /// The listing of `part` without the entries `except` (whose data was
+    /// loaded apart).
+    pub fn write_list_except(&self, path: &Path, part: Part, except: &HashSet<i32>) -> Result<()> {
         let mut out = String::new();
         for l in &self.lines {
             let skip = match (entry(l), part) {
@@ -92,7 +99,7 @@ impl Toc {
                 (Some(e), Part::Rest { without_schemas }) => {
                     e.starts_with("COMMENT - EXTENSION ") || (without_schemas && e.starts_with("SCHEMA - "))
                 }
-            };
+            } || id(l).is_some_and(|i| except.contains(&i));
             if skip {
                 out.push(';');
             }
@@ -101,6 +108,24 @@ impl Toc {
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
     }
+
+    /// The listing of exactly the entries `ids`, in that order (the order
+    /// their data blocks come in).
+    pub fn write_ids(&self, path: &Path, ids: &[i32]) -> Result<()> {
+        let by_id: HashMap<i32, &String> = self.lines.iter().filter_map(|l| Some((id(l)?, l))).collect();
+        let mut out = String::new();
+        for i in ids {
+            let line = by_id.get(i).with_context(|| format!("entry {i} is not in the archive's listing"))?;
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A listing line's entry id.
+fn id(line: &str) -> Option<i32> {
+    line.split_once("; ")?.0.parse().ok()
 }
 
 /// A listing line's "DESC NAMESPACE TAG OWNER" part (`EXTENSION` alone for

@@ -7,6 +7,7 @@ pub mod applier;
 pub mod archive;
 pub mod bins;
 pub mod conn;
+pub mod custom;
 pub mod database;
 pub mod quote;
 pub mod shadow;

@@ -57,7 +57,7 @@ impl Shadow {
         if let Err(e) = sweep(&c, target, &replaced_name(target.props.oid)).await {
             tracing::warn!("{e:#}");
         }
-        let shadow = target.into_database(&name);
+        let shadow = target.renamed(&name);
         target::create(&c, &shadow).await.context("creating the shadow database the archive goes into")?;
         let oid: u32 = c
             .query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name])

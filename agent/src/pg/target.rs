@@ -32,7 +32,7 @@ pub struct Target {
 
 impl Target {
     /// The same target, applied into database `name` instead.
-    pub fn into_database(&self, name: &str) -> Target {
+    pub fn renamed(&self, name: &str) -> Target {
         Target { name: name.to_string(), ..self.clone() }
     }
 }

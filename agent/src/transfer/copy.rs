@@ -121,7 +121,9 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let dest = Destination::prepare(task, &copy.target, copy.in_place).await?;
     let target = dest.target.clone();
     let target_conn = dest.conn()?;
-    let warnings = restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None).await?;
+    let warnings =
+        restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None, restore::Only::All)
+            .await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");
     }

@@ -12,5 +12,6 @@ pub mod queue;
 pub mod remote;
 pub mod report;
 pub mod restore;
+pub mod streamed;
 pub mod supervisor;
 pub mod task;

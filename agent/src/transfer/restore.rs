@@ -7,6 +7,7 @@
 //! which replaces the target only once it holds everything
 //! (`destination.rs`).
 
+use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,10 +30,20 @@ use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::human;
 use crate::transfer::remote;
 use crate::transfer::report::Level;
+use crate::transfer::streamed;
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
+    // One of ours in custom format is streamed into the target's shadow as
+    // it is fetched (`streamed.rs`); the rest is staged first.
+    if let BackupRef::Id(id) = &restore.from {
+        let control = conn::connect(&cfg.store.database_url).await?;
+        let b = backups::find(&control, Some(id)).await?;
+        if b.format == Format::Custom {
+            return streamed::run(task, restore, &b).await;
+        }
+    }
     let staging = task.staging()?;
     let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
     // The table of contents, read by the newest pg_restore, which reads any
@@ -63,7 +74,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     );
     let dest = Destination::prepare(task, &restore.target, restore.in_place).await?;
     let mut warnings =
-        apply(task, tools, &dest.conn()?, &dest.target, &archive, &toc, staging.path(), Some(jobs)).await?;
+        apply(task, tools, &dest.conn()?, &dest.target, &archive, &toc, staging.path(), Some(jobs), Only::All).await?;
     warnings += dest.finish(task).await?;
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
@@ -71,9 +82,21 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     Ok(Completion::Applied { processed, warnings })
 }
 
-/// Apply `archive` to `target` as its owner, over `conn` (the transfer's
-/// applier): the schemas, then the extensions (created by the agent), then
-/// everything else with `jobs`. pg_restore's warnings.
+/// Which part of an archive `apply` applies.
+#[derive(Debug, Clone, Copy)]
+pub enum Only<'a> {
+    /// All of it.
+    All,
+    /// The schema before the data: the data is loaded apart.
+    PreData,
+    /// The rest, once the data of the entries `loaded` is in.
+    AfterData { loaded: &'a HashSet<i32> },
+}
+
+/// Apply `archive` (or `only` a part of it) to `target` as its owner, over
+/// `conn` (the transfer's applier): the schemas, then the extensions
+/// (created by the agent), then everything else with `jobs`. pg_restore's
+/// warnings.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     task: &Task,
@@ -84,12 +107,15 @@ pub async fn apply(
     toc: &Toc,
     scratch: &FsPath,
     jobs: Option<usize>,
+    only: Only<'_>,
 ) -> Result<i32> {
     let cfg = &task.ctx.cfg;
-    task.progress.say(Level::Info, format!("applying the archive as the database's owner, {}", target.owner));
     let mut warnings = 0;
     let with_extensions = !toc.extensions.is_empty();
-    if with_extensions {
+    if !matches!(only, Only::AfterData { .. }) {
+        task.progress.say(Level::Info, format!("applying the archive as the database's owner, {}", target.owner));
+    }
+    if with_extensions && !matches!(only, Only::AfterData { .. }) {
         let list = scratch.join("schemas.list");
         toc.write_list(&list, Part::Schemas)?;
         let mut cmd = target::pg_restore(tools, conn, target, None, Some(&list))?;
@@ -98,8 +124,25 @@ pub async fn apply(
         target::create_extensions(cfg, target, &toc.extensions).await?;
     }
     let list = scratch.join("rest.list");
-    toc.write_list(&list, Part::Rest { without_schemas: with_extensions })?;
-    let mut cmd = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
+    let rest = Part::Rest { without_schemas: with_extensions };
+    let mut cmd = match only {
+        Only::All => {
+            toc.write_list(&list, rest)?;
+            target::pg_restore(tools, conn, target, jobs, Some(&list))?
+        }
+        Only::PreData => {
+            toc.write_list(&list, rest)?;
+            let mut c = target::pg_restore(tools, conn, target, None, Some(&list))?;
+            c.arg("--section=pre-data");
+            c
+        }
+        Only::AfterData { loaded } => {
+            toc.write_list_except(&list, rest, loaded)?;
+            let mut c = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
+            c.args(["--section=data", "--section=post-data"]);
+            c
+        }
+    };
     cmd.arg(archive);
     warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
     Ok(warnings)

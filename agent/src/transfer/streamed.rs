@@ -1,0 +1,407 @@
+//! A restore of one of our custom-format backups, streamed: the load starts
+//! while the backup is still being fetched, decompressed and verified,
+//! instead of after it was staged whole.
+//!
+//! 1. The archive's head (header and table of contents, `pg/custom.rs`)
+//!    arrives first; kept as a small data-less archive in staging, it is
+//!    what pg_restore reads for the schema, the extensions and, at the end,
+//!    the indexes and constraints.
+//! 2. The schema before the data is applied into the shadow.
+//! 3. Data blocks are handed, as they arrive, to `pg_restore` processes
+//!    reading the head and those blocks on stdin: small tables batched,
+//!    a large table's COPY text cut at row boundaries (in text COPY a row
+//!    ends at a newline, which data escapes) over `jobs` processes that
+//!    load it at once.
+//! 4. The rest (sequence values, indexes, constraints, ...) by
+//!    `pg_restore -j` from the head.
+//!
+//! The backup's checksum is known only when its last byte arrived: the
+//! shadow is swapped in (`destination.rs`) only after that, so a corrupt
+//! backup never reaches the target.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+
+use crate::pg::archive::{self, Toc};
+use crate::pg::bins::Tools;
+use crate::pg::conn::Conn;
+use crate::pg::custom::{Framer, Head, Reader, BLK_BLOBS, BLK_DATA};
+use crate::pg::target::{self, Target};
+use crate::pg::tool::ToolProcess;
+use crate::store::backups::Stored;
+use crate::store::verify;
+use crate::transfer::destination::Destination;
+use crate::transfer::job::{Completion, Restore};
+use crate::transfer::progress::human;
+use crate::transfer::report::Level;
+use crate::transfer::restore::{self, Only};
+use crate::transfer::task::Task;
+
+/// Small tables' blocks (up to this much, or up to the split threshold if
+/// lower) go to one pg_restore together, up to this much in all; a larger
+/// one is fed to its own as it arrives, and to more at once (up to `jobs`)
+/// once it passes the split threshold (`--split-tables-larger-than`).
+const BATCH_BYTES: usize = 16 << 20;
+/// The COPY text of a large table is handed on in pieces of about this.
+const PIECE_BYTES: usize = 4 << 20;
+
+pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completion> {
+    let cfg = &task.ctx.cfg;
+    let staging = task.staging()?;
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let object =
+        verify::open(&task.ctx.storage, &b.keys(&task.ctx.storage).dump(), &b.checksum, Some(task.progress.counter()))
+            .await?;
+    let mut reader = Reader::new(tokio::io::BufReader::with_capacity(1 << 20, verify::decompressed(object)));
+
+    // 1. The head, as an archive of its own.
+    let head = reader.head().await.with_context(|| format!("reading the head of {}", b.name))?;
+    let head_file = staging.path().join("head.dump");
+    std::fs::write(&head_file, &head.bytes)?;
+    let newest = task.ctx.bins.newest();
+    let toc = archive::read(newest, &head_file, staging.path()).await?;
+    let archive_major = toc.dumped_by().context("no pg_dump version in the backup's list")?;
+    let tools = task.ctx.bins.for_restore(target::server_major(cfg).await?, archive_major)?;
+    task.progress.say(Level::Info, tools.used());
+    target::check_extensions(cfg, &toc.extensions).await?;
+    task.progress.say(
+        Level::Info,
+        format!(
+            "replacing database {:?} with {}, streamed as it is fetched and verified (custom format), {jobs} jobs",
+            restore.target, b.name
+        ),
+    );
+    let dest = Destination::prepare(task, &restore.target, restore.in_place).await?;
+    let conn = dest.conn()?;
+
+    // 2. The schema before the data.
+    let scratch = staging.path();
+    let mut warnings =
+        restore::apply(task, tools, &conn, &dest.target, &head_file, &toc, scratch, None, Only::PreData).await?;
+
+    // 3. The data, as it arrives.
+    let mut load = Load {
+        task,
+        tools,
+        conn: &conn,
+        target: &dest.target,
+        toc: &toc,
+        head: &head,
+        framer: Framer::new(&head),
+        scratch,
+        jobs,
+        running: VecDeque::new(),
+        writers: JoinSet::new(),
+        batch: Vec::new(),
+        batch_ids: Vec::new(),
+        loaded: HashSet::new(),
+        lists: 0,
+        warnings: 0,
+        split_above: cfg.split_tables_larger_than.try_into().unwrap_or(usize::MAX),
+    };
+    load.all(&mut reader).await?;
+    warnings += load.warnings;
+    let loaded = std::mem::take(&mut load.loaded);
+    drop(load);
+    let missing: Vec<i32> =
+        head.entries.iter().filter(|e| e.had_dumper && !loaded.contains(&e.id)).map(|e| e.id).collect();
+    if !missing.is_empty() {
+        bail!("{} ended without the data of entries {missing:?}: it is incomplete", b.name);
+    }
+    task.progress.say(Level::Info, format!("{} verified (sha256 {}) as it streamed", b.name, b.checksum));
+
+    // 4. The rest.
+    warnings += restore::apply(
+        task,
+        tools,
+        &conn,
+        &dest.target,
+        &head_file,
+        &toc,
+        scratch,
+        Some(jobs),
+        Only::AfterData { loaded: &loaded },
+    )
+    .await?;
+    warnings += dest.finish(task).await?;
+    let processed = task.progress.processed();
+    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
+    task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
+    Ok(Completion::Applied { processed, warnings })
+}
+
+/// The data blocks' loading: the pg_restore processes running, and the
+/// small blocks waiting for theirs.
+struct Load<'a> {
+    task: &'a Task,
+    tools: &'a Tools,
+    conn: &'a Conn,
+    target: &'a Target,
+    toc: &'a Toc,
+    head: &'a Head,
+    framer: Framer,
+    scratch: &'a FsPath,
+    jobs: usize,
+    running: VecDeque<ToolProcess>,
+    /// What feeds the running processes their input; dropped, they stop.
+    writers: JoinSet<Result<()>>,
+    batch: Vec<u8>,
+    batch_ids: Vec<i32>,
+    loaded: HashSet<i32>,
+    lists: usize,
+    warnings: i32,
+    /// `--split-tables-larger-than`.
+    split_above: usize,
+}
+
+impl Load<'_> {
+    async fn all<R: AsyncRead + Unpin>(&mut self, reader: &mut Reader<R>) -> Result<()> {
+        while let Some((kind, id)) = reader.block().await? {
+            if !self.loaded.insert(id) {
+                bail!("the archive holds the data of entry {id} twice: it is corrupt");
+            }
+            let entry = self.head.entries.iter().find(|e| e.id == id).with_context(|| {
+                format!("the archive holds data for entry {id}, which its table of contents does not list")
+            })?;
+            if kind == BLK_BLOBS {
+                self.flush().await?;
+                self.blobs(reader, id).await?;
+                continue;
+            }
+            let splittable = entry.copy && self.head.uncompressed && self.split_above > 0;
+            let label = entry.label.clone();
+            let small = match self.split_above {
+                0 => BATCH_BYTES,
+                n => BATCH_BYTES.min(n),
+            };
+            // Read the block up to `small` bytes: most end before.
+            let mut framed = Vec::new();
+            self.framer.block(&mut framed, kind, id);
+            let mut text = Vec::new();
+            let ended = loop {
+                match reader.chunk().await? {
+                    None => break true,
+                    Some(c) => {
+                        self.framer.chunk(&mut framed, &c);
+                        text.extend_from_slice(&c);
+                        if framed.len() > small {
+                            break false;
+                        }
+                    }
+                }
+            };
+            if ended {
+                self.framer.chunk(&mut framed, b"");
+                self.batch.extend_from_slice(&framed);
+                self.batch_ids.push(id);
+                if self.batch.len() >= BATCH_BYTES {
+                    self.flush().await?;
+                }
+                continue;
+            }
+            self.flush().await?;
+            if splittable {
+                self.split(reader, id, &label, text).await?;
+            } else {
+                self.whole(reader, id, &label, framed).await?;
+            }
+        }
+        self.flush().await?;
+        while !self.running.is_empty() {
+            self.reap().await?;
+        }
+        while let Some(w) = self.writers.join_next().await {
+            w??;
+        }
+        Ok(())
+    }
+
+    /// A pg_restore of the entries `ids`, reading on its stdin the head,
+    /// `first`, what `input` sends (shared with other processes, each taking
+    /// what it can), and `last`. The processes started earlier are let end
+    /// first while there are more than `jobs`: they have all their input.
+    async fn start(&mut self, ids: &[i32], first: Vec<u8>, input: Option<Pieces>, last: Vec<u8>) -> Result<()> {
+        while self.running.len() >= self.jobs {
+            self.reap().await?;
+        }
+        self.lists += 1;
+        let list = self.scratch.join(format!("data-{}.list", self.lists));
+        self.toc.write_ids(&list, ids)?;
+        let mut cmd = target::pg_restore(self.tools, self.conn, self.target, None, Some(&list))?;
+        cmd.stdin_piped();
+        let mut proc = cmd.spawn(self.task.progress.tool_output())?;
+        let mut stdin = proc.take_stdin();
+        let head = self.head.bytes.clone();
+        self.writers.spawn(async move {
+            stdin.write_all(&head).await?;
+            stdin.write_all(&first).await?;
+            if let Some(input) = input {
+                loop {
+                    let next = input.lock().await.recv().await;
+                    match next {
+                        Some(buf) => stdin.write_all(&buf).await?,
+                        None => break,
+                    }
+                }
+            }
+            stdin.write_all(&last).await?;
+            stdin.shutdown().await?;
+            Ok(())
+        });
+        self.running.push_back(proc);
+        Ok(())
+    }
+
+    /// Let every running pg_restore end (before a large block, whose
+    /// processes are fed as it arrives).
+    async fn drain(&mut self) -> Result<()> {
+        while !self.running.is_empty() {
+            self.reap().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the oldest running pg_restore.
+    async fn reap(&mut self) -> Result<()> {
+        if let Some(mut p) = self.running.pop_front() {
+            self.warnings += target::restore_warnings(&p.wait().await?)?;
+        }
+        Ok(())
+    }
+
+    /// The small blocks gathered so far, to one pg_restore.
+    async fn flush(&mut self) -> Result<()> {
+        if self.batch_ids.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.batch_ids);
+        let batch = std::mem::take(&mut self.batch);
+        self.start(&ids, batch, None, Vec::new()).await
+    }
+
+    /// A large block that cannot be cut (compressed, or not COPY text):
+    /// one pg_restore, fed as it arrives.
+    async fn whole<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut Reader<R>,
+        id: i32,
+        label: &str,
+        framed: Vec<u8>,
+    ) -> Result<()> {
+        self.task.progress.say(Level::Info, format!("loading {label} as it arrives"));
+        self.drain().await?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut end = Vec::new();
+        self.framer.chunk(&mut end, b"");
+        self.start(&[id], framed, Some(Arc::new(Mutex::new(rx))), end).await?;
+        while let Some(c) = reader.chunk().await? {
+            let mut buf = Vec::with_capacity(c.len() + 9);
+            self.framer.chunk(&mut buf, &c);
+            if tx.send(buf).await.is_err() {
+                break; // it failed: its exit says why
+            }
+        }
+        Ok(())
+    }
+
+    /// Large objects: one pg_restore, fed as they arrive.
+    async fn blobs<R: AsyncRead + Unpin>(&mut self, reader: &mut Reader<R>, id: i32) -> Result<()> {
+        self.drain().await?;
+        let mut first = Vec::new();
+        self.framer.block(&mut first, BLK_BLOBS, id);
+        let (tx, rx) = mpsc::channel(4);
+        let mut end = Vec::new();
+        self.framer.chunk(&mut end, b"");
+        self.start(&[id], first, Some(Arc::new(Mutex::new(rx))), end).await?;
+        while let Some(oid) = reader.blob().await? {
+            let mut buf = Vec::new();
+            self.framer.int(&mut buf, oid);
+            while let Some(c) = reader.chunk().await? {
+                self.framer.chunk(&mut buf, &c);
+                if buf.len() >= PIECE_BYTES && tx.send(std::mem::take(&mut buf)).await.is_err() {
+                    return Ok(()); // it failed: its exit says why
+                }
+            }
+            self.framer.chunk(&mut buf, b"");
+            if tx.send(buf).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// A large table's COPY text, fed as it arrives to one pg_restore,
+    /// and once it passed the split threshold to up to `jobs`, each taking
+    /// the next piece it can: pieces are cut at row boundaries.
+    async fn split<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut Reader<R>,
+        id: i32,
+        label: &str,
+        mut text: Vec<u8>,
+    ) -> Result<()> {
+        self.drain().await?;
+        let (tx, rx) = mpsc::channel(self.jobs.max(1) * 2);
+        let rx: Pieces = Arc::new(Mutex::new(rx));
+        self.lane(id, &rx).await?;
+        let mut lanes = 1;
+        let mut seen = text.len();
+        let mut open = true;
+        loop {
+            if open {
+                match reader.chunk().await? {
+                    Some(c) => {
+                        seen += c.len();
+                        text.extend_from_slice(&c);
+                    }
+                    None => open = false,
+                }
+            }
+            if lanes < self.jobs && seen as u64 > self.split_above as u64 {
+                while lanes < self.jobs {
+                    self.lane(id, &rx).await?;
+                    lanes += 1;
+                }
+                self.task.progress.say(
+                    Level::Info,
+                    format!("{label} passed {}: loading it over {lanes} connections", human(self.split_above as u64)),
+                );
+            }
+            if text.len() >= PIECE_BYTES || (!open && !text.is_empty()) {
+                // Whole rows only: a row ends at a newline.
+                let cut = if open { text.iter().rposition(|b| *b == b'\n').map(|i| i + 1) } else { Some(text.len()) };
+                if let Some(cut) = cut {
+                    let rest = text.split_off(cut);
+                    let mut buf = Vec::with_capacity(text.len() + 9);
+                    self.framer.chunk(&mut buf, &text);
+                    text = rest;
+                    if tx.send(buf).await.is_err() {
+                        bail!("the processes loading {label} stopped (their output says why)");
+                    }
+                }
+            }
+            if !open && text.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One more process loading entry `id`: its block header, then the
+    /// pieces it takes from `pieces`.
+    async fn lane(&mut self, id: i32, pieces: &Pieces) -> Result<()> {
+        let mut first = Vec::new();
+        self.framer.block(&mut first, BLK_DATA, id);
+        let mut end = Vec::new();
+        self.framer.chunk(&mut end, b"");
+        self.start(&[id], first, Some(pieces.clone()), end).await
+    }
+}
+
+/// Input shared by the processes loading one large table.
+type Pieces = Arc<Mutex<mpsc::Receiver<Vec<u8>>>>;
