@@ -234,7 +234,10 @@ impl Load<'_> {
         let list = self.scratch.join(format!("data-{}.list", self.lists));
         self.toc.write_ids(&list, ids)?;
         let mut cmd = target::pg_restore(self.tools, self.conn, self.target, None, Some(&list))?;
-        cmd.stdin_piped();
+        // Data that does not load fails the restore (the target is not
+        // touched): a table cut over several connections would otherwise
+        // be left part-loaded, with a warning.
+        cmd.arg("--exit-on-error").stdin_piped();
         let mut proc = cmd.spawn(self.task.progress.tool_output())?;
         let mut stdin = proc.take_stdin();
         let head = self.head.bytes.clone();
