@@ -78,7 +78,8 @@ fn copy_streams_one_database_into_another() {
 #[test]
 fn a_corrupted_backup_fails_the_restore_before_the_target_is_touched() {
     let (c, store, agent) = setup();
-    for args in ["'shop'", "'shop', jobs => 2"] {
+    // In place too: the target is dropped only once the backup verified.
+    for (args, in_place) in [("'shop'", false), ("'shop'", true), ("'shop', jobs => 2", false)] {
         let b = capture(&c, args);
         // Flip a byte in the middle of the biggest stored file.
         let folder = store.path().join("shop").join(&b);
@@ -88,7 +89,9 @@ fn a_corrupted_backup_fails_the_restore_before_the_target_is_touched() {
         bytes[mid] ^= 0xff;
         std::fs::write(&victim, bytes).unwrap();
         let before = fingerprint(&c, "staging").unwrap();
-        let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging')")).unwrap();
+        let r = c
+            .sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging', in_place => {in_place})"))
+            .unwrap();
         assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
         let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{r}'")).unwrap();
         assert!(err.contains("checksum mismatch") || err.contains("decompress"), "{err}");

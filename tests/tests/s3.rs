@@ -7,6 +7,7 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{self, create_db, fingerprint, wait, SHOP};
+use pgbackups_e2e::os;
 use pgbackups_e2e::s3::S3Server;
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -91,4 +92,46 @@ fn a_capture_survives_a_short_storage_outage_through_retries() {
     std::thread::sleep(Duration::from_secs(2));
     s3.resume().unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+}
+
+#[test]
+fn a_streamed_restore_resumes_a_read_that_broke_off() {
+    let c = Cluster::start().unwrap();
+    create_db(&c, "big", &data::noise(200_000, 40)).unwrap();
+    create_db(&c, "staging", "CREATE TABLE t (x int)").unwrap();
+    let mut s3 = S3Server::start("backups").unwrap();
+    // The client's own retries of a GET end this long after it began; the
+    // restore below reads one for longer than that.
+    let agent = start_agent(&c, &s3, &["--storage-retry-timeout", "2", "--split-tables-larger-than", "0"]);
+    let id = c.sql("postgres", "SELECT backups.capture('big')").unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    let r = c.sql("postgres", &format!("SELECT backups.restore('{id}', 'staging', 'staging')")).unwrap();
+    data::wait_for(
+        &c,
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname LIKE 'pgbackups_shadow_%' AND query ILIKE 'COPY%'",
+        "t",
+        PATIENCE,
+    )
+    .unwrap();
+    // The loaders pause (the agent stops reading its GET) for longer than
+    // the client's retries last, and meanwhile the server goes away for a
+    // moment: the GET breaks, and only a resumed read can go on.
+    // (The agent's loaders read lists named data-N.list.)
+    let loaders: Vec<String> = os::processes_with("pg_restore")
+        .iter()
+        .filter(|(_, cmdline)| cmdline.contains(".list") && cmdline.contains("data-"))
+        .map(|(pid, _)| pid.to_string())
+        .collect();
+    assert!(!loaders.is_empty());
+    let signal = |sig: &str| {
+        std::process::Command::new("kill").arg(sig).args(&loaders).status().unwrap();
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    s3.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    s3.resume().unwrap();
+    signal("-CONT");
+    assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert_eq!(fingerprint(&c, "staging").unwrap(), fingerprint(&c, "big").unwrap());
 }

@@ -13,11 +13,16 @@
 //! length) for archive versions 1.12 to 1.16 (pg_dump 9.5 to 17).
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Block types of the custom format.
 pub const BLK_DATA: u8 = 1;
 pub const BLK_BLOBS: u8 = 3;
+
+/// A chunk's bytes are read at most this many at a time, so that a
+/// length that corruption made huge costs no more than the bytes that
+/// actually arrive.
+pub const SLICE: usize = 1 << 20;
 
 /// One entry of the table of contents, as far as a restore needs it.
 #[derive(Debug, Clone)]
@@ -25,6 +30,7 @@ pub struct Entry {
     pub id: i32,
     /// It has a data block.
     pub had_dumper: bool,
+    pub desc: String,
     /// `schema.name`, for messages.
     pub label: String,
     /// Its data is COPY text (pg_dump without --inserts).
@@ -35,12 +41,20 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Head {
     /// Their bytes as they were read: an archive with no data blocks.
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     int_size: usize,
     /// The data is not compressed inside the archive (`-Z0`, as the agent
     /// captures it).
     pub uncompressed: bool,
     pub entries: Vec<Entry>,
+}
+
+impl Head {
+    /// It holds large objects, whose metadata pg_dump 17 moved into the
+    /// data section: such archives are staged, not streamed.
+    pub fn has_large_objects(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.desc.as_str(), "BLOBS" | "BLOB" | "BLOB METADATA"))
+    }
 }
 
 /// The archive's reader: bytes in order, recorded while the head is read.
@@ -98,8 +112,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(Some(String::from_utf8_lossy(&b).into_owned()))
     }
 
-    /// The header and table of contents.
-    pub async fn head(&mut self) -> Result<Head> {
+    /// The header and table of contents; None for an archive version
+    /// this reader does not know (what was read is kept: `stage`).
+    pub async fn head(&mut self) -> Result<Option<Head>> {
         let magic = self.bytes(5).await?;
         if magic != b"PGDMP" {
             bail!("not a pg_dump custom-format archive");
@@ -108,7 +123,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let rev = self.byte().await?;
         self.version = version(major, minor, rev);
         if self.version < version(1, 12, 0) || self.version > version(1, 16, 0) {
-            bail!("archive version {major}.{minor}.{rev} is not one this agent streams");
+            return Ok(None);
         }
         self.int_size = self.byte().await? as usize;
         self.off_size = self.byte().await? as usize;
@@ -134,7 +149,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         for _ in 0..count {
             entries.push(self.entry().await?);
         }
-        Ok(Head { bytes: self.record.take().unwrap_or_default(), int_size: self.int_size, uncompressed, entries })
+        Ok(Some(Head {
+            bytes: self.record.take().unwrap_or_default().into(),
+            int_size: self.int_size,
+            uncompressed,
+            entries,
+        }))
     }
 
     async fn entry(&mut self) -> Result<Entry> {
@@ -143,7 +163,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.str().await?; // table oid
         self.str().await?; // oid
         let tag = self.str().await?.unwrap_or_default();
-        self.str().await?; // desc
+        let desc = self.str().await?.unwrap_or_default();
         self.int().await?; // section
         self.str().await?; // defn
         self.str().await?; // drop statement
@@ -166,7 +186,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Some(n) if !n.is_empty() => format!("{n}.{tag}"),
             _ => tag,
         };
-        Ok(Entry { id, had_dumper, label, copy })
+        Ok(Entry { id, had_dumper, desc, label, copy })
     }
 
     /// The next block's type and entry, or None where the archive ends.
@@ -182,8 +202,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(Some((kind[0], id)))
     }
 
-    /// The next chunk of a data block: its bytes, or None at the block's end.
-    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    /// The length of the next chunk of a data block, or None at the
+    /// block's end; its bytes follow (`slice`).
+    pub async fn chunk_len(&mut self) -> Result<Option<usize>> {
         let n = self.int().await?;
         if n == 0 {
             return Ok(None);
@@ -191,13 +212,39 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !(1..=1 << 30).contains(&n) {
             bail!("a data chunk of {n} bytes in the archive: it is corrupt");
         }
-        Ok(Some(self.bytes(n as usize).await?))
+        Ok(Some(n as usize))
     }
 
-    /// The next large object of a BLOBS block: its oid, or None at the end.
-    pub async fn blob(&mut self) -> Result<Option<i64>> {
-        let oid = self.int().await?;
-        Ok((oid != 0).then_some(oid))
+    /// Up to `SLICE` of the `left` bytes of a chunk, appended to `out`;
+    /// how many.
+    pub async fn slice(&mut self, left: usize, out: &mut Vec<u8>) -> Result<usize> {
+        let n = left.min(SLICE);
+        let at = out.len();
+        out.resize(at + n, 0);
+        self.inner.read_exact(&mut out[at..]).await.context("the archive ends early")?;
+        Ok(n)
+    }
+
+    /// A whole chunk of `n` bytes appended to `out`.
+    pub async fn rest_of_chunk(&mut self, mut n: usize, out: &mut Vec<u8>) -> Result<()> {
+        while n > 0 {
+            n -= self.slice(n, out).await?;
+        }
+        Ok(())
+    }
+
+    /// What was read so far, then all that follows, into `file`: the
+    /// archive staged whole, for what is not streamed.
+    pub async fn stage(mut self, already: &[u8], file: &std::path::Path) -> Result<()> {
+        let out = tokio::fs::File::create(file).await.with_context(|| format!("creating {}", file.display()))?;
+        let mut out = tokio::io::BufWriter::with_capacity(4 << 20, out);
+        out.write_all(already).await?;
+        if let Some(r) = self.record.take() {
+            out.write_all(&r).await?;
+        }
+        tokio::io::copy(&mut self.inner, &mut out).await.context("staging the backup")?;
+        out.flush().await?;
+        Ok(())
     }
 }
 
@@ -224,12 +271,6 @@ impl Framer {
         out.push(kind);
         self.int(out, id as i64);
     }
-
-    /// One chunk (a length, then the bytes); an empty one ends a block.
-    pub fn chunk(&self, out: &mut Vec<u8>, bytes: &[u8]) {
-        self.int(out, bytes.len() as i64);
-        out.extend_from_slice(bytes);
-    }
 }
 
 #[cfg(test)]
@@ -238,20 +279,24 @@ mod tests {
 
     #[tokio::test]
     async fn ints_read_back_as_they_are_framed() {
-        let head = Head { bytes: vec![], int_size: 4, uncompressed: true, entries: vec![] };
+        let head = Head { bytes: bytes::Bytes::new(), int_size: 4, uncompressed: true, entries: vec![] };
         let f = Framer::new(&head);
         let mut out = Vec::new();
         for v in [0i64, 1, 255, 256, 70_000, -3] {
             f.int(&mut out, v);
         }
-        f.chunk(&mut out, b"a\tb\n");
-        f.chunk(&mut out, b"");
+        f.int(&mut out, 4);
+        out.extend_from_slice(b"a\tb\n");
+        f.int(&mut out, 0);
         let mut r = Reader::new(&out[..]);
         r.int_size = 4;
         for v in [0i64, 1, 255, 256, 70_000, -3] {
             assert_eq!(r.int().await.unwrap(), v);
         }
-        assert_eq!(r.chunk().await.unwrap().as_deref(), Some(&b"a\tb\n"[..]));
-        assert_eq!(r.chunk().await.unwrap(), None);
+        let n = r.chunk_len().await.unwrap().unwrap();
+        let mut got = Vec::new();
+        r.rest_of_chunk(n, &mut got).await.unwrap();
+        assert_eq!(got, b"a\tb\n");
+        assert_eq!(r.chunk_len().await.unwrap(), None);
     }
 }

@@ -6,23 +6,30 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, RetryConfig};
 
 use crate::config::StoreConfig;
 use crate::store::layout::{self, Keys};
+
+/// A read that gets no byte for this long is resumed (`Storage::read`).
+const READ_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Storage {
     pub store: Arc<dyn ObjectStore>,
     prefix: Path,
     pub url: String,
+    /// How long a read that broke off keeps trying to resume.
+    retry_timeout: Duration,
     /// The directory of file:// storage.
     local_root: Option<std::path::PathBuf>,
 }
@@ -70,7 +77,96 @@ impl Storage {
             }
             other => bail!("unsupported storage scheme {other:?} in {url:?}: use file:// or s3://"),
         };
-        Ok(Storage { store, prefix, url: url.to_string(), local_root })
+        Ok(Storage { store, prefix, url: url.to_string(), retry_timeout, local_root })
+    }
+
+    /// The bytes of `key`, from a read that resumes where it broke off.
+    /// One GET can stay open for as long as a streamed restore loads what
+    /// it reads; the client's own retries end `retry_timeout` after the
+    /// GET began (and its timeout counts the whole body), so a broken or
+    /// stalled body (no byte for `READ_IDLE`) is resumed here with a range
+    /// GET of the same version (If-Match its ETag), until nothing has come
+    /// for `retry_timeout` of asking (the time the reader does not read,
+    /// loading what it has, does not count).
+    pub fn read(&self, key: &Path) -> BoxStream<'static, object_store::Result<Bytes>> {
+        struct State {
+            store: Arc<dyn ObjectStore>,
+            key: Path,
+            offset: u64,
+            etag: Option<String>,
+            body: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+            asked: Instant,
+            retry_timeout: Duration,
+            failure: Option<object_store::Error>,
+        }
+        let state = State {
+            store: self.store.clone(),
+            key: key.clone(),
+            offset: 0,
+            etag: None,
+            body: None,
+            asked: Instant::now(),
+            retry_timeout: self.retry_timeout,
+            failure: None,
+        };
+        futures::stream::try_unfold(state, |mut st| async move {
+            st.asked = Instant::now();
+            loop {
+                if st.body.is_none() {
+                    if st.asked.elapsed() > st.retry_timeout {
+                        return Err(st.failure.take().unwrap_or(object_store::Error::Generic {
+                            store: "storage",
+                            source: format!("no byte of {} for {:?}", st.key, st.retry_timeout).into(),
+                        }));
+                    }
+                    let resuming = st.offset > 0 || st.failure.is_some();
+                    let options = GetOptions {
+                        range: (st.offset > 0).then_some(GetRange::Offset(st.offset)),
+                        if_match: st.etag.clone(),
+                        ..Default::default()
+                    };
+                    match st.store.get_opts(&st.key, options).await {
+                        Ok(r) => {
+                            if st.etag.is_none() {
+                                st.etag = r.meta.e_tag.clone();
+                            }
+                            st.body = Some(r.into_stream());
+                        }
+                        // A first GET that fails is the caller's to see (the
+                        // client retried it already), and so is a changed object.
+                        Err(e) if !resuming || matches!(e, object_store::Error::Precondition { .. }) => return Err(e),
+                        Err(e) => {
+                            tracing::info!("resuming {} at byte {}: {e}", st.key, st.offset);
+                            st.failure = Some(e);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                let body = st.body.as_mut().expect("a body");
+                let next = match tokio::time::timeout(READ_IDLE, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => Some(Err(object_store::Error::Generic {
+                        store: "storage",
+                        source: format!("no byte for {READ_IDLE:?}").into(),
+                    })),
+                };
+                match next {
+                    Some(Ok(bytes)) => {
+                        st.offset += bytes.len() as u64;
+                        st.failure = None;
+                        return Ok(Some((bytes, st)));
+                    }
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        tracing::info!("reading {} broke off at byte {}: {e}", st.key, st.offset);
+                        st.failure = Some(e);
+                        st.body = None;
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 
     /// The keys of one attempt of one backup.

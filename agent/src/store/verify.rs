@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use async_compression::tokio::bufread::ZstdDecoder;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader};
@@ -37,7 +37,14 @@ pub struct Verified {
 /// Open `key`, to be checked against `expected` (hex SHA-256); `fetched`
 /// counts the stored bytes as they arrive.
 pub async fn open(storage: &Storage, key: &Path, expected: &str, fetched: Option<Arc<AtomicU64>>) -> Result<Verified> {
-    let inner = storage.store.get(key).await.with_context(|| format!("reading {key}"))?.into_stream();
+    // The first GET now, so that a missing object fails here; a body that
+    // breaks off later is resumed (`Storage::read`).
+    let mut inner = storage.read(key).peekable();
+    if let Some(Err(_)) = std::pin::Pin::new(&mut inner).peek().await {
+        let e = inner.next().await.expect("peeked").expect_err("peeked an error");
+        return Err(anyhow::Error::from(e).context(format!("reading {key}")));
+    }
+    let inner = inner.boxed();
     Ok(Verified {
         inner,
         hasher: Sha256::new(),

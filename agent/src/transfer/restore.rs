@@ -30,38 +30,31 @@ use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::human;
 use crate::transfer::remote;
 use crate::transfer::report::Level;
-use crate::transfer::streamed;
+use crate::transfer::streamed::{self, Streamed};
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
-    let cfg = &task.ctx.cfg;
-    // One of ours in custom format is streamed into the target's shadow as
-    // it is fetched (`streamed.rs`); the rest is staged first.
-    if let BackupRef::Id(id) = &restore.from {
-        let control = conn::connect(&cfg.store.database_url).await?;
-        let b = backups::find(&control, Some(id)).await?;
-        if b.format == Format::Custom {
-            return streamed::run(task, restore, &b).await;
-        }
-    }
     let staging = task.staging()?;
-    let (archive, format) = fetch(task, &restore.from, staging.path()).await?;
-    // The table of contents, read by the newest pg_restore, which reads any
-    // archive the others can, says which pg_dump wrote it; pg_restore reads
-    // no archive from a newer pg_dump, and talks to its server.
-    let newest = task.ctx.bins.newest();
-    let toc = archive::read(newest, &archive, staging.path()).await.with_context(|| {
-        format!(
-            "pg_restore {} cannot read the backup; a newer pg_restore may be needed: add its bin directory with \
-             --pg-bin-dir",
-            newest.describe()
-        )
-    })?;
-    let archive_major =
-        toc.dumped_by().with_context(|| format!("no pg_dump version in the list of {}", archive.display()))?;
-    let tools = task.ctx.bins.for_restore(target::server_major(cfg).await?, archive_major)?;
-    task.progress.say(Level::Info, tools.used());
-    target::check_extensions(cfg, &toc.extensions).await?;
+    // One of ours in custom format is streamed into the target's shadow as
+    // it is fetched (`streamed.rs`), unless in place: an in-place restore
+    // must not drop the target before the whole backup verified. What
+    // cannot be streamed is staged first.
+    let (archive, format) = match &restore.from {
+        BackupRef::Id(id) if !restore.in_place => {
+            let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
+            let b = backups::find(&control, Some(id)).await?;
+            if b.format != Format::Custom {
+                fetch(task, &restore.from, staging.path()).await?
+            } else {
+                match streamed::run(task, restore, &b, staging.path()).await? {
+                    Streamed::Restored(done) => return Ok(done),
+                    Streamed::Staged(path) => (path, Format::Custom),
+                }
+            }
+        }
+        _ => fetch(task, &restore.from, staging.path()).await?,
+    };
+    let (toc, tools) = read_archive(task, &archive, staging.path()).await?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     task.progress.say(
         Level::Info,
@@ -80,6 +73,26 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
     Ok(Completion::Applied { processed, warnings })
+}
+
+/// An archive's table of contents, read by the newest pg_restore (which
+/// reads any archive the others can, and says which pg_dump wrote it), the
+/// tools that fit it and the target's server, and its extensions checked.
+pub async fn read_archive<'a>(task: &'a Task, archive: &FsPath, scratch: &FsPath) -> Result<(Toc, &'a Tools)> {
+    let newest = task.ctx.bins.newest();
+    let toc = archive::read(newest, archive, scratch).await.with_context(|| {
+        format!(
+            "pg_restore {} cannot read the backup; a newer pg_restore may be needed: add its bin directory with \
+             --pg-bin-dir",
+            newest.describe()
+        )
+    })?;
+    let archive_major =
+        toc.dumped_by().with_context(|| format!("no pg_dump version in the list of {}", archive.display()))?;
+    let tools = task.ctx.bins.for_restore(target::server_major(&task.ctx.cfg).await?, archive_major)?;
+    task.progress.say(Level::Info, tools.used());
+    target::check_extensions(&task.ctx.cfg, &toc.extensions).await?;
+    Ok((toc, tools))
 }
 
 /// Which part of an archive `apply` applies.

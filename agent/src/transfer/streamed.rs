@@ -20,18 +20,19 @@
 //! backup never reaches the target.
 
 use std::collections::{HashSet, VecDeque};
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
-use crate::pg::archive::{self, Toc};
+use crate::pg::archive::Toc;
 use crate::pg::bins::Tools;
 use crate::pg::conn::Conn;
-use crate::pg::custom::{Framer, Head, Reader, BLK_BLOBS, BLK_DATA};
+use crate::pg::custom::{Framer, Head, Reader, BLK_DATA};
 use crate::pg::target::{self, Target};
 use crate::pg::tool::ToolProcess;
 use crate::store::backups::Stored;
@@ -47,13 +48,25 @@ use crate::transfer::task::Task;
 /// lower) go to one pg_restore together, up to this much in all; a larger
 /// one is fed to its own as it arrives, and to more at once (up to `jobs`)
 /// once it passes the split threshold (`--split-tables-larger-than`).
-const BATCH_BYTES: usize = 16 << 20;
-/// The COPY text of a large table is handed on in pieces of about this.
-const PIECE_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 8 << 20;
+/// The data of a large table is handed on in pieces of about this.
+const PIECE_BYTES: usize = 1 << 20;
+/// Pieces waiting for a process to take them.
+const QUEUED_PIECES: usize = 2;
+/// Processes loading small tables at once, whatever the cores: each holds
+/// its batch in memory until it has read it.
+const BATCHES_AT_ONCE: usize = 4;
 
-pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completion> {
+/// How a streamed restore ended: restored, or (an archive it cannot
+/// stream: large objects, an unknown version) staged whole for the usual
+/// restore.
+pub enum Streamed {
+    Restored(Completion),
+    Staged(PathBuf),
+}
+
+pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -> Result<Streamed> {
     let cfg = &task.ctx.cfg;
-    let staging = task.staging()?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let object =
         verify::open(&task.ctx.storage, &b.keys(&task.ctx.storage).dump(), &b.checksum, Some(task.progress.counter()))
@@ -62,14 +75,25 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completio
 
     // 1. The head, as an archive of its own.
     let head = reader.head().await.with_context(|| format!("reading the head of {}", b.name))?;
-    let head_file = staging.path().join("head.dump");
+    let head = match head {
+        Some(h) if !h.has_large_objects() => h,
+        other => {
+            let path = scratch.join("backup.dump");
+            let why =
+                if other.is_some() { "it holds large objects" } else { "its archive version is not one it streams" };
+            task.progress.say(Level::Info, format!("staging {} whole before restoring it: {why}", b.name));
+            let already = other.map(|h| h.bytes).unwrap_or_default();
+            reader.stage(&already, &path).await.with_context(|| format!("fetching {}", b.name))?;
+            task.progress.say(
+                Level::Info,
+                format!("{} verified (sha256 {}) and staged at {}", b.name, b.checksum, scratch.display()),
+            );
+            return Ok(Streamed::Staged(path));
+        }
+    };
+    let head_file = scratch.join("head.dump");
     std::fs::write(&head_file, &head.bytes)?;
-    let newest = task.ctx.bins.newest();
-    let toc = archive::read(newest, &head_file, staging.path()).await?;
-    let archive_major = toc.dumped_by().context("no pg_dump version in the backup's list")?;
-    let tools = task.ctx.bins.for_restore(target::server_major(cfg).await?, archive_major)?;
-    task.progress.say(Level::Info, tools.used());
-    target::check_extensions(cfg, &toc.extensions).await?;
+    let (toc, tools) = restore::read_archive(task, &head_file, scratch).await?;
     task.progress.say(
         Level::Info,
         format!(
@@ -81,7 +105,6 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completio
     let conn = dest.conn()?;
 
     // 2. The schema before the data.
-    let scratch = staging.path();
     let mut warnings =
         restore::apply(task, tools, &conn, &dest.target, &head_file, &toc, scratch, None, Only::PreData).await?;
 
@@ -98,7 +121,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completio
         jobs,
         running: VecDeque::new(),
         writers: JoinSet::new(),
-        batch: Vec::new(),
+        batch: Vec::with_capacity(BATCH_BYTES),
         batch_ids: Vec::new(),
         loaded: HashSet::new(),
         lists: 0,
@@ -133,7 +156,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored) -> Result<Completio
     let processed = task.progress.processed();
     let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
     task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
-    Ok(Completion::Applied { processed, warnings })
+    Ok(Streamed::Restored(Completion::Applied { processed, warnings }))
 }
 
 /// The data blocks' loading: the pg_restore processes running, and the
@@ -160,62 +183,59 @@ struct Load<'a> {
     split_above: usize,
 }
 
+/// Input shared by the processes loading one large table.
+type Pieces = Arc<Mutex<mpsc::Receiver<Vec<u8>>>>;
+
 impl Load<'_> {
     async fn all<R: AsyncRead + Unpin>(&mut self, reader: &mut Reader<R>) -> Result<()> {
+        let small = match self.split_above {
+            0 => BATCH_BYTES,
+            n => BATCH_BYTES.min(n),
+        };
         while let Some((kind, id)) = reader.block().await? {
+            let entry = self
+                .head
+                .entries
+                .iter()
+                .find(|e| e.id == id)
+                .filter(|e| e.had_dumper && kind == BLK_DATA)
+                .with_context(|| format!("the archive holds data for entry {id}, which has none: it is corrupt"))?;
             if !self.loaded.insert(id) {
                 bail!("the archive holds the data of entry {id} twice: it is corrupt");
             }
-            let entry = self.head.entries.iter().find(|e| e.id == id).with_context(|| {
-                format!("the archive holds data for entry {id}, which its table of contents does not list")
-            })?;
-            if kind == BLK_BLOBS {
-                self.flush().await?;
-                self.blobs(reader, id).await?;
-                continue;
-            }
             let splittable = entry.copy && self.head.uncompressed && self.split_above > 0;
             let label = entry.label.clone();
-            let small = match self.split_above {
-                0 => BATCH_BYTES,
-                n => BATCH_BYTES.min(n),
-            };
-            // Read the block up to `small` bytes: most end before.
+            // Read the block while it stays small: most end so.
             let mut framed = Vec::new();
             self.framer.block(&mut framed, kind, id);
-            let mut text = Vec::new();
-            let ended = loop {
-                match reader.chunk().await? {
-                    None => break true,
-                    Some(c) => {
-                        self.framer.chunk(&mut framed, &c);
-                        text.extend_from_slice(&c);
-                        if framed.len() > small {
-                            break false;
-                        }
+            let big = loop {
+                match reader.chunk_len().await? {
+                    None => break None,
+                    Some(n) if framed.len() + n > small => break Some(n),
+                    Some(n) => {
+                        self.framer.int(&mut framed, n as i64);
+                        reader.rest_of_chunk(n, &mut framed).await?;
                     }
                 }
             };
-            if ended {
-                self.framer.chunk(&mut framed, b"");
-                self.batch.extend_from_slice(&framed);
-                self.batch_ids.push(id);
-                if self.batch.len() >= BATCH_BYTES {
+            let Some(pending) = big else {
+                self.framer.int(&mut framed, 0);
+                if self.batch.len() + framed.len() > BATCH_BYTES {
                     self.flush().await?;
                 }
+                self.batch.extend_from_slice(&framed);
+                self.batch_ids.push(id);
                 continue;
-            }
+            };
             self.flush().await?;
             if splittable {
-                self.split(reader, id, &label, text).await?;
+                self.split(reader, id, &label, framed, pending).await?;
             } else {
-                self.whole(reader, id, &label, framed).await?;
+                self.whole(reader, id, &label, framed, pending).await?;
             }
         }
         self.flush().await?;
-        while !self.running.is_empty() {
-            self.reap().await?;
-        }
+        self.drain().await?;
         while let Some(w) = self.writers.join_next().await {
             w??;
         }
@@ -224,10 +244,17 @@ impl Load<'_> {
 
     /// A pg_restore of the entries `ids`, reading on its stdin the head,
     /// `first`, what `input` sends (shared with other processes, each taking
-    /// what it can), and `last`. The processes started earlier are let end
-    /// first while there are more than `jobs`: they have all their input.
-    async fn start(&mut self, ids: &[i32], first: Vec<u8>, input: Option<Pieces>, last: Vec<u8>) -> Result<()> {
-        while self.running.len() >= self.jobs {
+    /// what it can), and `last`. Processes started earlier (which have all
+    /// their input) are let end first while `at_once` run.
+    async fn start(
+        &mut self,
+        ids: &[i32],
+        at_once: usize,
+        first: Vec<u8>,
+        input: Option<Pieces>,
+        last: Vec<u8>,
+    ) -> Result<()> {
+        while self.running.len() >= at_once.max(1) {
             self.reap().await?;
         }
         self.lists += 1;
@@ -240,10 +267,11 @@ impl Load<'_> {
         cmd.arg("--exit-on-error").stdin_piped();
         let mut proc = cmd.spawn(self.task.progress.tool_output())?;
         let mut stdin = proc.take_stdin();
-        let head = self.head.bytes.clone();
+        let head: Bytes = self.head.bytes.clone();
         self.writers.spawn(async move {
             stdin.write_all(&head).await?;
             stdin.write_all(&first).await?;
+            drop(first);
             if let Some(input) = input {
                 loop {
                     let next = input.lock().await.recv().await;
@@ -261,6 +289,14 @@ impl Load<'_> {
         Ok(())
     }
 
+    /// Wait for the oldest running pg_restore.
+    async fn reap(&mut self) -> Result<()> {
+        if let Some(mut p) = self.running.pop_front() {
+            self.warnings += target::restore_warnings(&p.wait().await?)?;
+        }
+        Ok(())
+    }
+
     /// Let every running pg_restore end (before a large block, whose
     /// processes are fed as it arrives).
     async fn drain(&mut self) -> Result<()> {
@@ -270,12 +306,13 @@ impl Load<'_> {
         Ok(())
     }
 
-    /// Wait for the oldest running pg_restore.
-    async fn reap(&mut self) -> Result<()> {
-        if let Some(mut p) = self.running.pop_front() {
-            self.warnings += target::restore_warnings(&p.wait().await?)?;
+    /// The processes fed as a block arrived stopped taking it: their exit
+    /// says why.
+    async fn stopped(&mut self, label: &str) -> anyhow::Error {
+        match self.drain().await {
+            Err(e) => e,
+            Ok(()) => anyhow::anyhow!("the processes loading {label} stopped reading it"),
         }
-        Ok(())
     }
 
     /// The small blocks gathered so far, to one pg_restore.
@@ -284,89 +321,83 @@ impl Load<'_> {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.batch_ids);
-        let batch = std::mem::take(&mut self.batch);
-        self.start(&ids, batch, None, Vec::new()).await
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES));
+        self.start(&ids, self.jobs.min(BATCHES_AT_ONCE), batch, None, Vec::new()).await
     }
 
     /// A large block that cannot be cut (compressed, or not COPY text):
-    /// one pg_restore, fed as it arrives.
+    /// one pg_restore, fed as it arrives, a slice at a time. `framed` is
+    /// its start; the next chunk, `pending` bytes long, is still unread.
     async fn whole<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut Reader<R>,
         id: i32,
         label: &str,
         framed: Vec<u8>,
+        pending: usize,
     ) -> Result<()> {
         self.task.progress.say(Level::Info, format!("loading {label} as it arrives"));
         self.drain().await?;
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let mut end = Vec::new();
-        self.framer.chunk(&mut end, b"");
-        self.start(&[id], framed, Some(Arc::new(Mutex::new(rx))), end).await?;
-        while let Some(c) = reader.chunk().await? {
-            let mut buf = Vec::with_capacity(c.len() + 9);
-            self.framer.chunk(&mut buf, &c);
-            if tx.send(buf).await.is_err() {
-                break; // it failed: its exit says why
-            }
-        }
-        Ok(())
-    }
-
-    /// Large objects: one pg_restore, fed as they arrive.
-    async fn blobs<R: AsyncRead + Unpin>(&mut self, reader: &mut Reader<R>, id: i32) -> Result<()> {
-        self.drain().await?;
-        let mut first = Vec::new();
-        self.framer.block(&mut first, BLK_BLOBS, id);
-        let (tx, rx) = mpsc::channel(4);
-        let mut end = Vec::new();
-        self.framer.chunk(&mut end, b"");
-        self.start(&[id], first, Some(Arc::new(Mutex::new(rx))), end).await?;
-        while let Some(oid) = reader.blob().await? {
+        self.framer.int(&mut end, 0);
+        self.start(&[id], 1, framed, Some(Arc::new(Mutex::new(rx))), end).await?;
+        let mut next = Some(pending);
+        while let Some(mut left) = next {
             let mut buf = Vec::new();
-            self.framer.int(&mut buf, oid);
-            while let Some(c) = reader.chunk().await? {
-                self.framer.chunk(&mut buf, &c);
-                if buf.len() >= PIECE_BYTES && tx.send(std::mem::take(&mut buf)).await.is_err() {
-                    return Ok(()); // it failed: its exit says why
+            self.framer.int(&mut buf, left as i64);
+            while left > 0 {
+                left -= reader.slice(left, &mut buf).await?;
+                let full = buf.len() >= PIECE_BYTES || left == 0;
+                if full && tx.send(std::mem::take(&mut buf)).await.is_err() {
+                    return Err(self.stopped(label).await);
                 }
             }
-            self.framer.chunk(&mut buf, b"");
-            if tx.send(buf).await.is_err() {
-                return Ok(());
-            }
+            next = reader.chunk_len().await?;
         }
         Ok(())
     }
 
     /// A large table's COPY text, fed as it arrives to one pg_restore,
     /// and once it passed the split threshold to up to `jobs`, each taking
-    /// the next piece it can: pieces are cut at row boundaries.
+    /// the next piece it can: pieces are cut at row boundaries (a row is
+    /// held whole, however long). `framed` is its start, as read; the next
+    /// chunk, `pending` bytes long, is still unread.
     async fn split<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut Reader<R>,
         id: i32,
         label: &str,
-        mut text: Vec<u8>,
+        framed: Vec<u8>,
+        pending: usize,
     ) -> Result<()> {
         self.drain().await?;
-        let (tx, rx) = mpsc::channel(self.jobs.max(1) * 2);
+        let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let rx: Pieces = Arc::new(Mutex::new(rx));
-        self.lane(id, &rx).await?;
+        // The first process reads the start as it was framed.
+        let framed_len = framed.len();
+        let mut end = Vec::new();
+        self.framer.int(&mut end, 0);
+        self.start(&[id], self.jobs, framed, Some(rx.clone()), end).await?;
         let mut lanes = 1;
-        let mut seen = text.len();
-        let mut open = true;
+        let mut seen = framed_len;
+        // Other processes join only once a piece went out: from then on
+        // every piece starts at a row's start.
+        let mut aligned = false;
+        let mut text = Vec::new();
+        let mut next = Some(pending);
         loop {
-            if open {
-                match reader.chunk().await? {
-                    Some(c) => {
-                        seen += c.len();
-                        text.extend_from_slice(&c);
-                    }
-                    None => open = false,
+            // Up to a piece of COPY text, a slice at a time.
+            let open = match next {
+                Some(left) => {
+                    let n = reader.slice(left, &mut text).await?;
+                    seen += n;
+                    next = if n == left { reader.chunk_len().await? } else { Some(left - n) };
+                    true
                 }
-            }
-            if lanes < self.jobs && seen as u64 > self.split_above as u64 {
+                None => false,
+            };
+            if aligned && lanes < self.jobs && seen > self.split_above {
                 while lanes < self.jobs {
                     self.lane(id, &rx).await?;
                     lanes += 1;
@@ -377,16 +408,19 @@ impl Load<'_> {
                 );
             }
             if text.len() >= PIECE_BYTES || (!open && !text.is_empty()) {
-                // Whole rows only: a row ends at a newline.
+                // Whole rows only: in COPY text a row ends at a newline
+                // (one inside a value is escaped).
                 let cut = if open { text.iter().rposition(|b| *b == b'\n').map(|i| i + 1) } else { Some(text.len()) };
                 if let Some(cut) = cut {
                     let rest = text.split_off(cut);
                     let mut buf = Vec::with_capacity(text.len() + 9);
-                    self.framer.chunk(&mut buf, &text);
+                    self.framer.int(&mut buf, text.len() as i64);
+                    buf.extend_from_slice(&text);
                     text = rest;
                     if tx.send(buf).await.is_err() {
-                        bail!("the processes loading {label} stopped (their output says why)");
+                        return Err(self.stopped(label).await);
                     }
+                    aligned = true;
                 }
             }
             if !open && text.is_empty() {
@@ -401,10 +435,7 @@ impl Load<'_> {
         let mut first = Vec::new();
         self.framer.block(&mut first, BLK_DATA, id);
         let mut end = Vec::new();
-        self.framer.chunk(&mut end, b"");
-        self.start(&[id], first, Some(pieces.clone()), end).await
+        self.framer.int(&mut end, 0);
+        self.start(&[id], self.jobs, first, Some(pieces.clone()), end).await
     }
 }
-
-/// Input shared by the processes loading one large table.
-type Pieces = Arc<Mutex<mpsc::Receiver<Vec<u8>>>>;
