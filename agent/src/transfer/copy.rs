@@ -58,12 +58,12 @@ use crate::pg::conn::{self, Conn};
 use crate::pg::quote;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
+use crate::transfer::apply;
 use crate::transfer::capture;
 use crate::transfer::destination::Destination;
 use crate::transfer::job::{Completion, Copy};
 use crate::transfer::progress::{human, Progress};
 use crate::transfer::report::Level;
-use crate::transfer::restore;
 use crate::transfer::task::Task;
 
 /// Tables smaller than this go through pg_dump with the rest of the data.
@@ -122,7 +122,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let target = dest.target.clone();
     let target_conn = dest.conn()?;
     let warnings =
-        restore::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None, restore::Only::All)
+        apply::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None, apply::Only::All)
             .await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");

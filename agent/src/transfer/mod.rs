@@ -2,6 +2,7 @@
 //! runs every kind, and the kinds themselves (capture, parallel capture,
 //! restore, copy), each a plain async function returning a `Completion`.
 
+pub mod apply;
 pub mod capture;
 pub mod copy;
 pub mod destination;

@@ -37,11 +37,11 @@ use crate::pg::target::{self, Target};
 use crate::pg::tool::ToolProcess;
 use crate::store::backups::Stored;
 use crate::store::verify;
+use crate::transfer::apply::{self, Only};
 use crate::transfer::destination::Destination;
 use crate::transfer::job::{Completion, Restore};
 use crate::transfer::progress::human;
 use crate::transfer::report::Level;
-use crate::transfer::restore::{self, Only};
 use crate::transfer::task::Task;
 
 /// Small tables' blocks (up to this much, or up to the split threshold if
@@ -93,7 +93,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     };
     let head_file = scratch.join("head.dump");
     std::fs::write(&head_file, &head.bytes)?;
-    let (toc, tools) = restore::read_archive(task, &head_file, scratch).await?;
+    let (toc, tools) = apply::read_archive(task, &head_file, scratch).await?;
     task.progress.say(
         Level::Info,
         format!(
@@ -106,7 +106,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
 
     // 2. The schema before the data.
     let mut warnings =
-        restore::apply(task, tools, &conn, &dest.target, &head_file, &toc, scratch, None, Only::PreData).await?;
+        apply::apply(task, tools, &conn, &dest.target, &head_file, &toc, scratch, None, Only::PreData).await?;
 
     // 3. The data, as it arrives.
     let mut load = Load {
@@ -140,7 +140,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     task.progress.say(Level::Info, format!("{} verified (sha256 {}) as it streamed", b.name, b.checksum));
 
     // 4. The rest.
-    warnings += restore::apply(
+    warnings += apply::apply(
         task,
         tools,
         &conn,
