@@ -13,8 +13,24 @@ use crate::pg::archive::{self, Part, Toc};
 use crate::pg::bins::Tools;
 use crate::pg::conn::Conn;
 use crate::pg::target::{self, Target};
+use crate::transfer::job::Completion;
+use crate::transfer::progress::human;
 use crate::transfer::report::Level;
 use crate::transfer::task::Task;
+
+/// How many connections a restore or copy applies with: one per core.
+pub fn jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// How a restore or copy that finished its work ends: the last line of its
+/// log, "DONE[ with N warnings] (SIZE HOW)", and its completion.
+pub fn completion(task: &Task, done: &str, how: &str, warnings: i32) -> Completion {
+    let processed = task.progress.processed();
+    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
+    task.progress.say(Level::Info, format!("{done}{note} ({} {how})", human(processed)));
+    Completion::Applied { processed, warnings }
+}
 
 /// An archive's table of contents, read by the newest pg_restore (which
 /// reads any archive the others can, and says which pg_dump wrote it), the

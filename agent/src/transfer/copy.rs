@@ -85,7 +85,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let source = capture::connection(cfg, &copy.source)?;
     let staging = task.staging()?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = apply::jobs();
 
     // 1. One snapshot for every step; it lives as long as this transaction.
     let snap_conn = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
@@ -161,13 +161,8 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     drop(snap_conn);
     warnings += dest.finish(task).await?;
 
-    let processed = task.progress.processed();
-    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
-    task.progress.say(
-        Level::Info,
-        format!("copied {} into {}{note} ({} streamed)", copy.source.label(), copy.target, human(processed)),
-    );
-    Ok(Completion::Applied { processed, warnings })
+    let done = format!("copied {} into {}", copy.source.label(), copy.target);
+    Ok(apply::completion(task, &done, "streamed", warnings))
 }
 
 /// A table worth COPY streams of its own, as the snapshot shows it.

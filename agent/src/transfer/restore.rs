@@ -19,12 +19,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::UrlPolicy;
 use crate::pg::conn;
-use crate::store::backups;
+use crate::store::backups::{self, Stored};
 use crate::store::layout::Format;
-use crate::transfer::apply::{apply, read_archive, Only};
+use crate::transfer::apply::{apply, completion, jobs, read_archive, Only};
 use crate::transfer::destination::Destination;
 use crate::transfer::job::{BackupRef, Completion, Restore};
-use crate::transfer::progress::human;
 use crate::transfer::remote;
 use crate::transfer::report::Level;
 use crate::transfer::streamed::{self, Streamed};
@@ -41,7 +40,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
             let b = backups::find(&control, Some(id)).await?;
             if b.format != Format::Custom {
-                fetch(task, &restore.from, staging.path()).await?
+                fetch_stored(task, &b, staging.path()).await?
             } else {
                 match streamed::run(task, restore, &b, staging.path()).await? {
                     Streamed::Restored(done) => return Ok(done),
@@ -52,7 +51,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
         _ => fetch(task, &restore.from, staging.path()).await?,
     };
     let (toc, tools) = read_archive(task, &archive, staging.path()).await?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = jobs();
     task.progress.say(
         Level::Info,
         format!(
@@ -66,10 +65,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
     let mut warnings =
         apply(task, tools, &dest.conn()?, &dest.target, &archive, &toc, staging.path(), Some(jobs), Only::All).await?;
     warnings += dest.finish(task).await?;
-    let processed = task.progress.processed();
-    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
-    task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
-    Ok(Completion::Applied { processed, warnings })
+    Ok(completion(task, &format!("restored into {}", restore.target), "read", warnings))
 }
 
 fn describe(from: &BackupRef) -> String {
@@ -86,20 +82,24 @@ async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathB
         BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &fetched, &task.tracker).await,
         BackupRef::Id(id) => {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
-            let b = backups::find(&control, Some(id)).await?;
-            let path = backups::fetch(&task.ctx.storage, &b, staging, &fetched).await?;
-            task.progress.say(
-                Level::Info,
-                format!(
-                    "{} verified (sha256 {}) and staged at {} for a parallel pg_restore",
-                    b.name,
-                    b.checksum,
-                    staging.display()
-                ),
-            );
-            Ok((path, b.format))
+            fetch_stored(task, &backups::find(&control, Some(id)).await?, staging).await
         }
     }
+}
+
+/// One of our backups, verified, in staging.
+async fn fetch_stored(task: &Task, b: &Stored, staging: &FsPath) -> Result<(PathBuf, Format)> {
+    let path = backups::fetch(&task.ctx.storage, b, staging, &task.progress.counter()).await?;
+    task.progress.say(
+        Level::Info,
+        format!(
+            "{} verified (sha256 {}) and staged at {} for a parallel pg_restore",
+            b.name,
+            b.checksum,
+            staging.display()
+        ),
+    );
+    Ok((path, b.format))
 }
 
 /// Download a URL to staging, within the policy's limits: a pg_dump

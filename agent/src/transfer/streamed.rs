@@ -67,7 +67,7 @@ pub enum Streamed {
 
 pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -> Result<Streamed> {
     let cfg = &task.ctx.cfg;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = apply::jobs();
     let object =
         verify::open(&task.ctx.storage, &b.keys(&task.ctx.storage).dump(), &b.checksum, Some(task.progress.counter()))
             .await?;
@@ -153,10 +153,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     )
     .await?;
     warnings += dest.finish(task).await?;
-    let processed = task.progress.processed();
-    let note = if warnings > 0 { format!(" with {warnings} warnings") } else { String::new() };
-    task.progress.say(Level::Info, format!("restored into {}{note} ({} read)", restore.target, human(processed)));
-    Ok(Streamed::Restored(Completion::Applied { processed, warnings }))
+    Ok(Streamed::Restored(apply::completion(task, &format!("restored into {}", restore.target), "read", warnings)))
 }
 
 /// The data blocks' loading: the pg_restore processes running, and the
