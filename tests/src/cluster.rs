@@ -19,6 +19,13 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// `$PG16_BIN` says otherwise (the Makefile passes its own).
 pub const PG16_BIN: &str = "/opt/pgbackups/pg16-wheel/pgserver/pginstall/bin";
 
+/// The PostgreSQL 15 server clusters start from: `$PG15_SERVER_BIN` (a
+/// private copy with its own installed extension, for work in parallel
+/// worktrees), or [`PG_BIN`].
+pub fn pg15_server_bin() -> PathBuf {
+    std::env::var_os("PG15_SERVER_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(PG_BIN))
+}
+
 /// PostgreSQL 16's binaries: `$PG16_BIN`, or [`PG16_BIN`].
 pub fn pg16_bin() -> PathBuf {
     std::env::var_os("PG16_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(PG16_BIN))
@@ -77,7 +84,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra postgresql.conf lines.
     pub fn start_with(conf: &[&str]) -> Result<Self> {
-        Self::start_with_bin(Path::new(PG_BIN), conf)
+        Self::start_with_bin(&pg15_server_bin(), conf)
     }
 
     /// Like [`Cluster::start_with`], with the server binaries in `bin` (the
@@ -145,7 +152,7 @@ impl Cluster {
 
     /// Initialise a cluster in `dir` (created if missing, must be empty).
     pub fn init_at(dir: &Path, port: u16, conf: &[&str]) -> Result<Self> {
-        Self::init_with(dir, port, Path::new(PG_BIN), true, conf)
+        Self::init_with(dir, port, &pg15_server_bin(), true, conf)
     }
 
     /// Initialise a cluster in `dir` with the binaries in `bin`, the
