@@ -12,14 +12,16 @@ GRANT EXECUTE ON FUNCTION
     backups.url(text, interval),
     backups.database_info(name),
     backups.schedules(),
-    backups.cancel(text)
+    backups.cancel(text),
+    backups.verify(text),
+    backups.contents(text)
 TO backups_user;
 GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text) TO backups_user;
 GRANT EXECUTE ON FUNCTION
     backups.restore(text, name, name, boolean),
     backups.copy(text, name, name, boolean),
     backups.delete(text),
-    backups.schedule(text, name, integer, integer, integer),
+    backups.schedule(text, name, integer, integer, integer, boolean),
     backups.unschedule(name)
 TO backups_admin;
 -- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
@@ -29,11 +31,12 @@ GRANT EXECUTE ON FUNCTION
     backups._heartbeat(bigint, text, integer, bigint, text),
     backups._record_start(bigint, text, integer, bigint, text, text, jsonb),
     backups._agent_log(bigint, text[], text[]),
-    backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text),
+    backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text, jsonb),
     backups._hand_back(bigint, text, integer, text),
     backups._announce(text, text, text, text[]),
     backups._retire(text),
     backups._to_purge(integer, bigint[]),
     backups._purged(bigint, integer, text),
-    backups._stored(text)
+    backups._stored(text),
+    backups._verifying()
 TO backups_agent;

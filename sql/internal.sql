@@ -66,6 +66,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT backups._is_admin()
         OR ((t.kind <> 'capture' OR t.source IS NULL)
+            AND NOT (t.kind = 'verify' AND t.options ? 'named_source')
             AND CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = t.owner_role) THEN false
                      ELSE pg_catalog.pg_has_role(session_user, t.owner_role, 'MEMBER') END)
 $$;
@@ -102,7 +103,7 @@ $$;
 
 -- Look a transfer up by name; NULL means the newest one (of `kinds`) the
 -- caller may see. Deleted backups are gone as far as users are concerned.
-CREATE FUNCTION backups._find(id text, kinds text[] DEFAULT ARRAY['capture', 'restore', 'copy'])
+CREATE FUNCTION backups._find(id text, kinds text[] DEFAULT ARRAY['capture', 'restore', 'copy', 'verify'])
 RETURNS backups.transfers
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -124,7 +125,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown transfer "%"', _find.id
             USING ERRCODE = 'no_data_found',
-                  HINT = 'Transfers are named like b001 (backup), a001 (scheduled backup), r001 (restore) and c001 (copy); SELECT * FROM backups.list(); shows them.';
+                  HINT = 'Transfers are named like b001 (backup), a001 (scheduled backup), r001 (restore), c001 (copy) and v001 (verification); SELECT * FROM backups.list(); shows them.';
     END IF;
     IF NOT backups._may_see(t) THEN
         RAISE EXCEPTION 'permission denied for transfer %', t.name
@@ -231,4 +232,28 @@ AS $$
                  || floor(extract(epoch FROM finished - started))::bigint % 60 || ' s'
         ELSE justify_interval(date_trunc('second', finished - started))::text
     END
+$$;
+
+-- Queue the verification of completed backup `backup_id` (verify(), or a
+-- schedule with verify => true once its capture completes); its name. It is
+-- seen by whoever may see the backup: the same owner, and a named source's
+-- only by admins.
+CREATE FUNCTION backups._queue_verify(backup_id bigint, why text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b      backups.transfers;
+    v_name text;
+    v_id   bigint;
+BEGIN
+    SELECT * INTO b FROM backups.transfers x WHERE x.id = _queue_verify.backup_id;
+    v_name := backups._next_name('v');
+    INSERT INTO backups.transfers (name, kind, database, source, owner_role, options)
+    VALUES (v_name, 'verify', b.database, b.name, b.owner_role,
+            CASE WHEN b.source IS NOT NULL THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END)
+    RETURNING id INTO v_id;
+    PERFORM backups._log(v_id, format('%s: restore %s into a scratch database and compare every table with what its capture read', _queue_verify.why, b.name));
+    PERFORM backups._notify(v_name);
+    RETURN v_name;
+END
 $$;

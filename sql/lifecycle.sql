@@ -149,7 +149,8 @@ $$;
 -- no longer ours; the agent then removes what its attempt stored.
 CREATE FUNCTION backups._finish(transfer_id bigint, agent text, attempt integer, status text,
                                 processed bigint DEFAULT NULL, stored_size bigint DEFAULT NULL,
-                                checksum text DEFAULT NULL, warnings integer DEFAULT 0, error text DEFAULT NULL)
+                                checksum text DEFAULT NULL, warnings integer DEFAULT 0, error text DEFAULT NULL,
+                                contents jsonb DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -169,12 +170,18 @@ BEGIN
     IF _finish.status = 'completed' THEN
         UPDATE backups.transfers x
            SET processed_bytes = coalesce(_finish.processed, x.processed_bytes), stored_size = _finish.stored_size,
-               checksum = _finish.checksum, warnings = coalesce(_finish.warnings, 0), heartbeat_at = now()
+               checksum = _finish.checksum, warnings = coalesce(_finish.warnings, 0), heartbeat_at = now(),
+               contents = (SELECT jsonb_agg(e - 'columns') FROM jsonb_array_elements(_finish.contents) e)
          WHERE x.id = t.id;
     ELSIF _finish.processed IS NOT NULL THEN
         UPDATE backups.transfers x SET processed_bytes = _finish.processed WHERE x.id = t.id;
     END IF;
     PERFORM backups._end(t.id, _finish.status, _finish.error);
+    IF _finish.status = 'completed' AND t.kind = 'capture'
+       AND EXISTS (SELECT 1 FROM backups.schedules s WHERE s.id = t.schedule_id AND s.verify) THEN
+        PERFORM backups._log(t.id, format('verification %s queued (the schedule verifies every capture)',
+                                          backups._queue_verify(t.id, format('after scheduled capture %s', t.name))));
+    END IF;
     RETURN true;
 END
 $$;
@@ -285,3 +292,9 @@ AS $$
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))
      ORDER BY t.finished_at DESC, t.id DESC LIMIT 1
 $$;
+
+-- The verifications still pending or running: the agent keeps their
+-- scratch databases, and drops any other it finds.
+CREATE FUNCTION backups._verifying() RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.name FROM backups.transfers t WHERE t.kind = 'verify' AND t.status IN ('pending', 'running') $$;

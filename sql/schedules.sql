@@ -3,7 +3,7 @@
 
 CREATE FUNCTION backups.schedule(at text DEFAULT 'daily 02:00', database name DEFAULT current_database(),
                                  retain_daily integer DEFAULT 7, retain_weekly integer DEFAULT 4,
-                                 retain_monthly integer DEFAULT 12)
+                                 retain_monthly integer DEFAULT 12, verify boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -28,13 +28,16 @@ BEGIN
                   HINT = 'Keep at least one: retain_daily => 1 keeps the newest scheduled backup.';
     END IF;
     v_next := backups._next_run(p.cron, p.timezone, now());
-    INSERT INTO backups.schedules AS s (database, spec, cron, timezone, retain_daily, retain_weekly, retain_monthly, next_run_at)
-    VALUES (v_db, btrim(schedule.at), p.cron, p.timezone, retain_daily, retain_weekly, retain_monthly, v_next)
+    INSERT INTO backups.schedules AS s (database, spec, cron, timezone, retain_daily, retain_weekly, retain_monthly,
+                                        verify, next_run_at)
+    VALUES (v_db, btrim(schedule.at), p.cron, p.timezone, retain_daily, retain_weekly, retain_monthly,
+            coalesce(schedule.verify, false), v_next)
     ON CONFLICT ON CONSTRAINT schedules_database_key DO UPDATE
     SET spec = excluded.spec, cron = excluded.cron, timezone = excluded.timezone,
         retain_daily = excluded.retain_daily, retain_weekly = excluded.retain_weekly,
-        retain_monthly = excluded.retain_monthly, next_run_at = excluded.next_run_at;
-    RAISE NOTICE 'database % backed up %; next run %', v_db, p.description,
+        retain_monthly = excluded.retain_monthly, verify = excluded.verify, next_run_at = excluded.next_run_at;
+    RAISE NOTICE 'database % backed up %; next run %', v_db,
+        p.description || CASE WHEN schedule.verify THEN ', each backup then verified' ELSE '' END,
         to_char(v_next AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"');
     PERFORM backups._notify('schedule');
 END
@@ -43,12 +46,12 @@ $$;
 CREATE FUNCTION backups.schedules()
 RETURNS TABLE (database name, schedule text, timezone text, next_run_at timestamptz, next_run_utc timestamp,
                next_run_local timestamp, last_run_at timestamptz,
-               retain_daily integer, retain_weekly integer, retain_monthly integer)
+               retain_daily integer, retain_weekly integer, retain_monthly integer, verify boolean)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.database, s.spec, s.timezone, s.next_run_at, s.next_run_at AT TIME ZONE 'UTC',
            s.next_run_at AT TIME ZONE s.timezone, s.last_run_at,
-           s.retain_daily, s.retain_weekly, s.retain_monthly
+           s.retain_daily, s.retain_weekly, s.retain_monthly, s.verify
     FROM backups.schedules s WHERE backups._may_act_on(s.database) ORDER BY s.database
 $$;
 

@@ -54,7 +54,7 @@ $roles$;
 -- transactional (unlike a sequence), so numbers are gapless and never reused,
 -- even after a backup is deleted.
 CREATE TABLE backups.counters (
-    prefix     text PRIMARY KEY CHECK (prefix IN ('a', 'b', 'c', 'r')),
+    prefix     text PRIMARY KEY CHECK (prefix IN ('a', 'b', 'c', 'r', 'v')),
     last_value integer NOT NULL
 );
 
@@ -69,6 +69,7 @@ CREATE TABLE backups.schedules (
     retain_daily   integer NOT NULL CHECK (retain_daily >= 0),
     retain_weekly  integer NOT NULL CHECK (retain_weekly >= 0),
     retain_monthly integer NOT NULL CHECK (retain_monthly >= 0),
+    verify         boolean NOT NULL DEFAULT false,      -- verify every capture it makes once it completes
     next_run_at    timestamptz NOT NULL,
     last_run_at    timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now()
@@ -77,14 +78,15 @@ CREATE TABLE backups.schedules (
 -- Captures, restores and copies.
 CREATE TABLE backups.transfers (
     id                  bigserial PRIMARY KEY,
-    name                text NOT NULL UNIQUE,           -- b001, a001, r001, c001
-    kind                text NOT NULL CHECK (kind IN ('capture', 'restore', 'copy')),
+    name                text NOT NULL UNIQUE,           -- b001, a001, r001, c001, v001
+    kind                text NOT NULL CHECK (kind IN ('capture', 'restore', 'copy', 'verify')),
     status              text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'expired')),
     database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
     owner_role          oid,                            -- the owner of `database` when queued: whose members may see
                                                         -- the transfer (tenancy), whoever owns the name later
     source              text,                           -- capture: named source from the agent config (NULL: this cluster);
+                                                        -- verify: the backup verified;
                                                         -- restore: backup name or URL; copy: source database or named source
     source_url          text,                           -- restore from a URL: the URL whole, for the agent only (source
                                                         -- holds it redacted); cleared when the transfer ends
@@ -112,6 +114,8 @@ CREATE TABLE backups.transfers (
     tool_versions       jsonb,
     error               text,
     warnings            integer NOT NULL DEFAULT 0,
+    contents            jsonb,                          -- capture: every table's rows, bytes and digest, as read at capture
+                                                        -- ([{schema, table, rows, bytes, digest}])
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
     purged_at           timestamptz                     -- when the agent removed the objects (after delete or expiry)
 );
@@ -120,7 +124,10 @@ CREATE FUNCTION backups._record_owner() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    NEW.owner_role := (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = NEW.database);
+    -- (A verification takes its backup's, which it is given.)
+    IF NEW.owner_role IS NULL THEN
+        NEW.owner_role := (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = NEW.database);
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -130,6 +137,7 @@ CREATE TRIGGER transfers_record_owner BEFORE INSERT ON backups.transfers
 CREATE INDEX transfers_pending_idx ON backups.transfers (id) WHERE status = 'pending';
 CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE status = 'running';
 CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);
+CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind = 'verify';
 
 -- What the agent and the worker say about a transfer; backups.info() shows it.
 CREATE TABLE backups.transfer_logs (

@@ -1,5 +1,5 @@
 -- The SQL surface for transfers: what a person calls from psql to capture,
--- wait, list, inspect, cancel, delete, link, restore and copy. None of these
+-- wait, list, inspect, cancel, delete, link, restore, copy and verify. None of these
 -- runs pg_dump or touches storage: they record intent and notify the agent,
 -- which sees the transfer once the calling transaction commits.
 
@@ -133,7 +133,8 @@ $$;
 
 CREATE FUNCTION backups.list()
 RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
-               finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text)
+               finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text,
+               verified text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.name, t.kind, t.status, t.created_at, t.started_at, t.finished_at, t.database,
@@ -148,6 +149,15 @@ AS $$
                WHEN 'failed' THEN split_part(coalesce(t.error, 'failed'), E'\n', 1)
                WHEN 'cancelled' THEN 'cancelled'
                WHEN 'expired' THEN 'expired by retention'
+           END,
+           -- A backup's latest verification: how it ended, and when.
+           CASE WHEN t.kind = 'capture' THEN
+               (SELECT CASE v.status WHEN 'completed' THEN 'passed' ELSE v.status END
+                       || coalesce(' ' || to_char(v.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'), '')
+                       || ' (' || v.name || ')'
+                  FROM backups.transfers v
+                 WHERE v.kind = 'verify' AND v.source = t.name
+                 ORDER BY v.id DESC LIMIT 1)
            END
     FROM backups.transfers t
     WHERE t.deleted_at IS NULL AND backups._may_see(t)
@@ -191,7 +201,14 @@ BEGIN
         (21, 'tool versions', t.tool_versions::text),
         (22, 'warnings', CASE WHEN t.warnings > 0 THEN t.warnings::text END),
         (23, 'error', t.error),
-        (24, 'deleted from storage', t.purged_at::text)
+        (24, 'deleted from storage', t.purged_at::text),
+        (25, 'tables', CASE WHEN t.kind = 'capture' AND t.status = 'completed'
+                            THEN coalesce(jsonb_array_length(t.contents)::text
+                                          || ' (rows and digests: SELECT * FROM backups.contents(' || quote_literal(t.name) || ');)',
+                                          'not recorded (captured before pg_backups recorded contents)') END),
+        (26, 'verified', CASE WHEN t.kind = 'capture' THEN
+                              (SELECT string_agg(v.name || ' ' || v.status || coalesce(' at ' || v.finished_at::text, ''), ', ' ORDER BY v.id)
+                                 FROM backups.transfers v WHERE v.kind = 'verify' AND v.source = t.name) END)
     ) AS f(n, k, v)
     WHERE f.v IS NOT NULL
     ORDER BY f.n;
@@ -450,5 +467,74 @@ BEGIN
     ) AS f(n, k, v)
     WHERE f.v IS NOT NULL
     ORDER BY f.n;
+END
+$$;
+
+-- Prove a backup: the agent restores it into a scratch database, tallies
+-- every table as its capture did (rows and digest of the COPY text), and
+-- compares; the scratch database is dropped either way. NULL: the newest
+-- completed backup the caller may see.
+CREATE FUNCTION backups.verify(id text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b    backups.transfers;
+    busy text;
+BEGIN
+    IF verify.id IS NULL THEN
+        SELECT * INTO b FROM backups.transfers x
+        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'there is no completed backup to verify'
+                USING HINT = 'Capture one first with SELECT backups.capture();';
+        END IF;
+    ELSE
+        b := backups._find(verify.id, ARRAY['capture']);
+    END IF;
+    SELECT * INTO b FROM backups.transfers x WHERE x.id = b.id FOR SHARE;
+    IF b.status <> 'completed' OR b.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'backup % is %, not completed: there is nothing to verify', b.name, b.status
+            USING HINT = 'SELECT * FROM backups.list(); shows the completed backups.';
+    END IF;
+    SELECT v.name INTO busy FROM backups.transfers v
+     WHERE v.kind = 'verify' AND v.source = b.name AND v.status IN ('pending', 'running') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'backup % is already being verified by %', b.name, busy
+            USING HINT = format('Follow it with SELECT backups.wait(%L);', busy);
+    END IF;
+    RETURN backups._queue_verify(b.id, format('queued by %s', session_user));
+END
+$$;
+
+-- What a backup holds, table by table, as its capture read it: rows, bytes
+-- of COPY text, and the digest verify() compares. NULL: the newest
+-- completed backup the caller may see.
+CREATE FUNCTION backups.contents(id text DEFAULT NULL)
+RETURNS TABLE (schema_name text, table_name text, rows bigint, bytes bigint, digest text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b backups.transfers;
+BEGIN
+    IF contents.id IS NULL THEN
+        SELECT * INTO b FROM backups.transfers x
+        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'there is no completed backup yet'
+                USING HINT = 'Capture one first with SELECT backups.capture();';
+        END IF;
+    ELSE
+        b := backups._find(contents.id, ARRAY['capture']);
+    END IF;
+    IF b.status = 'completed' AND b.contents IS NULL THEN
+        RAISE NOTICE 'backup % was captured before pg_backups recorded contents: there is nothing to show', b.name
+            USING HINT = 'Capture again to record them; backups.verify() still proves it restores.';
+    END IF;
+    RETURN QUERY
+    SELECT e->>'schema', e->>'table', (e->>'rows')::bigint, (e->>'bytes')::bigint, e->>'digest'
+      FROM jsonb_array_elements(coalesce(b.contents, '[]'::jsonb)) e
+     ORDER BY 1, 2;
 END
 $$;

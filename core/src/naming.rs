@@ -1,10 +1,10 @@
 //! Transfer names, as Heroku has them: a letter for the kind and a number of
 //! at least three digits: `b001` manual backup, `a001` scheduled backup,
-//! `r001` restore, `c001` copy.
+//! `r001` restore, `c001` copy; and ours, `v001` verification.
 
 /// The letters in use, and what they name.
-pub const PREFIXES: [(char, &str); 4] =
-    [('b', "manual backup"), ('a', "scheduled backup"), ('r', "restore"), ('c', "copy")];
+pub const PREFIXES: [(char, &str); 5] =
+    [('b', "manual backup"), ('a', "scheduled backup"), ('r', "restore"), ('c', "copy"), ('v', "verification")];
 
 /// `format_name('b', 7) == "b007"`; `format_name('b', 1234) == "b1234"`.
 pub fn format_name(prefix: char, number: i64) -> String {

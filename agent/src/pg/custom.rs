@@ -33,8 +33,19 @@ pub struct Entry {
     pub desc: String,
     /// `schema.name`, for messages.
     pub label: String,
-    /// Its data is COPY text (pg_dump without --inserts).
-    pub copy: bool,
+    pub namespace: String,
+    pub tag: String,
+    /// Its data is COPY text (pg_dump without --inserts): the statement
+    /// that loads it.
+    pub copy_stmt: Option<String>,
+    /// Where its data is, in a directory-format archive (`3241.dat`).
+    pub filename: Option<String>,
+}
+
+impl Entry {
+    pub fn copy(&self) -> bool {
+        self.copy_stmt.is_some()
+    }
 }
 
 /// The header and table of contents.
@@ -46,6 +57,8 @@ pub struct Head {
     /// The data is not compressed inside the archive (`-Z0`, as the agent
     /// captures it).
     pub uncompressed: bool,
+    /// The client encoding of its COPY text (the ENCODING entry).
+    pub encoding: Option<String>,
     pub entries: Vec<Entry>,
 }
 
@@ -60,6 +73,8 @@ impl Head {
 /// The archive's reader: bytes in order, recorded while the head is read.
 pub struct Reader<R> {
     inner: R,
+    /// A directory-format `toc.dat` rather than a custom-format archive.
+    directory: bool,
     record: Option<Vec<u8>>,
     version: u32,
     int_size: usize,
@@ -72,7 +87,13 @@ fn version(major: u8, minor: u8, rev: u8) -> u32 {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn new(inner: R) -> Self {
-        Reader { inner, record: Some(Vec::new()), version: 0, int_size: 4, off_size: 8 }
+        Reader { inner, directory: false, record: Some(Vec::new()), version: 0, int_size: 4, off_size: 8 }
+    }
+
+    /// The `toc.dat` of a directory-format dump: the same header and table
+    /// of contents, each entry naming its data file.
+    pub fn directory(inner: R) -> Self {
+        Reader { directory: true, ..Reader::new(inner) }
     }
 
     async fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
@@ -130,8 +151,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !(1..=8).contains(&self.int_size) || !(1..=16).contains(&self.off_size) {
             bail!("the archive's integer sizes are implausible: it is corrupt");
         }
-        if self.byte().await? != 1 {
-            bail!("not a custom-format archive");
+        let format = self.byte().await?;
+        if self.directory && format == 1 || !self.directory && format != 1 {
+            bail!("not a {}-format archive", if self.directory { "directory" } else { "custom" });
         }
         let uncompressed =
             if self.version >= version(1, 15, 0) { self.byte().await? == 0 } else { self.int().await? == 0 };
@@ -146,18 +168,26 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             bail!("{count} entries in the archive's table of contents: it is corrupt");
         }
         let mut entries = Vec::with_capacity(count as usize);
+        let mut encoding = None;
         for _ in 0..count {
-            entries.push(self.entry().await?);
+            let (entry, defn) = self.entry().await?;
+            if entry.desc == "ENCODING" {
+                // `SET client_encoding = 'UTF8';`
+                encoding = defn.as_deref().and_then(|d| d.split('\'').nth(1)).map(str::to_string);
+            }
+            entries.push(entry);
         }
         Ok(Some(Head {
             bytes: self.record.take().unwrap_or_default().into(),
             int_size: self.int_size,
             uncompressed,
+            encoding,
             entries,
         }))
     }
 
-    async fn entry(&mut self) -> Result<Entry> {
+    /// One entry, and its definition.
+    async fn entry(&mut self) -> Result<(Entry, Option<String>)> {
         let id = self.int().await? as i32;
         let had_dumper = self.int().await? != 0;
         self.str().await?; // table oid
@@ -165,9 +195,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let tag = self.str().await?.unwrap_or_default();
         let desc = self.str().await?.unwrap_or_default();
         self.int().await?; // section
-        self.str().await?; // defn
+        let defn = self.str().await?;
         self.str().await?; // drop statement
-        let copy = self.str().await?.is_some_and(|s| s.starts_with("COPY "));
+        let copy_stmt = self.str().await?.filter(|s| s.starts_with("COPY "));
         let namespace = self.str().await?;
         self.str().await?; // tablespace
         if self.version >= version(1, 14, 0) {
@@ -179,14 +209,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.str().await?; // owner
         self.str().await?; // with oids
         while self.str().await?.is_some() {} // dependencies
-                                             // _ReadExtraToc: the data offset (a flag byte and `off_size` bytes).
-        self.byte().await?;
-        self.bytes(self.off_size).await?;
-        let label = match namespace {
-            Some(n) if !n.is_empty() => format!("{n}.{tag}"),
-            _ => tag,
+        let filename = if self.directory {
+            // pg_backup_directory.c's _ReadExtraToc: the data file's name.
+            self.str().await?.filter(|f| !f.is_empty())
+        } else {
+            // pg_backup_custom.c's: the data offset (a flag byte and `off_size` bytes).
+            self.byte().await?;
+            self.bytes(self.off_size).await?;
+            None
         };
-        Ok(Entry { id, had_dumper, desc, label, copy })
+        let namespace = namespace.unwrap_or_default();
+        let label = if namespace.is_empty() { tag.clone() } else { format!("{namespace}.{tag}") };
+        Ok((Entry { id, had_dumper, desc, label, namespace, tag, copy_stmt, filename }, defn))
     }
 
     /// The next block's type and entry, or None where the archive ends.
@@ -200,6 +234,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             bail!("unknown block type {} in the archive: it is corrupt", kind[0]);
         }
         Ok(Some((kind[0], id)))
+    }
+
+    /// The oid of the next large object of a BLOBS block; 0 at its end.
+    pub async fn blob_oid(&mut self) -> Result<i64> {
+        self.int().await
     }
 
     /// The length of the next chunk of a data block, or None at the
@@ -279,7 +318,8 @@ mod tests {
 
     #[tokio::test]
     async fn ints_read_back_as_they_are_framed() {
-        let head = Head { bytes: bytes::Bytes::new(), int_size: 4, uncompressed: true, entries: vec![] };
+        let head =
+            Head { bytes: bytes::Bytes::new(), int_size: 4, uncompressed: true, encoding: None, entries: vec![] };
         let f = Framer::new(&head);
         let mut out = Vec::new();
         for v in [0i64, 1, 255, 256, 70_000, -3] {

@@ -21,7 +21,7 @@ use crate::pg::quote::{ident, literal};
 use crate::pg::target::{self, Target};
 
 /// Comments on the databases the agent makes start with this.
-const MARK: &str = "pg_backups: ";
+pub const MARK: &str = "pg_backups: ";
 
 /// How many times the swap ends the target's sessions and tries again
 /// when a new one got in before the renames.

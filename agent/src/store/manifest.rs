@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pg::contents::Contents;
 use crate::store::layout::Format;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,10 @@ pub struct Manifest {
     pub tool_versions: serde_json::Value,
     pub created_at: String,
     pub files: Vec<FileEntry>,
+    /// Every table's rows, bytes and digest, as the capture read them
+    /// (none in backups taken before the agent recorded them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<Contents>,
 }
 
 impl Manifest {
@@ -44,6 +49,7 @@ impl Manifest {
         source_size: i64,
         versions: &serde_json::Value,
         mut files: Vec<FileEntry>,
+        contents: Option<Contents>,
     ) -> Self {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Manifest {
@@ -56,6 +62,7 @@ impl Manifest {
             tool_versions: versions.clone(),
             created_at: chrono::Utc::now().to_rfc3339(),
             files,
+            contents,
         }
     }
 

@@ -10,12 +10,17 @@
 //! durable, and only then does the work return its `Completion`; the
 //! supervisor records it, and removes this attempt's objects otherwise.
 
+use std::io::Read;
+
 use anyhow::{anyhow, Context, Result};
-use tokio_util::io::SyncIoBridge;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::config::Config;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
+use crate::pg::contents::{self, Contents};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::store::layout::{Format, Keys};
 use crate::store::manifest::{FileEntry, Manifest};
@@ -49,18 +54,36 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         }
         c
     };
-    let files = match capture.jobs {
-        None => vec![dump_custom(task, dump(), &keys).await?],
+    let (files, contents) = match capture.jobs {
+        None => dump_custom(task, dump(), &keys).await?,
         Some(jobs) => parallel::dump(task, dump(), jobs, &keys).await?,
     };
-    let manifest = Manifest::new(&task.name, capture.source.label(), format, source_size, &versions, files);
+    task.progress.say(Level::Info, describe(&contents));
+    let manifest = Manifest::new(
+        &task.name,
+        capture.source.label(),
+        format,
+        source_size,
+        &versions,
+        files,
+        Some(contents.clone()),
+    );
     let checksum = store_manifest(task, &keys, &manifest).await?;
     let (processed, stored) = manifest.sizes();
     task.progress.say(
         Level::Info,
         format!("completed: {} processed, {} stored, sha256 {checksum}", human(processed), human(stored)),
     );
-    Ok(Completion::Backup { processed, stored, checksum })
+    Ok(Completion::Backup { processed, stored, checksum, contents: Some(contents) })
+}
+
+/// What the capture read, for its log.
+fn describe(c: &Contents) -> String {
+    let rows: u64 = c.tables.iter().map(|t| t.rows).sum();
+    format!(
+        "read the data of {} tables, {rows} rows, to its end: every table's rows counted and digested",
+        c.tables.len()
+    )
 }
 
 /// The source to dump: a named source from the configuration, or a
@@ -100,6 +123,10 @@ async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, s
 pub fn pg_dump(cfg: &Config, tools: &Tools, source: &Conn) -> ToolCommand {
     let mut c = ToolCommand::new(tools, Tool::PgDump, source);
     c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--verbose", "--compress=0"]);
+    // pg_dump pins DateStyle and float digits, not the time zone: pinned
+    // here, so that a timestamptz reads back as the same text when verify
+    // tallies a restored copy (same instants, whatever the zone).
+    c.env("PGTZ", "UTC");
     for s in &cfg.exclude_schema {
         c.arg(format!("--exclude-schema={s}"));
     }
@@ -109,10 +136,11 @@ pub fn pg_dump(cfg: &Config, tools: &Tools, source: &Conn) -> ToolCommand {
     c
 }
 
-/// `pg_dump -Fc`, its stdout compressed on all cores into one upload. The
-/// first of the three to fail stops the others: a storage error ends the
-/// upload, the compressor's next send fails, and pg_dump gets a broken pipe.
-async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<FileEntry> {
+/// `pg_dump -Fc`, its stdout compressed on all cores into one upload, and
+/// read as it passes for its contents. The first to fail stops the others:
+/// a storage error ends the upload, the compressor's next send fails, and
+/// pg_dump gets a broken pipe.
+async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<(Vec<FileEntry>, Contents)> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     task.progress.say(
@@ -122,29 +150,58 @@ async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<F
     let key = keys.dump();
     cmd.arg("--format=custom").stdout_piped();
     let mut dump = cmd.spawn(task.progress.tool_output())?;
-    let stdout = SyncIoBridge::new(dump.take_stdout());
+    let (seen, archive) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let archive = futures::stream::unfold(archive, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
+    let reader = task.tracker.spawn(contents::read_custom(StreamReader::new(Box::pin(archive))));
+    let stdout = Tee { inner: SyncIoBridge::new(dump.take_stdout()), seen: Some(seen) };
     let pipe = Pipe::start(&task.tracker, storage.store.clone(), key.clone());
     let (tx, counter, level) = (pipe.tx.clone(), task.progress.counter(), cfg.compression_level);
     let compressor =
         task.tracker.spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &counter));
     let exit = dump.wait().await?;
     let compressed = compressor.await.context("the compressor panicked")?;
+    // The compressor is gone, and its end of the channel with it.
+    let contents = reader.await.context("the archive reader panicked")?;
     let upload_died = pipe.is_finished();
-    let stored = pipe.finish(exit.success() && compressed.is_ok()).await;
+    let stored = pipe.finish(exit.success() && compressed.is_ok() && contents.is_ok()).await;
     if upload_died {
         // A storage error: the others only saw their pipes close.
         return Err(stored.err().unwrap_or_else(|| anyhow!("the upload stopped early")));
     }
     exit.check()?;
     let size = compressed?;
+    let contents = contents.context("the archive pg_dump wrote is not sound")?;
     let stored = stored?;
-    Ok(FileEntry {
+    let file = FileEntry {
         path: storage.relative(&key),
         name: "backup.dump".into(),
         size,
         stored_size: stored.size,
         sha256: stored.sha256,
-    })
+    };
+    Ok((vec![file], contents))
+}
+
+/// pg_dump's stdout, a copy of every piece also sent to the archive's
+/// reader. Should the reader stop (it found the archive unsound), the
+/// copies stop and the capture fails with its error.
+struct Tee<R> {
+    inner: R,
+    seen: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            if let Some(seen) = &self.seen {
+                if seen.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    self.seen = None;
+                }
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Write the manifest, then make every object of the backup durable.

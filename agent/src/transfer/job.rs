@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 
+use crate::pg::contents::Contents;
 use crate::store::layout::Format;
 
 /// A transfer this agent claimed: attempt `attempt` of `name`, and what it
@@ -23,6 +24,7 @@ pub enum Job {
     Capture(Capture),
     Restore(Restore),
     Copy(Copy),
+    Verify(Verify),
 }
 
 /// Where data is read from: a database of the control cluster, or a named
@@ -85,6 +87,13 @@ pub struct Copy {
     pub source: Source,
     pub target: String,
     pub in_place: bool,
+}
+
+/// Prove a stored backup: restore it into a scratch database and compare.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// The backup's name.
+    pub backup: String,
 }
 
 /// A claimed row of the transfers table, as the claim returns it.
@@ -153,6 +162,7 @@ impl Job {
                     in_place: row.in_place()?,
                 })
             }
+            "verify" => Job::Verify(Verify { backup: row.source.clone().context("verify without a backup")? }),
             other => bail!("this agent cannot run {other} transfers"),
         })
     }
@@ -162,7 +172,7 @@ impl Job {
 #[derive(Debug, Clone)]
 pub enum Completion {
     /// A capture: stored, with its checksum recorded.
-    Backup { processed: u64, stored: u64, checksum: String },
+    Backup { processed: u64, stored: u64, checksum: String, contents: Option<Contents> },
     /// A restore or a copy: `warnings` errors pg_restore ignored.
     Applied { processed: u64, warnings: i32 },
 }
@@ -207,6 +217,11 @@ mod tests {
         };
         assert_eq!(c.source, Source::Named("replica".into()));
         assert!(Job::decode(&row("verify", None, serde_json::json!({}))).is_err());
+        let Job::Verify(v) = Job::decode(&row("verify", Some("b007"), serde_json::json!({}))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(v.backup, "b007");
+        assert!(Job::decode(&row("vacuum", None, serde_json::json!({}))).is_err());
         assert!(Job::decode(&row("capture", None, serde_json::json!({"jobs": 0}))).is_err());
     }
 }

@@ -16,3 +16,4 @@ pub mod restore;
 pub mod streamed;
 pub mod supervisor;
 pub mod task;
+pub mod verify;

@@ -5,7 +5,8 @@
 //! deleted as soon as its upload completes, so local disk holds only the
 //! files in flight, and the biggest table is compressed in step with its
 //! dump instead of after it. After pg_dump exits, a last scan catches
-//! anything an overflowing event queue missed.
+//! anything an overflowing event queue missed. Each data file is tallied
+//! as it passes (`contents`), and the table of contents read at the end.
 //!
 //! Stopping (a failure, a cancel, a hand back) drops this work: pg_dump and
 //! its workers are killed as a group, the readers of growing files see the
@@ -14,7 +15,7 @@
 //! readers and uploads (they run on its tracker), then removes whatever
 //! this attempt had already stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use futures::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::task::JoinHandle;
 
+use crate::pg::contents::{self, Contents, Tally};
 use crate::pg::tool::ToolCommand;
 use crate::store::layout::Keys;
 use crate::store::manifest::FileEntry;
@@ -35,8 +37,9 @@ use crate::transfer::report::Level;
 use crate::transfer::task::Task;
 
 /// Run `cmd` (pg_dump with the capture's flags) as a directory-format dump
-/// with `jobs` workers, storing each file under `keys`.
-pub async fn dump(task: &Task, mut cmd: ToolCommand, jobs: u32, keys: &Keys) -> Result<Vec<FileEntry>> {
+/// with `jobs` workers, storing each file under `keys`; each data file is
+/// tallied as it passes, and `toc.dat` read at the end (`contents`).
+pub async fn dump(task: &Task, mut cmd: ToolCommand, jobs: u32, keys: &Keys) -> Result<(Vec<FileEntry>, Contents)> {
     let staging = task.staging()?;
     let stop = StopOnDrop::default();
     task.progress.say(
@@ -94,7 +97,60 @@ pub async fn dump(task: &Task, mut cmd: ToolCommand, jobs: u32, keys: &Keys) -> 
     while let Some(res) = files.uploads.next().await {
         done.push(res.context("a file upload panicked")??);
     }
-    Ok(done)
+    let stored: HashSet<String> = done.iter().map(|(f, _)| f.name.clone()).collect();
+    let (mut toc, mut tallies) = (None, HashMap::new());
+    let mut entries = Vec::with_capacity(done.len());
+    for (file, seen) in done {
+        match seen {
+            Seen::Rows(t) => {
+                tallies.insert(file.name.clone(), t);
+            }
+            Seen::Toc(bytes) => toc = Some(bytes),
+            Seen::Other => {}
+        }
+        entries.push(file);
+    }
+    let toc = toc.context("pg_dump wrote no toc.dat")?;
+    let contents =
+        contents::read_directory(&toc, tallies, &stored).await.context("the dump pg_dump wrote is not sound")?;
+    Ok((entries, contents))
+}
+
+/// What was read of a file on its way to storage: a data file's rows, the
+/// table of contents, or neither.
+enum Seen {
+    Rows(Tally),
+    Toc(Vec<u8>),
+    Other,
+}
+
+/// A file's reader that also keeps what `Seen` needs.
+struct Watched<R> {
+    inner: R,
+    seen: Seen,
+}
+
+impl<R: Read> Watched<R> {
+    fn new(inner: R, name: &str) -> Self {
+        let seen = match name.strip_suffix(".dat") {
+            Some("toc") => Seen::Toc(Vec::new()),
+            Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => Seen::Rows(Tally::default()),
+            _ => Seen::Other,
+        };
+        Watched { inner, seen }
+    }
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match &mut self.seen {
+            Seen::Rows(t) => t.feed(&buf[..n]),
+            Seen::Toc(b) => b.extend_from_slice(&buf[..n]),
+            Seen::Other => {}
+        }
+        Ok(n)
+    }
 }
 
 /// Set when the dump is dropped: readers of growing files stop waiting.
@@ -113,7 +169,7 @@ struct Files<'a> {
     keys: &'a Keys,
     stop: Arc<AtomicBool>,
     closed: HashMap<String, Arc<AtomicBool>>,
-    uploads: FuturesUnordered<JoinHandle<Result<FileEntry>>>,
+    uploads: FuturesUnordered<JoinHandle<Result<(FileEntry, Seen)>>>,
 }
 
 impl Files<'_> {
@@ -139,15 +195,22 @@ impl Files<'_> {
             let tx = pipe.tx.clone();
             let path = growing.path.clone();
             // One zstd thread per file: pg_dump's jobs already write files in parallel.
+            let file = name.clone();
             let compressed = tracker
-                .spawn_blocking(move || upload::compress(growing.open()?, tx, level, 1, &counter))
+                .spawn_blocking(move || {
+                    let mut reader = Watched::new(growing.open()?, &file);
+                    let size = upload::compress(&mut reader, tx, level, 1, &counter)?;
+                    Ok::<_, anyhow::Error>((size, reader.seen))
+                })
                 .await
                 .context("the compressor panicked")?;
             let stored = pipe.finish(compressed.is_ok()).await;
-            let size = compressed?;
+            let (size, seen) = compressed?;
             let stored = stored?;
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            Ok(FileEntry { path: storage.relative(&key), name, size, stored_size: stored.size, sha256: stored.sha256 })
+            let entry =
+                FileEntry { path: storage.relative(&key), name, size, stored_size: stored.size, sha256: stored.sha256 };
+            Ok((entry, seen))
         }));
     }
 }

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::transfer::job::{Claimed, Job, Row};
 
 /// The kinds this agent can run.
-pub const KINDS: &[&str] = &["capture", "restore", "copy"];
+pub const KINDS: &[&str] = &["capture", "restore", "copy", "verify"];
 
 pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<Option<Claimed>> {
     let kinds: Vec<&str> = KINDS.to_vec();

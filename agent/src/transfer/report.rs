@@ -56,9 +56,21 @@ pub enum Beat {
 
 /// How an attempt ends, as recorded.
 pub enum Ending<'a> {
-    Completed { processed: u64, stored: Option<u64>, checksum: Option<&'a str>, warnings: i32 },
-    Failed { processed: u64, error: &'a str },
-    Cancelled { processed: u64 },
+    Completed {
+        processed: u64,
+        stored: Option<u64>,
+        checksum: Option<&'a str>,
+        warnings: i32,
+        /// A capture's tables (`contents::Table`s), as JSON.
+        contents: Option<serde_json::Value>,
+    },
+    Failed {
+        processed: u64,
+        error: &'a str,
+    },
+    Cancelled {
+        processed: u64,
+    },
 }
 
 pub struct Reporter {
@@ -159,20 +171,31 @@ impl Reporter {
     /// earlier try whose reply was lost); `Ok(false)`: the transfer is no
     /// longer ours; `Err`: the outcome could not be learnt.
     pub async fn finish(&self, ending: &Ending<'_>) -> Result<bool> {
-        let (status, processed, stored, checksum, warnings, error) = match *ending {
-            Ending::Completed { processed, stored, checksum, warnings } => {
-                ("completed", processed, stored.map(|s| s as i64), checksum, warnings, None)
+        let (status, processed, stored, checksum, warnings, error, contents) = match ending {
+            Ending::Completed { processed, stored, checksum, warnings, contents } => {
+                ("completed", *processed, stored.map(|s| s as i64), *checksum, *warnings, None, contents.as_ref())
             }
-            Ending::Failed { processed, error } => ("failed", processed, None, None, 0, Some(error)),
-            Ending::Cancelled { processed } => ("cancelled", processed, None, None, 0, None),
+            Ending::Failed { processed, error } => ("failed", *processed, None, None, 0, Some(*error), None),
+            Ending::Cancelled { processed } => ("cancelled", *processed, None, None, 0, None, None),
         };
         let processed = processed as i64;
         let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
         loop {
             let res = self
                 .query_one(
-                    "SELECT backups._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[&self.id, &self.agent, &self.attempt, &status, &processed, &stored, &checksum, &warnings, &error],
+                    "SELECT backups._finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[
+                        &self.id,
+                        &self.agent,
+                        &self.attempt,
+                        &status,
+                        &processed,
+                        &stored,
+                        &checksum,
+                        &warnings,
+                        &error,
+                        &contents,
+                    ],
                 )
                 .await;
             match res {

@@ -200,7 +200,7 @@ impl Load<'_> {
             if !self.loaded.insert(id) {
                 bail!("the archive holds the data of entry {id} twice: it is corrupt");
             }
-            let splittable = entry.copy && self.head.uncompressed && self.split_above > 0;
+            let splittable = entry.copy() && self.head.uncompressed && self.split_above > 0;
             let label = entry.label.clone();
             // Read the block while it stays small: most end so.
             let mut framed = Vec::new();

@@ -33,7 +33,7 @@ use crate::transfer::job::{Claimed, Completion, Job};
 use crate::transfer::progress::{self, Journal};
 use crate::transfer::report::{Beat, Ending, Level, Reporter};
 use crate::transfer::task::Task;
-use crate::transfer::{capture, copy, restore};
+use crate::transfer::{capture, copy, restore, verify};
 
 /// How long stopped work gets to wind down (uploads to abort, threads to
 /// notice) before the outcome is recorded anyway, beyond the time storage
@@ -110,6 +110,7 @@ async fn run(
             Job::Capture(c) => capture::run(&task, c).await,
             Job::Restore(r) => restore::run(&task, r).await,
             Job::Copy(c) => copy::run(&task, c).await,
+            Job::Verify(v) => verify::run(&task, v).await,
         }
     });
 
@@ -269,7 +270,7 @@ async fn journal_say(rep: &Reporter, journal: &mut Journal, text: &str) {
 fn keys_of(ctx: &Ctx, claimed: &Claimed, job: &Job) -> Option<Keys> {
     match job {
         Job::Capture(c) => Some(ctx.storage.keys(c.source.label(), &claimed.name, claimed.attempt)),
-        Job::Restore(_) | Job::Copy(_) => None,
+        Job::Restore(_) | Job::Copy(_) | Job::Verify(_) => None,
     }
 }
 
@@ -292,18 +293,25 @@ async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
 /// that nothing the table might call completed is ever removed.
 async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32) -> bool {
     let written = match &ended {
-        Ended::Done(Completion::Backup { processed, stored, checksum }) => {
+        Ended::Done(Completion::Backup { processed, stored, checksum, contents }) => {
             rep.finish(&Ending::Completed {
                 processed: *processed,
                 stored: Some(*stored),
                 checksum: Some(checksum),
                 warnings: tool_warnings,
+                contents: contents.as_ref().and_then(|c| serde_json::to_value(&c.tables).ok()),
             })
             .await
         }
         Ended::Done(Completion::Applied { processed, warnings }) => {
-            rep.finish(&Ending::Completed { processed: *processed, stored: None, checksum: None, warnings: *warnings })
-                .await
+            rep.finish(&Ending::Completed {
+                processed: *processed,
+                stored: None,
+                checksum: None,
+                warnings: *warnings,
+                contents: None,
+            })
+            .await
         }
         Ended::Failed(error) => {
             tracing::warn!("failed: {error}");

@@ -36,4 +36,10 @@ impl Task {
     pub fn commit_point(&self) {
         self.committing.store(true, Ordering::SeqCst);
     }
+
+    /// The commit is done (a verification's restore into its scratch
+    /// database): stopping is safe again.
+    pub fn past_commit(&self) {
+        self.committing.store(false, Ordering::SeqCst);
+    }
 }

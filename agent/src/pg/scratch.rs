@@ -1,0 +1,118 @@
+//! The scratch database a verification restores into, and drops. It is
+//! owned by a role made for it alone (NOLOGIN, no memberships, no
+//! attributes), so that what the archive runs while it is restored
+//! (functions in constraints, triggers, index expressions) has the rights
+//! of nobody: not the agent's, not a tenant's. Database and role share the
+//! name `pgbackups_verify_<transfer>`; the verification drops both when it
+//! stops, and the next one drops what a killed agent left behind (any such
+//! pair whose verification is no longer pending or running).
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::pg::conn;
+use crate::pg::quote::{ident, literal};
+use crate::pg::shadow::MARK;
+
+const PREFIX: &str = "pgbackups_verify_";
+
+/// A scratch database, dropped with its role when this is dropped.
+pub struct Scratch {
+    pub name: String,
+    data_url: String,
+    tracker: TaskTracker,
+}
+
+impl Scratch {
+    /// Drop what earlier verifications left (all but those of `running`,
+    /// which are still going), then make the scratch database of
+    /// verification `transfer`.
+    pub async fn create(cfg: &Config, transfer: &str, running: &[String], tracker: &TaskTracker) -> Result<Scratch> {
+        let c = conn::connect(&cfg.data_url).await?;
+        let name = format!("{PREFIX}{transfer}");
+        let keep: Vec<String> = running.iter().filter(|r| *r != transfer).map(|r| format!("{PREFIX}{r}")).collect();
+        sweep(&c, &keep).await.context("dropping the scratch databases earlier verifications left")?;
+        // The role first: a database owned by it is one of ours, marked or
+        // not (an agent killed before the comment leaves it unmarked).
+        c.batch_execute(&format!(
+            "CREATE ROLE {r} NOLOGIN;
+             DO $$ BEGIN
+                 IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+                     EXECUTE pg_catalog.format('GRANT %I TO %I', {l}, current_user);
+                 END IF;
+             END $$",
+            r = ident(&name),
+            l = literal(&name)
+        ))
+        .await
+        .context("creating the role that owns the scratch database (the agent needs CREATEROLE)")?;
+        let scratch = Scratch { name: name.clone(), data_url: cfg.data_url.clone(), tracker: tracker.clone() };
+        c.batch_execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
+            .await
+            .context("creating the scratch database (the agent needs CREATEDB)")?;
+        c.batch_execute(&format!(
+            "COMMENT ON DATABASE {d} IS {mark}; REVOKE ALL ON DATABASE {d} FROM PUBLIC",
+            d = ident(&name),
+            mark = literal(&format!("{MARK}scratch database of verification {transfer}, dropped when it ends"))
+        ))
+        .await?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (url, name) = (self.data_url.clone(), self.name.clone());
+        self.tracker.spawn(async move {
+            let dropped = async {
+                let c = conn::connect(&url).await?;
+                drop_pair(&c, &name).await
+            };
+            match dropped.await {
+                Ok(()) => tracing::info!("dropped the scratch database {name}"),
+                Err(e) => {
+                    tracing::warn!("could not drop the scratch database {name}: {e:#} (the next verification drops it)")
+                }
+            }
+        });
+    }
+}
+
+/// Drop every scratch database (and its role) but those named in `keep`.
+async fn sweep(c: &Client, keep: &[String]) -> Result<()> {
+    let rows = c
+        .query(
+            "SELECT r.rolname FROM pg_catalog.pg_roles r
+              WHERE r.rolname LIKE 'pgbackups\\_verify\\_%' AND NOT r.rolname = ANY ($1)",
+            &[&keep],
+        )
+        .await?;
+    for r in rows {
+        let name: String = r.get(0);
+        tracing::info!("dropping {name}, left by an earlier verification");
+        drop_pair(c, &name).await?;
+    }
+    Ok(())
+}
+
+/// Drop scratch database `name` if its role owns it (and the restore's
+/// shadow of it, should an agent have been killed mid-restore), then the
+/// role.
+async fn drop_pair(c: &Client, name: &str) -> Result<()> {
+    let ours = c
+        .query(
+            "SELECT d.datname FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba
+              WHERE r.rolname = $1 AND (d.datname = $1 OR d.datname ~ '^pgbackups_(shadow|replaced)_[0-9]+$')",
+            &[&name],
+        )
+        .await?;
+    for d in ours {
+        let d: String = d.get(0);
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&d))).await?;
+    }
+    // It owns nothing else; should it, the error says so.
+    c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(name))).await?;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Verify: prove a stored backup restores, and holds what its capture read.
+//! Its manifest says, table by table, the rows and digest of the COPY text
+//! the capture saw (`pg/contents.rs`); the backup is restored into a scratch
+//! database like any restore (checksums, a shadow, a throwaway login),
+//! where the archive runs with the rights of a role made for it alone
+//! (`pg/scratch.rs`); every table is read back with pg_dump's settings and
+//! tallied the same way; each difference is reported; and the scratch
+//! database is dropped, whatever happened.
+
+use anyhow::{bail, Context, Result};
+use futures::TryStreamExt;
+
+use crate::pg::conn::{self, Conn};
+use crate::pg::contents::{Contents, Table, Tally, ALGORITHM};
+use crate::pg::quote::{ident, literal};
+use crate::pg::scratch::Scratch;
+use crate::store::backups;
+use crate::transfer::job::{BackupRef, Completion, Restore, Verify};
+use crate::transfer::report::Level;
+use crate::transfer::restore;
+use crate::transfer::task::Task;
+
+pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
+    let cfg = &task.ctx.cfg;
+    let control = conn::connect(&cfg.store.database_url).await?;
+    let backup = backups::find(&control, Some(&verify.backup)).await?;
+    let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
+    let running: Vec<String> =
+        control.query("SELECT backups._verifying()", &[]).await?.iter().map(|r| r.get(0)).collect();
+    drop(control);
+
+    let scratch = Scratch::create(cfg, &task.name, &running, &task.tracker).await?;
+    task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
+    let into = Restore { from: BackupRef::Id(backup.name.clone()), target: scratch.name.clone(), in_place: false };
+    let restored = restore::run(task, &into).await.with_context(|| format!("{} does not restore", backup.name))?;
+    task.past_commit();
+    let (processed, warnings) = match restored {
+        Completion::Applied { processed, warnings } => (processed, warnings),
+        Completion::Backup { .. } => bail!("a restore reported a backup"),
+    };
+
+    let Some(contents) = &manifest.contents else {
+        task.progress.say(
+            Level::Info,
+            format!(
+                "{} restored cleanly; it was captured before pg_backups recorded contents, so there is nothing to \
+                 compare it with",
+                backup.name
+            ),
+        );
+        return Ok(Completion::Applied { processed, warnings });
+    };
+    if contents.algorithm != ALGORITHM {
+        bail!("{} records its contents as {:?}, which this agent does not compute", backup.name, contents.algorithm);
+    }
+    let differences = compare(task, &scratch, contents).await?;
+    drop(scratch);
+    let rows: u64 = contents.tables.iter().map(|t| t.rows).sum();
+    if differences.is_empty() {
+        task.progress.say(
+            Level::Info,
+            format!(
+                "verified: {} restores, and its {} tables hold the {rows} rows its capture read, digests equal",
+                backup.name,
+                contents.tables.len()
+            ),
+        );
+        return Ok(Completion::Applied { processed, warnings });
+    }
+    for d in &differences {
+        task.progress.say(Level::Error, d.clone());
+    }
+    bail!(
+        "{} does not hold what its capture read: {} of its {} tables differ ({})",
+        backup.name,
+        differences.len(),
+        contents.tables.len(),
+        differences.join("; ")
+    )
+}
+
+/// Every table of `contents` read back from the scratch database and
+/// tallied; what differs, one line each.
+async fn compare(task: &Task, scratch: &Scratch, contents: &Contents) -> Result<Vec<String>> {
+    let cfg = &task.ctx.cfg;
+    let c = conn::connect(&Conn::new(&cfg.data_url, Some(&scratch.name))?.with_password()).await?;
+    // pg_dump's settings (and the capture's TimeZone, pinned to UTC), so
+    // that every value reads back as the same text.
+    c.batch_execute(&format!(
+        "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET TimeZone = 'UTC';
+         SET statement_timeout = 0; SET lock_timeout = 0; SET row_security = off; SET client_encoding = {}",
+        literal(contents.encoding.as_deref().unwrap_or("UTF8"))
+    ))
+    .await
+    .context("setting up the scratch database's session")?;
+    let mut differences = Vec::new();
+    for t in &contents.tables {
+        let label = format!("{}.{}", t.schema, t.table);
+        let Some(columns) = &t.columns else {
+            differences.push(format!("{label}: its columns are not recorded, so it cannot be read back"));
+            continue;
+        };
+        match tally(&c, t, columns).await {
+            Ok((rows, bytes, digest)) if rows == t.rows && digest == t.digest && bytes == t.bytes => {}
+            Ok((rows, bytes, digest)) => differences.push(format!(
+                "{label}: expected {} rows ({} bytes, digest {}), found {rows} rows ({bytes} bytes, digest {digest})",
+                t.rows, t.bytes, t.digest
+            )),
+            Err(e) => differences.push(format!("{label}: expected {} rows, could not read it back: {e:#}", t.rows)),
+        }
+    }
+    Ok(differences)
+}
+
+/// One table's rows, bytes and digest, as COPY gives them.
+async fn tally(c: &tokio_postgres::Client, t: &Table, columns: &[String]) -> Result<(u64, u64, String)> {
+    let list = if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "))
+    };
+    let stmt = format!("COPY {}.{}{list} TO STDOUT", ident(&t.schema), ident(&t.table));
+    let stream = c.copy_out(stmt.as_str()).await?;
+    futures::pin_mut!(stream);
+    let mut tally = Tally::default();
+    while let Some(piece) = stream.try_next().await? {
+        tally.feed(&piece);
+    }
+    Ok(tally.finish())
+}
