@@ -219,3 +219,46 @@ fn scheduled_captures_run_with_the_owners_rights_so_tenants_may_download_them() 
     let role: String = one("SELECT options ->> 'role' FROM backups.transfers WHERE schedule_id IS NOT NULL");
     assert_eq!(role, "shop_owners");
 }
+
+#[pg_test]
+fn a_backups_user_verifies_and_reads_contents_only_of_backups_taken_with_its_rights() {
+    tenants();
+    // Alice's own capture (owner's rights), an admin's capture of her
+    // database (agent's rights), and a capture of another database.
+    let ours: String = one("SELECT backups.capture('postgres')");
+    let admins: String = one("SELECT backups.capture('postgres')");
+    let theirs: String = one("SELECT backups.capture('template1')");
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'completed', finished_at = now(), format = 'custom',
+                contents = '[{{\"schema\": \"public\", \"table\": \"t\", \"rows\": 3, \"bytes\": 12, \"digest\": \"00000000000000ff\"}}]'
+          WHERE name IN ('{ours}', '{admins}', '{theirs}')"
+    ));
+    run(&format!("UPDATE backups.transfers SET options = '{{\"role\": \"shop_owners\"}}' WHERE name = '{ours}'"));
+
+    as_user("alice");
+    let rows: i64 = one(&format!("SELECT rows FROM backups.contents('{ours}')"));
+    assert_eq!(rows, 3);
+    let v: String = one(&format!("SELECT backups.verify('{ours}')"));
+    assert!(v.starts_with('v'), "{v}");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{v}'")), 1);
+    let again = refusal(&format!("SELECT backups.verify('{ours}')")).unwrap();
+    assert!(again.contains(&format!("already being verified by {v}")), "{again}");
+    for sql in [format!("SELECT * FROM backups.contents('{admins}')"), format!("SELECT backups.verify('{admins}')")] {
+        let err = refusal(&sql).unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(err.starts_with("42501 permission denied to"), "{sql}: {err}");
+    }
+    for sql in [format!("SELECT * FROM backups.contents('{theirs}')"), format!("SELECT backups.verify('{theirs}')")] {
+        let err = refusal(&sql).unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(err.starts_with("42501 permission denied for transfer"), "{sql}: {err}");
+    }
+
+    // The admin's verification of the admin's capture is not alice's to see.
+    as_user("carol");
+    let av: String = one(&format!("SELECT backups.verify('{admins}')"));
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.contents('{admins}')")), 1);
+    as_user("alice");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{av}'")), 0);
+    as_user("bob");
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.list()"), 0);
+    as_superuser();
+}

@@ -66,7 +66,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT backups._is_admin()
         OR ((t.kind <> 'capture' OR t.source IS NULL)
-            AND NOT (t.kind = 'verify' AND t.options ? 'named_source')
+            AND NOT (t.kind = 'verify' AND t.options ? 'admins_only')
             AND CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = t.owner_role) THEN false
                      ELSE pg_catalog.pg_has_role(session_user, t.owner_role, 'MEMBER') END)
 $$;
@@ -235,9 +235,11 @@ AS $$
 $$;
 
 -- Queue the verification of completed backup `backup_id` (verify(), or a
--- schedule with verify => true once its capture completes); its name. It is
--- seen by whoever may see the backup: the same owner, and a named source's
--- only by admins.
+-- schedule with verify => true once its capture completes); its name. Its
+-- log tells of the backup's tables and rows, so it is seen by whoever may
+-- read the backup's data: the database's owner when the capture ran with
+-- the owner's rights, else (an admin's capture, or a named source's) only
+-- admins.
 CREATE FUNCTION backups._queue_verify(backup_id bigint, why text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -250,10 +252,26 @@ BEGIN
     v_name := backups._next_name('v');
     INSERT INTO backups.transfers (name, kind, database, source, owner_role, options)
     VALUES (v_name, 'verify', b.database, b.name, b.owner_role,
-            CASE WHEN b.source IS NOT NULL THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END)
+            CASE WHEN b.source IS NOT NULL OR NOT b.options ? 'role' THEN '{"admins_only": true}'::jsonb
+                 ELSE '{}'::jsonb END)
     RETURNING id INTO v_id;
     PERFORM backups._log(v_id, format('%s: restore %s into a scratch database and compare every table with what its capture read', _queue_verify.why, b.name));
     PERFORM backups._notify(v_name);
     RETURN v_name;
+END
+$$;
+
+-- A capture an admin queued read with the agent's rights, so it may hold
+-- what the database's owner may not read: only admins get at its data, or
+-- at what tells of it (contents, verification).
+CREATE FUNCTION backups._require_data_rights(b backups.transfers, action text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT backups._is_admin() AND NOT b.options ? 'role' THEN
+        RAISE EXCEPTION 'permission denied to % %', _require_data_rights.action, b.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'It was captured by a backups_admin with the agent''s rights, and may hold data the database''s owner cannot read. Capture one yourself (SELECT backups.capture();), or ask a backups_admin.';
+    END IF;
 END
 $$;

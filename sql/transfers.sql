@@ -307,13 +307,7 @@ BEGIN
     ELSE
         t := backups._find(url.id, ARRAY['capture']);
     END IF;
-    -- A capture an admin queued read with the agent's rights, so it may
-    -- hold what the database's owner may not read: only admins get it.
-    IF NOT backups._is_admin() AND NOT t.options ? 'role' THEN
-        RAISE EXCEPTION 'permission denied to download %', t.name
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'It was captured by a backups_admin with the agent''s rights, and may hold data the database''s owner cannot read. Capture one yourself (SELECT backups.capture();), or ask a backups_admin for a link.';
-    END IF;
+    PERFORM backups._require_data_rights(t, 'download');
     IF t.status <> 'completed' THEN
         RAISE EXCEPTION '% is %, not completed: there is nothing to download', t.name, t.status
             USING HINT = 'Links are for completed backups; SELECT * FROM backups.list(); shows their status.';
@@ -484,6 +478,7 @@ BEGIN
     IF verify.id IS NULL THEN
         SELECT * INTO b FROM backups.transfers x
         WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+          AND (backups._is_admin() OR x.options ? 'role')
         ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'there is no completed backup to verify'
@@ -493,6 +488,7 @@ BEGIN
         b := backups._find(verify.id, ARRAY['capture']);
     END IF;
     SELECT * INTO b FROM backups.transfers x WHERE x.id = b.id FOR SHARE;
+    PERFORM backups._require_data_rights(b, 'verify');
     IF b.status <> 'completed' OR b.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION 'backup % is %, not completed: there is nothing to verify', b.name, b.status
             USING HINT = 'SELECT * FROM backups.list(); shows the completed backups.';
@@ -520,6 +516,7 @@ BEGIN
     IF contents.id IS NULL THEN
         SELECT * INTO b FROM backups.transfers x
         WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+          AND (backups._is_admin() OR x.options ? 'role')
         ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'there is no completed backup yet'
@@ -528,6 +525,7 @@ BEGIN
     ELSE
         b := backups._find(contents.id, ARRAY['capture']);
     END IF;
+    PERFORM backups._require_data_rights(b, 'read the contents of');
     IF b.status = 'completed' AND b.contents IS NULL THEN
         RAISE NOTICE 'backup % was captured before pg_backups recorded contents: there is nothing to show', b.name
             USING HINT = 'Capture again to record them; backups.verify() still proves it restores.';
