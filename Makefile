@@ -15,7 +15,7 @@ PGRX_DATA  ?= /tmp/pgrx-data
 PGRX_DATA16 ?= /tmp/pgrx-data16
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench clean
+.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench bench-capture-cost clean
 
 all: build
 
@@ -65,6 +65,15 @@ SCALE ?= 1
 RUNS  ?= 3
 bench: install
 	SCALE=$(SCALE) RUNS=$(RUNS) PGBACKUPS_BIN=/usr/local/bin/pgbackups target/release/pgbackups-bench
+
+# What recording contents and encrypting cost a capture: this agent, with
+# and without --encrypt-to, against one built from BASELINE_REV (before
+# contents were recorded). Writes bench/capture-cost.json.
+BASELINE_REV ?= 9b3f6fd
+bench-capture-cost: install
+	SCALE=$(SCALE) RUNS=$(RUNS) PGBACKUPS_BIN=/usr/local/bin/pgbackups \
+		BASELINE_BIN=$$(bash scripts/baseline.sh $(BASELINE_REV) $(CURDIR)/target/baseline) \
+		target/release/pgbackups-capture-cost
 
 demo: install
 	@bash scripts/demo.sh

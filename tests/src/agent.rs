@@ -39,16 +39,29 @@ impl Agent {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_binary(&binary(), wrapper, database_url, storage, args, env)
+    }
+
+    /// Like [`Agent::start_wrapped`], with another build of the agent
+    /// (`bin`): a benchmark's baseline.
+    pub fn start_binary(
+        bin: &std::path::Path,
+        wrapper: &[&str],
+        database_url: &str,
+        storage: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log =
             tempfile::Builder::new().prefix("pgbackups-agent-").suffix(".log").tempfile()?.into_temp_path().keep()?;
         let out = std::fs::File::create(&log)?;
         let mut cmd = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut c = Command::new(program);
-                c.args(wrapper_args).arg(binary());
+                c.args(wrapper_args).arg(bin);
                 c
             }
-            None => Command::new(binary()),
+            None => Command::new(bin),
         };
         cmd.arg("agent")
             .args(["--database-url", database_url, "--storage", storage, "--poll-interval", "0.5"])
@@ -60,7 +73,7 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", binary().display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         Ok(Agent { child, log })
     }
 
