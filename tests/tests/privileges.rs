@@ -102,8 +102,23 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(is_superuser(&c, "mallory"), "f", "the copy ran the trap with more rights than the owner's");
     assert_eq!(c.sql("evil_copied", "SELECT count(*) FROM t").unwrap(), "10");
-    // The throwaway logins that applied them are gone.
+    // A verification restores it into a scratch database owned by a role
+    // with no rights at all, reads it back as the agent, and gets nowhere
+    // either.
+    let v = c.sql("postgres", &format!("SELECT backups.verify('{b}')")).unwrap();
+    assert_eq!(wait(&c, &v, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert_eq!(is_superuser(&c, "mallory"), "f", "the verification ran the trap with more rights than nobody's");
+    // The throwaway logins that applied them are gone, and so are the
+    // scratch database and its role.
     assert_eq!(c.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups_apply%'").unwrap(), "0");
+    pgbackups_e2e::data::wait_for(
+        &c,
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups%')
+              + (SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackups%')",
+        "0",
+        PATIENCE,
+    )
+    .unwrap();
 }
 
 #[test]

@@ -227,3 +227,23 @@ fn a_schedule_with_verify_verifies_each_capture() {
     assert_eq!(c.sql("postgres", &format!("SELECT source FROM backups.transfers WHERE name = '{v}'")).unwrap(), a);
     no_scratch_left(&c);
 }
+
+#[test]
+fn an_agent_without_superuser_verifies_and_leaves_nothing() {
+    let c = Cluster::start().unwrap();
+    // The agent's data role reads everything and may create databases and
+    // roles, as a restore needs; it is no superuser.
+    c.sql("postgres", "CREATE ROLE verifier LOGIN CREATEDB CREATEROLE IN ROLE pg_read_all_data").unwrap();
+    create_db(&c, "rich", RICH).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let data = format!("postgres://verifier@127.0.0.1:{}/postgres", c.port);
+    let agent =
+        Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &["--data-url", &data], &[])
+            .unwrap();
+    let (b, status) = run(&c, &agent, "SELECT backups.capture('rich')");
+    assert_eq!(status, "completed", "{}", log(&c, &b));
+    let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
+    assert_eq!(status, "completed", "{}\n{}", log(&c, &v), agent.log_text());
+    no_scratch_left(&c);
+    assert_eq!(c.sql("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = 'verifier'").unwrap(), "f");
+}

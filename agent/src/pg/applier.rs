@@ -132,6 +132,20 @@ async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     )
     .await
     .ok();
+    // A data role that is not a superuser needs the login's privileges for
+    // REASSIGN and DROP OWNED (CREATEROLE lets it take them), and the
+    // database grant the login got must go, or DROP ROLE refuses.
+    c.batch_execute(&format!(
+        "DO $$ BEGIN
+             IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE pg_catalog.format('GRANT %I TO %I', {l}, current_user);
+             END IF;
+         END $$",
+        l = literal(role)
+    ))
+    .await
+    .ok();
+    c.batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM {}", ident(&target.name), ident(role))).await.ok();
     if let Ok(t) = conn::connect(&Conn::new(url, Some(&target.name))?.with_password()).await {
         t.batch_execute(&format!(
             "REASSIGN OWNED BY {r} TO {o}; DROP OWNED BY {r}",

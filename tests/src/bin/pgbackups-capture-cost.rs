@@ -51,9 +51,11 @@ struct Variant {
 /// One capture by a fresh agent: seconds from queueing to completed.
 fn capture(c: &Cluster, store: &Path, v: &Variant, sql: &str) -> Result<f64> {
     let args: Vec<&str> = v.args.iter().map(String::as_str).collect();
-    let mut a = Agent::start_binary(&v.bin, &[], &c.url("postgres"), &format!("file://{}", store.display()), &args, &[])?;
+    let mut a =
+        Agent::start_binary(&v.bin, &[], &c.url("postgres"), &format!("file://{}", store.display()), &args, &[])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while c.sql("postgres", &format!("SELECT count(*) FROM backups.agents WHERE agent_id LIKE '%-{}'", a.pid()))? != "1" {
+    while c.sql("postgres", &format!("SELECT count(*) FROM backups.agents WHERE agent_id LIKE '%-{}'", a.pid()))? != "1"
+    {
         if Instant::now() > deadline {
             bail!("{} did not start: {}", v.name, a.log_text());
         }
@@ -141,18 +143,12 @@ fn main() -> Result<()> {
     }
 
     let base = (median(&variants[0].custom), median(&variants[0].jobs2));
-    let mut table = String::from(
-        "| variant | capture (s) | ratio | capture, jobs => 2 (s) | ratio |\n|---|---:|---:|---:|---:|\n",
-    );
+    let mut table =
+        String::from("| variant | capture (s) | ratio | capture, jobs => 2 (s) | ratio |\n|---|---:|---:|---:|---:|\n");
     let mut rows = Vec::new();
     for v in &variants {
         let (c1, c2) = (median(&v.custom), median(&v.jobs2));
-        table.push_str(&format!(
-            "| {} | {c1:.2} | {:.3} | {c2:.2} | {:.3} |\n",
-            v.name,
-            c1 / base.0,
-            c2 / base.1
-        ));
+        table.push_str(&format!("| {} | {c1:.2} | {:.3} | {c2:.2} | {:.3} |\n", v.name, c1 / base.0, c2 / base.1));
         rows.push(serde_json::json!({
             "variant": v.name, "capture_s": v.custom, "capture_jobs2_s": v.jobs2,
             "capture_median_s": c1, "capture_jobs2_median_s": c2,
