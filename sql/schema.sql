@@ -112,6 +112,8 @@ CREATE TABLE backups.transfers (
     tool_versions       jsonb,
     error               text,
     warnings            integer NOT NULL DEFAULT 0,
+    kept_at             timestamptz,                    -- backups.keep(): pinned, exempt from retention and from
+    kept_by             name,                           -- delete() until unkept; and who pinned it
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
     purged_at           timestamptz                     -- when the agent removed the objects (after delete or expiry)
 );
