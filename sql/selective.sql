@@ -15,6 +15,7 @@ DECLARE
     p         text;
     r         text[];
     v_missing text[] := '{}';
+    v_found   boolean;
 BEGIN
     IF patterns IS NULL OR cardinality(patterns) = 0 THEN
         RETURN NULL;
@@ -38,15 +39,20 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Outside double quotes, characters such as ( ) [ ] { } | + are regular expression syntax; put a name that holds them in double quotes.';
         END;
-        IF here AND NOT CASE WHEN what = 'exclude_schemas'
-                THEN EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
-                              WHERE n.nspname ~ (r[2] COLLATE pg_catalog."default"))
-                ELSE EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                              WHERE c.relkind IN ('r', 'S', 'v', 'm', 'f', 'p')
-                                AND c.relname ~ (r[2] COLLATE pg_catalog."default")
-                                AND (r[1] IS NULL OR n.nspname ~ (r[1] COLLATE pg_catalog."default"))) END THEN
-            v_missing := v_missing || p;
+        IF here THEN
+            IF what = 'exclude_schemas' THEN
+                v_found := EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
+                                    WHERE n.nspname ~ (r[2] COLLATE pg_catalog."default"));
+            ELSE
+                v_found := EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                    WHERE c.relkind IN ('r', 'S', 'v', 'm', 'f', 'p')
+                                      AND c.relname ~ (r[2] COLLATE pg_catalog."default")
+                                      AND (r[1] IS NULL OR n.nspname ~ (r[1] COLLATE pg_catalog."default")));
+            END IF;
+            IF NOT v_found THEN
+                v_missing := v_missing || p;
+            END IF;
         END IF;
     END LOOP;
     IF cardinality(v_missing) > 0 THEN
