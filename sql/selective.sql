@@ -20,6 +20,10 @@ BEGIN
     IF patterns IS NULL OR cardinality(patterns) = 0 THEN
         RETURN NULL;
     END IF;
+    IF cardinality(patterns) > 1000 THEN
+        RAISE EXCEPTION '% has % patterns, more than the 1000 a capture takes', what, cardinality(patterns)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use wildcards (log_*) to name many tables or schemas at once.';
+    END IF;
     IF array_ndims(patterns) > 1 THEN
         RAISE EXCEPTION '% must be a one-dimensional array of patterns', what
             USING ERRCODE = 'invalid_parameter_value', HINT = 'For example ARRAY[''public.audit_log'', ''logs_*''].';

@@ -22,8 +22,13 @@ pub struct Regexes {
     pub name: String,
 }
 
+/// Longer than any schema-qualified, quoted pair of names (63 bytes each)
+/// needs to be; the limit keeps pg_dump's command line small.
+pub const MAX_LEN: usize = 1000;
+
 /// The syntax, for HINTs and error messages.
-pub const SYNTAX: &str = "Patterns follow pg_dump's -t/-n rules: a name, or schema.name for table data; unquoted letters are \
+pub const SYNTAX: &str =
+    "Patterns follow pg_dump's -t/-n rules: a name, or schema.name for table data; unquoted letters are \
      lower-cased, * matches any run of characters and ? any one; write a name with capitals, spaces, dots or \
      other special characters in double quotes (\"My Table\", or public.\"Order.Lines\"), doubling a \" inside \
      them. No element may be empty, start with -, or hold a control character such as a newline.";
@@ -32,6 +37,9 @@ pub const SYNTAX: &str = "Patterns follow pg_dump's -t/-n rules: a name, or sche
 pub fn regexes(pattern: &str, kind: Kind) -> Result<Regexes, String> {
     if pattern.trim().is_empty() {
         return Err("an empty pattern".into());
+    }
+    if pattern.chars().count() > MAX_LEN {
+        return Err(format!("a pattern of more than {MAX_LEN} characters"));
     }
     if pattern.starts_with('-') {
         return Err(format!("{pattern:?} starts with -"));
@@ -77,9 +85,9 @@ pub fn regexes(pattern: &str, kind: Kind) -> Result<Regexes, String> {
                 *nonempty = true;
             }
             c => {
-                if in_quotes && "|*+?()[]{}.^$\\".contains(c) {
-                    buf.push('\\');
-                } else if c == '[' && chars.peek() == Some(&']') {
+                // Inside quotes every regular expression character is
+                // literal; outside, only the [] of an array type name.
+                if (in_quotes && "|*+?()[]{}.^$\\".contains(c)) || (c == '[' && chars.peek() == Some(&']')) {
                     buf.push('\\');
                 }
                 buf.push(c);
@@ -98,9 +106,7 @@ pub fn regexes(pattern: &str, kind: Kind) -> Result<Regexes, String> {
         (Kind::Table, 1) | (Kind::Schema, 1) => Ok(Regexes { schema: None, name: anchored(&parts[0].0) }),
         (Kind::Table, 2) => Ok(Regexes { schema: Some(anchored(&parts[0].0)), name: anchored(&parts[1].0) }),
         (Kind::Schema, _) => Err(format!("{pattern:?} is not a schema name: it has an unquoted dot")),
-        (Kind::Table, _) => {
-            Err(format!("{pattern:?} has too many dotted names: name a table as name or schema.name"))
-        }
+        (Kind::Table, _) => Err(format!("{pattern:?} has too many dotted names: name a table as name or schema.name")),
     }
 }
 
@@ -120,11 +126,17 @@ mod tests {
         // Quoted: case kept, regular expression characters escaped, "" is one quote.
         assert_eq!(t("\"My.Table*\""), Regexes { schema: None, name: "^(My\\.Table\\*)$".into() });
         assert_eq!(t("\"a\"\"b\""), Regexes { schema: None, name: "^(a\"b)$".into() });
-        assert_eq!(t("\"Sales\".\"Q1 2026\""), Regexes { schema: Some("^(Sales)$".into()), name: "^(Q1 2026)$".into() });
+        assert_eq!(
+            t("\"Sales\".\"Q1 2026\""),
+            Regexes { schema: Some("^(Sales)$".into()), name: "^(Q1 2026)$".into() }
+        );
         // $ is always literal; quotes, %, # and unicode are ordinary characters.
         assert_eq!(t("a$b").name, "^(a\\$b)$");
         assert_eq!(t("o'neil%#").name, "^(o'neil%#)$");
         assert_eq!(t("ÉtéÜ").name, "^(ÉtéÜ)$");
+        // Outside quotes, regular expressions pass through, except the [] of an array type.
+        assert_eq!(t("log_(a|b)").name, "^(log_(a|b))$");
+        assert_eq!(t("int[]").name, "^(int\\[])$");
         assert_eq!(regexes("Audit", Kind::Schema).unwrap(), Regexes { schema: None, name: "^(audit)$".into() });
         assert_eq!(regexes("\"a.b\"", Kind::Schema).unwrap().name, "^(a\\.b)$");
     }
@@ -147,6 +159,7 @@ mod tests {
             ("\"\"", Kind::Table),
             ("db.s.t", Kind::Table),
             ("s.t", Kind::Schema),
+            (&"x".repeat(MAX_LEN + 1), Kind::Table),
         ] {
             assert!(regexes(p, kind).is_err(), "{p:?} accepted as {kind:?}");
         }

@@ -105,9 +105,13 @@ fn _pattern_regexes(what: &str, pattern: &str) -> Vec<Option<String>> {
     match pattern::regexes(pattern, kind) {
         Ok(r) => vec![r.schema, Some(r.name)],
         Err(e) => {
-            ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid {what} pattern: {e}"), "backups.capture")
-                .set_hint(pattern::SYNTAX)
-                .report(PgLogLevel::ERROR);
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid {what} pattern: {e}"),
+                "backups.capture",
+            )
+            .set_hint(pattern::SYNTAX)
+            .report(PgLogLevel::ERROR);
             unreachable!()
         }
     }

@@ -47,7 +47,9 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
         c.sql("postgres", "SELECT string_agg(id || '=' || kept, ',' ORDER BY id) FROM backups.list()").unwrap(),
         format!("{b1}=false,{b2}=true")
     );
-    let info = c.sql("postgres", &format!("SELECT string_agg(field || ': ' || value, E'\\n') FROM backups.info('{b2}')")).unwrap();
+    let info = c
+        .sql("postgres", &format!("SELECT string_agg(field || ': ' || value, E'\\n') FROM backups.info('{b2}')"))
+        .unwrap();
     assert!(info.contains("kept: since ") && info.contains("by postgres"), "{info}");
     assert_eq!(info.matches("kept by postgres").count(), 1, "{info}");
 

@@ -84,7 +84,10 @@ fn excluded_table_data_and_schemas_are_left_out_and_everything_else_restores() {
     let options =
         c.sql("postgres", &format!("SELECT value FROM backups.info('{id}') WHERE field = 'options'")).unwrap();
     assert!(options.contains(r#""exclude_schemas": ["scratch", "\"Ünïcode Schema\""]"#), "{options}");
-    assert!(options.contains(r#""exclude_table_data": ["ORDERS", "public.\"Order's #1%\"", "hidden.sec*"]"#), "{options}");
+    assert!(
+        options.contains(r#""exclude_table_data": ["ORDERS", "public.\"Order's #1%\"", "hidden.sec*"]"#),
+        "{options}"
+    );
 
     let work = tempfile::tempdir().unwrap();
     let path = archive(&c, store.path(), &id, work.path());
@@ -152,8 +155,11 @@ fn malformed_patterns_are_refused_before_anything_is_queued() {
     assert!(e.contains("exclude_table_data matches nothing in database \"postgres\": 'no_such_table'"), "{e}");
     assert_eq!(c.sql("postgres", "SELECT count(*) FROM backups.transfers").unwrap(), "0");
     // What does match is accepted.
-    c.sql("postgres", "SELECT backups.capture(exclude_table_data => ARRAY['backups.transfer*'], exclude_schemas => ARRAY['public'])")
-        .unwrap();
+    c.sql(
+        "postgres",
+        "SELECT backups.capture(exclude_table_data => ARRAY['backups.transfer*'], exclude_schemas => ARRAY['public'])",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -216,7 +222,9 @@ fn a_backups_users_selective_capture_dumps_with_the_owners_rights() {
     };
     // With the owner's rights, the private schema cannot be read: leaving
     // it out is what lets alice back up the rest.
-    let (id, err) = as_alice("SELECT backups.capture('alicedb', exclude_table_data => ARRAY['logs'], exclude_schemas => ARRAY['private'])");
+    let (id, err) = as_alice(
+        "SELECT backups.capture('alicedb', exclude_table_data => ARRAY['logs'], exclude_schemas => ARRAY['private'])",
+    );
     assert!(err.is_empty(), "{err}");
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     let (info, _) = as_alice(&format!("SELECT string_agg(field || ': ' || value, E'\\n') FROM backups.info('{id}')"));

@@ -241,7 +241,10 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!((c.exclude_table_data, c.exclude_schemas), (vec!["public.\"Log\"".into(), "audit_*".into()], vec!["tmp".into()]));
+        assert_eq!(
+            (c.exclude_table_data, c.exclude_schemas),
+            (vec!["public.\"Log\"".into(), "audit_*".into()], vec!["tmp".into()])
+        );
         // Nothing that could be read as another pg_dump option gets through.
         for bad in [
             serde_json::json!({"exclude_table_data": ["--format=plain"]}),

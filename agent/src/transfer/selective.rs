@@ -45,7 +45,8 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
     if capture.exclude_table_data.is_empty() && capture.exclude_schemas.is_empty() {
         return Ok(());
     }
-    let client = session_like_pg_dump(source).await.context("connecting to the source to check the exclude patterns")?;
+    let client =
+        session_like_pg_dump(source).await.context("connecting to the source to check the exclude patterns")?;
     if let Some(role) = &capture.role {
         client.batch_execute(&format!("SET ROLE {}", quote::ident(role))).await?;
     }
