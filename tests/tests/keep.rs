@@ -110,25 +110,20 @@ fn a_kept_scheduled_backup_survives_its_schedules_retention_and_takes_no_slot() 
     )
     .unwrap();
     // Five scheduled backups a day apart, a001 the oldest; no agent: the
-    // worker's retention needs none (nothing is stored to purge).
-    let mut ids = Vec::new();
-    for day in (0..5).rev() {
-        let id = c.sql("postgres", "SELECT backups._next_name('a')").unwrap();
-        c.sql(
-            "postgres",
-            &format!(
-                "INSERT INTO backups.transfers (name, kind, status, database, created_at, finished_at)
-                 VALUES ('{id}', 'capture', 'completed', 'shop', now() - interval '{day} days', now() - interval '{day} days')"
-            ),
-        )
-        .unwrap();
-        ids.push(id);
+    // worker's retention needs none (nothing is stored to purge). Keep the
+    // newest and the oldest in the same transaction, before the worker's
+    // tick sees them. Retention then keeps the newest unkept backup of each
+    // of the last 2 days that have one: a004 and a003.
+    let ids: Vec<String> = (0..5).map(|_| c.sql("postgres", "SELECT backups._next_name('a')").unwrap()).collect();
+    let mut sql = String::from("BEGIN;");
+    for (id, day) in ids.iter().zip((0..5).rev()) {
+        sql += &format!(
+            "INSERT INTO backups.transfers (name, kind, status, database, created_at, finished_at)
+             VALUES ('{id}', 'capture', 'completed', 'shop', now() - interval '{day} days', now() - interval '{day} days');"
+        );
     }
-    // Keep the newest and the oldest. Retention keeps the newest unkept
-    // backup of each of the last 2 days that have one: a004 and a003.
-    for id in [&ids[4], &ids[0]] {
-        assert_eq!(c.sql("postgres", &format!("SELECT backups.keep('{id}')")).unwrap(), "kept");
-    }
+    sql += &format!("SELECT backups.keep('{}'), backups.keep('{}'); COMMIT;", ids[4], ids[0]);
+    assert_eq!(c.sql("postgres", &sql).unwrap(), "kept|kept");
     wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{}'", ids[1]), "expired", PATIENCE)
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
