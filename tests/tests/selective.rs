@@ -245,3 +245,47 @@ fn a_backups_users_selective_capture_dumps_with_the_owners_rights() {
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     pgbackups_e2e::os::files_under(dir)
 }
+
+#[test]
+fn a_database_search_path_cannot_hijack_the_pattern_check() {
+    // The check's session keeps the database's own search_path (pg_dump
+    // resolves unqualified table patterns with it), so the owner's
+    // functions and operators must never stand in for pg_catalog's there.
+    let c = Cluster::start().unwrap();
+    c.sql("postgres", "CREATE ROLE alice LOGIN IN ROLE backups_user").unwrap();
+    c.sql("postgres", "CREATE DATABASE alicedb OWNER alice").unwrap();
+    let promote = "BEGIN EXECUTE 'ALTER ROLE alice SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;";
+    let sql = format!(
+        "CREATE SCHEMA evil;
+         CREATE FUNCTION evil.pg_table_is_visible(oid) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN {promote} RETURN true; END $$;
+         CREATE FUNCTION evil.m(name, text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN {promote} RETURN true; END $$;
+         CREATE OPERATOR evil.~ (LEFTARG = name, RIGHTARG = text, FUNCTION = evil.m);
+         CREATE TABLE t AS SELECT generate_series(1, 10) AS x;
+         CREATE TABLE u AS SELECT generate_series(1, 10) AS x;
+         ALTER DATABASE alicedb SET search_path = evil, pg_catalog, public;"
+    );
+    let out = Command::new(c.program("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &c.port.to_string(), "-U", "alice"])
+        .args(["-d", "alicedb", "-c", &sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    // An admin's capture: the check runs with the agent's (superuser) rights.
+    // A pattern that matches nothing must still be caught (the traps say
+    // everything matches), and one that does must go through.
+    let bad = c.sql("postgres", "SELECT backups.capture('alicedb', exclude_table_data => ARRAY['nope'])").unwrap();
+    assert_eq!(wait(&c, &bad, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
+    assert!(field(&c, &bad, "error").contains("'nope'"), "{}", field(&c, &bad, "error"));
+    let good = c.sql("postgres", "SELECT backups.capture('alicedb', exclude_table_data => ARRAY['t'])").unwrap();
+    assert_eq!(wait(&c, &good, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    assert_eq!(
+        c.sql("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'").unwrap(),
+        "f",
+        "the pattern check ran the owner's functions as the agent"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let list = toc(&c, &archive(&c, store.path(), &good, work.path()));
+    assert!(!has(&list, "TABLE DATA", "public", "t") && has(&list, "TABLE DATA", "public", "u"), "{list}");
+}
