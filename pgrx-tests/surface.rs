@@ -130,10 +130,10 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
     run("CREATE ROLE pgrx_user IN ROLE backups_user");
     run("CREATE ROLE pgrx_admin IN ROLE backups_admin");
     for (role, func, allowed) in [
-        ("pgrx_nobody", "backups.capture(name,integer,text)", false),
+        ("pgrx_nobody", "backups.capture(name,integer,text,text[],text[])", false),
         ("pgrx_nobody", "backups.list()", false),
         ("pgrx_nobody", "backups.url(text,interval)", false),
-        ("pgrx_user", "backups.capture(name,integer,text)", true),
+        ("pgrx_user", "backups.capture(name,integer,text,text[],text[])", true),
         ("pgrx_user", "backups.list()", true),
         ("pgrx_user", "backups.info(text)", true),
         ("pgrx_user", "backups.wait(text,interval)", true),
@@ -142,6 +142,9 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
         ("pgrx_user", "backups.restore(text,name,name,boolean)", false),
         ("pgrx_user", "backups.copy(text,name,name,boolean)", false),
         ("pgrx_user", "backups.delete(text)", false),
+        ("pgrx_user", "backups.keep(text,boolean)", false),
+        ("pgrx_user", "backups._pattern_regexes(text,text)", false),
+        ("pgrx_user", "backups._exclude_option(text[],text,boolean)", false),
         ("pgrx_user", "backups.schedule(text,name,integer,integer,integer,boolean)", false),
         ("pgrx_user", "backups.unschedule(name)", false),
         ("pgrx_user", "backups.cancel(text)", true),
@@ -154,8 +157,9 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
         ("pgrx_user", "backups._tick(boolean,interval,integer)", false),
         ("pgrx_user", "backups._link_signature(text,bigint)", false),
         ("pgrx_admin", "backups.restore(text,name,name,boolean)", true),
+        ("pgrx_admin", "backups.keep(text,boolean)", true),
         ("pgrx_admin", "backups.schedule(text,name,integer,integer,integer,boolean)", true),
-        ("pgrx_admin", "backups.capture(name,integer,text)", true),
+        ("pgrx_admin", "backups.capture(name,integer,text,text[],text[])", true),
         ("pgrx_admin", "backups._tick(boolean,interval,integer)", false),
         ("pgrx_admin", "backups._finish(bigint,text,integer,text,bigint,bigint,text,integer,text,jsonb)", false),
         ("pgrx_user", "backups._claim(text,text[],text[])", false),

@@ -156,3 +156,29 @@ fn a_bad_schedule_row_is_skipped_and_the_rest_of_the_tick_goes_on() {
     // The bad row is not retried every second.
     assert!(one::<bool>("SELECT next_run_at > now() FROM backups.schedules"));
 }
+
+#[pg_test]
+fn a_kept_manual_backup_is_neither_expired_nor_counted() {
+    run("DELETE FROM backups.transfers");
+    let mut names = Vec::new();
+    for i in 0..4 {
+        let b: String = one("SELECT backups.capture()");
+        run(&format!(
+            "UPDATE backups.transfers SET status = 'completed', created_at = now() - interval '{i} hours' WHERE name = '{b}'"
+        ));
+        names.push(b);
+    }
+    // names[0] is the newest, names[3] the oldest; keep both.
+    for b in [&names[0], &names[3]] {
+        assert_eq!(one::<String>(&format!("SELECT backups.keep('{b}')")), "kept");
+    }
+    // Two unkept remain, within keep_manual = 2: nothing expires.
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 2) ->> 'expired')::int"), 0);
+    // keep_manual = 1: the older unkept one goes, the kept ones stay.
+    assert_eq!(one::<i32>("SELECT (backups._tick(keep_manual => 1) ->> 'expired')::int"), 1);
+    assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE name = '{}'", names[2])), "expired");
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM backups.transfers WHERE status = 'completed' AND kept_at IS NOT NULL"),
+        2
+    );
+}

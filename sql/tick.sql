@@ -84,7 +84,10 @@ END
 $$;
 
 -- Retention: scheduled backups by their schedule's policy, manual ones
--- beyond the newest `keep_manual` of each (database, named source).
+-- beyond the newest `keep_manual` of each (database, named source). Kept
+-- backups (keep.sql) are left out: never expired, and not counted, so they
+-- take no slot of the policy. `x.kept_at IS NULL` on the locked row too: a
+-- keep() that commits while this runs is seen when the row is locked.
 CREATE FUNCTION backups._expire(keep_manual integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -99,11 +102,12 @@ BEGIN
                      WHERE x.id = ANY (backups._retention_expired(
                          ARRAY(SELECT y.id FROM backups.transfers y
                                WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
-                                 AND y.status = 'completed' AND y.deleted_at IS NULL ORDER BY y.id),
+                                 AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL ORDER BY y.id),
                          ARRAY(SELECT y.created_at FROM backups.transfers y
                                WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
-                                 AND y.status = 'completed' AND y.deleted_at IS NULL ORDER BY y.id),
+                                 AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL ORDER BY y.id),
                          s.timezone, s.retain_daily, s.retain_weekly, s.retain_monthly))
+                       AND x.kept_at IS NULL
                      FOR UPDATE SKIP LOCKED LOOP
                 UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
                 PERFORM backups._log(t.id, format('expired by the retention of the schedule of %s (daily %s, weekly %s, monthly %s)',
@@ -118,9 +122,10 @@ BEGIN
              JOIN (SELECT y.id, row_number() OVER (PARTITION BY y.database, y.source
                                                    ORDER BY y.created_at DESC, y.id DESC) AS n
                    FROM backups.transfers y
-                   WHERE y.kind = 'capture' AND y.name LIKE 'b%' AND y.status = 'completed' AND y.deleted_at IS NULL) r
+                   WHERE y.kind = 'capture' AND y.name LIKE 'b%' AND y.status = 'completed' AND y.deleted_at IS NULL
+                     AND y.kept_at IS NULL) r
                ON r.id = x.id
-             WHERE r.n > keep_manual
+             WHERE r.n > keep_manual AND x.kept_at IS NULL
              FOR UPDATE OF x SKIP LOCKED LOOP
         UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
         PERFORM backups._log(t.id, format('expired: more than backups.keep_manual = %s manual backups of %s',

@@ -3,7 +3,8 @@
 -- runs pg_dump or touches storage: they record intent and notify the agent,
 -- which sees the transfer once the calling transaction commits.
 
-CREATE FUNCTION backups.capture(database name DEFAULT current_database(), jobs integer DEFAULT NULL, source text DEFAULT NULL)
+CREATE FUNCTION backups.capture(database name DEFAULT current_database(), jobs integer DEFAULT NULL, source text DEFAULT NULL,
+                                exclude_table_data text[] DEFAULT NULL, exclude_schemas text[] DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -13,6 +14,8 @@ DECLARE
     v_source  text := nullif(btrim(capture.source), '');
     v_name    text;
     v_id      bigint;
+    v_data    jsonb;
+    v_schemas jsonb;
 BEGIN
     IF v_jobs IS NOT NULL AND (v_jobs < 1 OR v_jobs > 64) THEN
         RAISE EXCEPTION 'jobs must be between 1 and 64, not %', v_jobs
@@ -30,6 +33,9 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Named sources are the agent''s own connections: only a backups_admin captures them. Capture a database you own with SELECT backups.capture(''mydb'');';
     END IF;
+    -- Selective capture (selective.sql): checked against the catalog when it is this database's.
+    v_data := backups._exclude_option(capture.exclude_table_data, 'exclude_table_data', v_source IS NULL AND v_db = current_database());
+    v_schemas := backups._exclude_option(capture.exclude_schemas, 'exclude_schemas', v_source IS NULL AND v_db = current_database());
     v_name := backups._next_name('b');
     -- A backups_user's capture holds what the database's owner may read,
     -- not what the agent's role may: pg_dump runs with the owner's rights.
@@ -37,6 +43,8 @@ BEGIN
     VALUES (v_name, 'capture', v_db, v_source,
             jsonb_strip_nulls(jsonb_build_object(
                 'jobs', v_jobs,
+                'exclude_table_data', v_data,
+                'exclude_schemas', v_schemas,
                 'role', CASE WHEN v_source IS NULL AND NOT backups._is_admin()
                              THEN backups._owner_name(v_db)
                         END)))
@@ -99,7 +107,9 @@ CREATE PROCEDURE backups.capture_and_wait(
     source text DEFAULT NULL,
     timeout interval DEFAULT '1 hour',
     INOUT id text DEFAULT NULL,
-    INOUT status text DEFAULT NULL)
+    INOUT status text DEFAULT NULL,
+    exclude_table_data text[] DEFAULT NULL,
+    exclude_schemas text[] DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -107,7 +117,8 @@ DECLARE
     v_last     text := '';
     v_progress text;
 BEGIN
-    id := backups.capture(capture_and_wait.database, capture_and_wait.jobs, capture_and_wait.source);
+    id := backups.capture(capture_and_wait.database, capture_and_wait.jobs, capture_and_wait.source,
+                          capture_and_wait.exclude_table_data, capture_and_wait.exclude_schemas);
     COMMIT;
     RAISE NOTICE '% queued', id;
     v_deadline := pg_catalog.clock_timestamp() + coalesce(capture_and_wait.timeout, interval '1 hour');
@@ -134,7 +145,7 @@ $$;
 CREATE FUNCTION backups.list()
 RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
                finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text,
-               verified text)
+               kept boolean, verified text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.name, t.kind, t.status, t.created_at, t.started_at, t.finished_at, t.database,
@@ -150,6 +161,7 @@ AS $$
                WHEN 'cancelled' THEN 'cancelled'
                WHEN 'expired' THEN 'expired by retention'
            END,
+           t.kept_at IS NOT NULL,
            -- A backup's latest verification: how it ended, and when.
            CASE WHEN t.kind = 'capture' THEN
                (SELECT CASE v.status WHEN 'completed' THEN 'passed' ELSE v.status END
@@ -202,11 +214,12 @@ BEGIN
         (22, 'warnings', CASE WHEN t.warnings > 0 THEN t.warnings::text END),
         (23, 'error', t.error),
         (24, 'deleted from storage', t.purged_at::text),
-        (25, 'tables', CASE WHEN t.kind = 'capture' AND t.status = 'completed'
+        (25, 'kept', CASE WHEN t.kept_at IS NOT NULL THEN format('since %s by %s (exempt from retention and delete())', t.kept_at, t.kept_by) END),
+        (26, 'tables', CASE WHEN t.kind = 'capture' AND t.status = 'completed'
                             THEN coalesce(jsonb_array_length(t.contents)::text
                                           || ' (rows and digests: SELECT * FROM backups.contents(' || quote_literal(t.name) || ');)',
                                           'not recorded (captured before pg_backups recorded contents)') END),
-        (26, 'verified', CASE WHEN t.kind = 'capture' THEN
+        (27, 'verified', CASE WHEN t.kind = 'capture' THEN
                               (SELECT string_agg(v.name || ' ' || v.status || coalesce(' at ' || v.finished_at::text, ''), ', ' ORDER BY v.id)
                                  FROM backups.transfers v WHERE v.kind = 'verify' AND v.source = t.name) END)
     ) AS f(n, k, v)
@@ -278,6 +291,11 @@ BEGIN
     IF NOT backups._is_finished(t.status) THEN
         RAISE EXCEPTION '% is still %', t.name, t.status
             USING HINT = format('Cancel it first: SELECT backups.cancel(%L);', t.name);
+    END IF;
+    IF t.kept_at IS NOT NULL THEN
+        RAISE EXCEPTION '% is kept (since %, by %)', t.name, t.kept_at, t.kept_by
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Unkeep it first: SELECT backups.keep(%L, false);', t.name);
     END IF;
     -- The agent removes whatever is stored under the backup's folder, every
     -- attempt's, then sets purged_at.

@@ -3,5 +3,6 @@
 
 pub mod link;
 pub mod naming;
+pub mod pattern;
 pub mod retention;
 pub mod schedule;

@@ -2,7 +2,7 @@
 //! internal, EXECUTE is revoked from PUBLIC, and the public SQL functions in
 //! `sql/functions.sql` call them as their owner.
 
-use pgbackups_core::{link, naming, retention, schedule};
+use pgbackups_core::{link, naming, pattern, retention, schedule};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -92,4 +92,33 @@ fn _link_signature(name: &str, expires: i64) -> String {
         .report(PgLogLevel::ERROR);
         unreachable!()
     })
+}
+
+/// The regular expressions pg_dump matches a selective capture's pattern
+/// with: `{schema, name}`, schema NULL for an unqualified table pattern.
+/// `what` is the capture() parameter (`exclude_table_data` names tables,
+/// `exclude_schemas` schemas); a malformed pattern is an ERROR whose HINT
+/// gives the syntax.
+#[pg_extern(immutable, parallel_safe)]
+fn _pattern_regexes(what: &str, pattern: &str) -> Vec<Option<String>> {
+    let kind = if what == "exclude_schemas" { pattern::Kind::Schema } else { pattern::Kind::Table };
+    match pattern::regexes(pattern, kind) {
+        Ok(r) => vec![r.schema, Some(r.name)],
+        Err(e) => {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid {what} pattern: {e}"),
+                "backups.capture",
+            )
+            .set_hint(pattern::SYNTAX)
+            .report(PgLogLevel::ERROR);
+            unreachable!()
+        }
+    }
+}
+
+/// The pattern syntax, for HINTs written in SQL.
+#[pg_extern(immutable, parallel_safe)]
+fn _pattern_syntax() -> &'static str {
+    pattern::SYNTAX
 }

@@ -39,6 +39,8 @@ extension_sql_file!("../../sql/lifecycle.sql", name = "lifecycle", requires = ["
 extension_sql_file!("../../sql/transfers.sql", name = "transfers", requires = ["lifecycle"]);
 extension_sql_file!("../../sql/schedules.sql", name = "schedules", requires = ["internal"]);
 extension_sql_file!("../../sql/tick.sql", name = "tick", requires = ["lifecycle"]);
+extension_sql_file!("../../sql/keep.sql", name = "keep", requires = ["internal"]);
+extension_sql_file!("../../sql/selective.sql", name = "selective", requires = ["internal"]);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -29,6 +29,7 @@ use crate::transfer::job::{Capture, Completion, Source};
 use crate::transfer::parallel;
 use crate::transfer::progress::{human, Facts};
 use crate::transfer::report::Level;
+use crate::transfer::selective;
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
@@ -47,11 +48,13 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     if let Some(role) = &capture.role {
         task.progress.say(Level::Info, format!("dumping with the rights of the database's owner, {role}"));
     }
+    selective::check(&source, capture).await?;
     let dump = || {
         let mut c = pg_dump(cfg, tools, &source);
         if let Some(role) = &capture.role {
             c.arg(format!("--role={role}"));
         }
+        c.args(selective::args(capture));
         c
     };
     let (files, contents) = match capture.jobs {

@@ -2,7 +2,8 @@
 //! a finished one reports (`Completion`). Nothing past this file matches on
 //! kind or format strings.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use pgbackups_core::pattern;
 
 use crate::pg::contents::Contents;
 use crate::store::layout::Format;
@@ -53,6 +54,11 @@ pub struct Capture {
     /// owner, for a capture a backups_user queued, so that the backup holds
     /// no more than its owner may read.
     pub role: Option<String>,
+    /// pg_dump patterns (`core::pattern`, checked when decoded): tables
+    /// whose data is left out (`--exclude-table-data`), and schemas left
+    /// out whole (`--exclude-schema`). See `selective`.
+    pub exclude_table_data: Vec<String>,
+    pub exclude_schemas: Vec<String>,
 }
 
 impl Capture {
@@ -116,6 +122,23 @@ impl Row {
             Some(v) => v.as_bool().context("invalid in_place option"),
         }
     }
+
+    /// A capture's `exclude_table_data` or `exclude_schemas` option: a list
+    /// of pg_dump patterns, each of which must parse (so that nothing but a
+    /// pattern ever reaches pg_dump's argument).
+    fn patterns(&self, key: &str, kind: pattern::Kind) -> Result<Vec<String>> {
+        let list = match self.options.get(key) {
+            None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+            Some(v) => v.as_array().with_context(|| format!("invalid {key} option: not a list"))?,
+        };
+        list.iter()
+            .map(|p| {
+                let p = p.as_str().with_context(|| format!("invalid {key} option: {p} is not a string"))?;
+                pattern::regexes(p, kind).map_err(|e| anyhow!("invalid {key} option: {e}"))?;
+                Ok(p.to_string())
+            })
+            .collect()
+    }
 }
 
 impl Job {
@@ -137,6 +160,8 @@ impl Job {
                     None | Some(serde_json::Value::Null) => None,
                     Some(r) => Some(r.as_str().context("invalid role option")?.to_string()),
                 },
+                exclude_table_data: row.patterns("exclude_table_data", pattern::Kind::Table)?,
+                exclude_schemas: row.patterns("exclude_schemas", pattern::Kind::Schema)?,
             }),
             "restore" => {
                 let from = row.source.as_deref().context("restore without a backup")?;
@@ -223,5 +248,27 @@ mod tests {
         assert_eq!(v.backup, "b007");
         assert!(Job::decode(&row("vacuum", None, serde_json::json!({}))).is_err());
         assert!(Job::decode(&row("capture", None, serde_json::json!({"jobs": 0}))).is_err());
+        let Job::Capture(c) = Job::decode(&row(
+            "capture",
+            None,
+            serde_json::json!({"exclude_table_data": ["public.\"Log\"", "audit_*"], "exclude_schemas": ["tmp"]}),
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.exclude_table_data, c.exclude_schemas),
+            (vec!["public.\"Log\"".into(), "audit_*".into()], vec!["tmp".into()])
+        );
+        // Nothing that could be read as another pg_dump option gets through.
+        for bad in [
+            serde_json::json!({"exclude_table_data": ["--format=plain"]}),
+            serde_json::json!({"exclude_schemas": ["a.b"]}),
+            serde_json::json!({"exclude_schemas": "tmp"}),
+            serde_json::json!({"exclude_table_data": [1]}),
+            serde_json::json!({"exclude_table_data": ["a\nb"]}),
+        ] {
+            assert!(Job::decode(&row("capture", None, bad.clone())).is_err(), "{bad}");
+        }
     }
 }

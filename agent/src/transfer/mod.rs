@@ -13,6 +13,7 @@ pub mod queue;
 pub mod remote;
 pub mod report;
 pub mod restore;
+pub mod selective;
 pub mod streamed;
 pub mod supervisor;
 pub mod task;

@@ -1,0 +1,101 @@
+//! Selective capture: the `--exclude-table-data` and `--exclude-schema`
+//! arguments a capture asked for, and the check, against the source's
+//! catalog just before pg_dump runs, that each pattern matches something:
+//! pg_dump ignores an exclude pattern that matches nothing (--strict-names
+//! does not apply to them), which would quietly dump what was meant to be
+//! left out.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use pgbackups_core::pattern::{self, Kind};
+use tokio_postgres::{Client, Config as PgConfig};
+
+use crate::pg::conn::{Conn, APPLICATION_NAME};
+use crate::pg::{quote, tls};
+use crate::transfer::job::Capture;
+
+/// pg_dump's arguments for the capture's patterns: each pattern one argv
+/// element, after `=`, so that it can never be read as another option.
+pub fn args(capture: &Capture) -> Vec<String> {
+    let data = capture.exclude_table_data.iter().map(|p| format!("--exclude-table-data={p}"));
+    let schemas = capture.exclude_schemas.iter().map(|p| format!("--exclude-schema={p}"));
+    data.chain(schemas).collect()
+}
+
+/// Tables, views, sequences, materialized views, foreign and partitioned
+/// tables whose name matches `$1` (and whose schema matches `$2`, or, for an
+/// unqualified pattern, which are visible on the search_path): what pg_dump
+/// matches a table pattern against. Every name is qualified: the session
+/// keeps the database's own search_path, as pg_dump's does.
+const TABLES: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+   WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'S', 'v', 'm', 'f', 'p']::pg_catalog.\"char\"[])
+     AND c.relname OPERATOR(pg_catalog.~) ($1::pg_catalog.text COLLATE pg_catalog.\"default\")
+     AND CASE WHEN $2::pg_catalog.text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid)
+              ELSE n.nspname OPERATOR(pg_catalog.~) ($2::pg_catalog.text COLLATE pg_catalog.\"default\") END)";
+
+const SCHEMAS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
+   WHERE n.nspname OPERATOR(pg_catalog.~) ($1::pg_catalog.text COLLATE pg_catalog.\"default\"))";
+
+/// Fail, naming them, if any of the capture's patterns matches nothing in
+/// `source`, looked up as pg_dump will: same login, same role (`--role`),
+/// the database's default search_path for unqualified table names.
+pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
+    if capture.exclude_table_data.is_empty() && capture.exclude_schemas.is_empty() {
+        return Ok(());
+    }
+    let client =
+        session_like_pg_dump(source).await.context("connecting to the source to check the exclude patterns")?;
+    if let Some(role) = &capture.role {
+        client.batch_execute(&format!("SET ROLE {}", quote::ident(role))).await?;
+    }
+    let mut missing = Vec::new();
+    for (key, kind, list) in [
+        ("exclude_table_data", Kind::Table, &capture.exclude_table_data),
+        ("exclude_schemas", Kind::Schema, &capture.exclude_schemas),
+    ] {
+        for p in list {
+            let r = pattern::regexes(p, kind).map_err(|e| anyhow!("invalid {key} option: {e}"))?;
+            let found: bool = match kind {
+                Kind::Table => client.query_one(TABLES, &[&r.name, &r.schema]).await?.get(0),
+                Kind::Schema => client.query_one(SCHEMAS, &[&r.name]).await?.get(0),
+            };
+            if !found {
+                missing.push(format!("{key} {}", quote::literal(p)));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "nothing in the source database matches {}: pg_dump would ignore {} and dump what was meant to be left out. \
+             Unqualified table names are looked up on the database's search_path, as pg_dump does; write \
+             schema.table to be sure. {}",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            pattern::SYNTAX
+        );
+    }
+    Ok(())
+}
+
+/// A session as pg_dump opens it: the same connection string, and none of
+/// the agent's pinned settings, so that its search_path is the one pg_dump
+/// resolves unqualified table patterns with.
+async fn session_like_pg_dump(source: &Conn) -> Result<Client> {
+    let url = source.with_password();
+    let (settings, rest) = tls::split(&url)?;
+    let mut cfg: PgConfig = rest.parse().context("invalid connection string")?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name(APPLICATION_NAME);
+    }
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(15), tls::connect(&cfg, &settings))
+        .await
+        .map_err(|_| anyhow!("no answer within 15 s"))??;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
