@@ -25,11 +25,9 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let control = conn::connect(&cfg.store.database_url).await?;
     let backup = backups::find(&control, Some(&verify.backup)).await?;
     let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
-    let running: Vec<String> =
-        control.query("SELECT backups._verifying()", &[]).await?.iter().map(|r| r.get(0)).collect();
     drop(control);
 
-    let scratch = Scratch::create(cfg, &task.name, &running, &task.tracker).await?;
+    let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.tracker).await?;
     task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
     let into = Restore { from: BackupRef::Id(backup.name.clone()), target: scratch.name.clone(), in_place: false };
     let restored = restore::run(task, &into).await.with_context(|| format!("{} does not restore", backup.name))?;
