@@ -258,6 +258,9 @@ fn a_backups_user_verifies_and_reads_contents_only_of_backups_taken_with_its_rig
     assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.contents('{admins}')")), 1);
     as_user("alice");
     assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{av}'")), 0);
+    // Nor in the capture's `verified` column or info(), which she sees.
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{admins}' AND verified IS NULL")), 1);
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.info('{admins}') WHERE field = 'verified'")), 0);
     as_user("bob");
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.list()"), 0);
     as_superuser();

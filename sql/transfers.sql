@@ -168,7 +168,7 @@ AS $$
                        || coalesce(' ' || to_char(v.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'), '')
                        || ' (' || v.name || ')'
                   FROM backups.transfers v
-                 WHERE v.kind = 'verify' AND v.source = t.name
+                 WHERE v.kind = 'verify' AND v.source = t.name AND backups._may_see(v)
                  ORDER BY v.id DESC LIMIT 1)
            END
     FROM backups.transfers t
@@ -221,7 +221,8 @@ BEGIN
                                           'not recorded (captured before pg_backups recorded contents)') END),
         (27, 'verified', CASE WHEN t.kind = 'capture' THEN
                               (SELECT string_agg(v.name || ' ' || v.status || coalesce(' at ' || v.finished_at::text, ''), ', ' ORDER BY v.id)
-                                 FROM backups.transfers v WHERE v.kind = 'verify' AND v.source = t.name) END)
+                                 FROM backups.transfers v WHERE v.kind = 'verify' AND v.source = t.name
+                                  AND backups._may_see(v)) END)
     ) AS f(n, k, v)
     WHERE f.v IS NOT NULL
     ORDER BY f.n;

@@ -247,3 +247,42 @@ fn an_agent_without_superuser_verifies_and_leaves_nothing() {
     no_scratch_left(&c);
     assert_eq!(c.sql("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = 'verifier'").unwrap(), "f");
 }
+
+/// What pg_dump does not pin (bytea_output, lc_monetary) but a database's
+/// settings may change: verify reads back with what the capture had, so a
+/// good backup of such a database verifies. And an admin's verification of
+/// an admin's capture is not shown to the database's tenant, not even in
+/// the capture's `verified` column or info().
+#[test]
+fn a_database_with_its_own_bytea_output_verifies_and_admin_verifications_stay_hidden() {
+    let (c, _store, agent) = setup();
+    create_db(
+        &c,
+        "escaped",
+        "CREATE TABLE b (id int, v bytea);
+         INSERT INTO b SELECT g, decode(lpad(to_hex(g), 8, '0') || '5c00ff', 'hex') FROM generate_series(1, 500) g;",
+    )
+    .unwrap();
+    c.sql(
+        "postgres",
+        "ALTER DATABASE escaped SET bytea_output = 'escape';
+         CREATE ROLE escaped_owner; ALTER DATABASE escaped OWNER TO escaped_owner;
+         CREATE ROLE alice LOGIN IN ROLE backups_user, escaped_owner;",
+    )
+    .unwrap();
+    let (b, status) = run(&c, &agent, "SELECT backups.capture('escaped')");
+    assert_eq!(status, "completed", "{}", log(&c, &b));
+    let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
+    assert_eq!(status, "completed", "{}", log(&c, &v));
+    no_scratch_left(&c);
+
+    // A tenant of `escaped` sees the admin's capture, not its verification.
+    let as_alice = |sql: &str| c.sql("postgres", &format!("SET SESSION AUTHORIZATION alice; {sql}")).unwrap();
+    assert_eq!(as_alice(&format!("SELECT count(*) FROM backups.list() WHERE id = '{b}'")), "1");
+    assert_eq!(as_alice(&format!("SELECT coalesce(verified, 'hidden') FROM backups.list() WHERE id = '{b}'")), "hidden");
+    assert_eq!(as_alice(&format!("SELECT count(*) FROM backups.info('{b}') WHERE field = 'verified'")), "0");
+    assert_eq!(
+        c.sql("postgres", &format!("SELECT verified LIKE 'passed%({v})' FROM backups.list() WHERE id = '{b}'")).unwrap(),
+        "t"
+    );
+}

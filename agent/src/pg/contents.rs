@@ -41,8 +41,16 @@ pub struct Contents {
     pub algorithm: String,
     /// The client encoding of the COPY text (the dump's ENCODING).
     pub encoding: Option<String>,
+    /// The settings of the capture's session that shape COPY text and that
+    /// pg_dump does not pin (a database's or a role's `bytea_output` or
+    /// `lc_monetary`), for verify to read back with the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<(String, String)>,
     pub tables: Vec<Table>,
 }
+
+/// The settings `Contents::settings` records.
+pub const SETTINGS: [&str; 2] = ["bytea_output", "lc_monetary"];
 
 /// Rows, bytes and digest of one stream of COPY text, fed in pieces cut
 /// anywhere. A line `\.` ends the data (pg_dump writes it, and blank
@@ -224,7 +232,7 @@ fn assemble(head: &Head, mut tally_of: impl FnMut(&custom::Entry) -> Option<Tall
         });
     }
     tables.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
-    Contents { algorithm: ALGORITHM.into(), encoding: head.encoding.clone(), tables }
+    Contents { algorithm: ALGORITHM.into(), encoding: head.encoding.clone(), settings: Vec::new(), tables }
 }
 
 /// The column list of pg_dump's `COPY "s"."t" ("a", "b") FROM stdin;`.

@@ -3,9 +3,10 @@
 //! attributes), so that what the archive runs while it is restored
 //! (functions in constraints, triggers, index expressions) has the rights
 //! of nobody: not the agent's, not a tenant's. Database and role share the
-//! name `pgbackups_verify_<transfer>`; the verification drops both when it
-//! stops, and the next one drops what a killed agent left behind (any such
-//! pair whose verification is no longer pending or running).
+//! name `pgbackups_verify_<transfer>_<attempt>`; the verification drops both
+//! when it stops, and the next one drops what a killed agent left behind
+//! (any such pair whose verification is no longer pending or running, or
+//! that an earlier attempt of the same verification left).
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
@@ -26,14 +27,16 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Drop what earlier verifications left (all but those of `running`,
-    /// which are still going), then make the scratch database of
-    /// verification `transfer`.
-    pub async fn create(cfg: &Config, transfer: &str, running: &[String], tracker: &TaskTracker) -> Result<Scratch> {
+    /// Drop what earlier verifications left (all but the scratch databases
+    /// of other verifications still pending or running), then make the
+    /// scratch database of attempt `attempt` of verification `transfer`.
+    pub async fn create(cfg: &Config, transfer: &str, attempt: i32, tracker: &TaskTracker) -> Result<Scratch> {
         let c = conn::connect(&cfg.data_url).await?;
-        let name = format!("{PREFIX}{transfer}");
-        let keep: Vec<String> = running.iter().filter(|r| *r != transfer).map(|r| format!("{PREFIX}{r}")).collect();
-        sweep(&c, &keep).await.context("dropping the scratch databases earlier verifications left")?;
+        // The attempt is in the name: an earlier attempt's agent, silent
+        // but alive, that drops its own scratch when it stops must not
+        // drop this one's.
+        let name = format!("{PREFIX}{transfer}_{attempt}");
+        sweep(cfg, &c, transfer).await;
         // The role first: a database owned by it is one of ours, marked or
         // not (an agent killed before the comment leaves it unmarked).
         c.batch_execute(&format!(
@@ -80,21 +83,51 @@ impl Drop for Scratch {
     }
 }
 
-/// Drop every scratch database (and its role) but those named in `keep`.
-async fn sweep(c: &Client, keep: &[String]) -> Result<()> {
-    let rows = c
-        .query(
-            "SELECT r.rolname FROM pg_catalog.pg_roles r
-              WHERE r.rolname LIKE 'pgbackups\\_verify\\_%' AND NOT r.rolname = ANY ($1)",
-            &[&keep],
+/// Drop every scratch database (and its role) left by a verification that
+/// is no longer pending or running, or by an earlier attempt of `transfer`
+/// (this one). The roles are listed before the control database is asked
+/// which verifications are still going: a scratch made meanwhile by a
+/// verification claimed meanwhile is not listed, and one listed belongs to
+/// a verification already claimed. What cannot be dropped is a warning
+/// (the next verification tries again), never this one's failure.
+async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
+    let listed = async {
+        let rows = c
+            .query(
+                "SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname LIKE 'pgbackups\\_verify\\_%'",
+                &[],
+            )
+            .await?;
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let control = conn::connect(&cfg.store.database_url).await?;
+        let going: Vec<String> =
+            control.query("SELECT backups._verifying()", &[]).await?.iter().map(|r| r.get(0)).collect();
+        Ok::<_, anyhow::Error>(
+            names
+                .into_iter()
+                .filter(|n| {
+                    let of = n.strip_prefix(PREFIX).map(|rest| rest.rsplit_once('_').map_or(rest, |(t, _)| t));
+                    !of.is_some_and(|t| t != transfer && going.iter().any(|g| g == t))
+                })
+                .collect(),
         )
-        .await?;
-    for r in rows {
-        let name: String = r.get(0);
+    };
+    let names = match listed.await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not look for scratch databases earlier verifications left: {e:#}");
+            return;
+        }
+    };
+    for name in names {
         tracing::info!("dropping {name}, left by an earlier verification");
-        drop_pair(c, &name).await?;
+        if let Err(e) = drop_pair(c, &name).await {
+            tracing::warn!("could not drop {name}, left by an earlier verification: {e:#}");
+        }
     }
-    Ok(())
 }
 
 /// Drop scratch database `name` if its role owns it (and the restore's

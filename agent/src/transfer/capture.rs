@@ -36,7 +36,7 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     let source = connection(cfg, &capture.source)?;
-    let (source_size, tools, versions) = inspect(task, &source).await?;
+    let (source_size, tools, versions, settings) = inspect(task, &source).await?;
     let keys = storage.keys(capture.source.label(), &task.name, task.attempt);
     let format = capture.format();
     task.progress.started(Facts {
@@ -57,10 +57,11 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         c.args(selective::args(capture));
         c
     };
-    let (files, contents) = match capture.jobs {
+    let (files, mut contents) = match capture.jobs {
         None => dump_custom(task, dump(), &keys).await?,
         Some(jobs) => parallel::dump(task, dump(), jobs, &keys).await?,
     };
+    contents.settings = settings;
     task.progress.say(Level::Info, describe(&contents));
     let manifest = Manifest::new(
         &task.name,
@@ -107,9 +108,15 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
     }
 }
 
-/// The source's size, the tools that fit its server, and the versions
-/// involved, recorded with the backup.
-async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, serde_json::Value)> {
+/// The source's size, the tools that fit its server, the versions
+/// involved, recorded with the backup, and the settings pg_dump's session
+/// will have that shape its COPY text without pg_dump pinning them
+/// (`contents::SETTINGS`: this session is the same login into the same
+/// database, so it gets the same database and role settings).
+async fn inspect<'t>(
+    task: &'t Task,
+    source: &Conn,
+) -> Result<(i64, &'t Tools, serde_json::Value, Vec<(String, String)>)> {
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 =
         src.query_one("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())", &[]).await?.get(0);
@@ -119,7 +126,12 @@ async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<(i64, &'t Tools, s
     task.progress.say(Level::Info, format!("PostgreSQL {server}: {}", tools.used()));
     let versions =
         serde_json::json!({ "pg_dump": tools.version, "server": server, "agent": env!("CARGO_PKG_VERSION") });
-    Ok((size, tools, versions))
+    let mut settings = Vec::new();
+    for name in contents::SETTINGS {
+        let value: String = src.query_one("SELECT pg_catalog.current_setting($1)", &[&name]).await?.get(0);
+        settings.push((name.to_string(), value));
+    }
+    Ok((size, tools, versions, settings))
 }
 
 /// pg_dump with Heroku's flags plus ours, for either format.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use futures::TryStreamExt;
 
 use crate::pg::conn::{self, Conn};
-use crate::pg::contents::{Contents, Table, Tally, ALGORITHM};
+use crate::pg::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
 use crate::pg::quote::{ident, literal};
 use crate::pg::scratch::Scratch;
 use crate::store::backups;
@@ -25,11 +25,9 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let control = conn::connect(&cfg.store.database_url).await?;
     let backup = backups::find(&control, Some(&verify.backup)).await?;
     let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
-    let running: Vec<String> =
-        control.query("SELECT backups._verifying()", &[]).await?.iter().map(|r| r.get(0)).collect();
     drop(control);
 
-    let scratch = Scratch::create(cfg, &task.name, &running, &task.tracker).await?;
+    let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.tracker).await?;
     task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
     let into = Restore { from: BackupRef::Id(backup.name.clone()), target: scratch.name.clone(), in_place: false };
     let restored = restore::run(task, &into).await.with_context(|| format!("{} does not restore", backup.name))?;
@@ -93,6 +91,20 @@ async fn compare(task: &Task, scratch: &Scratch, contents: &Contents) -> Result<
     ))
     .await
     .context("setting up the scratch database's session")?;
+    // What pg_dump leaves to the database's and role's settings, as the
+    // capture's session had it (hex, PostgreSQL's default, for bytea when
+    // not recorded).
+    // Only those: the manifest is read from storage.
+    let mut settings: Vec<(String, String)> =
+        contents.settings.iter().filter(|(k, _)| SETTINGS.contains(&k.as_str())).cloned().collect();
+    if !settings.iter().any(|(k, _)| k == "bytea_output") {
+        settings.push(("bytea_output".into(), "hex".into()));
+    }
+    for (name, value) in &settings {
+        c.query("SELECT pg_catalog.set_config($1, $2, false)", &[name, value])
+            .await
+            .with_context(|| format!("setting {name} to {value:?}, as the capture had it"))?;
+    }
     let mut differences = Vec::new();
     for t in &contents.tables {
         let label = format!("{}.{}", t.schema, t.table);
