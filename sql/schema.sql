@@ -110,6 +110,7 @@ CREATE TABLE backups.transfers (
     object_key          text,
     checksum            text,                           -- sha256 of the stored bytes, hex
     tool_versions       jsonb,
+    encrypted_to        text[],                         -- capture: the age recipients its objects are encrypted to (NULL: plain)
     error               text,
     warnings            integer NOT NULL DEFAULT 0,
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
