@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader};
 use tokio_util::io::StreamReader;
 
+use crate::store::crypt::Identities;
 use crate::store::storage::Storage;
 
 /// A stored object's bytes, checked at their end.
@@ -32,6 +33,7 @@ pub struct Verified {
     key: Path,
     fetched: Option<Arc<AtomicU64>>,
     done: bool,
+    identities: Arc<Identities>,
 }
 
 /// Open `key`, to be checked against `expected` (hex SHA-256); `fetched`
@@ -52,6 +54,7 @@ pub async fn open(storage: &Storage, key: &Path, expected: &str, fetched: Option
         key: key.clone(),
         fetched,
         done: false,
+        identities: storage.identities.clone(),
     })
 }
 
@@ -107,12 +110,21 @@ impl std::fmt::Display for Said {
 
 impl std::error::Error for Said {}
 
-/// The object decompressed, read to its end: any corruption is a read error.
-pub fn decompressed(object: Verified) -> impl AsyncRead + Unpin + Send {
+/// The object decrypted (when its backup is `encrypted_to` age recipients:
+/// with the storage's identities) and decompressed, read to its end: any
+/// corruption is a read error. The only place stored bytes become plain.
+pub async fn decompressed(object: Verified, encrypted_to: &[String]) -> Result<impl AsyncRead + Unpin + Send> {
     let key = object.key.to_string();
-    let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, StreamReader::new(object)));
+    let identities = object.identities.clone();
+    let stored = StreamReader::new(object);
+    let plain: Box<dyn AsyncRead + Unpin + Send> = if encrypted_to.is_empty() {
+        Box::new(stored)
+    } else {
+        Box::new(identities.open(&key, encrypted_to, stored).await?)
+    };
+    let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, plain));
     decoder.multiple_members(true);
-    ErrorAfterData { inner: decoder, error: None, key }
+    Ok(ErrorAfterData { inner: decoder, error: None, key })
 }
 
 /// The decoder can hand back bytes and an error from one read, which
@@ -178,7 +190,7 @@ mod tests {
         let key = Path::from("db/b001/backup.dump.zst");
         s.store.put(&key, bytes.into()).await.unwrap();
         let mut out = Vec::new();
-        decompressed(open(&s, &key, expected, None).await.unwrap()).read_to_end(&mut out).await.map(|_| out)
+        decompressed(open(&s, &key, expected, None).await.unwrap(), &[]).await.unwrap().read_to_end(&mut out).await.map(|_| out)
     }
 
     #[tokio::test]

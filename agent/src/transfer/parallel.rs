@@ -133,6 +133,7 @@ impl Files<'_> {
         let task = self.task;
         let (storage, tracker, level, counter) =
             (task.ctx.storage.clone(), task.tracker.clone(), task.ctx.cfg.compression_level, task.progress.counter());
+        let seal = task.ctx.cfg.encrypt_to.clone();
         self.uploads.push(task.tracker.spawn(async move {
             let key = key?;
             let pipe = Pipe::start(&tracker, storage.store.clone(), key.clone());
@@ -140,7 +141,7 @@ impl Files<'_> {
             let path = growing.path.clone();
             // One zstd thread per file: pg_dump's jobs already write files in parallel.
             let compressed = tracker
-                .spawn_blocking(move || upload::compress(growing.open()?, tx, level, 1, &counter))
+                .spawn_blocking(move || upload::compress(growing.open()?, tx, level, 1, &seal, &counter))
                 .await
                 .context("the compressor panicked")?;
             let stored = pipe.finish(compressed.is_ok()).await;
