@@ -421,7 +421,7 @@ mod tests {
             key_path.display().to_string()
         ));
         let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
-        assert_eq!(cfg.encrypt_to.names(), [public.clone()]);
+        assert_eq!(cfg.encrypt_to.names(), [public]);
         assert!(format!("{:?}", cfg.store.identities).contains("1 from"));
         // download reads the identities too.
         assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default()).unwrap().identities).contains("1 from"));

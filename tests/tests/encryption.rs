@@ -50,13 +50,17 @@ fn capture(c: &Cluster, args: &str, agent: &Agent) -> String {
 fn restore(c: &Cluster, b: &str, target: &str) -> (String, String) {
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', '{target}', '{target}')")).unwrap();
     let status = wait(c, &r, PATIENCE).unwrap();
-    let error = c.sql("postgres", &format!("SELECT coalesce(error, '') FROM backups.transfers WHERE name = '{r}'")).unwrap();
+    let error =
+        c.sql("postgres", &format!("SELECT coalesce(error, '') FROM backups.transfers WHERE name = '{r}'")).unwrap();
     (status, error)
 }
 
 fn info(c: &Cluster, b: &str, field: &str) -> String {
-    c.sql("postgres", &format!("SELECT coalesce(string_agg(value, ' '), '') FROM backups.info('{b}') WHERE field = '{field}'"))
-        .unwrap()
+    c.sql(
+        "postgres",
+        &format!("SELECT coalesce(string_agg(value, ' '), '') FROM backups.info('{b}') WHERE field = '{field}'"),
+    )
+    .unwrap()
 }
 
 /// Every stored file under `root` is age-encrypted, and neither its bytes
@@ -108,8 +112,11 @@ fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
     .unwrap();
     let secret = canary();
     create_db(&c, "shop", SHOP).unwrap();
-    c.sql("shop", &format!("CREATE TABLE canary (v text); INSERT INTO canary SELECT '{secret}' FROM generate_series(1, 3)"))
-        .unwrap();
+    c.sql(
+        "shop",
+        &format!("CREATE TABLE canary (v text); INSERT INTO canary SELECT '{secret}' FROM generate_series(1, 3)"),
+    )
+    .unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keypair(keys.path(), "key.txt");
     let store = tempfile::tempdir().unwrap();
@@ -117,7 +124,16 @@ fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
     let agent = start_agent(
         &c,
         store.path(),
-        &["--encrypt-to", &public, "--identity-file", &key_arg, "--listen", &format!("127.0.0.1:{port}"), "--link-secret", SECRET],
+        &[
+            "--encrypt-to",
+            &public,
+            "--identity-file",
+            &key_arg,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--link-secret",
+            SECRET,
+        ],
         &[],
     );
 

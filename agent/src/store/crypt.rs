@@ -176,13 +176,10 @@ impl Identities {
             return Err(self.not_held(what, recipients));
         }
         let buffered = tokio::io::BufReader::with_capacity(1 << 16, stored).compat();
-        let d = age::Decryptor::new_async_buffered(buffered)
-            .await
-            .map_err(|e| unreadable(what, e))?;
+        let d = age::Decryptor::new_async_buffered(buffered).await.map_err(|e| unreadable(what, e))?;
         match d.decrypt_async(self.keys.iter().map(|k| k as &dyn age::Identity)) {
             Ok(plain) => Ok(plain.compat()),
-            Err(age::DecryptError::NoMatchingKeys) => Err(self.not_held(what, recipients)),
-            Err(e) => Err(anyhow!("{what} does not decrypt ({e}); the backup is corrupt")),
+            Err(e) => Err(damaged(what, e)),
         }
     }
 
@@ -191,13 +188,8 @@ impl Identities {
         if !self.holds_any(recipients) {
             return Err(self.not_held(what, recipients));
         }
-        let d = age::Decryptor::new_buffered(stored)
-            .map_err(|e| unreadable(what, e))?;
-        let mut r = match d.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity)) {
-            Ok(r) => r,
-            Err(age::DecryptError::NoMatchingKeys) => return Err(self.not_held(what, recipients)),
-            Err(e) => bail!("{what} does not decrypt ({e}); the backup is corrupt"),
-        };
+        let d = age::Decryptor::new_buffered(stored).map_err(|e| unreadable(what, e))?;
+        let mut r = d.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity)).map_err(|e| damaged(what, e))?;
         let mut plain = Vec::new();
         r.read_to_end(&mut plain).map_err(|e| anyhow!("{what} does not decrypt ({e}); the backup is corrupt"))?;
         Ok(plain)
@@ -213,10 +205,17 @@ fn unreadable(what: &str, e: age::DecryptError) -> anyhow::Error {
     }
 }
 
+/// A header that does not open although one of our identities is among
+/// the recorded recipients: it was damaged.
+fn damaged(what: &str, e: age::DecryptError) -> anyhow::Error {
+    anyhow!("{what} does not decrypt with this agent's identity of its recipient ({e}); the backup is corrupt")
+}
+
 /// The identities in one file; what is not a comment must be a key, and a
 /// line that is not is named by number only (it may be a secret).
 fn read_identity_file(file: &Path) -> Result<Vec<x25519::Identity>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading the identity file {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading the identity file {}", file.display()))?;
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -190,7 +190,12 @@ mod tests {
         let key = Path::from("db/b001/backup.dump.zst");
         s.store.put(&key, bytes.into()).await.unwrap();
         let mut out = Vec::new();
-        decompressed(open(&s, &key, expected, None).await.unwrap(), &[]).await.unwrap().read_to_end(&mut out).await.map(|_| out)
+        decompressed(open(&s, &key, expected, None).await.unwrap(), &[])
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .map(|_| out)
     }
 
     #[tokio::test]
@@ -213,5 +218,48 @@ mod tests {
         // The right bytes with the wrong record.
         let e = read_back(stored, &"0".repeat(64)).await.unwrap_err();
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_object_is_checked_then_decrypted_and_any_damage_is_corruption() {
+        use crate::store::crypt::{Identities, Recipients};
+        use age::secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let key = age::x25519::Identity::generate();
+        let key_file = dir.path().join("key.txt");
+        std::fs::write(&key_file, format!("{}\n", key.to_string().expose_secret())).unwrap();
+        let to = Recipients::parse(&[key.to_public().to_string()]).unwrap();
+        let mut s =
+            Storage::open_url(&format!("file://{}", dir.path().display()), &BTreeMap::new(), Duration::from_secs(1))
+                .unwrap();
+        s.identities = Arc::new(Identities::load(&[key_file]).unwrap());
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let stored = to.seal_bytes(zstd::encode_all(&plain[..], 3).unwrap()).unwrap();
+        let key = Path::from("db/b001/backup.dump.zst.age");
+        let read = |bytes: Vec<u8>, sum: String| {
+            let (s, key, names) = (s.clone(), key.clone(), to.names());
+            async move {
+                s.store.put(&key, bytes.into()).await.unwrap();
+                let mut out = Vec::new();
+                let r = decompressed(open(&s, &key, &sum, None).await.unwrap(), &names).await;
+                match r {
+                    Ok(mut r) => r.read_to_end(&mut out).await.map(|_| out).map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let sum = hex::encode(Sha256::digest(&stored));
+        assert_eq!(read(stored.clone(), sum.clone()).await.unwrap(), plain);
+        // The header, the payload, the last chunk; and bytes cut off the end.
+        for at in [40, stored.len() / 2, stored.len() - 1] {
+            let mut bad = stored.clone();
+            bad[at] ^= 1;
+            let e = format!("{:#}", read(bad, sum.clone()).await.expect_err("a flipped byte went unnoticed"));
+            assert!(e.contains("corrupt"), "{at}: {e}");
+        }
+        let e = format!("{:#}", read(stored[..stored.len() - 100].to_vec(), sum.clone()).await.unwrap_err());
+        assert!(e.contains("corrupt") || e.contains("checksum mismatch"), "{e}");
+        let e = format!("{:#}", read(stored, "0".repeat(64)).await.unwrap_err());
+        assert!(e.contains("checksum mismatch"), "{e}");
     }
 }

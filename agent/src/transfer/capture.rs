@@ -131,9 +131,8 @@ async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<F
     let pipe = Pipe::start(&task.tracker, storage.store.clone(), key.clone());
     let (tx, counter, level, seal) =
         (pipe.tx.clone(), task.progress.counter(), cfg.compression_level, cfg.encrypt_to.clone());
-    let compressor = task
-        .tracker
-        .spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &seal, &counter));
+    let compressor =
+        task.tracker.spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &seal, &counter));
     let exit = dump.wait().await?;
     let compressed = compressor.await.context("the compressor panicked")?;
     let upload_died = pipe.is_finished();

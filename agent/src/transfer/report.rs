@@ -136,7 +136,16 @@ impl Reporter {
         let row = self
             .query_one(
                 "SELECT backups._record_start($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[&self.id, &self.agent, &self.attempt, &source_size, &format, &object_key, tool_versions, &encrypted_to],
+                &[
+                    &self.id,
+                    &self.agent,
+                    &self.attempt,
+                    &source_size,
+                    &format,
+                    &object_key,
+                    tool_versions,
+                    &encrypted_to,
+                ],
             )
             .await?;
         Ok(row.get(0))
