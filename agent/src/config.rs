@@ -422,9 +422,10 @@ mod tests {
         ));
         let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
         assert_eq!(cfg.encrypt_to.names(), [public]);
-        assert!(format!("{:?}", cfg.store.identities).contains("1 from"));
+        assert!(format!("{:?}", cfg.store.identities).contains("1 age identities from"));
         // download reads the identities too.
-        assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default()).unwrap().identities).contains("1 from"));
+        assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default()).unwrap().identities)
+            .contains("1 age identities from"));
         let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
         let bad = AgentOptions { encrypt_to: vec!["age1notakey".into()], ..Default::default() };
         let e = Config::load(&ConfigFile::default(), &store, &bad).unwrap_err().to_string();

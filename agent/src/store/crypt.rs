@@ -118,7 +118,7 @@ pub struct Identities {
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the keys themselves.
-        write!(f, "Identities({} from {:?})", self.keys.len(), self.files)
+        write!(f, "{} age identities from {:?}", self.keys.len(), self.files)
     }
 }
 
@@ -139,6 +139,10 @@ impl Identities {
             keys.extend(found);
         }
         Ok(Identities { keys, files: files.to_vec() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// Whether one of these keys is the identity of `recipient` (`age1...`).
