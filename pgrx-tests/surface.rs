@@ -222,3 +222,25 @@ fn a_backups_user_can_capture_and_list() {
     // session_user is the login role, not the SECURITY DEFINER owner.
     assert!(by.ends_with(&format!("by {}", one::<String>("SELECT session_user::text"))), "{by}");
 }
+
+#[pg_test]
+fn info_shows_the_age_recipients_a_backup_is_encrypted_to() {
+    run("DELETE FROM backups.transfers");
+    let b: String = one("SELECT backups.capture()");
+    let (id, attempt): (Option<i64>, Option<i32>) =
+        Spi::get_two("SELECT id, attempt FROM backups._claim('agent-a', ARRAY['capture'], '{}')").unwrap();
+    let (id, attempt) = (id.expect("claimed"), attempt.unwrap());
+    assert!(one::<bool>(&format!(
+        "SELECT backups._record_start({id}, 'agent-a', {attempt}, 1, 'custom', 'k', '{{}}', ARRAY['age1aaa', 'age1bbb'])"
+    )));
+    assert_eq!(
+        one::<String>(&format!("SELECT value FROM backups.info('{b}') WHERE field = 'encryption'")),
+        "age, to age1aaa, age1bbb"
+    );
+    // An attempt that does not encrypt records no recipients, and info() says nothing.
+    assert!(one::<bool>(&format!(
+        "SELECT backups._record_start({id}, 'agent-a', {attempt}, 1, 'custom', 'k', '{{}}', '{{}}')"
+    )));
+    assert!(one::<bool>(&format!("SELECT encrypted_to IS NULL FROM backups.transfers WHERE id = {id}")));
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.info('{b}') WHERE field = 'encryption'")), 0);
+}

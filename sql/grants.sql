@@ -30,7 +30,7 @@ TO backups_admin;
 GRANT EXECUTE ON FUNCTION
     backups._claim(text, text[], text[]),
     backups._heartbeat(bigint, text, integer, bigint, text),
-    backups._record_start(bigint, text, integer, bigint, text, text, jsonb),
+    backups._record_start(bigint, text, integer, bigint, text, text, jsonb, text[]),
     backups._agent_log(bigint, text[], text[]),
     backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text, jsonb),
     backups._hand_back(bigint, text, integer, text),

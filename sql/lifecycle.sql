@@ -121,14 +121,16 @@ $$;
 -- Facts known once the work has started: sizes, format, where it is
 -- stored, tool versions. False when the transfer is no longer ours.
 CREATE FUNCTION backups._record_start(transfer_id bigint, agent text, attempt integer, source_size bigint,
-                                      format text, object_key text, tool_versions jsonb)
+                                      format text, object_key text, tool_versions jsonb,
+                                      encrypted_to text[] DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE backups.transfers t
        SET source_size = _record_start.source_size, format = _record_start.format,
-           object_key = _record_start.object_key, tool_versions = _record_start.tool_versions
+           object_key = _record_start.object_key, tool_versions = _record_start.tool_versions,
+           encrypted_to = nullif(_record_start.encrypted_to, '{}')
      WHERE t.id = _record_start.transfer_id AND backups._is_ours(t, _record_start.agent, _record_start.attempt);
     RETURN FOUND;
 END
@@ -283,10 +285,11 @@ $$;
 -- A completed, not deleted backup by name (NULL: the latest), as the agent
 -- needs it to read it back: where it is stored and what to check.
 CREATE FUNCTION backups._stored(id text DEFAULT NULL)
-RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint)
+RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint,
+               encrypted_to text[])
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size
+    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))

@@ -112,6 +112,7 @@ CREATE TABLE backups.transfers (
     object_key          text,
     checksum            text,                           -- sha256 of the stored bytes, hex
     tool_versions       jsonb,
+    encrypted_to        text[],                         -- capture: the age recipients its objects are encrypted to (NULL: plain)
     error               text,
     warnings            integer NOT NULL DEFAULT 0,
     contents            jsonb,                          -- capture: every table's rows, bytes and digest, as read at capture

@@ -210,6 +210,7 @@ BEGIN
                                              round(100 - 100.0 * t.stored_size / t.processed_bytes)) END),
         (19, 'sha256', t.checksum),
         (20, 'object', t.object_key),
+        (20.5, 'encryption', 'age, to ' || array_to_string(t.encrypted_to, ', ')),
         (21, 'tool versions', t.tool_versions::text),
         (22, 'warnings', CASE WHEN t.warnings > 0 THEN t.warnings::text END),
         (23, 'error', t.error),

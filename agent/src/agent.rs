@@ -56,6 +56,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     background.spawn(purge::run(url.clone(), ctx.storage.clone(), purge_woken, shutdown.clone()));
     tracing::info!(agent = %agent_id, storage = %ctx.storage.url, max_concurrent = ctx.cfg.max_concurrent, "agent started");
     tracing::info!("PostgreSQL client tools found: {}", ctx.bins.describe());
+    if !ctx.cfg.encrypt_to.is_empty() {
+        tracing::info!("new backups are encrypted with age to {}", ctx.cfg.encrypt_to.names().join(", "));
+    }
+    if !ctx.cfg.store.identities.is_empty() {
+        tracing::info!("encrypted backups are decrypted with {:?}", ctx.cfg.store.identities);
+    }
 
     let (events, _) = broadcast::channel::<String>(256);
     let mut listener = listen(&url, events.clone()).await.ok();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,8 @@ use clap::Args;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_aux::serde_introspection::serde_introspect;
+
+use crate::store::crypt::{Identities, Recipients};
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/pgbackups";
 pub const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 120;
@@ -54,7 +57,14 @@ pub struct StoreOptions {
     /// How long storage requests are retried before a transfer fails, in seconds.
     #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
     pub storage_retry_timeout: Option<u64>,
-    /// Extra object_store options for S3 and friends (endpoint, region, keys); file only.
+    /// An age identity file (age-keygen's AGE-SECRET-KEY-1... lines) to
+    /// decrypt encrypted backups with (repeatable: keep old keys after a
+    /// rotation).
+    #[arg(long, env = "PGBACKUPS_IDENTITY_FILE", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub identity_file: Vec<PathBuf>,
+    /// Extra object_store options for S3 and friends (endpoint, region, keys,
+    /// aws_server_side_encryption); file only.
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub storage_options: BTreeMap<String, String>,
@@ -84,6 +94,11 @@ pub struct AgentOptions {
     #[arg(long, env = "PGBACKUPS_PG_BIN_DIR", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub pg_bin_dir: Vec<PathBuf>,
+    /// Encrypt new backups with age to this X25519 recipient (age1...;
+    /// repeatable): every stored object, the manifest too.
+    #[arg(long, env = "PGBACKUPS_ENCRYPT_TO", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub encrypt_to: Vec<String>,
     /// zstd compression level (1-19).
     #[arg(long, env = "PGBACKUPS_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
@@ -147,6 +162,8 @@ pub struct StoreConfig {
     pub storage: String,
     pub storage_options: BTreeMap<String, String>,
     pub storage_retry_timeout: Duration,
+    /// What encrypted backups are decrypted with.
+    pub identities: Arc<Identities>,
 }
 
 /// Download links are served only with a secret to check them against.
@@ -176,6 +193,8 @@ pub struct Config {
     pub staging_dir: PathBuf,
     pub pg_bin_dir: Vec<PathBuf>,
     pub compression_level: i32,
+    /// Whom new backups are encrypted to; none: stored plain.
+    pub encrypt_to: Recipients,
     pub exclude_schema: Vec<String>,
     pub shutdown_grace: Duration,
     pub poll_interval: Duration,
@@ -203,6 +222,7 @@ impl StoreConfig {
             storage_retry_timeout: Duration::from_secs(
                 o.storage_retry_timeout.unwrap_or(DEFAULT_STORAGE_RETRY_TIMEOUT_SECS),
             ),
+            identities: Arc::new(Identities::load(&o.identity_file)?),
         })
     }
 }
@@ -244,6 +264,7 @@ impl Config {
             staging_dir: o.staging_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR)),
             pg_bin_dir: o.pg_bin_dir,
             compression_level,
+            encrypt_to: Recipients::parse(&o.encrypt_to)?,
             exclude_schema: o.exclude_schema,
             shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
             poll_interval: Duration::from_secs_f64(o.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL_SECS).max(0.1)),
@@ -386,5 +407,31 @@ mod tests {
         };
         let cfg = Config::load(&ConfigFile::default(), &store, &agent).unwrap();
         assert_eq!(cfg.listen.unwrap().secret, "s3cret");
+    }
+
+    #[test]
+    fn encryption_settings_are_read_and_checked_at_start() {
+        use age::secrecy::ExposeSecret;
+        let key = age::x25519::Identity::generate();
+        let public = key.to_public().to_string();
+        let (_k, key_file) = file(&format!("# a key\n{}\n", key.to_string().expose_secret()));
+        let key_path = key_file.config.clone().unwrap();
+        let (_f, c) = file(&format!(
+            "database_url = \"x\"\nencrypt_to = \"{public}\"\nidentity_file = [{:?}]\n",
+            key_path.display().to_string()
+        ));
+        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        assert_eq!(cfg.encrypt_to.names(), [public]);
+        assert!(format!("{:?}", cfg.store.identities).contains("1 age identities from"));
+        // download reads the identities too.
+        assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default()).unwrap().identities)
+            .contains("1 age identities from"));
+        let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
+        let bad = AgentOptions { encrypt_to: vec!["age1notakey".into()], ..Default::default() };
+        let e = Config::load(&ConfigFile::default(), &store, &bad).unwrap_err().to_string();
+        assert!(e.contains("\"age1notakey\" is not an age X25519 recipient"), "{e}");
+        let missing = StoreOptions { identity_file: vec!["/nonexistent/key.txt".into()], ..store };
+        let e = StoreConfig::load(&ConfigFile::default(), &missing).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/key.txt"), "{e}");
     }
 }

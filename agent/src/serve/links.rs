@@ -120,10 +120,11 @@ async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str) -> Result<Option<Respons
     ))
 }
 
-/// The stored object, decompressed and verified as it streams.
+/// The stored object, decrypted, decompressed and verified as it streams:
+/// a link serves a plain dump whether or not the backup is encrypted.
 async fn custom_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
     let object = verify::open(&ctx.storage, &b.keys(&ctx.storage).dump(), &b.checksum, None).await?;
-    Ok(Body::from_stream(ReaderStream::with_capacity(verify::decompressed(object), 1 << 16)))
+    Ok(Body::from_stream(ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16)))
 }
 
 /// A directory-format backup, verified into staging, then streamed as a tar.

@@ -27,18 +27,23 @@ pub struct Stored {
     pub format: Format,
     pub checksum: String,
     pub stored_size: i64,
+    /// The age recipients its objects are encrypted to; empty: plain.
+    pub encrypted_to: Vec<String>,
 }
 
 impl Stored {
     pub fn keys(&self, storage: &Storage) -> Keys {
-        storage.keys(&self.label, &self.name, self.attempt)
+        storage.keys(&self.label, &self.name, self.attempt).sealed(!self.encrypted_to.is_empty())
     }
 }
 
 /// A completed, not deleted backup by name; `None` means the latest.
 pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
     let row = client
-        .query_opt("SELECT name, label, attempt, format, checksum, stored_size FROM backups._stored($1)", &[&name])
+        .query_opt(
+            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to FROM backups._stored($1)",
+            &[&name],
+        )
         .await?;
     let Some(r) = row else {
         match name {
@@ -55,12 +60,13 @@ pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
         format: Format::parse(format.as_deref().unwrap_or_default()).with_context(|| format!("backup {name}"))?,
         checksum: checksum.with_context(|| format!("backup {name} has no recorded checksum"))?,
         stored_size: r.get::<_, Option<i64>>(5).unwrap_or(0),
+        encrypted_to: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
         name,
     })
 }
 
-/// A directory-format backup's manifest, checked: its SHA-256 is the one
-/// recorded for the backup.
+/// A directory-format backup's manifest, checked (its SHA-256 is the one
+/// recorded for the backup), then decrypted if it is encrypted.
 pub async fn manifest(storage: &Storage, b: &Stored) -> Result<Manifest> {
     let key = b.keys(storage).manifest();
     let bytes = storage.store.get(&key).await.with_context(|| format!("reading {key}"))?.bytes().await?;
@@ -72,7 +78,12 @@ pub async fn manifest(storage: &Storage, b: &Stored) -> Result<Manifest> {
             b.checksum
         );
     }
-    Ok(serde_json::from_slice(&bytes)?)
+    let plain = if b.encrypted_to.is_empty() {
+        bytes.to_vec()
+    } else {
+        storage.identities.open_bytes(&format!("{key} (of {})", b.name), &b.encrypted_to, &bytes)?
+    };
+    Ok(serde_json::from_slice(&plain)?)
 }
 
 /// Bring a backup back under `dir`, verified: `dir/backup.dump` (custom) or
@@ -82,7 +93,7 @@ pub async fn fetch(storage: &Storage, b: &Stored, dir: &FsPath, fetched: &Arc<At
     let keys = b.keys(storage);
     if b.format == Format::Custom {
         let dest = dir.join("backup.dump");
-        fetch_file(storage, &keys.dump(), &b.checksum, &dest, fetched).await?;
+        fetch_file(storage, b, &keys.dump(), &b.checksum, &dest, fetched).await?;
         return Ok(dest);
     }
     let m = manifest(storage, b).await?;
@@ -90,7 +101,7 @@ pub async fn fetch(storage: &Storage, b: &Stored, dir: &FsPath, fetched: &Arc<At
     tokio::fs::create_dir_all(&out).await?;
     for f in &m.files {
         let key = keys.dir_file(&f.name).with_context(|| format!("the manifest of {}", b.name))?;
-        fetch_file(storage, &key, &f.sha256, &out.join(&f.name), fetched).await?;
+        fetch_file(storage, b, &key, &f.sha256, &out.join(&f.name), fetched).await?;
     }
     Ok(out)
 }
@@ -98,13 +109,14 @@ pub async fn fetch(storage: &Storage, b: &Stored, dir: &FsPath, fetched: &Arc<At
 /// One stored file, decompressed into `dest` as it streams, verified.
 async fn fetch_file(
     storage: &Storage,
+    b: &Stored,
     key: &object_store::path::Path,
     sha256: &str,
     dest: &FsPath,
     fetched: &Arc<AtomicU64>,
 ) -> Result<()> {
     let object = verify::open(storage, key, sha256, Some(fetched.clone())).await?;
-    let mut reader = tokio::io::BufReader::with_capacity(1 << 20, verify::decompressed(object));
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 20, verify::decompressed(object, &b.encrypted_to).await?);
     // Large buffers: tokio file writes hop to a blocking thread each time.
     // No fsync: a staging file is read back at once, and fetched again if lost.
     let file = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;

@@ -9,6 +9,10 @@
 //! <prefix>/<label>/<id>/backup-2.dump.zst ...  a retried attempt: `-<attempt>`
 //! ```
 //!
+//! An encrypted backup's objects end in `.age` (`backup.dump.zst.age`,
+//! `dump/toc.dat.zst.age`, `manifest.json.age`): `age -d -i KEY ... | zstd -d`
+//! gives the file back by hand.
+//!
 //! A label can be any database name, so it is written as one safe segment:
 //! ASCII letters, digits, `_`, `-` and `.` stay (but for a leading `.` or
 //! `-`), and every other byte becomes `=XX` (hex, `=` included). The mapping
@@ -76,17 +80,25 @@ pub struct Keys {
     folder: Path,
     /// `""` for the first attempt, `-N` after: a retry never overwrites.
     suffix: String,
+    /// `".age"` when the objects are encrypted.
+    sealed: &'static str,
 }
 
 impl Keys {
     pub fn new(prefix: &Path, label: &str, id: &str, attempt: i32) -> Keys {
         let suffix = if attempt > 1 { format!("-{attempt}") } else { String::new() };
-        Keys { folder: backup_folder(prefix, label, id), suffix }
+        Keys { folder: backup_folder(prefix, label, id), suffix, sealed: "" }
+    }
+
+    /// The same keys for objects encrypted with age (`true`), or not.
+    pub fn sealed(mut self, encrypted: bool) -> Keys {
+        self.sealed = if encrypted { ".age" } else { "" };
+        self
     }
 
     /// The single object of a custom-format backup.
     pub fn dump(&self) -> Path {
-        self.folder.child(part(&format!("backup{}.dump.zst", self.suffix)))
+        self.folder.child(part(&format!("backup{}.dump.zst{}", self.suffix, self.sealed)))
     }
 
     /// The folder holding a directory-format backup's files.
@@ -102,11 +114,11 @@ impl Keys {
         {
             bail!("unexpected file name {name:?} in a directory-format dump");
         }
-        Ok(self.dir().child(part(&format!("{name}.zst"))))
+        Ok(self.dir().child(part(&format!("{name}.zst{}", self.sealed))))
     }
 
     pub fn manifest(&self) -> Path {
-        self.folder.child(part(&format!("manifest{}.json", self.suffix)))
+        self.folder.child(part(&format!("manifest{}.json{}", self.suffix, self.sealed)))
     }
 
     /// What `object_key` records: the dump, or the files' folder.
@@ -132,6 +144,12 @@ mod tests {
         assert_eq!(k.dump().as_ref(), "pg/shop_2/a012/backup-2.dump.zst");
         assert_eq!(k.dir().as_ref(), "pg/shop_2/a012/dump-2");
         assert_eq!(k.manifest().as_ref(), "pg/shop_2/a012/manifest-2.json");
+        let k = k.sealed(true);
+        assert_eq!(k.dump().as_ref(), "pg/shop_2/a012/backup-2.dump.zst.age");
+        assert_eq!(k.dir().as_ref(), "pg/shop_2/a012/dump-2");
+        assert_eq!(k.dir_file("toc.dat").unwrap().as_ref(), "pg/shop_2/a012/dump-2/toc.dat.zst.age");
+        assert_eq!(k.manifest().as_ref(), "pg/shop_2/a012/manifest-2.json.age");
+        assert_eq!(k.sealed(false).dump().as_ref(), "pg/shop_2/a012/backup-2.dump.zst");
     }
 
     #[test]

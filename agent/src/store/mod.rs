@@ -1,7 +1,9 @@
 //! Object storage: the store itself, where each key goes, streaming
-//! uploads, manifests, reading backups back verified, and purging them.
+//! uploads, manifests, encryption, reading backups back verified, and
+//! purging them.
 
 pub mod backups;
+pub mod crypt;
 pub mod layout;
 pub mod manifest;
 pub mod purge;

@@ -18,6 +18,7 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, RetryConfig};
 
 use crate::config::StoreConfig;
+use crate::store::crypt::Identities;
 use crate::store::layout::{self, Keys};
 
 /// A read that gets no byte for this long is resumed (`Storage::read`).
@@ -32,11 +33,14 @@ pub struct Storage {
     retry_timeout: Duration,
     /// The directory of file:// storage.
     local_root: Option<std::path::PathBuf>,
+    /// What encrypted objects are decrypted with (`verify::decompressed`).
+    pub identities: Arc<Identities>,
 }
 
 impl Storage {
     pub fn open(cfg: &StoreConfig) -> Result<Self> {
-        Self::open_url(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)
+        let s = Self::open_url(&cfg.storage, &cfg.storage_options, cfg.storage_retry_timeout)?;
+        Ok(Storage { identities: cfg.identities.clone(), ..s })
     }
 
     pub fn open_url(url: &str, options: &BTreeMap<String, String>, retry_timeout: Duration) -> Result<Self> {
@@ -77,7 +81,7 @@ impl Storage {
             }
             other => bail!("unsupported storage scheme {other:?} in {url:?}: use file:// or s3://"),
         };
-        Ok(Storage { store, prefix, url: url.to_string(), retry_timeout, local_root })
+        Ok(Storage { store, prefix, url: url.to_string(), retry_timeout, local_root, identities: Arc::default() })
     }
 
     /// The bytes of `key`, from a read that resumes where it broke off.
@@ -225,7 +229,9 @@ impl Storage {
     /// cancelled or lost attempt leaves behind.
     pub async fn delete_attempt(&self, keys: &Keys) -> Result<usize> {
         let mut n = self.delete_all(&keys.dir()).await?;
-        for key in [keys.dump(), keys.manifest()] {
+        // Encrypted or not: whichever this attempt wrote.
+        let (plain, sealed) = (keys.clone().sealed(false), keys.clone().sealed(true));
+        for key in [plain.dump(), plain.manifest(), sealed.dump(), sealed.manifest()] {
             match self.store.delete(&key).await {
                 Ok(()) => n += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -294,5 +300,28 @@ mod tests {
         assert_eq!(n, 2);
         assert!(!dir.path().join("q3=23sales/b001").exists());
         assert_eq!(s.delete_all(&s.backup_folder("q3#sales", "b001")).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn s3_server_side_encryption_options_pass_through_to_object_store() {
+        let kms: BTreeMap<String, String> = [
+            ("aws_server_side_encryption", "aws:kms"),
+            ("aws_sse_kms_key_id", "arn:aws:kms:eu-west-3:111122223333:key/1234abcd"),
+            ("aws_sse_bucket_key_enabled", "true"),
+            ("aws_region", "eu-west-3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Storage::open_url("s3://bucket/pg", &kms, Duration::from_secs(1)).unwrap();
+        // The value reaches the builder, which checks it.
+        let mut bad = kms.clone();
+        bad.insert("aws_server_side_encryption".into(), "aws:nope".into());
+        let e = Storage::open_url("s3://bucket/pg", &bad, Duration::from_secs(1)).err().unwrap();
+        assert!(format!("{e:#}").contains("aws:nope"), "{e:#}");
+        let mut unknown = kms;
+        unknown.insert("aws_sse_kms_key".into(), "x".into());
+        let e = Storage::open_url("s3://bucket/pg", &unknown, Duration::from_secs(1)).err().unwrap();
+        assert!(e.to_string().contains("unknown storage option \"aws_sse_kms_key\""), "{e}");
     }
 }

@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
+use crate::store::crypt::Recipients;
+
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// All cores, for one stream.
@@ -112,16 +114,17 @@ async fn upload(
 }
 
 /// Read `input` to the end, compress it into `tx` with `threads` zstd
-/// workers. Blocking: run it on a blocking thread. Adds the uncompressed
-/// bytes to `processed` as it goes.
+/// workers, encrypted to `seal`'s recipients if any. Blocking: run it on a
+/// blocking thread. Adds the uncompressed bytes to `processed` as it goes.
 pub fn compress(
     mut input: impl Read,
     tx: mpsc::Sender<Bytes>,
     level: i32,
     threads: u32,
+    seal: &Recipients,
     processed: &AtomicU64,
 ) -> Result<u64> {
-    let mut enc = zstd::stream::write::Encoder::new(ChannelWriter::new(tx), level)?;
+    let mut enc = zstd::stream::write::Encoder::new(seal.seal(ChannelWriter::new(tx))?, level)?;
     enc.include_checksum(true)?;
     if threads > 1 {
         enc.multithread(threads)?;
@@ -139,7 +142,7 @@ pub fn compress(
         total += n as u64;
         processed.fetch_add(n as u64, Ordering::Relaxed);
     }
-    enc.finish()?.flush()?;
+    enc.finish()?.finish()?.flush()?;
     Ok(total)
 }
 
@@ -191,7 +194,8 @@ mod tests {
         let tx = pipe.tx.clone();
         let processed = Arc::new(AtomicU64::new(0));
         let p = processed.clone();
-        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, 2, &p)).await.unwrap().unwrap();
+        let none = Recipients::default();
+        let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, 2, &none, &p)).await.unwrap().unwrap();
         assert_eq!(n, processed.load(Ordering::Relaxed));
         let stored = pipe.finish(commit).await;
         (stored, store)

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader};
 use tokio_util::io::StreamReader;
 
+use crate::store::crypt::Identities;
 use crate::store::storage::Storage;
 
 /// A stored object's bytes, checked at their end.
@@ -32,6 +33,7 @@ pub struct Verified {
     key: Path,
     fetched: Option<Arc<AtomicU64>>,
     done: bool,
+    identities: Arc<Identities>,
 }
 
 /// Open `key`, to be checked against `expected` (hex SHA-256); `fetched`
@@ -52,6 +54,7 @@ pub async fn open(storage: &Storage, key: &Path, expected: &str, fetched: Option
         key: key.clone(),
         fetched,
         done: false,
+        identities: storage.identities.clone(),
     })
 }
 
@@ -107,12 +110,21 @@ impl std::fmt::Display for Said {
 
 impl std::error::Error for Said {}
 
-/// The object decompressed, read to its end: any corruption is a read error.
-pub fn decompressed(object: Verified) -> impl AsyncRead + Unpin + Send {
+/// The object decrypted (when its backup is `encrypted_to` age recipients:
+/// with the storage's identities) and decompressed, read to its end: any
+/// corruption is a read error. The only place stored bytes become plain.
+pub async fn decompressed(object: Verified, encrypted_to: &[String]) -> Result<impl AsyncRead + Unpin + Send> {
     let key = object.key.to_string();
-    let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, StreamReader::new(object)));
+    let identities = object.identities.clone();
+    let stored = StreamReader::new(object);
+    let plain: Box<dyn AsyncRead + Unpin + Send> = if encrypted_to.is_empty() {
+        Box::new(stored)
+    } else {
+        Box::new(identities.open(&key, encrypted_to, stored).await?)
+    };
+    let mut decoder = ZstdDecoder::new(BufReader::with_capacity(1 << 20, plain));
     decoder.multiple_members(true);
-    ErrorAfterData { inner: decoder, error: None, key }
+    Ok(ErrorAfterData { inner: decoder, error: None, key })
 }
 
 /// The decoder can hand back bytes and an error from one read, which
@@ -178,7 +190,12 @@ mod tests {
         let key = Path::from("db/b001/backup.dump.zst");
         s.store.put(&key, bytes.into()).await.unwrap();
         let mut out = Vec::new();
-        decompressed(open(&s, &key, expected, None).await.unwrap()).read_to_end(&mut out).await.map(|_| out)
+        decompressed(open(&s, &key, expected, None).await.unwrap(), &[])
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .map(|_| out)
     }
 
     #[tokio::test]
@@ -201,5 +218,48 @@ mod tests {
         // The right bytes with the wrong record.
         let e = read_back(stored, &"0".repeat(64)).await.unwrap_err();
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_object_is_checked_then_decrypted_and_any_damage_is_corruption() {
+        use crate::store::crypt::{Identities, Recipients};
+        use age::secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let key = age::x25519::Identity::generate();
+        let key_file = dir.path().join("key.txt");
+        std::fs::write(&key_file, format!("{}\n", key.to_string().expose_secret())).unwrap();
+        let to = Recipients::parse(&[key.to_public().to_string()]).unwrap();
+        let mut s =
+            Storage::open_url(&format!("file://{}", dir.path().display()), &BTreeMap::new(), Duration::from_secs(1))
+                .unwrap();
+        s.identities = Arc::new(Identities::load(&[key_file]).unwrap());
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let stored = to.seal_bytes(zstd::encode_all(&plain[..], 3).unwrap()).unwrap();
+        let key = Path::from("db/b001/backup.dump.zst.age");
+        let read = |bytes: Vec<u8>, sum: String| {
+            let (s, key, names) = (s.clone(), key.clone(), to.names());
+            async move {
+                s.store.put(&key, bytes.into()).await.unwrap();
+                let mut out = Vec::new();
+                let r = decompressed(open(&s, &key, &sum, None).await.unwrap(), &names).await;
+                match r {
+                    Ok(mut r) => r.read_to_end(&mut out).await.map(|_| out).map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let sum = hex::encode(Sha256::digest(&stored));
+        assert_eq!(read(stored.clone(), sum.clone()).await.unwrap(), plain);
+        // The header, the payload, the last chunk; and bytes cut off the end.
+        for at in [40, stored.len() / 2, stored.len() - 1] {
+            let mut bad = stored.clone();
+            bad[at] ^= 1;
+            let e = format!("{:#}", read(bad, sum.clone()).await.expect_err("a flipped byte went unnoticed"));
+            assert!(e.contains("corrupt"), "{at}: {e}");
+        }
+        let e = format!("{:#}", read(stored[..stored.len() - 100].to_vec(), sum.clone()).await.unwrap_err());
+        assert!(e.contains("corrupt") || e.contains("checksum mismatch"), "{e}");
+        let e = format!("{:#}", read(stored, "0".repeat(64)).await.unwrap_err());
+        assert!(e.contains("checksum mismatch"), "{e}");
     }
 }

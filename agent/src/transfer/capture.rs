@@ -14,6 +14,7 @@ use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
+use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -37,14 +38,18 @@ pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     let storage = &task.ctx.storage;
     let source = connection(cfg, &capture.source)?;
     let (source_size, tools, versions, settings) = inspect(task, &source).await?;
-    let keys = storage.keys(capture.source.label(), &task.name, task.attempt);
+    let keys = storage.keys(capture.source.label(), &task.name, task.attempt).sealed(!cfg.encrypt_to.is_empty());
     let format = capture.format();
     task.progress.started(Facts {
         source_size: Some(source_size),
         format: Some(format.as_str()),
         object_key: Some(storage.relative(&keys.object(format))),
         tool_versions: versions.clone(),
+        encrypted_to: cfg.encrypt_to.names(),
     });
+    if !cfg.encrypt_to.is_empty() {
+        task.progress.say(Level::Info, format!("encrypted with age to {}", cfg.encrypt_to.names().join(", ")));
+    }
     if let Some(role) = &capture.role {
         task.progress.say(Level::Info, format!("dumping with the rights of the database's owner, {role}"));
     }
@@ -170,9 +175,10 @@ async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<(
     let reader = task.tracker.spawn(contents::read_custom(StreamReader::new(Box::pin(archive))));
     let stdout = Tee { inner: SyncIoBridge::new(dump.take_stdout()), seen: Some(seen) };
     let pipe = Pipe::start(&task.tracker, storage.store.clone(), key.clone());
-    let (tx, counter, level) = (pipe.tx.clone(), task.progress.counter(), cfg.compression_level);
+    let (tx, counter, level, seal) =
+        (pipe.tx.clone(), task.progress.counter(), cfg.compression_level, cfg.encrypt_to.clone());
     let compressor =
-        task.tracker.spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &counter));
+        task.tracker.spawn_blocking(move || upload::compress(stdout, tx, level, upload::all_cores(), &seal, &counter));
     let exit = dump.wait().await?;
     let compressed = compressor.await.context("the compressor panicked")?;
     // The compressor is gone, and its end of the channel with it.
@@ -219,11 +225,17 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-/// Write the manifest, then make every object of the backup durable.
-/// Returns the checksum the backup is recorded with.
+/// Write the manifest (encrypted like the rest), then make every object of
+/// the backup durable. Returns the checksum the backup is recorded with:
+/// that of the stored bytes.
 async fn store_manifest(task: &Task, keys: &Keys, manifest: &Manifest) -> Result<String> {
     let storage = &task.ctx.storage;
     let (bytes, checksum) = manifest.to_bytes()?;
+    let bytes = task.ctx.cfg.encrypt_to.seal_bytes(bytes)?;
+    let checksum = match manifest.format {
+        Format::Directory => hex::encode(sha2::Sha256::digest(&bytes)),
+        Format::Custom => checksum,
+    };
     storage.store.put(&keys.manifest(), bytes.into()).await.context("writing the manifest")?;
     let mut written = vec![keys.manifest()];
     for f in &manifest.files {

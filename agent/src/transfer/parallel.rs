@@ -189,6 +189,7 @@ impl Files<'_> {
         let task = self.task;
         let (storage, tracker, level, counter) =
             (task.ctx.storage.clone(), task.tracker.clone(), task.ctx.cfg.compression_level, task.progress.counter());
+        let seal = task.ctx.cfg.encrypt_to.clone();
         self.uploads.push(task.tracker.spawn(async move {
             let key = key?;
             let pipe = Pipe::start(&tracker, storage.store.clone(), key.clone());
@@ -199,7 +200,7 @@ impl Files<'_> {
             let compressed = tracker
                 .spawn_blocking(move || {
                     let mut reader = Watched::new(growing.open()?, &file);
-                    let size = upload::compress(&mut reader, tx, level, 1, &counter)?;
+                    let size = upload::compress(&mut reader, tx, level, 1, &seal, &counter)?;
                     Ok::<_, anyhow::Error>((size, reader.seen))
                 })
                 .await

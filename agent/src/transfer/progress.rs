@@ -29,6 +29,8 @@ pub struct Facts {
     pub format: Option<&'static str>,
     pub object_key: Option<String>,
     pub tool_versions: serde_json::Value,
+    /// The age recipients a capture's objects are encrypted to.
+    pub encrypted_to: Vec<String>,
 }
 
 enum Said {

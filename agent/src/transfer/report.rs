@@ -143,11 +143,21 @@ impl Reporter {
         format: Option<&str>,
         object_key: Option<&str>,
         tool_versions: &serde_json::Value,
+        encrypted_to: &[String],
     ) -> Result<bool> {
         let row = self
             .query_one(
-                "SELECT backups._record_start($1, $2, $3, $4, $5, $6, $7)",
-                &[&self.id, &self.agent, &self.attempt, &source_size, &format, &object_key, tool_versions],
+                "SELECT backups._record_start($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &self.id,
+                    &self.agent,
+                    &self.attempt,
+                    &source_size,
+                    &format,
+                    &object_key,
+                    tool_versions,
+                    &encrypted_to,
+                ],
             )
             .await?;
         Ok(row.get(0))

@@ -71,7 +71,8 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     let object =
         verify::open(&task.ctx.storage, &b.keys(&task.ctx.storage).dump(), &b.checksum, Some(task.progress.counter()))
             .await?;
-    let mut reader = Reader::new(tokio::io::BufReader::with_capacity(1 << 20, verify::decompressed(object)));
+    let plain = verify::decompressed(object, &b.encrypted_to).await?;
+    let mut reader = Reader::new(tokio::io::BufReader::with_capacity(1 << 20, plain));
 
     // 1. The head, as an archive of its own.
     let head = reader.head().await.with_context(|| format!("reading the head of {}", b.name))?;

@@ -226,7 +226,7 @@ async fn settle(rep: &Reporter, journal: &mut Journal) {
 /// the next call.
 async fn write_facts(rep: &Reporter, journal: &mut Journal) -> bool {
     let Some(f) = journal.take_facts() else { return true };
-    match rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions).await {
+    match rep.record_start(f.source_size, f.format, f.object_key.as_deref(), &f.tool_versions, &f.encrypted_to).await {
         Ok(ours) => ours,
         Err(e) => {
             tracing::warn!("recording the start: {e:#}");
