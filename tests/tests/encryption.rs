@@ -155,6 +155,15 @@ fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
         let (status, error) = restore(&c, b, target);
         assert_eq!(status, "completed", "{b}: {error}\n{}", agent.log_text());
         assert_eq!(fingerprint(&c, target).unwrap(), fingerprint(&c, "shop").unwrap(), "{b}");
+        // And a verification reads the sealed manifest's contents and
+        // compares them with the decrypted backup restored.
+        let v = c.sql("postgres", &format!("SELECT backups.verify('{b}')")).unwrap();
+        let status = pgbackups_e2e::data::wait(&c, &v, PATIENCE).unwrap();
+        let log = c
+            .sql("postgres", &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{v}') WHERE field IN ('log', 'error')"))
+            .unwrap();
+        assert_eq!(status, "completed", "{log}");
+        assert!(log.contains("verified:"), "{log}");
     }
 
     // A link serves a plain dump that pg_restore reads.
