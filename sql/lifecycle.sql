@@ -286,10 +286,10 @@ $$;
 -- needs it to read it back: where it is stored and what to check.
 CREATE FUNCTION backups._stored(id text DEFAULT NULL)
 RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint,
-               encrypted_to text[])
+               encrypted_to text[], contents jsonb)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to
+    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))

@@ -160,7 +160,10 @@ fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
         let v = c.sql("postgres", &format!("SELECT backups.verify('{b}')")).unwrap();
         let status = pgbackups_e2e::data::wait(&c, &v, PATIENCE).unwrap();
         let log = c
-            .sql("postgres", &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{v}') WHERE field IN ('log', 'error')"))
+            .sql(
+                "postgres",
+                &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{v}') WHERE field IN ('log', 'error')"),
+            )
             .unwrap();
         assert_eq!(status, "completed", "{log}");
         assert!(log.contains("verified:"), "{log}");

@@ -157,6 +157,11 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     assert_eq!(status, "failed", "{}", log(&c, &v));
     let error = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{v}'")).unwrap();
     assert!(error.contains("public.plain: expected 70000 rows") && error.contains("1 of its"), "{error}");
+    // And the manifest no longer says what the control database recorded.
+    assert!(
+        error.contains("manifest.json disagrees") && error.contains("manifest.json: public.plain: 70000 rows"),
+        "{error}"
+    );
     assert!(log(&c, &v).contains("ERROR: public.plain"), "{}", log(&c, &v));
     let listed = c.sql("postgres", &format!("SELECT verified FROM backups.list() WHERE id = '{b}'")).unwrap();
     assert!(listed.starts_with("failed"), "{listed}");
@@ -279,10 +284,14 @@ fn a_database_with_its_own_bytea_output_verifies_and_admin_verifications_stay_hi
     // A tenant of `escaped` sees the admin's capture, not its verification.
     let as_alice = |sql: &str| c.sql("postgres", &format!("SET SESSION AUTHORIZATION alice; {sql}")).unwrap();
     assert_eq!(as_alice(&format!("SELECT count(*) FROM backups.list() WHERE id = '{b}'")), "1");
-    assert_eq!(as_alice(&format!("SELECT coalesce(verified, 'hidden') FROM backups.list() WHERE id = '{b}'")), "hidden");
+    assert_eq!(
+        as_alice(&format!("SELECT coalesce(verified, 'hidden') FROM backups.list() WHERE id = '{b}'")),
+        "hidden"
+    );
     assert_eq!(as_alice(&format!("SELECT count(*) FROM backups.info('{b}') WHERE field = 'verified'")), "0");
     assert_eq!(
-        c.sql("postgres", &format!("SELECT verified LIKE 'passed%({v})' FROM backups.list() WHERE id = '{b}'")).unwrap(),
+        c.sql("postgres", &format!("SELECT verified LIKE 'passed%({v})' FROM backups.list() WHERE id = '{b}'"))
+            .unwrap(),
         "t"
     );
 }

@@ -93,10 +93,7 @@ impl Drop for Scratch {
 async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
     let listed = async {
         let rows = c
-            .query(
-                "SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname LIKE 'pgbackups\\_verify\\_%'",
-                &[],
-            )
+            .query("SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname LIKE 'pgbackups\\_verify\\_%'", &[])
             .await?;
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         if names.is_empty() {

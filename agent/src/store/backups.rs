@@ -29,6 +29,9 @@ pub struct Stored {
     pub stored_size: i64,
     /// The age recipients its objects are encrypted to; empty: plain.
     pub encrypted_to: Vec<String>,
+    /// Its tables as the control database recorded them at capture
+    /// (`[{schema, table, rows, bytes, digest}]`), beside the manifest's.
+    pub contents: Option<serde_json::Value>,
 }
 
 impl Stored {
@@ -41,7 +44,7 @@ impl Stored {
 pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
     let row = client
         .query_opt(
-            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to FROM backups._stored($1)",
+            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to, contents FROM backups._stored($1)",
             &[&name],
         )
         .await?;
@@ -61,6 +64,7 @@ pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
         checksum: checksum.with_context(|| format!("backup {name} has no recorded checksum"))?,
         stored_size: r.get::<_, Option<i64>>(5).unwrap_or(0),
         encrypted_to: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+        contents: r.get(7),
         name,
     })
 }

@@ -51,10 +51,13 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     if contents.algorithm != ALGORITHM {
         bail!("{} records its contents as {:?}, which this agent does not compute", backup.name, contents.algorithm);
     }
+    // A custom-format backup's checksum covers its dump, not its manifest:
+    // what the manifest says must also be what the capture recorded.
+    let disagreements = backup.contents.as_ref().map(|r| disagreements(contents, r)).unwrap_or_default();
     let differences = compare(task, &scratch, contents).await?;
     drop(scratch);
     let rows: u64 = contents.tables.iter().map(|t| t.rows).sum();
-    if differences.is_empty() {
+    if differences.is_empty() && disagreements.is_empty() {
         task.progress.say(
             Level::Info,
             format!(
@@ -65,16 +68,55 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
         );
         return Ok(Completion::Applied { processed, warnings });
     }
-    for d in &differences {
+    for d in differences.iter().chain(&disagreements) {
         task.progress.say(Level::Error, d.clone());
     }
-    bail!(
-        "{} does not hold what its capture read: {} of its {} tables differ ({})",
-        backup.name,
-        differences.len(),
-        contents.tables.len(),
-        differences.join("; ")
-    )
+    let mut why = Vec::new();
+    if !differences.is_empty() {
+        why.push(format!(
+            "{} of its {} tables differ from what its capture read ({})",
+            differences.len(),
+            contents.tables.len(),
+            differences.join("; ")
+        ));
+    }
+    if !disagreements.is_empty() {
+        why.push(format!(
+            "its manifest.json disagrees with what the control database recorded at capture ({})",
+            disagreements.join("; ")
+        ));
+    }
+    bail!("{} is not verified: {}", backup.name, why.join("; and "))
+}
+
+/// Where the manifest's tables and those the control database recorded
+/// differ, one line each.
+fn disagreements(manifest: &Contents, recorded: &serde_json::Value) -> Vec<String> {
+    let key = |s: &str, t: &str, r: u64, b: u64, d: &str| format!("{s}.{t}: {r} rows, {b} bytes, digest {d}");
+    let mut ours: Vec<String> =
+        manifest.tables.iter().map(|t| key(&t.schema, &t.table, t.rows, t.bytes, &t.digest)).collect();
+    let mut theirs: Vec<String> = recorded
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    key(
+                        e["schema"].as_str().unwrap_or_default(),
+                        e["table"].as_str().unwrap_or_default(),
+                        e["rows"].as_u64().unwrap_or_default(),
+                        e["bytes"].as_u64().unwrap_or_default(),
+                        e["digest"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ours.sort();
+    theirs.sort();
+    let mut out: Vec<String> =
+        ours.iter().filter(|o| !theirs.contains(o)).map(|o| format!("manifest.json: {o}")).collect();
+    out.extend(theirs.iter().filter(|t| !ours.contains(t)).map(|t| format!("recorded at capture: {t}")));
+    out
 }
 
 /// Every table of `contents` read back from the scratch database and
