@@ -261,17 +261,34 @@ BEGIN
 END
 $$;
 
--- A capture an admin queued read with the agent's rights, so it may hold
--- what the database's owner may not read: only admins get at its data, or
--- at what tells of it (contents, verification).
-CREATE FUNCTION backups._require_data_rights(b backups.transfers, action text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+-- The backup named `id` (NULL: the newest completed one) whose data the
+-- caller may get at, to `action` it (download, verify, read the contents
+-- of). A capture an admin queued read with the agent's rights, so it may
+-- hold what the database's owner may not read: only admins get at its
+-- data, or at what tells of it.
+CREATE FUNCTION backups._readable_backup(id text, action text) RETURNS backups.transfers
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    b backups.transfers;
 BEGIN
+    IF _readable_backup.id IS NULL THEN
+        SELECT * INTO b FROM backups.transfers x
+        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
+          AND (backups._is_admin() OR x.options ? 'role')
+        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'there is no completed backup yet'
+                USING HINT = 'Capture one with CALL backups.capture_and_wait();';
+        END IF;
+        RETURN b;
+    END IF;
+    b := backups._find(_readable_backup.id, ARRAY['capture']);
     IF NOT backups._is_admin() AND NOT b.options ? 'role' THEN
-        RAISE EXCEPTION 'permission denied to % %', _require_data_rights.action, b.name
+        RAISE EXCEPTION 'permission denied to % %', _readable_backup.action, b.name
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'It was captured by a backups_admin with the agent''s rights, and may hold data the database''s owner cannot read. Capture one yourself (SELECT backups.capture();), or ask a backups_admin.';
     END IF;
+    RETURN b;
 END
 $$;

@@ -315,19 +315,7 @@ DECLARE
     v_base    text := rtrim(coalesce(current_setting('backups.link_base_url', true), ''), '/');
     v_expires bigint;
 BEGIN
-    IF url.id IS NULL THEN
-        SELECT * INTO t FROM backups.transfers x
-        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
-          AND (backups._is_admin() OR x.options ? 'role')
-        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'there is no completed backup yet'
-                USING HINT = 'Capture one with CALL backups.capture_and_wait();';
-        END IF;
-    ELSE
-        t := backups._find(url.id, ARRAY['capture']);
-    END IF;
-    PERFORM backups._require_data_rights(t, 'download');
+    t := backups._readable_backup(url.id, 'download');
     IF t.status <> 'completed' THEN
         RAISE EXCEPTION '% is %, not completed: there is nothing to download', t.name, t.status
             USING HINT = 'Links are for completed backups; SELECT * FROM backups.list(); shows their status.';
@@ -495,20 +483,8 @@ DECLARE
     b    backups.transfers;
     busy text;
 BEGIN
-    IF verify.id IS NULL THEN
-        SELECT * INTO b FROM backups.transfers x
-        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
-          AND (backups._is_admin() OR x.options ? 'role')
-        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'there is no completed backup to verify'
-                USING HINT = 'Capture one first with SELECT backups.capture();';
-        END IF;
-    ELSE
-        b := backups._find(verify.id, ARRAY['capture']);
-    END IF;
+    b := backups._readable_backup(verify.id, 'verify');
     SELECT * INTO b FROM backups.transfers x WHERE x.id = b.id FOR SHARE;
-    PERFORM backups._require_data_rights(b, 'verify');
     IF b.status <> 'completed' OR b.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION 'backup % is %, not completed: there is nothing to verify', b.name, b.status
             USING HINT = 'SELECT * FROM backups.list(); shows the completed backups.';
@@ -533,19 +509,7 @@ AS $$
 DECLARE
     b backups.transfers;
 BEGIN
-    IF contents.id IS NULL THEN
-        SELECT * INTO b FROM backups.transfers x
-        WHERE x.kind = 'capture' AND x.status = 'completed' AND x.deleted_at IS NULL AND backups._may_see(x)
-          AND (backups._is_admin() OR x.options ? 'role')
-        ORDER BY x.finished_at DESC, x.id DESC LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'there is no completed backup yet'
-                USING HINT = 'Capture one first with SELECT backups.capture();';
-        END IF;
-    ELSE
-        b := backups._find(contents.id, ARRAY['capture']);
-    END IF;
-    PERFORM backups._require_data_rights(b, 'read the contents of');
+    b := backups._readable_backup(contents.id, 'read the contents of');
     IF b.status = 'completed' AND b.contents IS NULL THEN
         RAISE NOTICE 'backup % was captured before pg_backups recorded contents: there is nothing to show', b.name
             USING HINT = 'Capture again to record them; backups.verify() still proves it restores.';
