@@ -103,7 +103,7 @@ pub async fn dump(task: &Task, mut cmd: ToolCommand, jobs: u32, keys: &Keys) -> 
     for (file, seen) in done {
         match seen {
             Seen::Rows(t) => {
-                tallies.insert(file.name.clone(), t);
+                tallies.insert(file.name.clone(), *t);
             }
             Seen::Toc(bytes) => toc = Some(bytes),
             Seen::Other => {}
@@ -119,7 +119,7 @@ pub async fn dump(task: &Task, mut cmd: ToolCommand, jobs: u32, keys: &Keys) -> 
 /// What was read of a file on its way to storage: a data file's rows, the
 /// table of contents, or neither.
 enum Seen {
-    Rows(Tally),
+    Rows(Box<Tally>),
     Toc(Vec<u8>),
     Other,
 }
@@ -134,7 +134,7 @@ impl<R: Read> Watched<R> {
     fn new(inner: R, name: &str) -> Self {
         let seen = match name.strip_suffix(".dat") {
             Some("toc") => Seen::Toc(Vec::new()),
-            Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => Seen::Rows(Tally::default()),
+            Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => Seen::Rows(Box::default()),
             _ => Seen::Other,
         };
         Watched { inner, seen }
