@@ -242,6 +242,43 @@ fn a_backups_users_selective_capture_dumps_with_the_owners_rights() {
     assert!(field(&c, &id, "error").contains("permission denied"), "{}", field(&c, &id, "error"));
 }
 
+#[test]
+fn excluding_a_partitioned_or_inherited_tables_data_covers_its_children_or_fails() {
+    // pg_dump's --exclude-table-data leaves out the rows of the matched
+    // relation only: a partitioned table has none, its partitions hold them,
+    // and an inheritance parent's children keep theirs. Naming the parent
+    // alone must not quietly dump the rows meant to be left out.
+    let c = Cluster::start().unwrap();
+    let sql = "CREATE TABLE m (id int, secret text) PARTITION BY RANGE (id);
+               CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100) PARTITION BY RANGE (id);
+               CREATE TABLE part_a PARTITION OF m_low FOR VALUES FROM (0) TO (50);
+               INSERT INTO m VALUES (1, 'secret');
+               CREATE TABLE parent (secret text);
+               CREATE TABLE kid () INHERITS (parent);
+               INSERT INTO kid VALUES ('secret');";
+    create_db(&c, "shop", &format!("{SHOP}{sql}")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let id = c.sql("postgres", "SELECT backups.capture('shop', exclude_table_data => ARRAY['m', 'parent'])").unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
+    let error = field(&c, &id, "error");
+    assert!(error.contains("pg_dump would still dump the rows of public.kid, public.part_a"), "{error}");
+    assert!(files(&store.path().join("shop")).is_empty(), "a failed capture left objects");
+    // Named too (directly, or by a wildcard), their rows are left out.
+    let id = c
+        .sql(
+            "postgres",
+            "SELECT backups.capture('shop', exclude_table_data => ARRAY['m', 'm_low', 'part_*', 'parent', 'kid'])",
+        )
+        .unwrap();
+    assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
+    let work = tempfile::tempdir().unwrap();
+    let list = toc(&c, &archive(&c, store.path(), &id, work.path()));
+    assert!(has(&list, "TABLE", "public", "part_a") && !has(&list, "TABLE DATA", "public", "part_a"), "{list}");
+    assert!(has(&list, "TABLE", "public", "kid") && !has(&list, "TABLE DATA", "public", "kid"), "{list}");
+    assert!(has(&list, "TABLE DATA", "public", "orders"), "{list}");
+}
+
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     pgbackups_e2e::os::files_under(dir)
 }

@@ -33,8 +33,12 @@ impl Recipients {
         let mut out: Vec<x25519::Recipient> = Vec::new();
         for s in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             let r: x25519::Recipient = s.parse().map_err(|e| {
+                // What is not even shaped like a recipient may be the
+                // secret key itself (AGE-SECRET-KEY-1...), given by mistake:
+                // never echoed into logs.
+                let given = if s.starts_with("age1") { format!("{s:?}") } else { "(a value not shown)".into() };
                 anyhow!(
-                    "--encrypt-to {s:?} is not an age X25519 recipient ({e}): expected age1... \
+                    "--encrypt-to {given} is not an age X25519 recipient ({e}): expected age1... \
                      (age-keygen -y KEYFILE prints the recipient of an identity file)"
                 )
             })?;
@@ -288,6 +292,11 @@ mod tests {
     fn bad_recipients_and_identity_files_are_refused_clearly() {
         let e = Recipients::parse(&["age1nope".into()]).unwrap_err().to_string();
         assert!(e.contains("age1nope") && e.contains("not an age X25519 recipient"), "{e}");
+        // A secret key passed as a recipient by mistake is not repeated.
+        let secret = x25519::Identity::generate();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&secret.to_string()).to_string();
+        let e = Recipients::parse(&[secret.clone()]).unwrap_err().to_string();
+        assert!(e.contains("not an age X25519 recipient") && !e.contains(&secret[15..]), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = Identities::load(&[dir.path().join("missing")]).unwrap_err().to_string();
         assert!(e.contains("reading the identity file"), "{e}");

@@ -35,6 +35,34 @@ const TABLES: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
      AND CASE WHEN $2::pg_catalog.text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid)
               ELSE n.nspname OPERATOR(pg_catalog.~) ($2::pg_catalog.text COLLATE pg_catalog.\"default\") END)";
 
+/// The tables pg_dump would still dump the rows of although a table
+/// pattern matched their parent: partitions and inheritance children (at
+/// any depth) of a relation matched by one of the patterns (`$1` names, `$2`
+/// schemas, as in `TABLES`), that no pattern matches themselves and that no
+/// schema pattern (`$3`) leaves out. pg_dump's --exclude-table-data leaves
+/// out the rows of the matched relation only, and a partitioned table has
+/// none of its own. Only plain tables are named: they hold the rows (a
+/// foreign partition's are not dumped). Qualified throughout, as `TABLES`.
+const CHILDREN: &str = "WITH RECURSIVE p(name, schema) AS (
+    SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]))),
+  matched AS (SELECT c.oid FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace, p
+   WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'S', 'v', 'm', 'f', 'p']::pg_catalog.\"char\"[])
+     AND c.relname OPERATOR(pg_catalog.~) (p.name COLLATE pg_catalog.\"default\")
+     AND CASE WHEN p.schema IS NULL THEN pg_catalog.pg_table_is_visible(c.oid)
+              ELSE n.nspname OPERATOR(pg_catalog.~) (p.schema COLLATE pg_catalog.\"default\") END),
+  d(oid) AS (SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+              WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT oid FROM matched))
+             UNION
+             SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.oid)
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+  FROM d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\"
+   AND NOT d.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT oid FROM matched))
+   AND NOT n.nspname OPERATOR(pg_catalog.~) ANY ($3::pg_catalog.text[])
+ ORDER BY 1";
+
 const SCHEMAS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
    WHERE n.nspname OPERATOR(pg_catalog.~) ($1::pg_catalog.text COLLATE pg_catalog.\"default\"))";
 
@@ -51,6 +79,7 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
         client.batch_execute(&format!("SET ROLE {}", quote::ident(role))).await?;
     }
     let mut missing = Vec::new();
+    let (mut names, mut schemas, mut left_out) = (Vec::new(), Vec::<Option<String>>::new(), Vec::new());
     for (key, kind, list) in [
         ("exclude_table_data", Kind::Table, &capture.exclude_table_data),
         ("exclude_schemas", Kind::Schema, &capture.exclude_schemas),
@@ -64,6 +93,13 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
             if !found {
                 missing.push(format!("{key} {}", quote::literal(p)));
             }
+            match kind {
+                Kind::Table => {
+                    names.push(r.name);
+                    schemas.push(r.schema);
+                }
+                Kind::Schema => left_out.push(r.name),
+            }
         }
     }
     if !missing.is_empty() {
@@ -75,6 +111,24 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
             if missing.len() == 1 { "it" } else { "them" },
             pattern::SYNTAX
         );
+    }
+    if !names.is_empty() {
+        let children: Vec<String> =
+            client.query(CHILDREN, &[&names, &schemas, &left_out]).await?.iter().map(|r| r.get(0)).collect();
+        if !children.is_empty() {
+            let shown: Vec<&str> = children.iter().take(20).map(String::as_str).collect();
+            bail!(
+                "exclude_table_data matches tables whose partitions or inheritance children it does not match: \
+                 pg_dump would still dump the rows of {}{}. Name them too (a wildcard such as parent_* may cover \
+                 them), or write the pattern so that it matches them.",
+                shown.join(", "),
+                if children.len() > shown.len() {
+                    format!(" and {} more", children.len() - shown.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(())
 }
