@@ -78,6 +78,9 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
     if let Some(role) = &capture.role {
         client.batch_execute(&format!("SET ROLE {}", quote::ident(role))).await?;
     }
+    // Patterns are a tenant's regular expressions: none may hold the
+    // session (and the capture) for long.
+    client.batch_execute("SET statement_timeout = '60s'").await?;
     let mut missing = Vec::new();
     let (mut names, mut schemas, mut left_out) = (Vec::new(), Vec::<Option<String>>::new(), Vec::new());
     for (key, kind, list) in [
