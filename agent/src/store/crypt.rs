@@ -295,7 +295,7 @@ mod tests {
         // A secret key passed as a recipient by mistake is not repeated.
         let secret = x25519::Identity::generate();
         let secret = age::secrecy::ExposeSecret::expose_secret(&secret.to_string()).to_string();
-        let e = Recipients::parse(&[secret.clone()]).unwrap_err().to_string();
+        let e = Recipients::parse(std::slice::from_ref(&secret)).unwrap_err().to_string();
         assert!(e.contains("not an age X25519 recipient") && !e.contains(&secret[15..]), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = Identities::load(&[dir.path().join("missing")]).unwrap_err().to_string();
