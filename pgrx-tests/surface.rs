@@ -149,6 +149,8 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
         ("pgrx_user", "backups.unschedule(name)", false),
         ("pgrx_user", "backups.cancel(text)", true),
         ("pgrx_user", "backups.verify(text)", true),
+        ("pgrx_user", "backups.health()", true),
+        ("pgrx_nobody", "backups.health()", false),
         ("pgrx_user", "backups.contents(text)", true),
         ("pgrx_nobody", "backups.verify(text)", false),
         ("pgrx_nobody", "backups.contents(text)", false),

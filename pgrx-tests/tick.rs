@@ -182,3 +182,49 @@ fn a_kept_manual_backup_is_neither_expired_nor_counted() {
         2
     );
 }
+
+/// A capture of `db` ended as `status` at `finished`, scheduled or not.
+#[allow(dead_code)]
+fn ended_capture(db: &str, status: &str, finished: &str, scheduled: bool) {
+    let name: String = one(&format!("SELECT backups.capture('{db}')"));
+    run(&format!(
+        "UPDATE backups.transfers SET status = '{status}', started_at = {finished}, finished_at = {finished},
+                error = CASE WHEN '{status}' = 'failed' THEN E'pg_dump: error: disk full\\nmore' END,
+                schedule_id = CASE WHEN {scheduled} THEN (SELECT id FROM backups.schedules WHERE database = '{db}') END
+          WHERE name = '{name}'"
+    ));
+}
+
+#[pg_test]
+fn health_says_ok_late_failing_or_never_for_each_database() {
+    // template1: daily, backed up an hour ago: ok.
+    run("SELECT backups.schedule('daily 03:00', 'template1')");
+    ended_capture("template1", "completed", "now() - interval '1 hour'", true);
+    // postgres: no schedule, last backup 30 hours ago: late (25 hours).
+    ended_capture("postgres", "completed", "now() - interval '30 hours'", false);
+    let status = |db: &str| -> String { one(&format!("SELECT status FROM backups.health() WHERE database = '{db}'")) };
+    assert_eq!(status("template1"), "ok");
+    assert_eq!(status("postgres"), "late");
+    // Daily, last backup 40 hours ago: more than 1.5 periods, late.
+    run("UPDATE backups.transfers SET finished_at = now() - interval '40 hours' WHERE database = 'template1'");
+    assert_eq!(status("template1"), "late");
+    // Hourly makes 30 hours late too; weekly makes it ok.
+    run("SELECT backups.schedule('weekly monday 03:00', 'postgres')");
+    assert_eq!(status("postgres"), "ok");
+    // The last scheduled capture failed: failing, with the failure's first line.
+    ended_capture("postgres", "failed", "now() - interval '5 minutes'", true);
+    assert_eq!(status("postgres"), "failing");
+    let failure: String = one("SELECT last_failure FROM backups.health() WHERE database = 'postgres'");
+    assert!(failure.ends_with(": pg_dump: error: disk full"), "{failure}");
+    // A later scheduled capture that completed ends the failing.
+    ended_capture("postgres", "completed", "now()", true);
+    assert_eq!(status("postgres"), "ok");
+    // A schedule and no completed backup: never.
+    run("UPDATE backups.transfers SET deleted_at = now() WHERE database = 'template1'");
+    assert_eq!(status("template1"), "never");
+    assert!(one::<bool>(
+        "SELECT last_backup IS NULL AND backup_age IS NULL FROM backups.health() WHERE database = 'template1'"
+    ));
+    // Databases with neither a schedule nor a backup are not listed.
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 2);
+}

@@ -14,6 +14,7 @@ GRANT EXECUTE ON FUNCTION
     backups.schedules(),
     backups.cancel(text),
     backups.verify(text),
+    backups.health(),
     backups.contents(text)
 TO backups_user;
 GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text, text[], text[]) TO backups_user;

@@ -41,6 +41,7 @@ extension_sql_file!("../../sql/schedules.sql", name = "schedules", requires = ["
 extension_sql_file!("../../sql/tick.sql", name = "tick", requires = ["lifecycle"]);
 extension_sql_file!("../../sql/keep.sql", name = "keep", requires = ["internal"]);
 extension_sql_file!("../../sql/selective.sql", name = "selective", requires = ["internal"]);
+extension_sql_file!("../../sql/health.sql", name = "health", requires = ["schedules", "lifecycle"]);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -1,0 +1,74 @@
+-- Seeing it: is every database backed up recently (health()), and an event
+-- on every status change of a transfer (NOTIFY backups_events), for
+-- applications and on-call tools that LISTEN.
+
+-- The interval between two runs of a schedule around its next run: a day
+-- for `daily`, a week for `weekly`, an hour for `hourly`.
+CREATE FUNCTION backups._period(s backups.schedules) RETURNS interval
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT backups._next_run(s.cron, s.timezone, s.next_run_at) - s.next_run_at $$;
+
+-- One row per database the caller may act on that has a schedule or any
+-- backup: its last completed backup and that backup's age, its schedule,
+-- its last failed capture, and a status:
+--   failing  the last scheduled capture failed;
+--   never    no completed backup;
+--   late     none completed within 1.5 schedule periods (25 hours without a schedule);
+--   ok       otherwise.
+-- The monitoring query: SELECT * FROM backups.health() WHERE status <> 'ok';
+CREATE FUNCTION backups.health()
+RETURNS TABLE (database name, status text, last_backup text, last_backup_at timestamptz, backup_age interval,
+               schedule text, last_failure text, last_failure_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH dbs AS (
+        SELECT s.database FROM backups.schedules s
+        UNION
+        SELECT t.database FROM backups.transfers t WHERE t.kind = 'capture' AND t.source IS NULL
+    ), facts AS (
+        SELECT d.database, s AS sched,
+               (SELECT t FROM backups.transfers t
+                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database = d.database
+                   AND t.status = 'completed' AND t.deleted_at IS NULL
+                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS good,
+               (SELECT t FROM backups.transfers t
+                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database = d.database AND t.status = 'failed'
+                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS bad,
+               (SELECT t.status FROM backups.transfers t
+                 WHERE t.kind = 'capture' AND t.database = d.database AND t.schedule_id IS NOT NULL
+                   AND t.status IN ('completed', 'failed', 'expired')
+                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS last_scheduled
+          FROM dbs d LEFT JOIN backups.schedules s ON s.database = d.database
+         WHERE backups._may_act_on(d.database)
+    )
+    SELECT f.database,
+           CASE WHEN f.last_scheduled = 'failed' THEN 'failing'
+                WHEN (f.good).id IS NULL THEN 'never'
+                WHEN (f.good).finished_at < now() - CASE WHEN (f.sched).id IS NULL THEN interval '25 hours'
+                                                         ELSE 1.5 * backups._period(f.sched) END THEN 'late'
+                ELSE 'ok' END,
+           (f.good).name, (f.good).finished_at, date_trunc('second', now() - (f.good).finished_at),
+           (f.sched).spec, (f.bad).name || ': ' || split_part(coalesce((f.bad).error, 'failed'), E'\n', 1),
+           (f.bad).finished_at
+      FROM facts f
+     ORDER BY 1
+$$;
+
+-- Every status change of a transfer, as JSON on channel backups_events:
+-- {"id", "kind", "status", "database", "error"} (the error's first line,
+-- cut at 1000 characters). Sent at commit, as every NOTIFY.
+CREATE FUNCTION backups._event() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.status = NEW.status THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.pg_notify('backups_events', pg_catalog.json_build_object(
+        'id', NEW.name, 'kind', NEW.kind, 'status', NEW.status, 'database', NEW.database,
+        'error', left(split_part(NEW.error, E'\n', 1), 1000))::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER transfers_events AFTER INSERT OR UPDATE OF status ON backups.transfers
+    FOR EACH ROW EXECUTE FUNCTION backups._event();
