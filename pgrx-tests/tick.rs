@@ -225,6 +225,10 @@ fn health_says_ok_late_failing_or_never_for_each_database() {
     assert!(one::<bool>(
         "SELECT last_backup IS NULL AND backup_age IS NULL FROM backups.health() WHERE database = 'template1'"
     ));
-    // Databases with neither a schedule nor a backup are not listed.
+    // Databases with neither a schedule nor a backup are not listed, nor
+    // is one that was dropped since its backups were taken.
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 2);
+    run("UPDATE backups.transfers SET database = 'dropped_long_ago' WHERE database = 'postgres'");
+    run("SELECT backups.unschedule('postgres')");
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 1);
 }

@@ -8,8 +8,8 @@ CREATE FUNCTION backups._period(s backups.schedules) RETURNS interval
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT backups._next_run(s.cron, s.timezone, s.next_run_at) - s.next_run_at $$;
 
--- One row per database the caller may act on that has a schedule or any
--- backup: its last completed backup and that backup's age, its schedule,
+-- One row per database the caller may act on that has a schedule, or
+-- exists and has any backup: its last completed backup and that backup's age, its schedule,
 -- its last failed capture, and a status:
 --   failing  the last scheduled capture failed;
 --   never    no completed backup;
@@ -24,7 +24,10 @@ AS $$
     WITH dbs AS (
         SELECT s.database FROM backups.schedules s
         UNION
-        SELECT t.database FROM backups.transfers t WHERE t.kind = 'capture' AND t.source IS NULL
+        -- (A database dropped since is no longer watched; its backups stay in list().)
+        SELECT t.database FROM backups.transfers t
+         WHERE t.kind = 'capture' AND t.source IS NULL
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = t.database)
     ), facts AS (
         SELECT d.database, s AS sched,
                (SELECT t FROM backups.transfers t
