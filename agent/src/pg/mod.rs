@@ -8,6 +8,7 @@ pub mod archive;
 pub mod bins;
 pub mod conn;
 pub mod contents;
+pub mod copy_text;
 pub mod custom;
 pub mod database;
 pub mod quote;

@@ -55,6 +55,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::pg::archive;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
+use crate::pg::copy_text;
 use crate::pg::quote;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
@@ -132,7 +133,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let mut rest_args = vec!["--section=data".to_string()];
     rest_args.extend(tables.iter().map(|t| format!("--exclude-table-data={}", t.name)));
     let rest_args: Vec<&str> = rest_args.iter().map(String::as_str).collect();
-    let settings = pinned_settings(&encoding);
+    let settings = copy_text::session_settings(&encoding);
     let stream = Stream {
         tools,
         source: &source,
@@ -227,7 +228,7 @@ impl Part {
     /// inheritance child's rows either.
     fn copy_to(&self) -> String {
         match &self.range {
-            None => format!("COPY {}{} TO STDOUT", self.table, column_list(&self.columns)),
+            None => format!("COPY {}{} TO STDOUT", self.table, copy_text::column_list(&self.columns)),
             Some(b) => {
                 format!("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT", self.columns, self.table, b.condition())
             }
@@ -236,7 +237,7 @@ impl Part {
 
     /// What the target's psql runs.
     fn copy_from(&self) -> String {
-        format!("COPY {}{} FROM STDIN", self.table, column_list(&self.columns))
+        format!("COPY {}{} FROM STDIN", self.table, copy_text::column_list(&self.columns))
     }
 
     /// For the log: `schema.table`, and which part.
@@ -262,15 +263,6 @@ impl Blocks {
             Some(end) => format!("blocks {} to {}", self.first, end - 1),
             None => format!("blocks {} to the end", self.first),
         }
-    }
-}
-
-/// ` (a, b)`, or nothing for a table without columns (COPY takes no `()`).
-fn column_list(columns: &str) -> String {
-    if columns.is_empty() {
-        String::new()
-    } else {
-        format!(" ({columns})")
     }
 }
 
@@ -323,22 +315,6 @@ fn ranges(blocks: i64, n: i64) -> Vec<Option<Blocks>> {
             Some(Blocks { first: blocks * k / n, end, index: k, of: n })
         })
         .collect()
-}
-
-/// pg_dump's session settings that shape COPY's text, for both ends (see
-/// the module's header). The client encoding is the source database's, as
-/// pg_dump's is by default.
-fn pinned_settings(encoding: &str) -> Vec<String> {
-    vec![
-        format!("SET client_encoding = {}", quote::literal(encoding)),
-        "SET DateStyle = ISO".into(),
-        "SET IntervalStyle = postgres".into(),
-        "SET extra_float_digits = 3".into(),
-        // A database's or role's timeouts must not cut a long stream short.
-        "SET statement_timeout = 0".into(),
-        "SET lock_timeout = 0".into(),
-        "SET idle_in_transaction_session_timeout = 0".into(),
-    ]
 }
 
 /// What every COPY stream shares.

@@ -12,7 +12,8 @@ use futures::TryStreamExt;
 
 use crate::pg::conn::{self, Conn};
 use crate::pg::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
-use crate::pg::quote::{ident, literal};
+use crate::pg::copy_text;
+use crate::pg::quote::ident;
 use crate::pg::scratch::Scratch;
 use crate::store::backups;
 use crate::transfer::job::{BackupRef, Completion, Restore, Verify};
@@ -126,13 +127,9 @@ async fn compare(task: &Task, scratch: &Scratch, contents: &Contents) -> Result<
     let c = conn::connect(&Conn::new(&cfg.data_url, Some(&scratch.name))?.with_password()).await?;
     // pg_dump's settings (and the capture's TimeZone, pinned to UTC), so
     // that every value reads back as the same text.
-    c.batch_execute(&format!(
-        "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET TimeZone = 'UTC';
-         SET statement_timeout = 0; SET lock_timeout = 0; SET row_security = off; SET client_encoding = {}",
-        literal(contents.encoding.as_deref().unwrap_or("UTF8"))
-    ))
-    .await
-    .context("setting up the scratch database's session")?;
+    let mut session = copy_text::session_settings(contents.encoding.as_deref().unwrap_or("UTF8"));
+    session.extend(["SET TimeZone = 'UTC'".into(), "SET row_security = off".into()]);
+    c.batch_execute(&session.join("; ")).await.context("setting up the scratch database's session")?;
     // What pg_dump leaves to the database's and role's settings, as the
     // capture's session had it (hex, PostgreSQL's default, for bytea when
     // not recorded).
@@ -168,12 +165,8 @@ async fn compare(task: &Task, scratch: &Scratch, contents: &Contents) -> Result<
 
 /// One table's rows, bytes and digest, as COPY gives them.
 async fn tally(c: &tokio_postgres::Client, t: &Table, columns: &[String]) -> Result<(u64, u64, String)> {
-    let list = if columns.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "))
-    };
-    let stmt = format!("COPY {}.{}{list} TO STDOUT", ident(&t.schema), ident(&t.table));
+    let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let stmt = format!("COPY {}.{}{} TO STDOUT", ident(&t.schema), ident(&t.table), copy_text::column_list(&list));
     let stream = c.copy_out(stmt.as_str()).await?;
     futures::pin_mut!(stream);
     let mut tally = Tally::default();
