@@ -135,16 +135,7 @@ async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     // A data role that is not a superuser needs the login's privileges for
     // REASSIGN and DROP OWNED (CREATEROLE lets it take them), and the
     // database grant the login got must go, or DROP ROLE refuses.
-    c.batch_execute(&format!(
-        "DO $$ BEGIN
-             IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-                 EXECUTE pg_catalog.format('GRANT %I TO %I', {l}, current_user);
-             END IF;
-         END $$",
-        l = literal(role)
-    ))
-    .await
-    .ok();
+    take_role(&c, role).await.ok();
     c.batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM {}", ident(&target.name), ident(role))).await.ok();
     if let Ok(t) = conn::connect(&Conn::new(url, Some(&target.name))?.with_password()).await {
         t.batch_execute(&format!(
@@ -157,6 +148,21 @@ async fn drop_role(url: &str, role: &str, target: &Target) -> Result<()> {
     }
     c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role))).await?;
     Ok(())
+}
+
+/// A data role that is not a superuser takes `role`, one it made (its
+/// CREATEROLE lets it), to act as it: own a database it owns, REASSIGN
+/// or DROP what it owns. A superuser needs nothing.
+pub async fn take_role(c: &tokio_postgres::Client, role: &str) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!(
+        "DO $$ BEGIN
+             IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE pg_catalog.format('GRANT %I TO %I', {l}, current_user);
+             END IF;
+         END $$",
+        l = literal(role)
+    ))
+    .await
 }
 
 /// No login, no password, no membership.

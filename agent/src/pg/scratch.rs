@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::pg::applier::take_role;
 use crate::pg::conn;
 use crate::pg::quote::{ident, literal};
 use crate::pg::shadow::MARK;
@@ -39,18 +40,9 @@ impl Scratch {
         sweep(cfg, &c, transfer).await;
         // The role first: a database owned by it is one of ours, marked or
         // not (an agent killed before the comment leaves it unmarked).
-        c.batch_execute(&format!(
-            "CREATE ROLE {r} NOLOGIN;
-             DO $$ BEGIN
-                 IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-                     EXECUTE pg_catalog.format('GRANT %I TO %I', {l}, current_user);
-                 END IF;
-             END $$",
-            r = ident(&name),
-            l = literal(&name)
-        ))
-        .await
-        .context("creating the role that owns the scratch database (the agent needs CREATEROLE)")?;
+        let why = "creating the role that owns the scratch database (the agent needs CREATEROLE)";
+        c.batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&name))).await.context(why)?;
+        take_role(&c, &name).await.context(why)?;
         let scratch = Scratch { name: name.clone(), data_url: cfg.data_url.clone(), tracker: tracker.clone() };
         c.batch_execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
             .await
