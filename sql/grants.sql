@@ -24,13 +24,14 @@ GRANT EXECUTE ON FUNCTION
     backups.delete(text),
     backups.keep(text, boolean),
     backups.schedule(text, name, integer, integer, integer, boolean),
-    backups.unschedule(name)
+    backups.unschedule(name),
+    backups.status_url(interval)
 TO backups_admin;
 -- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
 -- back), announcing itself, purging, and reading back what it stored.
 GRANT EXECUTE ON FUNCTION
     backups._claim(text, text[], text[]),
-    backups._heartbeat(bigint, text, integer, bigint, text),
+    backups._heartbeat(bigint, text, integer, bigint, text, bigint),
     backups._record_start(bigint, text, integer, bigint, text, text, jsonb, text[]),
     backups._agent_log(bigint, text[], text[]),
     backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text, jsonb),
@@ -40,5 +41,6 @@ GRANT EXECUTE ON FUNCTION
     backups._to_purge(integer, bigint[]),
     backups._purged(bigint, integer, text),
     backups._stored(text),
-    backups._verifying()
+    backups._verifying(),
+    backups._overview()
 TO backups_agent;

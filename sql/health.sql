@@ -16,10 +16,11 @@ AS $$ SELECT backups._next_run(s.cron, s.timezone, s.next_run_at) - s.next_run_a
 --   late     none completed within 1.5 schedule periods (25 hours without a schedule);
 --   ok       otherwise.
 -- The monitoring query: SELECT * FROM backups.health() WHERE status <> 'ok';
-CREATE FUNCTION backups.health()
+-- (`everyone`: every database, for the agent's status page and metrics.)
+CREATE FUNCTION backups._health(everyone boolean)
 RETURNS TABLE (database name, status text, last_backup text, last_backup_at timestamptz, backup_age interval,
                schedule text, last_failure text, last_failure_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     WITH dbs AS (
         SELECT s.database FROM backups.schedules s
@@ -42,7 +43,7 @@ AS $$
                    AND t.status IN ('completed', 'failed', 'expired')
                  ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS last_scheduled
           FROM dbs d LEFT JOIN backups.schedules s ON s.database = d.database
-         WHERE backups._may_act_on(d.database)
+         WHERE _health.everyone OR backups._may_act_on(d.database)
     )
     SELECT f.database,
            CASE WHEN f.last_scheduled = 'failed' THEN 'failing'
@@ -55,6 +56,71 @@ AS $$
            (f.bad).finished_at
       FROM facts f
      ORDER BY 1
+$$;
+
+CREATE FUNCTION backups.health()
+RETURNS TABLE (database name, status text, last_backup text, last_backup_at timestamptz, backup_age interval,
+               schedule text, last_failure text, last_failure_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM backups._health(false) $$;
+
+-- What the agent's status page and /metrics show, in one read: every
+-- database's health, the queue, the running transfers with their
+-- progress, and each database's completed captures (the latest 100) for
+-- the charts. Every database: the agent's role only, and the page is
+-- behind a signed link (status_url()).
+CREATE FUNCTION backups._overview() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'at', now(),
+        'health', coalesce((SELECT jsonb_agg(to_jsonb(h) ORDER BY h.database) FROM backups._health(true) h), '[]'),
+        'pending', (SELECT count(*) FROM backups.transfers t WHERE t.status = 'pending' AND t.deleted_at IS NULL),
+        'running', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                 'id', t.name, 'kind', t.kind, 'database', t.database, 'agent', t.agent_id,
+                                 'started_at', t.started_at, 'processed', t.processed_bytes,
+                                 'expected', backups._expected(t), 'progress', backups._progress(t),
+                                 'current', t.current_object) ORDER BY t.id)
+                               FROM backups.transfers t WHERE t.status = 'running'), '[]'),
+        'history', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                 'database', h.database, 'id', h.name, 'finished_at', h.finished_at,
+                                 'seconds', extract(epoch FROM h.finished_at - h.started_at),
+                                 'stored', h.stored_size, 'processed', h.processed_bytes)
+                                 ORDER BY h.database, h.finished_at)
+                               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.database ORDER BY t.finished_at DESC) AS n
+                                       FROM backups.transfers t
+                                      WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
+                                        AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL) h
+                              WHERE h.n <= 100), '[]'))
+$$;
+
+-- A signed link to the agent's status page, like url()'s: the page shows
+-- every database's name and health, so only admins get one.
+CREATE FUNCTION backups.status_url(expires_in interval DEFAULT '1 hour') RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_base    text := rtrim(coalesce(current_setting('backups.link_base_url', true), ''), '/');
+    v_expires bigint;
+BEGIN
+    IF NOT backups._is_admin() THEN
+        RAISE EXCEPTION 'permission denied for the status page'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The status page shows every database; it is for backups_admin. SELECT * FROM backups.health(); shows yours.';
+    END IF;
+    IF expires_in IS NULL OR expires_in <= interval '0' OR expires_in > interval '7 days' THEN
+        RAISE EXCEPTION 'expires_in must be between 1 second and 7 days, not %', expires_in
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example backups.status_url(expires_in => ''10 minutes'').';
+    END IF;
+    IF v_base = '' THEN
+        RAISE EXCEPTION 'the agent link base is not configured'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Set backups.link_base_url to the agent''s public address (pgbackups agent --listen) and backups.link_secret to the agent''s link secret in postgresql.conf, then SELECT pg_reload_conf();';
+    END IF;
+    v_expires := floor(extract(epoch FROM clock_timestamp() + expires_in))::bigint;
+    -- Signed as the name `/`: no backup is named that (naming::is_name).
+    RETURN format('%s/?expires=%s&signature=%s', v_base, v_expires, backups._link_signature('/', v_expires));
+END
 $$;
 
 -- Every status change of a transfer, as JSON on channel backups_events:

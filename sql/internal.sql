@@ -234,6 +234,52 @@ AS $$
     END
 $$;
 
+-- What a transfer is expected to process in all, for its percentage: a
+-- capture's is the last like it of the same database (same source, format
+-- and options: the best guess of its dump's size), else the agent's
+-- estimate from the source's table sizes; a copy's is the source's table
+-- sizes; a restore's or a verification's, the backup's stored size.
+CREATE FUNCTION backups._expected(t backups.transfers) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        CASE WHEN t.kind = 'capture' THEN
+            (SELECT p.processed_bytes FROM backups.transfers p
+              WHERE p.kind = 'capture' AND p.status = 'completed' AND p.database = t.database
+                AND p.source IS NOT DISTINCT FROM t.source AND p.format IS NOT DISTINCT FROM t.format
+                AND p.options = t.options AND p.processed_bytes > 0
+              ORDER BY p.finished_at DESC, p.id DESC LIMIT 1) END,
+        nullif(t.expected_bytes, 0))
+$$;
+
+-- A running transfer's progress for people: `42%, 430 MB of ~1.0 GB,
+-- about 3 min 10 s left, "public"."events"`. The percentage stops at 99
+-- until the transfer ends (an estimate can be short); the time left
+-- assumes the rate so far. Without an estimate: the bytes processed.
+CREATE FUNCTION backups._progress(t backups.transfers) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_expected bigint := backups._expected(t);
+    v_elapsed  interval := now() - t.started_at;
+    v_text     text;
+BEGIN
+    IF v_expected IS NULL THEN
+        v_text := pg_size_pretty(t.processed_bytes) || ' processed';
+    ELSIF t.processed_bytes >= v_expected THEN
+        v_text := format('99%%, %s of ~%s, finishing', pg_size_pretty(t.processed_bytes), pg_size_pretty(v_expected));
+    ELSE
+        v_text := format('%s%%, %s of ~%s', floor(100.0 * t.processed_bytes / v_expected),
+                         pg_size_pretty(t.processed_bytes), pg_size_pretty(v_expected));
+        IF t.processed_bytes > 0 AND v_elapsed > interval '0' THEN
+            v_text := v_text || ', about ' || backups._duration(now(), now() + date_trunc('second',
+                          v_elapsed * ((v_expected - t.processed_bytes)::float8 / t.processed_bytes))) || ' left';
+        END IF;
+    END IF;
+    RETURN v_text || coalesce(', ' || t.current_object, '');
+END
+$$;
+
 -- Queue the verification of completed backup `backup_id` (verify(), or a
 -- schedule with verify => true once its capture completes); its name. Its
 -- log tells of the backup's tables and rows, so it is seen by whoever may

@@ -49,7 +49,7 @@ BEGIN
     PERFORM backups._log(t.id, _to_pending.why, 'warning');
     UPDATE backups.transfers x
        SET status = 'pending', agent_id = NULL, heartbeat_at = NULL, started_at = NULL,
-           processed_bytes = 0, current_object = NULL, source_size = NULL, format = NULL,
+           processed_bytes = 0, expected_bytes = NULL, current_object = NULL, source_size = NULL, format = NULL,
            object_key = NULL, tool_versions = NULL, stored_size = NULL, checksum = NULL,
            handed_back = x.handed_back + CASE WHEN _to_pending.counted THEN 0 ELSE 1 END
      WHERE x.id = t.id;
@@ -74,7 +74,7 @@ BEGIN
     UPDATE backups.transfers x
        SET status = 'running', agent_id = _claim.agent, attempts = x.attempts + 1,
            started_at = now(), heartbeat_at = now(), finished_at = NULL,
-           processed_bytes = 0, current_object = NULL, error = NULL
+           processed_bytes = 0, expected_bytes = NULL, current_object = NULL, error = NULL
      WHERE x.id = (SELECT p.id FROM backups.transfers p
                     WHERE p.status = 'pending' AND NOT p.cancel_requested AND p.kind = ANY (_claim.kinds)
                       AND (p.kind <> 'capture' OR p.source IS NULL OR p.source = ANY (_claim.sources)
@@ -100,7 +100,7 @@ AS $$ SELECT t.status = 'running' AND t.agent_id = agent AND t.attempts = attemp
 
 -- Alive, with progress: 'run', 'cancel' (a cancel was requested) or 'lost'.
 CREATE FUNCTION backups._heartbeat(transfer_id bigint, agent text, attempt integer,
-                                   processed bigint, current_object text DEFAULT NULL)
+                                   processed bigint, current_object text DEFAULT NULL, expected bigint DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -108,7 +108,8 @@ DECLARE
     v_cancel boolean;
 BEGIN
     UPDATE backups.transfers t
-       SET heartbeat_at = now(), processed_bytes = _heartbeat.processed, current_object = _heartbeat.current_object
+       SET heartbeat_at = now(), processed_bytes = _heartbeat.processed, current_object = _heartbeat.current_object,
+           expected_bytes = coalesce(_heartbeat.expected, t.expected_bytes)
      WHERE t.id = _heartbeat.transfer_id AND backups._is_ours(t, _heartbeat.agent, _heartbeat.attempt)
     RETURNING t.cancel_requested INTO v_cancel;
     IF NOT FOUND THEN

@@ -106,6 +106,8 @@ CREATE TABLE backups.transfers (
     cancel_requested    boolean NOT NULL DEFAULT false,
     source_size         bigint,                         -- pg_database_size at start
     processed_bytes     bigint NOT NULL DEFAULT 0,      -- bytes read from the source so far
+    expected_bytes      bigint,                         -- what processed_bytes is expected to reach, for progress
+                                                        -- (capture, copy: the source's table sizes; restore: the stored size)
     stored_size         bigint,                         -- bytes in storage
     current_object      text,                           -- the table being worked on, when known
     format              text CHECK (format IN ('custom', 'directory')),

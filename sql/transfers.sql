@@ -153,8 +153,7 @@ AS $$
            CASE t.status
                WHEN 'pending' THEN CASE WHEN t.attempts > 0 THEN 'requeued, waiting for an agent'
                                         ELSE 'waiting for an agent' END
-               WHEN 'running' THEN pg_size_pretty(t.processed_bytes) || ' processed'
-                                   || coalesce(', ' || t.current_object, '')
+               WHEN 'running' THEN backups._progress(t)
                WHEN 'completed' THEN 'done' || coalesce(' in ' || backups._duration(t.started_at, t.finished_at), '')
                                      || CASE WHEN t.warnings > 0 THEN format(' with %s warnings', t.warnings) ELSE '' END
                WHEN 'failed' THEN split_part(coalesce(t.error, 'failed'), E'\n', 1)
@@ -203,6 +202,8 @@ BEGIN
         (14, 'format', t.format),
         (15, 'source size', CASE WHEN t.source_size IS NOT NULL THEN pg_size_pretty(t.source_size) END),
         (16, 'processed', CASE WHEN t.processed_bytes > 0 THEN pg_size_pretty(t.processed_bytes) END),
+        (16.1, 'progress', CASE WHEN t.status = 'running' THEN backups._progress(t) END),
+        (16.2, 'current table', CASE WHEN t.status = 'running' THEN t.current_object END),
         (17, 'stored size', CASE WHEN t.stored_size IS NOT NULL THEN pg_size_pretty(t.stored_size) END),
         (18, 'compression', CASE WHEN t.stored_size > 0 AND t.processed_bytes > 0
                                  THEN format('%s:1 (%s%% smaller than the uncompressed dump)',

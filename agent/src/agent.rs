@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::pg::bins::Bins;
 use crate::pg::conn;
-use crate::serve::links;
+use crate::serve;
 use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
 use crate::store::purge;
@@ -47,8 +47,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", listen.addr))?;
         let (c, secret, s) = (ctx.clone(), listen.secret.clone().into_bytes(), shutdown.clone());
         background.spawn(async move {
-            if let Err(e) = links::serve(c, listener, secret, s).await {
-                tracing::error!("download links: {e:#}");
+            if let Err(e) = serve::serve(c, listener, secret, s).await {
+                tracing::error!("the HTTP listener: {e:#}");
             }
         });
     }

@@ -22,7 +22,7 @@
 //!               archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
-//! serve/        links: signed download links over HTTP
+//! serve/        one listener (mod): links (signed download links)
 //! cli/          download: `pgbackups download`
 //! ```
 //!

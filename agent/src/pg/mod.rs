@@ -14,6 +14,7 @@ pub mod database;
 pub mod quote;
 pub mod scratch;
 pub mod shadow;
+pub mod size;
 pub mod target;
 pub mod tls;
 pub mod tool;

@@ -29,56 +29,46 @@ use tokio_util::io::ReaderStream;
 
 use crate::ctx::Ctx;
 use crate::pg::conn;
-use crate::shutdown::{Phase, Shutdown};
+use crate::serve::Served;
 use crate::store::backups::{self, Stored};
 use crate::store::layout::Format;
 use crate::store::verify;
 
-#[derive(Clone)]
-struct LinkState {
-    ctx: Arc<Ctx>,
-    secret: Arc<Vec<u8>>,
-}
-
 #[derive(Deserialize)]
-struct LinkQuery {
+pub struct Signed {
     expires: Option<String>,
     signature: Option<String>,
 }
 
-/// Serve links on `listener` (bound by the caller, so that a taken port
-/// is a start-up error) until the agent drains.
-pub async fn serve(
-    ctx: Arc<Ctx>,
-    listener: tokio::net::TcpListener,
-    secret: Vec<u8>,
-    mut shutdown: Shutdown,
-) -> Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving download links");
-    let app = Router::new()
-        .route("/backups/{file}", get(download))
-        .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(LinkState { ctx, secret: Arc::new(secret) });
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;
-    Ok(())
+impl Signed {
+    /// True when the query signs `name` with the link secret and has not
+    /// expired (checked in constant time, expiry after the signature).
+    pub fn allows(&self, secret: &[u8], name: &str) -> bool {
+        let (Some(expires), Some(signature)) =
+            (self.expires.as_deref().and_then(|e| e.parse::<i64>().ok()), self.signature.as_deref())
+        else {
+            return false;
+        };
+        link::verify(secret, name, expires, signature, chrono::Utc::now().timestamp()).is_ok()
+    }
 }
 
-fn status(code: StatusCode) -> Response {
+pub fn routes() -> Router<Served> {
+    Router::new().route("/backups/{file}", get(download))
+}
+
+pub fn status(code: StatusCode) -> Response {
     (code, code.canonical_reason().unwrap_or_default()).into_response()
 }
 
-async fn download(State(s): State<LinkState>, Path(file): Path<String>, Query(q): Query<LinkQuery>) -> Response {
+async fn download(State(s): State<Served>, Path(file): Path<String>, Query(q): Query<Signed>) -> Response {
     let Some((name, ext)) = file.rsplit_once('.') else {
         return status(StatusCode::NOT_FOUND);
     };
     if !naming::is_name(name) || !matches!(ext, "dump" | "tar") {
         return status(StatusCode::NOT_FOUND);
     }
-    let (Some(expires), Some(signature)) = (q.expires.and_then(|e| e.parse::<i64>().ok()), q.signature) else {
-        return status(StatusCode::FORBIDDEN);
-    };
-    let now = chrono::Utc::now().timestamp();
-    if link::verify(&s.secret, name, expires, &signature, now).is_err() {
+    if !q.allows(&s.secret, name) {
         return status(StatusCode::FORBIDDEN);
     }
     match respond(&s.ctx, name, ext).await {

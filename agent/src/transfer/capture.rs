@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::contents::{self, Contents};
+use crate::pg::size;
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::store::layout::{Format, Keys};
 use crate::store::manifest::{FileEntry, Manifest};
@@ -125,6 +126,7 @@ async fn inspect<'t>(
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 =
         src.query_one("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())", &[]).await?.get(0);
+    task.progress.expect(size::table_bytes(&src).await?);
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
     let major = bins::server_major(&src).await?;
     let tools = task.ctx.bins.for_capture(major)?;

@@ -57,6 +57,7 @@ use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::copy_text;
 use crate::pg::quote;
+use crate::pg::size;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::apply;
@@ -94,6 +95,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let snapshot: String = snap_conn.query_one("SELECT pg_catalog.pg_export_snapshot()", &[]).await?.get(0);
     let source_major = bins::server_major(&snap_conn).await?;
     let tables = big_tables(&snap_conn, source_major).await?;
+    task.progress.expect(size::table_bytes(&snap_conn).await?);
     let encoding: String =
         snap_conn.query_one("SELECT pg_catalog.current_setting('server_encoding')", &[]).await?.get(0);
     // The source side's tools fit the source; the target side's fit the

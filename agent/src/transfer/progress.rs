@@ -40,6 +40,9 @@ enum Said {
 
 struct Shared {
     processed: Arc<AtomicU64>,
+    /// What `processed` is expected to reach (0: not known), for the
+    /// percentage and time left that list() shows.
+    expected: AtomicU64,
     facts: Mutex<Option<Facts>>,
 }
 
@@ -64,7 +67,7 @@ pub struct Journal {
 }
 
 pub fn channel() -> (Progress, Journal) {
-    let shared = Arc::new(Shared { processed: Arc::default(), facts: Mutex::new(None) });
+    let shared = Arc::new(Shared { processed: Arc::default(), expected: AtomicU64::new(0), facts: Mutex::new(None) });
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Progress { shared: shared.clone(), said: tx },
@@ -91,6 +94,12 @@ impl Progress {
         self.shared.processed.load(Ordering::Relaxed)
     }
 
+    /// How many bytes the counter is expected to reach in all: an
+    /// estimate (the source's table sizes, a backup's stored size).
+    pub fn expect(&self, bytes: u64) {
+        self.shared.expected.store(bytes, Ordering::Relaxed);
+    }
+
     /// A line from the agent itself, always logged.
     pub fn say(&self, level: Level, text: impl Into<String>) {
         let _ = self.said.send(Said::Agent(level, text.into()));
@@ -112,6 +121,10 @@ impl Progress {
 impl Journal {
     pub fn processed(&self) -> u64 {
         self.shared.processed.load(Ordering::Relaxed)
+    }
+
+    pub fn expected(&self) -> Option<u64> {
+        Some(self.shared.expected.load(Ordering::Relaxed)).filter(|e| *e > 0)
     }
 
     /// The table (or index) being worked on, when a tool said.

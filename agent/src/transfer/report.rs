@@ -122,11 +122,12 @@ impl Reporter {
     }
 
     /// Alive, with progress; learns whether a cancel was requested.
-    pub async fn heartbeat(&self, processed: u64, current: Option<&str>) -> Result<Beat> {
+    pub async fn heartbeat(&self, processed: u64, current: Option<&str>, expected: Option<u64>) -> Result<Beat> {
+        let expected = expected.map(|e| e as i64);
         let row = self
             .query_one(
-                "SELECT backups._heartbeat($1, $2, $3, $4, $5)",
-                &[&self.id, &self.agent, &self.attempt, &(processed as i64), &current],
+                "SELECT backups._heartbeat($1, $2, $3, $4, $5, $6)",
+                &[&self.id, &self.agent, &self.attempt, &(processed as i64), &current, &expected],
             )
             .await?;
         Ok(match row.get::<_, String>(0).as_str() {

@@ -39,6 +39,7 @@ pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
         BackupRef::Id(id) if !restore.in_place => {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
             let b = backups::find(&control, Some(id)).await?;
+            task.progress.expect(b.stored_size.max(0) as u64);
             if b.format != Format::Custom {
                 fetch_stored(task, &b, staging.path()).await?
             } else {
@@ -89,6 +90,7 @@ async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathB
 
 /// One of our backups, verified, in staging.
 async fn fetch_stored(task: &Task, b: &Stored, staging: &FsPath) -> Result<(PathBuf, Format)> {
+    task.progress.expect(b.stored_size.max(0) as u64);
     let path = backups::fetch(&task.ctx.storage, b, staging, &task.progress.counter()).await?;
     task.progress.say(
         Level::Info,

@@ -243,7 +243,7 @@ async fn beat(rep: &Reporter, journal: &mut Journal) -> Option<Beat> {
     if !write_facts(rep, journal).await {
         return Some(Beat::Lost);
     }
-    match rep.heartbeat(journal.processed(), journal.current()).await {
+    match rep.heartbeat(journal.processed(), journal.current(), journal.expected()).await {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::warn!("heartbeat: {e:#}");
