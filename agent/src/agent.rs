@@ -1,8 +1,8 @@
 //! `pgbackups agent`: LISTEN for work, poll as well (a NOTIFY sent while the
 //! agent was disconnected is lost), claim up to `max_concurrent` transfers
 //! and hand each to a supervisor. Beside the claim loop, on connections of
-//! their own: the purge of deleted and expired backups, and the download
-//! link server. Survives the control database going away; on SIGTERM or
+//! their own: the purge of deleted and expired backups, the HTTP listener
+//! (download links, /metrics) and webhook deliveries. Survives the control database going away; on SIGTERM or
 //! SIGINT it drains (no new claims; running transfers go on for the grace
 //! period), then hands what still runs back to the queue.
 
@@ -24,14 +24,21 @@ use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
 use crate::store::purge;
 use crate::store::storage::Storage;
+use crate::telemetry::Telemetry;
 use crate::transfer::report::CALL_TIMEOUT;
 use crate::transfer::{queue, supervisor};
+use crate::webhook::{self, Hooks};
 
 pub async fn run(cfg: Config) -> Result<()> {
     let storage = Storage::open(&cfg.store)?;
     let bins = Bins::discover(&cfg.pg_bin_dir).await?;
     let staging = StagingArea::claim(&cfg.staging_dir, &cfg.agent_id);
-    let ctx = Arc::new(Ctx { cfg, storage, staging, bins });
+    let telemetry = Telemetry::new(&cfg.agent_id);
+    let (hooks, hook_queue) = Hooks::new(&cfg.webhooks);
+    // Webhook deliveries run apart, and outlive the drain by a short grace.
+    let hooks_stop = tokio_util::sync::CancellationToken::new();
+    let deliveries = hook_queue.map(|q| tokio::spawn(webhook::deliver(cfg.webhooks.clone(), q, hooks_stop.clone())));
+    let ctx = Arc::new(Ctx { cfg, storage, staging, bins, telemetry, hooks });
     let url = ctx.cfg.store.database_url.clone();
     let mut control =
         conn::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
@@ -151,8 +158,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             let _ = tokio::time::timeout(supervisor::hand_back_patience(&ctx), rest).await;
         }
     }
+    hooks_stop.cancel();
     let _ =
         tokio::time::timeout(Duration::from_secs(5), async { while background.join_next().await.is_some() {} }).await;
+    if let Some(d) = deliveries {
+        // (deliver gives itself 3 s; this bounds it whatever happens.)
+        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
     let _ = queue::retire(&control, &agent_id).await;
     tracing::info!("agent stopped");
     Ok(())

@@ -141,6 +141,14 @@ pub struct AgentOptions {
     /// (0: never).
     #[arg(long, env = "PGBACKUPS_SPLIT_TABLES_LARGER_THAN")]
     pub split_tables_larger_than: Option<u64>,
+    /// POST a JSON message to this URL when a transfer this agent runs
+    /// fails (repeatable; space-separated in the environment). In the file,
+    /// `[[webhook]]` tables choose the statuses too: `url = "https://..."`,
+    /// `events = ["failed", "completed"]` (of running, completed, failed,
+    /// cancelled; default failed).
+    #[arg(long = "webhook", env = "PGBACKUPS_WEBHOOK", value_delimiter = ' ', hide_env_values = true)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook: Vec<Webhook>,
     /// Named sources (replicas, forks, other servers), by name; file only
     /// (or PGBACKUPS_SOURCE_<NAME>=url).
     #[arg(skip)]
@@ -153,6 +161,55 @@ pub struct AgentOptions {
 pub struct SourceConfig {
     /// Connection URL of the named source.
     pub url: String,
+}
+
+/// A webhook as configured: where, and on which statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<HookEvent>,
+}
+
+/// `--webhook URL`: the default statuses.
+impl std::str::FromStr for Webhook {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Webhook { url: url.to_string(), events: default_webhook_events() })
+    }
+}
+
+/// The statuses a webhook may be told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookEvent {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl HookEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Running => "running",
+            HookEvent::Completed => "completed",
+            HookEvent::Failed => "failed",
+            HookEvent::Cancelled => "cancelled",
+        }
+    }
+}
+
+fn default_webhook_events() -> Vec<HookEvent> {
+    vec![HookEvent::Failed]
+}
+
+/// A webhook, checked: an http(s) URL and at least one status.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub url: url::Url,
+    pub events: Vec<HookEvent>,
 }
 
 /// Where backups are, resolved: what `pgbackups download` runs with.
@@ -204,6 +261,8 @@ pub struct Config {
     pub split_tables_larger_than: u64,
     pub listen: Option<Listen>,
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Told of the status changes of this agent's transfers.
+    pub webhooks: Vec<WebhookTarget>,
 }
 
 impl StoreConfig {
@@ -273,8 +332,23 @@ impl Config {
             split_tables_larger_than: o.split_tables_larger_than.unwrap_or(DEFAULT_SPLIT_TABLES_LARGER_THAN),
             listen,
             sources,
+            webhooks: o.webhook.iter().enumerate().map(|(i, w)| webhook_target(i, w)).collect::<Result<_>>()?,
         })
     }
+}
+
+/// The `i`th webhook, checked. Its URL is not repeated in errors (it may
+/// carry a token).
+fn webhook_target(i: usize, w: &Webhook) -> Result<WebhookTarget> {
+    let n = i + 1;
+    let url = url::Url::parse(&w.url).map_err(|e| anyhow::anyhow!("webhook {n}: not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("webhook {n}: only http:// and https:// URLs with a host are supported");
+    }
+    if w.events.is_empty() {
+        bail!("webhook {n}: no events (give some of running, completed, failed, cancelled)");
+    }
+    Ok(WebhookTarget { url, events: w.events.clone() })
 }
 
 /// The link secret, from the option or the file; never empty.

@@ -8,6 +8,8 @@
 //! ctx.rs        what a running agent shares: settings and storage
 //! shutdown.rs   the one shutdown signal: drain, then hand back
 //! staging.rs    this agent's own local disk for files in flight
+//! telemetry.rs  this process's counters for /metrics, in one registry
+//! webhook.rs    status changes POSTed to webhooks by one background task
 //! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
 //! transfer/     job (the typed job, decoded once), supervisor (heartbeat, cancel,
 //!               hand back, the one writer of final status), queue (claim), report
@@ -22,12 +24,13 @@
 //!               archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
-//! serve/        one listener (mod): links (signed download links)
+//! serve/        one listener (mod): links (signed download links), metrics
+//!               (/metrics for Prometheus)
 //! cli/          download: `pgbackups download`
 //! ```
 //!
 //! Dependencies point one way: `agent` -> `transfer`/`serve`/`store`/`pg`
-//! -> `config`; no file imports one that imports it.
+//! -> `telemetry`/`webhook` -> `config`; no file imports one that imports it.
 
 mod agent;
 mod cli;
@@ -38,7 +41,9 @@ mod serve;
 mod shutdown;
 mod staging;
 mod store;
+mod telemetry;
 mod transfer;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 

@@ -2,6 +2,7 @@
 //! One listener, one router; each page is its own module with its routes.
 
 pub mod links;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "serving download links");
     let app = Router::new()
         .merge(links::routes())
+        .merge(metrics::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(Served { ctx, secret: Arc::new(secret) });
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;

@@ -17,6 +17,10 @@ pub struct Claimed {
     pub attempt: i32,
     /// How long without a heartbeat before the worker requeues it.
     pub lease: std::time::Duration,
+    /// Its row's kind and database, as the table has them (for metrics and
+    /// webhooks, also when the job cannot be decoded).
+    pub kind: String,
+    pub database: String,
     pub job: std::result::Result<Job, String>,
 }
 

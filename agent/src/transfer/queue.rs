@@ -34,7 +34,7 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<O
         };
         let job = Job::decode(&row).map_err(|e| format!("{e:#}"));
         let lease = Duration::from_secs_f64(r.get::<_, f64>(8).max(1.0));
-        Claimed { id: row.id, name: row.name, attempt: row.attempt, lease, job }
+        Claimed { id: row.id, name: row.name, attempt: row.attempt, lease, kind: row.kind, database: row.database, job }
     }))
 }
 

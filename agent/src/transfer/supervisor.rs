@@ -10,7 +10,9 @@
 //! 3. once the work has ended or been stopped, waits for everything it left
 //!    running (uploads aborting, threads reading files), removes what this
 //!    attempt stored unless it completed, and only then
-//! 4. records the outcome: the one place a final status is written.
+//! 4. records the outcome: the one place a final status is written; and
+//!    so the one place that counts it for /metrics and tells the webhooks
+//!    (neither of which ever waits).
 //!
 //! A completion whose reply is lost is asked again (`_finish` is
 //! idempotent); only a transfer the table says is not ours loses its
@@ -26,14 +28,17 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::config::HookEvent;
 use crate::ctx::Ctx;
 use crate::shutdown::{Phase, Shutdown};
 use crate::store::layout::Keys;
+use crate::telemetry::{self, Outcome};
 use crate::transfer::job::{Claimed, Completion, Job};
 use crate::transfer::progress::{self, Journal};
 use crate::transfer::report::{Beat, Ending, Level, Reporter};
 use crate::transfer::task::Task;
 use crate::transfer::{capture, copy, restore, verify};
+use crate::webhook::Event;
 
 /// How long stopped work gets to wind down (uploads to abort, threads to
 /// notice) before the outcome is recorded anyway, beyond the time storage
@@ -86,10 +91,15 @@ async fn run(
     mut shutdown: Shutdown,
 ) {
     tracing::info!("claimed");
+    let began = Instant::now();
+    ctx.telemetry.started();
+    tell(&ctx, &claimed, HookEvent::Running, None);
     let job = match &claimed.job {
         Ok(job) => job.clone(),
         Err(why) => {
-            record(&rep, Ended::Failed(why.clone()), 0, 0).await;
+            let end = End::of(&Ended::Failed(why.clone()), 0);
+            let outcome = record(&rep, Ended::Failed(why.clone()), 0, 0).await;
+            end.announce(&ctx, &claimed, began, outcome);
             return;
         }
     };
@@ -188,7 +198,10 @@ async fn run(
     // 4. Record.
     let processed = journal.processed();
     let tool_warnings = journal.tool_warnings;
-    if !record(&rep, ended, processed, tool_warnings).await && completed {
+    let end = End::of(&ended, processed);
+    let outcome = record(&rep, ended, processed, tool_warnings).await;
+    end.announce(&ctx, &claimed, began, outcome);
+    if outcome == Outcome::Lost && completed {
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
         let said = remove_stored(&ctx, stored_by.as_ref()).await;
@@ -288,10 +301,65 @@ async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
     }
 }
 
-/// Write the final status. False only when the table says the transfer is
-/// no longer ours; an outcome that cannot be learnt counts as recorded, so
-/// that nothing the table might call completed is ever removed.
-async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32) -> bool {
+/// What is counted and told of an ending, taken before it is recorded.
+struct End {
+    processed: u64,
+    stored: Option<u64>,
+    error: Option<String>,
+}
+
+impl End {
+    fn of(ended: &Ended, processed: u64) -> End {
+        match ended {
+            Ended::Done(Completion::Backup { processed, stored, .. }) => {
+                End { processed: *processed, stored: Some(*stored), error: None }
+            }
+            Ended::Done(Completion::Applied { processed, .. }) => {
+                End { processed: *processed, stored: None, error: None }
+            }
+            Ended::Failed(e) => End { processed, stored: None, error: Some(e.clone()) },
+            Ended::Cancelled | Ended::HandBack | Ended::Lost => End { processed, stored: None, error: None },
+        }
+    }
+
+    /// Count the ending and queue it for the webhooks (final statuses only:
+    /// a transfer handed back or lost is another attempt's to finish).
+    fn announce(self, ctx: &Ctx, claimed: &Claimed, began: Instant, outcome: Outcome) {
+        ctx.telemetry.ended(&telemetry::Ending {
+            kind: &claimed.kind,
+            outcome,
+            took: began.elapsed(),
+            processed: self.processed,
+            stored: if outcome == Outcome::Completed { self.stored } else { None },
+        });
+        let status = match outcome {
+            Outcome::Completed => HookEvent::Completed,
+            Outcome::Failed => HookEvent::Failed,
+            Outcome::Cancelled => HookEvent::Cancelled,
+            Outcome::Lost | Outcome::HandedBack => return,
+        };
+        tell(ctx, claimed, status, self.error.as_deref());
+    }
+}
+
+/// Queue a status change of `claimed` for the webhooks; never waits.
+fn tell(ctx: &Ctx, claimed: &Claimed, status: HookEvent, error: Option<&str>) {
+    let event = Event::new(&claimed.name, &claimed.kind, status, &claimed.database, error, &ctx.cfg.agent_id);
+    ctx.hooks.send(status, event);
+}
+
+/// Write the final status; how it ended as this agent knows it. `Lost`
+/// only when the table says the transfer is no longer ours; an outcome
+/// that cannot be learnt counts as recorded, so that nothing the table
+/// might call completed is ever removed.
+async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32) -> Outcome {
+    let outcome = match &ended {
+        Ended::Done(_) => Outcome::Completed,
+        Ended::Failed(_) => Outcome::Failed,
+        Ended::Cancelled => Outcome::Cancelled,
+        Ended::HandBack => Outcome::HandedBack,
+        Ended::Lost => Outcome::Lost,
+    };
     let written = match &ended {
         Ended::Done(Completion::Backup { processed, stored, checksum, contents }) => {
             rep.finish(&Ending::Completed {
@@ -327,25 +395,16 @@ async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32
     };
     match written {
         Ok(true) => {
-            tracing::info!(
-                "{}",
-                match ended {
-                    Ended::Done(_) => "completed",
-                    Ended::Failed(_) => "failed",
-                    Ended::Cancelled => "cancelled",
-                    Ended::HandBack => "handed back",
-                    Ended::Lost => "lost",
-                }
-            );
-            true
+            tracing::info!("{}", if outcome == Outcome::HandedBack { "handed back" } else { outcome.as_str() });
+            outcome
         }
         Ok(false) => {
             tracing::warn!("no longer ours: the worker requeued it after missed heartbeats");
-            false
+            Outcome::Lost
         }
         Err(e) => {
             tracing::error!("{e:#}; keeping what it stored");
-            true
+            outcome
         }
     }
 }

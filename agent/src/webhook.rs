@@ -1,0 +1,242 @@
+//! Webhooks: the status changes of the transfers this agent runs, POSTed
+//! as JSON to the configured URLs by one background task, so that a slow
+//! or dead endpoint never holds up a transfer.
+//!
+//! The supervisor hands each event over without waiting ([`Hooks::send`]:
+//! dropped with a warning when the queue is full); [`deliver`] sends them in
+//! order, each with a few attempts, and on shutdown gives what is left a
+//! short grace.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HookEvent, WebhookTarget};
+
+/// Events waiting for delivery before new ones are dropped.
+const QUEUE: usize = 256;
+/// One POST's time limit.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts per event and webhook.
+const ATTEMPTS: u32 = 3;
+/// The pause after a failed attempt, doubled after each.
+const BACKOFF: Duration = Duration::from_secs(1);
+/// What is left to deliver when the agent stops gets this long, in all.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// An error is cut to its first line and this many characters (as in the
+/// backups_events NOTIFY).
+const ERROR_CHARS: usize = 1000;
+
+/// One status change, as the webhooks get it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub status: &'static str,
+    pub database: String,
+    /// The error's first line, for a failure.
+    pub error: Option<String>,
+    /// The agent that ran it.
+    pub agent: String,
+    /// One line for people (Slack, Mattermost and others show `text`).
+    pub text: String,
+}
+
+impl Event {
+    pub fn new(id: &str, kind: &str, status: HookEvent, database: &str, error: Option<&str>, agent: &str) -> Self {
+        let error = error.map(|e| e.lines().next().unwrap_or("").chars().take(ERROR_CHARS).collect::<String>());
+        let on = match kind {
+            "restore" | "copy" => "into",
+            _ => "of",
+        };
+        let what = format!("pg_backups: {kind} {id} {on} {database}");
+        let text = match (status, &error) {
+            (HookEvent::Running, _) => format!("{what} is running"),
+            (HookEvent::Failed, Some(e)) => format!("{what} failed: {e}"),
+            (s, _) => format!("{what} {}", s.as_str()),
+        };
+        Event {
+            id: id.into(),
+            kind: kind.into(),
+            status: status.as_str(),
+            database: database.into(),
+            error,
+            agent: agent.into(),
+            text,
+        }
+    }
+}
+
+/// Where the supervisors hand events to: nowhere without webhooks.
+pub struct Hooks {
+    tx: Option<mpsc::Sender<(HookEvent, Event)>>,
+}
+
+/// The delivery side of [`Hooks`], for [`deliver`].
+pub struct Queue(mpsc::Receiver<(HookEvent, Event)>);
+
+impl Hooks {
+    /// Hooks for `targets`, and the queue to deliver from (none without targets).
+    pub fn new(targets: &[WebhookTarget]) -> (Hooks, Option<Queue>) {
+        if targets.is_empty() {
+            return (Hooks { tx: None }, None);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Hooks { tx: Some(tx) }, Some(Queue(rx)))
+    }
+
+    /// Queue `event` for the webhooks that want `status`; never waits.
+    pub fn send(&self, status: HookEvent, event: Event) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send((status, event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full((_, e))) => {
+                tracing::warn!(id = %e.id, status = e.status, "webhook queue full: this event is not sent");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Deliver queued events until `stop`, then what is left (in flight or
+/// queued) within [`SHUTDOWN_GRACE`].
+pub async fn deliver(targets: Vec<WebhookTarget>, queue: Queue, stop: CancellationToken) {
+    let Queue(mut rx) = queue;
+    let client = match reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("webhooks disabled: {e:#}");
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            next = rx.recv() => next,
+        };
+        let Some((status, event)) = next else { return };
+        let sending = send(&client, &targets, status, &event);
+        tokio::pin!(sending);
+        tokio::select! {
+            _ = &mut sending => continue,
+            _ = stop.cancelled() => {
+                let rest = async {
+                    sending.await;
+                    drain(&client, &targets, &mut rx).await;
+                };
+                if tokio::time::timeout(SHUTDOWN_GRACE, rest).await.is_err() {
+                    tracing::warn!("stopping: webhook deliveries still under way after {SHUTDOWN_GRACE:?} are given up");
+                }
+                return;
+            }
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain(&client, &targets, &mut rx)).await.is_err() {
+        tracing::warn!("stopping: webhook deliveries still under way after {SHUTDOWN_GRACE:?} are given up");
+    }
+}
+
+/// Send what is queued now.
+async fn drain(client: &reqwest::Client, targets: &[WebhookTarget], rx: &mut mpsc::Receiver<(HookEvent, Event)>) {
+    while let Ok((status, event)) = rx.try_recv() {
+        send(client, targets, status, &event).await;
+    }
+}
+
+/// POST `event` to every target that wants `status`, at once.
+async fn send(client: &reqwest::Client, targets: &[WebhookTarget], status: HookEvent, event: &Event) {
+    let posts = targets.iter().filter(|t| t.events.contains(&status)).map(|t| post(client, t, event));
+    futures::future::join_all(posts).await;
+}
+
+/// One event to one webhook, with retries; a warning if it never got through.
+async fn post(client: &reqwest::Client, target: &WebhookTarget, event: &Event) {
+    let body = serde_json::to_vec(event).expect("an event serializes");
+    let mut pause = BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = client
+            .post(target.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(id = %event.id, status = event.status, to = %shown(&target.url), "webhook delivered");
+                return;
+            }
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            // Without the URL: reqwest's errors name it whole.
+            Err(e) => last = describe(e),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+    tracing::warn!(
+        id = %event.id,
+        status = event.status,
+        "webhook {} not delivered after {ATTEMPTS} attempts: {last}",
+        shown(&target.url)
+    );
+}
+
+/// What went wrong with a request, without its URL.
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {ATTEMPT_TIMEOUT:?}");
+    }
+    format!("{:#}", anyhow::Error::new(e.without_url()))
+}
+
+/// A webhook's URL as logs show it: scheme, host and port only (its path,
+/// query string or user part may hold a token).
+pub fn shown(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(p) => format!("{}://{host}:{p}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_as_one_line_and_urls_are_shown_without_secrets() {
+        let e = Event::new("b012", "capture", HookEvent::Failed, "shop", Some("boom\nmore"), "a-1");
+        assert_eq!(e.text, "pg_backups: capture b012 of shop failed: boom");
+        assert_eq!(e.error.as_deref(), Some("boom"));
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["agent"], "a-1");
+        let r = Event::new("r001", "restore", HookEvent::Completed, "shop_staging", None, "a-1");
+        assert_eq!(r.text, "pg_backups: restore r001 into shop_staging completed");
+        assert!(serde_json::to_value(&r).unwrap()["error"].is_null());
+        let running = Event::new("b013", "capture", HookEvent::Running, "shop", None, "a-1");
+        assert_eq!(running.text, "pg_backups: capture b013 of shop is running");
+        let u = url::Url::parse("https://user:pw@hooks.example.com:8443/services/T0/B0/xyz?token=s").unwrap();
+        assert_eq!(shown(&u), "https://hooks.example.com:8443");
+        let u = url::Url::parse("http://hooks.example.com/x").unwrap();
+        assert_eq!(shown(&u), "http://hooks.example.com");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_never_waits() {
+        let target =
+            WebhookTarget { url: url::Url::parse("http://127.0.0.1:9/").unwrap(), events: vec![HookEvent::Failed] };
+        let (hooks, queue) = Hooks::new(&[target]);
+        let _queue = queue.unwrap();
+        for i in 0..(QUEUE + 10) {
+            hooks
+                .send(HookEvent::Failed, Event::new(&format!("b{i}"), "capture", HookEvent::Failed, "shop", None, "a"));
+        }
+        let (none, q) = Hooks::new(&[]);
+        assert!(q.is_none());
+        none.send(HookEvent::Failed, Event::new("b1", "capture", HookEvent::Failed, "shop", None, "a"));
+    }
+}
