@@ -484,6 +484,41 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_come_from_the_file_or_flags_and_are_checked() {
+        let (_f, c) = file(
+            "database_url = \"x\"\n[[webhook]]\nurl = \"https://hooks.example.com/T0?token=s\"\n\
+             events = [\"failed\", \"completed\"]\n[[webhook]]\nurl = \"http://alerts.internal/pg\"\n",
+        );
+        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        assert_eq!(cfg.webhooks.len(), 2);
+        assert_eq!(cfg.webhooks[0].events, [HookEvent::Failed, HookEvent::Completed]);
+        assert_eq!(cfg.webhooks[1].events, [HookEvent::Failed]);
+        // A flag's URL alone: failures only; flags replace the file's list.
+        let flagged = AgentOptions { webhook: vec!["https://x.example/h".parse().unwrap()], ..Default::default() };
+        let cfg = Config::load(&c, &StoreOptions::default(), &flagged).unwrap();
+        assert_eq!(cfg.webhooks.len(), 1);
+        assert_eq!(
+            (cfg.webhooks[0].url.as_str(), &cfg.webhooks[0].events[..]),
+            ("https://x.example/h", &[HookEvent::Failed][..])
+        );
+        let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
+        for (url, why) in [("ftp://secret@x/y", "only http:// and https://"), ("not a url secret", "not a URL")] {
+            let bad = AgentOptions { webhook: vec![url.parse().unwrap()], ..Default::default() };
+            let e = Config::load(&ConfigFile::default(), &store, &bad).unwrap_err().to_string();
+            assert!(e.starts_with("webhook 1: ") && e.contains(why) && !e.contains("secret"), "{e}");
+        }
+        for (text, why) in [
+            ("[[webhook]]\nurl = \"http://h/\"\nevents = [\"exploded\"]\n", "unknown variant"),
+            ("[[webhook]]\nurl = \"http://h/\"\nevents = []\n", "no events"),
+            ("[[webhook]]\nurl = \"http://h/\"\nevent = [\"failed\"]\n", "unknown field"),
+        ] {
+            let (_g, c) = file(&format!("database_url = \"x\"\n{text}"));
+            let e = format!("{:#}", Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap_err());
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
     fn encryption_settings_are_read_and_checked_at_start() {
         use age::secrecy::ExposeSecret;
         let key = age::x25519::Identity::generate();
