@@ -2,9 +2,10 @@
 //! agent was disconnected is lost), claim up to `max_concurrent` transfers
 //! and hand each to a supervisor. Beside the claim loop, on connections of
 //! their own: the purge of deleted and expired backups, the HTTP listener
-//! (download links, /metrics) and webhook deliveries. Survives the control database going away; on SIGTERM or
-//! SIGINT it drains (no new claims; running transfers go on for the grace
-//! period), then hands what still runs back to the queue.
+//! (download links, /metrics) and webhook deliveries. Survives the control
+//! database going away; on SIGTERM or SIGINT it drains (no new claims;
+//! running transfers go on for the grace period), then hands what still
+//! runs back to the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
