@@ -1,6 +1,6 @@
 //! Progress: while a capture runs, `list()` shows how far along it is (a
 //! percentage of the source's table sizes) and the time left, and `info()`
-//! the table being dumped. pg_dump is slowed by a wrapper (its output
+//! the table being dumped, with the rows its COPY has sent so far. pg_dump is slowed by a wrapper (its output
 //! passed on at about 3 MB/s) so the capture runs long enough to watch.
 
 use std::os::unix::fs::PermissionsExt;
@@ -94,6 +94,8 @@ fn a_running_capture_shows_a_percentage_time_left_and_its_table() {
     assert!(!with_eta.is_empty(), "no percentage with time left in {seen:?}");
     assert!(with_eta[0].contains(" of ~"), "{}", with_eta[0]);
     assert!(tables.iter().any(|t| t.contains("noise")), "no current table in {tables:?}");
+    // pg_stat_progress_copy's detail: the rows pg_dump's COPY has sent.
+    assert!(seen.iter().any(|p| p.ends_with(" rows in COPY")), "no COPY rows in {seen:?}");
     // Once done, the progress says so.
     let done = c.sql("postgres", &format!("SELECT progress FROM backups.list() WHERE id = '{id}'")).unwrap();
     assert!(done.starts_with("done in"), "{done}");
