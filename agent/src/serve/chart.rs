@@ -140,8 +140,8 @@ mod tests {
 
     #[test]
     fn a_circle_per_point_on_scales_spanning_the_plot() {
-        let svg = chart("stored", &[pt("b003", 9, 300.0), pt("b001", 7, 100.0), pt("b002", 8, 200.0)], bytes)
-            .into_string();
+        let svg =
+            chart("stored", &[pt("b003", 9, 300.0), pt("b001", 7, 100.0), pt("b002", 8, 200.0)], bytes).into_string();
         assert!(svg.starts_with("<svg "), "{svg}");
         let c = circles(&svg);
         assert_eq!(c.len(), 3);

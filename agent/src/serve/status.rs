@@ -172,7 +172,7 @@ th { background: #f6f8fa; font-weight: 600; }
 svg.chart { background: #fbfcfd; border: 1px solid #d0d7de; border-radius: 6px; }
 svg .axis { stroke: #8c959f; stroke-width: 1; } svg .label { font: 11px system-ui, sans-serif; fill: #57606a; }
 svg .line { fill: none; stroke: #0969da; stroke-width: 2; } svg .point { fill: #0969da; stroke: #fff; stroke-width: 1; }
-code { font-size: 12px; }
+code { font-size: 12px; } .nowrap { white-space: nowrap; }
 "#;
 
 /// The whole page.
@@ -211,15 +211,15 @@ pub fn render(o: &Overview) -> Markup {
                                 tr {
                                     td { (h.database) }
                                     td { span class={ "status " (status_class(&h.status)) } { (h.status) } }
-                                    td {
+                                    td.nowrap {
                                         @if let Some(b) = &h.last_backup { (b) }
                                         @if let Some(t) = &h.last_backup_at { " " span.muted { (chart::when(*t)) } }
                                     }
-                                    td { @if let Some(t) = &h.last_backup_at { (ago(t)) } @else { span.muted { "—" } } }
-                                    td { @if let Some(s) = &h.schedule { code { (s) } } @else { span.muted { "none" } } }
+                                    td.nowrap { @if let Some(t) = &h.last_backup_at { (ago(t)) } @else { span.muted { "—" } } }
+                                    td.nowrap { @if let Some(s) = &h.schedule { code { (s) } } @else { span.muted { "none" } } }
                                     td {
-                                        @if let Some(f) = &h.last_failure { (f) }
-                                        @if let Some(t) = &h.last_failure_at { br; span.muted { (chart::when(*t)) } }
+                                        @if let Some(f) = &h.last_failure { span title=(f) { (clip(f, FAILURE_CHARS)) } }
+                                        @if let Some(t) = &h.last_failure_at { br; span.muted.nowrap { (chart::when(*t)) } }
                                     }
                                 }
                             }
@@ -282,6 +282,17 @@ pub fn render(o: &Overview) -> Markup {
     }
 }
 
+/// How much of a failure the table shows (all of it on hover).
+const FAILURE_CHARS: usize = 140;
+
+/// `text`, cut at `max` characters with an ellipsis.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 fn status_class(s: &str) -> &'static str {
     match s {
         "ok" => "ok",
@@ -298,9 +309,7 @@ fn fraction(processed: Option<f64>, expected: Option<f64>) -> Option<f64> {
 }
 
 fn points(caps: &[&Capture], value: impl Fn(&Capture) -> Option<f64>) -> Vec<Point> {
-    caps.iter()
-        .filter_map(|c| Some(Point { label: c.id.clone(), at: c.finished_at, value: value(c)? }))
-        .collect()
+    caps.iter().filter_map(|c| Some(Point { label: c.id.clone(), at: c.finished_at, value: value(c)? })).collect()
 }
 
 #[cfg(test)]
@@ -341,7 +350,7 @@ mod tests {
         assert!(!page.contains("<script"), "no script, least of all the database's");
         assert!(!page.contains("<oops>") && !page.contains("<t>"));
         assert!(page.contains("&lt;script&gt;&quot;&amp;'"), "{page}");
-        assert!(page.contains("b002: &lt;oops&gt; &amp; &quot;gone&quot;"));
+        assert!(page.contains(r#"<span title="b002: &lt;oops&gt; &amp; &quot;gone&quot;">b002: &lt;oops&gt; &amp; &quot;gone&quot;</span>"#), "{page}");
         assert!(page.contains("&quot;public&quot;.&quot;&lt;t&gt;&quot;"));
     }
 
@@ -359,7 +368,7 @@ mod tests {
         assert_eq!(page.matches("<circle ").count(), 6);
         assert!(page.contains("<title>b003 2026-11-22 07:00 UTC: 1.2 kB</title>"), "{page}");
         assert!(page.contains("<title>b001 2026-11-22 05:00 UTC: 2.5 s</title>"), "{page}");
-        assert!(page.contains(">1 h 0 min</td>"), "shop's last backup's age: {page}");
+        assert!(page.contains(r#"<td class="nowrap">1 h 0 min</td>"#), "shop's last backup's age: {page}");
     }
 
     #[test]
@@ -384,5 +393,7 @@ mod tests {
         assert_eq!(fraction(Some(5.0), None), None);
         assert_eq!(fraction(Some(5.0), Some(0.0)), None);
         assert_eq!(fraction(Some(50.0), Some(10.0)), Some(1.0));
+        assert_eq!(clip("héllo", 2), "hé…");
+        assert_eq!(clip("héllo", 5), "héllo");
     }
 }
