@@ -22,7 +22,8 @@
 //!               archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
-//! serve/        one listener (mod): links (signed download links)
+//! serve/        one listener (mod): links (signed download links), status (the
+//!               signed status page), chart (its SVG charts)
 //! cli/          download: `pgbackups download`
 //! ```
 //!

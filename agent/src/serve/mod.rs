@@ -1,7 +1,9 @@
 //! What the agent serves over HTTP (`--listen`): signed download links.
 //! One listener, one router; each page is its own module with its routes.
 
+pub mod chart;
 pub mod links;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "serving download links");
     let app = Router::new()
         .merge(links::routes())
+        .merge(status::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(Served { ctx, secret: Arc::new(secret) });
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;
