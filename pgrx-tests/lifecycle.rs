@@ -85,3 +85,36 @@ fn a_transfer_handed_back_after_a_cancel_was_asked_ends_cancelled() {
     assert!(one::<bool>(&format!("SELECT backups._hand_back({id}, 'agent-a', 1, 'the agent is shutting down')")));
     assert_eq!(one::<String>(&format!("SELECT status FROM backups.transfers WHERE id = {id}")), "cancelled");
 }
+
+#[pg_test]
+fn a_running_transfer_shows_its_percentage_time_left_and_table() {
+    let (id, _) = claimed_by("agent-a");
+    let name: String = one(&format!("SELECT name FROM backups.transfers WHERE id = {id}"));
+    let progress = || -> String { one(&format!("SELECT progress FROM backups.list() WHERE id = '{name}'")) };
+    let info = |field: &str| -> Option<String> {
+        Spi::get_one(&format!("SELECT (SELECT value FROM backups.info('{name}') WHERE field = '{field}')")).unwrap()
+    };
+    run(&format!("UPDATE backups.transfers SET started_at = now() - interval '100 seconds', format = 'custom' WHERE id = {id}"));
+    // No estimate yet: the bytes processed.
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1000, '\"public\".\"t\"')")), "run");
+    assert_eq!(progress(), "1000 bytes processed, \"public\".\"t\"");
+    // The agent's estimate: a quarter in 100 s, so 300 s to go.
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1000, '\"public\".\"t\"', 4000)")), "run");
+    assert_eq!(progress(), "25%, 1000 bytes of ~4000 bytes, about 5 min 0 s left, \"public\".\"t\"");
+    assert_eq!(info("progress").as_deref(), Some(progress().as_str()));
+    assert_eq!(info("current table").as_deref(), Some("\"public\".\"t\""));
+    // A heartbeat without one keeps it; past it, 99% until the end.
+    assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 5000, NULL)")), "run");
+    assert_eq!(progress(), "99%, 5000 bytes of ~4000 bytes, finishing");
+    // A capture measures itself against the last like it of its database.
+    run(&format!(
+        "INSERT INTO backups.transfers (name, kind, status, database, owner_role, format, processed_bytes, started_at, finished_at)
+         SELECT 'b900', 'capture', 'completed', database, owner_role, 'custom', 20000, now() - interval '1 day', now() - interval '1 day'
+           FROM backups.transfers WHERE id = {id}"
+    ));
+    assert!(progress().starts_with("25%, 5000 bytes of ~20 kB, about 5 min 0 s left"), "{}", progress());
+    // Once finished, the progress says how it ended.
+    assert!(one::<bool>(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 6000, 100, 'abc', 0, NULL)")));
+    assert!(progress().starts_with("done"), "{}", progress());
+    assert_eq!(info("progress"), None);
+}

@@ -17,9 +17,10 @@ SUDO=""
 # System packages: PostgreSQL 15 (server with contrib, headers, client), bindgen's clang,
 # sudo for `cargo pgrx test --runas`, pgcopydb for the benchmark, age (age-keygen: the
 # benchmark's key; `age -d` is how a person decrypts a backup by hand).
-# pip (Debian's) to unpack the PostgreSQL 16 wheel.
+# pip (Debian's) to unpack the PostgreSQL 16 wheel. chromium (headless) renders the
+# agent's status page in tests/tests/status_page.rs and takes docs/status-page.png.
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15
-          libclang-dev clang sudo pkg-config pgcopydb curl zstd age python3-pip)
+          libclang-dev clang sudo pkg-config pgcopydb curl zstd age python3-pip chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -252,6 +252,33 @@ AS $$
         nullif(t.expected_bytes, 0))
 $$;
 
+-- Per-table detail where the server has it (pg_stat_progress_copy, 14 and
+-- later): the rows the agent's COPY commands have moved so far, when the
+-- transfer's database is on this cluster (a capture's source, a restore's
+-- or copy's target, or the shadow it fills).
+CREATE FUNCTION backups._copy_rows(t backups.transfers) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows bigint;
+    v_dbs  name[];
+BEGIN
+    IF t.status <> 'running' OR current_setting('server_version_num')::int < 140000
+       OR (t.kind = 'capture' AND t.source IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    v_dbs := ARRAY[t.database] || CASE WHEN t.kind IN ('restore', 'copy')
+        THEN (SELECT array_agg(('pgbackups_shadow_' || d.oid)::name) FROM pg_catalog.pg_database d WHERE d.datname = t.database)
+        ELSE '{}' END;
+    EXECUTE $q$SELECT sum(p.tuples_processed)::bigint
+                 FROM pg_catalog.pg_stat_progress_copy p JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
+                WHERE a.application_name = 'pgbackups' AND p.datname = ANY ($1)
+                  AND p.command = CASE WHEN $2 = 'capture' THEN 'COPY TO' ELSE 'COPY FROM' END$q$
+       INTO v_rows USING v_dbs, t.kind;
+    RETURN CASE WHEN v_rows > 0 THEN v_rows || ' rows in COPY' END;
+END
+$$;
+
 -- A running transfer's progress for people: `42%, 430 MB of ~1.0 GB,
 -- about 3 min 10 s left, "public"."events"`. The percentage stops at 99
 -- until the transfer ends (an estimate can be short); the time left
@@ -276,7 +303,7 @@ BEGIN
                           v_elapsed * ((v_expected - t.processed_bytes)::float8 / t.processed_bytes))) || ' left';
         END IF;
     END IF;
-    RETURN v_text || coalesce(', ' || t.current_object, '');
+    RETURN v_text || coalesce(', ' || t.current_object, '') || coalesce(', ' || backups._copy_rows(t), '');
 END
 $$;
 

@@ -24,7 +24,8 @@
 //!               archive names)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
-//! serve/        one listener (mod): links (signed download links), metrics
+//! serve/        one listener (mod): links (signed download links), status (the
+//!               signed status page), chart (its SVG charts), metrics
 //!               (/metrics for Prometheus)
 //! cli/          download: `pgbackups download`
 //! ```

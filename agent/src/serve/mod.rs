@@ -1,8 +1,10 @@
 //! What the agent serves over HTTP (`--listen`): signed download links.
 //! One listener, one router; each page is its own module with its routes.
 
+pub mod chart;
 pub mod links;
 pub mod metrics;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ pub async fn serve(
     let app = Router::new()
         .merge(links::routes())
         .merge(metrics::routes())
+        .merge(status::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(Served { ctx, secret: Arc::new(secret) });
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;
