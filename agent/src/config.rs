@@ -124,6 +124,13 @@ pub struct AgentOptions {
     /// A file holding the link secret (so that it does not show in `ps`).
     #[arg(long, env = "PGBACKUPS_LINK_SECRET_FILE")]
     pub link_secret_file: Option<PathBuf>,
+    /// Serve /metrics on --listen to scrapers that send this bearer token
+    /// (`Authorization: Bearer <token>`); without one, /metrics is off.
+    #[arg(long, env = "PGBACKUPS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// A file holding the metrics token (so that it does not show in `ps`).
+    #[arg(long, env = "PGBACKUPS_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Let restores fetch URLs on loopback, private, link-local and cloud
     /// metadata addresses (refused by default).
     #[arg(long, env = "PGBACKUPS_ALLOW_PRIVATE_URLS")]
@@ -228,6 +235,8 @@ pub struct StoreConfig {
 pub struct Listen {
     pub addr: SocketAddr,
     pub secret: String,
+    /// The bearer token /metrics asks for; None: /metrics is off.
+    pub metrics_token: Option<String>,
 }
 
 /// What a restore from a URL may fetch.
@@ -299,10 +308,18 @@ impl Config {
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
         }
+        if o.listen.is_none() && (o.metrics_token.is_some() || o.metrics_token_file.is_some()) {
+            bail!("--metrics-token needs --listen: /metrics is served there");
+        }
         let listen = match o.listen {
             None => None,
-            Some(addr) => Some(Listen { addr, secret: link_secret(o.link_secret, o.link_secret_file.as_deref())? }),
+            Some(addr) => Some(Listen {
+                addr,
+                secret: link_secret(o.link_secret, o.link_secret_file.as_deref())?,
+                metrics_token: metrics_token(o.metrics_token, o.metrics_token_file.as_deref())?,
+            }),
         };
+
         let mut sources = o.sources;
         // PGBACKUPS_SOURCE_<NAME>=url defines a named source too.
         for (k, v) in std::env::vars() {
@@ -353,21 +370,38 @@ fn webhook_target(i: usize, w: &Webhook) -> Result<WebhookTarget> {
 
 /// The link secret, from the option or the file; never empty.
 fn link_secret(value: Option<String>, file: Option<&Path>) -> Result<String> {
-    let secret = match (value, file) {
-        (Some(_), Some(_)) => bail!("give the link secret once: --link-secret or --link-secret-file, not both"),
-        (Some(v), None) => v,
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the link secret from {}", f.display()))?
-            .trim_end_matches(['\n', '\r'])
-            .to_string(),
-        (None, None) => String::new(),
-    };
+    let secret = secret("link secret", "--link-secret", value, file)?.unwrap_or_default();
     if secret.is_empty() {
         bail!(
             "--listen needs --link-secret or --link-secret-file (PGBACKUPS_LINK_SECRET): the same non-empty secret as backups.link_secret"
         );
     }
     Ok(secret)
+}
+
+/// The metrics token, from the option or the file; never empty.
+fn metrics_token(value: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
+    let token = secret("metrics token", "--metrics-token", value, file)?;
+    if token.as_deref() == Some("") {
+        bail!("the metrics token is empty: give a non-empty --metrics-token or --metrics-token-file");
+    }
+    Ok(token)
+}
+
+/// A secret given as `--<flag>` or `--<flag>-file` (one line, its newline
+/// dropped), at most one of them.
+fn secret(what: &str, flag: &str, value: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
+    Ok(match (value, file) {
+        (Some(_), Some(_)) => bail!("give the {what} once: {flag} or {flag}-file, not both"),
+        (Some(v), None) => Some(v),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the {what} from {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        (None, None) => None,
+    })
 }
 
 /// A list, or one value alone (`pg_bin_dir = "/usr/lib/postgresql/16/bin"`).
@@ -481,6 +515,26 @@ mod tests {
         };
         let cfg = Config::load(&ConfigFile::default(), &store, &agent).unwrap();
         assert_eq!(cfg.listen.unwrap().secret, "s3cret");
+        // A metrics token: only with --listen, never empty, given once.
+        let load = |agent: AgentOptions| Config::load(&ConfigFile::default(), &store, &agent);
+        let listening = || AgentOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            link_secret: Some("s".into()),
+            ..Default::default()
+        };
+        let e = load(AgentOptions { metrics_token: Some("t".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.starts_with("--metrics-token needs --listen"), "{e}");
+        let e = load(AgentOptions { metrics_token: Some(String::new()), ..listening() }).unwrap_err().to_string();
+        assert!(e.contains("metrics token is empty"), "{e}");
+        let (_t, token_file) = file("t0ken\n");
+        let both = AgentOptions {
+            metrics_token: Some("t".into()),
+            metrics_token_file: token_file.config.clone(),
+            ..listening()
+        };
+        assert!(load(both).unwrap_err().to_string().contains("not both"));
+        let cfg = load(AgentOptions { metrics_token_file: token_file.config.clone(), ..listening() }).unwrap();
+        assert_eq!(cfg.listen.unwrap().metrics_token.as_deref(), Some("t0ken"));
     }
 
     #[test]

@@ -14,15 +14,18 @@ use pgbackups_e2e::data::{create_db, wait, SHOP};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const SECRET: &str = "e2e-link-secret-0123456789";
+const TOKEN: &str = "e2e-metrics-token-9876543210";
 
 /// One sample: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
-/// `GET path` on `addr`: status line and body.
-fn get(addr: &str, path: &str) -> std::io::Result<(String, String, String)> {
+/// `GET path` on `addr`, with `Authorization: Bearer <token>` if given:
+/// status line, content type and body.
+fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(String, String, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -38,7 +41,7 @@ fn get(addr: &str, path: &str) -> std::io::Result<(String, String, String)> {
 fn scrape(addr: &str) -> Vec<Sample> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match get(addr, "/metrics") {
+        match get(addr, "/metrics", Some(TOKEN)) {
             Ok((status, content_type, body)) if status.contains(" 200 ") => {
                 assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
                 return parse(&body);
@@ -141,7 +144,8 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 
 fn start_listening_agent(c: &Cluster, store: &tempfile::TempDir, extra: &[&str]) -> (Agent, String) {
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut args = vec!["--listen", &addr, "--link-secret", SECRET, "--agent-id", "observer-1"];
+    let mut args =
+        vec!["--listen", &addr, "--link-secret", SECRET, "--agent-id", "observer-1", "--metrics-token", TOKEN];
     args.extend_from_slice(extra);
     let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &args, &[]).unwrap();
     (agent, addr)
@@ -155,6 +159,12 @@ fn metrics_parse_and_count_a_capture() {
     let (agent, addr) = start_listening_agent(&c, &store, &[]);
 
     let before = scrape(&addr);
+    // Only a scraper with the token: without it, or with another, 401.
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, _, body) = get(&addr, "/metrics", token).unwrap();
+        assert!(status.contains(" 401 "), "{token:?}: {status}");
+        assert!(!body.contains("pgbackups_"), "{body}");
+    }
     let completed = [("kind", "capture"), ("outcome", "completed")];
     let done_before = value(&before, "pgbackups_transfers_total", &completed).unwrap_or(0.0);
     let info = [("agent_id", "observer-1"), ("version", env!("CARGO_PKG_VERSION"))];

@@ -191,6 +191,8 @@ fn the_status_page_is_signed_escaped_and_renders_its_charts_in_a_browser() {
     let b = c.sql("postgres", "SELECT name FROM backups.transfers WHERE database = 'shop' AND status = 'completed' ORDER BY id DESC LIMIT 1").unwrap();
     let dl = c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
     assert_eq!(get(&format!("{base}/?{}", dl.split_once('?').unwrap().1), work.path()).code, "403");
+    // An agent without a metrics token serves no /metrics at all.
+    assert_eq!(get(&format!("{base}/metrics"), work.path()).code, "404");
 
     // Signed: the page, with its headers.
     let r = get(&url, work.path());

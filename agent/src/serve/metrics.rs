@@ -1,15 +1,18 @@
 //! `GET /metrics` for Prometheus: this agent's own series (telemetry), and
 //! what the control database says at scrape time (`backups._overview()`):
 //! each database's last successful capture and health, and the queue.
-//! Unauthenticated, as scrape targets usually are: it names databases, so
-//! serve it on a private network only.
+//! It names databases and `--listen` also serves public download links, so
+//! it is off unless the agent has a metrics token, and then answers only
+//! scrapers that send it (`Authorization: Bearer <token>`, compared in
+//! constant time): 404 without a token configured, 401 without the right one.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,7 +36,13 @@ pub fn routes() -> Router<Served> {
     Router::new().route("/metrics", get(metrics))
 }
 
-async fn metrics(State(s): State<Served>) -> Response {
+async fn metrics(State(s): State<Served>, headers: HeaderMap) -> Response {
+    let Some(token) = s.ctx.cfg.listen.as_ref().and_then(|l| l.metrics_token.as_deref()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !bearer_is(&headers, token) {
+        return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")]).into_response();
+    }
     let overview = match tokio::time::timeout(CONTROL_TIMEOUT, overview(&s.ctx.cfg.store.database_url)).await {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
@@ -56,6 +65,20 @@ async fn metrics(State(s): State<Served>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// True when the request's `Authorization` is `Bearer <token>`. The
+/// comparison is of SHA-256 digests in constant time, so neither the
+/// token's bytes nor its length leak through timing.
+fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (Sha256::digest(given.trim().as_bytes()), Sha256::digest(token.as_bytes()));
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// `backups._overview()`, on a connection of its own.
