@@ -33,6 +33,9 @@ LINK_PORT=$((PORT + 1))
 [ -f "$DEMO_DIR/link_secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO_DIR/link_secret"
 chmod 600 "$DEMO_DIR/link_secret"
 SECRET=$(cat "$DEMO_DIR/link_secret")
+# /metrics answers scrapers that send this token.
+[ -f "$DEMO_DIR/metrics_token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO_DIR/metrics_token"
+chmod 600 "$DEMO_DIR/metrics_token"
 "${PSQL[@]}" -c "ALTER SYSTEM SET backups.link_base_url = 'http://127.0.0.1:$LINK_PORT'" \
              -c "ALTER SYSTEM SET backups.link_secret = '$SECRET'" -c "SELECT pg_reload_conf()" >/dev/null
 
@@ -40,7 +43,7 @@ SECRET=$(cat "$DEMO_DIR/link_secret")
 if agent_running; then kill "$(cat "$PIDFILE")"; sleep 1; fi
 PGBACKUPS_LINK_SECRET="$SECRET" PGBACKUPS_LOG=info nohup "$AGENT" agent --database-url "$URL" \
     --storage "file://$STORE" --staging-dir "$DEMO_DIR/staging" --listen "127.0.0.1:$LINK_PORT" \
-    >"$DEMO_DIR/agent.log" 2>&1 &
+    --metrics-token-file "$DEMO_DIR/metrics_token" >"$DEMO_DIR/agent.log" 2>&1 &
 echo $! >"$PIDFILE"
 sleep 1
 agent_running || { cat "$DEMO_DIR/agent.log"; exit 1; }
@@ -86,6 +89,15 @@ C=$("${PSQL[@]}" -Atc "SELECT backups.copy('shop', 'shop_copy', 'shop_copy')")
 echo "   $C: $("${PSQL[@]}" -Atc "SELECT backups.wait('$C')")"
 same_data shop shop_copy
 
+echo "== seeing it: health(), the status page, /metrics"
+"${PSQL[@]}" -c "SELECT database, status, last_backup, backup_age FROM backups.health()"
+STATUS=$("${PSQL[@]}" -Atc "SELECT backups.status_url('1 day')")
+curl -sfS -o "$DEMO_DIR/status.html" "$STATUS"
+grep -q "<svg" "$DEMO_DIR/status.html" || { echo "the status page has no chart"; exit 1; }
+echo "   status page: $STATUS"
+curl -sfS -H "Authorization: Bearer $(cat "$DEMO_DIR/metrics_token")" "http://127.0.0.1:$LINK_PORT/metrics" \
+    | grep -E '^pgbackups_(transfers_total|last_success_timestamp_seconds)' | head -5
+
 cat <<EOT
 
 pg_backups is running:
@@ -107,8 +119,12 @@ Try it:
   SELECT backups.schedule('daily 07:00 Europe/Paris', 'shop');
   SELECT * FROM backups.schedules();                     -- next run, in UTC and local time
   SELECT * FROM backups.database_info('shop');
+  SELECT * FROM backups.health();                        -- is every database backed up recently?
+  SELECT backups.status_url();                           -- a signed link to the status page (charts)
+  LISTEN backups_events;                                 -- a JSON event on every status change
 
 From the shell:
+  curl -H "Authorization: Bearer \$(cat $DEMO_DIR/metrics_token)" http://127.0.0.1:$LINK_PORT/metrics
   PGBACKUPS_DATABASE_URL=$URL PGBACKUPS_STORAGE=file://$STORE pgbackups download   # -> latest.dump
 
 Stop everything with: make demo-stop
