@@ -99,27 +99,14 @@ $$;
 CREATE FUNCTION backups.status_url(expires_in interval DEFAULT '1 hour') RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_base    text := rtrim(coalesce(current_setting('backups.link_base_url', true), ''), '/');
-    v_expires bigint;
 BEGIN
     IF NOT backups._is_admin() THEN
         RAISE EXCEPTION 'permission denied for the status page'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'The status page shows every database; it is for backups_admin. SELECT * FROM backups.health(); shows yours.';
     END IF;
-    IF expires_in IS NULL OR expires_in <= interval '0' OR expires_in > interval '7 days' THEN
-        RAISE EXCEPTION 'expires_in must be between 1 second and 7 days, not %', expires_in
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example backups.status_url(expires_in => ''10 minutes'').';
-    END IF;
-    IF v_base = '' THEN
-        RAISE EXCEPTION 'the agent link base is not configured'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Set backups.link_base_url to the agent''s public address (pgbackups agent --listen) and backups.link_secret to the agent''s link secret in postgresql.conf, then SELECT pg_reload_conf();';
-    END IF;
-    v_expires := floor(extract(epoch FROM clock_timestamp() + expires_in))::bigint;
     -- Signed as the name `/`: no backup is named that (naming::is_name).
-    RETURN format('%s/?expires=%s&signature=%s', v_base, v_expires, backups._link_signature('/', v_expires));
+    RETURN backups._signed_link('/', '/', status_url.expires_in);
 END
 $$;
 

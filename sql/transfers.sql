@@ -312,29 +312,15 @@ CREATE FUNCTION backups.url(id text DEFAULT NULL, expires_in interval DEFAULT '1
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t         backups.transfers;
-    v_base    text := rtrim(coalesce(current_setting('backups.link_base_url', true), ''), '/');
-    v_expires bigint;
+    t backups.transfers;
 BEGIN
     t := backups._readable_backup(url.id, 'download');
     IF t.status <> 'completed' THEN
         RAISE EXCEPTION '% is %, not completed: there is nothing to download', t.name, t.status
             USING HINT = 'Links are for completed backups; SELECT * FROM backups.list(); shows their status.';
     END IF;
-    IF expires_in IS NULL OR expires_in <= interval '0' OR expires_in > interval '7 days' THEN
-        RAISE EXCEPTION 'expires_in must be between 1 second and 7 days, not %', expires_in
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example backups.url(''b001'', expires_in => ''10 minutes'').';
-    END IF;
-    IF v_base = '' THEN
-        RAISE EXCEPTION 'the agent link base is not configured'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Set backups.link_base_url to the agent''s public address (pgbackups agent --listen) and backups.link_secret to the agent''s link secret in postgresql.conf, then SELECT pg_reload_conf();';
-    END IF;
-    -- Floor: a link never outlives expires_in.
-    v_expires := floor(extract(epoch FROM clock_timestamp() + expires_in))::bigint;
-    RETURN format('%s/backups/%s.%s?expires=%s&signature=%s',
-                  v_base, t.name, CASE WHEN t.format = 'directory' THEN 'tar' ELSE 'dump' END,
-                  v_expires, backups._link_signature(t.name, v_expires));
+    RETURN backups._signed_link(format('/backups/%s.%s', t.name, CASE WHEN t.format = 'directory' THEN 'tar' ELSE 'dump' END),
+                                t.name, url.expires_in);
 END
 $$;
 
