@@ -106,6 +106,15 @@ fn a_running_transfer_shows_its_percentage_time_left_and_table() {
     // A heartbeat without one keeps it; past it, 99% until the end.
     assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 5000, NULL)")), "run");
     assert_eq!(progress(), "99%, 5000 bytes of ~4000 bytes, finishing");
+    // A stall far from the end: capped, never an interval overflow that
+    // would fail list() for everyone.
+    run(&format!(
+        "UPDATE backups.transfers SET processed_bytes = 1, expected_bytes = 100000000000, started_at = now() - interval '1 hour' WHERE id = {id}"
+    ));
+    assert_eq!(progress(), "0%, 1 bytes of ~93 GB, more than 30 days left");
+    run(&format!(
+        "UPDATE backups.transfers SET processed_bytes = 5000, expected_bytes = 4000, started_at = now() - interval '100 seconds' WHERE id = {id}"
+    ));
     // A capture measures itself against the last like it of its database.
     run(&format!(
         "INSERT INTO backups.transfers (name, kind, status, database, owner_role, format, processed_bytes, started_at, finished_at)

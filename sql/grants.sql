@@ -42,5 +42,5 @@ GRANT EXECUTE ON FUNCTION
     backups._purged(bigint, integer, text),
     backups._stored(text),
     backups._verifying(),
-    backups._overview()
+    backups._overview(boolean)
 TO backups_agent;

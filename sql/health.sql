@@ -69,18 +69,20 @@ AS $$ SELECT * FROM backups._health(false) $$;
 -- progress, and each database's completed captures (the latest 100) for
 -- the charts. Every database: the agent's role only, and the page is
 -- behind a signed link (status_url()).
-CREATE FUNCTION backups._overview() RETURNS jsonb
+-- (Without `charts`, for /metrics: no history, and the running transfers
+-- by id only.)
+CREATE FUNCTION backups._overview(charts boolean DEFAULT true) RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'at', now(),
         'health', coalesce((SELECT jsonb_agg(to_jsonb(h) ORDER BY h.database) FROM backups._health(true) h), '[]'),
         'pending', (SELECT count(*) FROM backups.transfers t WHERE t.status = 'pending' AND t.deleted_at IS NULL),
-        'running', coalesce((SELECT jsonb_agg(jsonb_build_object(
+        'running', coalesce((SELECT jsonb_agg(CASE WHEN NOT _overview.charts THEN jsonb_build_object('id', t.name) ELSE jsonb_build_object(
                                  'id', t.name, 'kind', t.kind, 'database', t.database, 'agent', t.agent_id,
                                  'started_at', t.started_at, 'processed', t.processed_bytes,
                                  'expected', backups._expected(t), 'progress', backups._progress(t),
-                                 'current', t.current_object) ORDER BY t.id)
+                                 'current', t.current_object) END ORDER BY t.id)
                                FROM backups.transfers t WHERE t.status = 'running'), '[]'),
         'history', coalesce((SELECT jsonb_agg(jsonb_build_object(
                                  'database', h.database, 'id', h.name, 'finished_at', h.finished_at,
@@ -91,7 +93,7 @@ AS $$
                                        FROM backups.transfers t
                                       WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
                                         AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL) h
-                              WHERE h.n <= 100), '[]'))
+                              WHERE h.n <= 100 AND _overview.charts), '[]'))
 $$;
 
 -- A signed link to the agent's status page, like url()'s: the page shows

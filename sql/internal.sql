@@ -248,12 +248,14 @@ AS $$
               WHERE p.kind = 'capture' AND p.status = 'completed' AND p.database = t.database
                 AND p.source IS NOT DISTINCT FROM t.source AND p.format IS NOT DISTINCT FROM t.format
                 AND p.options = t.options AND p.processed_bytes > 0
+                -- (a name reused by another owner: not its estimate)
+                AND p.owner_role IS NOT DISTINCT FROM t.owner_role
               ORDER BY p.finished_at DESC, p.id DESC LIMIT 1) END,
         nullif(t.expected_bytes, 0))
 $$;
 
 -- Per-table detail where the server has it (pg_stat_progress_copy, 14 and
--- later): the rows the agent's COPY commands have moved so far, when the
+-- later): the rows the agent's COPY commands under way have moved, when the
 -- transfer's database is on this cluster (a capture's source, a restore's
 -- or copy's target, or the shadow it fills).
 CREATE FUNCTION backups._copy_rows(t backups.transfers) RETURNS text
@@ -263,8 +265,9 @@ DECLARE
     v_rows bigint;
     v_dbs  name[];
 BEGIN
+    -- (A verification restores into a scratch database: not counted.)
     IF t.status <> 'running' OR current_setting('server_version_num')::int < 140000
-       OR (t.kind = 'capture' AND t.source IS NOT NULL) THEN
+       OR t.kind NOT IN ('capture', 'restore', 'copy') OR (t.kind = 'capture' AND t.source IS NOT NULL) THEN
         RETURN NULL;
     END IF;
     v_dbs := ARRAY[t.database] || CASE WHEN t.kind IN ('restore', 'copy')
@@ -289,6 +292,7 @@ AS $$
 DECLARE
     v_expected bigint := backups._expected(t);
     v_elapsed  interval := now() - t.started_at;
+    v_left     float8;
     v_text     text;
 BEGIN
     IF v_expected IS NULL THEN
@@ -299,8 +303,12 @@ BEGIN
         v_text := format('%s%%, %s of ~%s', floor(100.0 * t.processed_bytes / v_expected),
                          pg_size_pretty(t.processed_bytes), pg_size_pretty(v_expected));
         IF t.processed_bytes > 0 AND v_elapsed > interval '0' THEN
-            v_text := v_text || ', about ' || backups._duration(now(), now() + date_trunc('second',
-                          v_elapsed * ((v_expected - t.processed_bytes)::float8 / t.processed_bytes))) || ' left';
+            -- In seconds, capped: a stall far from the end must not
+            -- overflow an interval (and fail list() for everyone).
+            v_left := extract(epoch FROM v_elapsed) * (v_expected - t.processed_bytes)::float8 / t.processed_bytes;
+            v_text := v_text || CASE WHEN v_left > 30 * 86400 THEN ', more than 30 days left'
+                                     ELSE ', about ' || backups._duration(now(), now() + make_interval(secs => floor(v_left)))
+                                          || ' left' END;
         END IF;
     END IF;
     RETURN v_text || coalesce(', ' || t.current_object, '') || coalesce(', ' || backups._copy_rows(t), '');

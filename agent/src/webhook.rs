@@ -29,6 +29,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// backups_events NOTIFY).
 const ERROR_CHARS: usize = 1000;
 
+/// Text a tenant chose (a database's name, an error quoting it) as Slack
+/// and Mattermost show it, not as markup: `<!channel>` or `<url|label>` in
+/// a database's name must not ping a channel or disguise a link. Slack's
+/// three escapes, and control characters (a name may hold a newline) as
+/// spaces. The JSON's own fields stay as they are.
+fn slack_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One status change, as the webhooks get it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -51,10 +70,10 @@ impl Event {
             "restore" | "copy" => "into",
             _ => "of",
         };
-        let what = format!("pg_backups: {kind} {id} {on} {database}");
+        let what = format!("pg_backups: {kind} {id} {on} {}", slack_escaped(database));
         let text = match (status, &error) {
             (HookEvent::Running, _) => format!("{what} is running"),
-            (HookEvent::Failed, Some(e)) => format!("{what} failed: {e}"),
+            (HookEvent::Failed, Some(e)) => format!("{what} failed: {}", slack_escaped(e)),
             (s, _) => format!("{what} {}", s.as_str()),
         };
         Event {
@@ -104,7 +123,15 @@ impl Hooks {
 /// queued) within [`SHUTDOWN_GRACE`].
 pub async fn deliver(targets: Vec<WebhookTarget>, queue: Queue, stop: CancellationToken) {
     let Queue(mut rx) = queue;
-    let client = match reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build() {
+    // No redirects (a 3xx is a failed attempt): an endpoint must not steer
+    // the agent's POSTs to other hosts, nor learn the URL's token from a
+    // Referer.
+    let client = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("webhooks disabled: {e:#}");
@@ -217,6 +244,14 @@ mod tests {
         let r = Event::new("r001", "restore", HookEvent::Completed, "shop_staging", None, "a-1");
         assert_eq!(r.text, "pg_backups: restore r001 into shop_staging completed");
         assert!(serde_json::to_value(&r).unwrap()["error"].is_null());
+        // A tenant's name is text, not Slack markup, and stays one line.
+        let odd =
+            Event::new("b014", "capture", HookEvent::Failed, "<!channel> <https://x|y>\n&", Some("db <!here>"), "a");
+        assert_eq!(
+            odd.text,
+            "pg_backups: capture b014 of &lt;!channel&gt; &lt;https://x|y&gt; &amp; failed: db &lt;!here&gt;"
+        );
+        assert_eq!(odd.database, "<!channel> <https://x|y>\n&");
         let running = Event::new("b013", "capture", HookEvent::Running, "shop", None, "a-1");
         assert_eq!(running.text, "pg_backups: capture b013 of shop is running");
         let u = url::Url::parse("https://user:pw@hooks.example.com:8443/services/T0/B0/xyz?token=s").unwrap();
@@ -238,5 +273,57 @@ mod tests {
         let (none, q) = Hooks::new(&[]);
         assert!(q.is_none());
         none.send(HookEvent::Failed, Event::new("b1", "capture", HookEvent::Failed, "shop", None, "a"));
+    }
+
+    /// Read one HTTP request on `l` (head and body) and answer `reply`.
+    async fn answer_one(l: &tokio::net::TcpListener, reply: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = l.accept().await.unwrap();
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 65536]);
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let t = String::from_utf8_lossy(&got).to_string();
+            if let Some(i) = t.find("\r\n\r\n") {
+                let len = t[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0usize);
+                if got.len() >= i + 4 + len {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        s.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&got).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_the_url_is_not_sent_as_referer() {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = a.local_addr().unwrap().port();
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/services/T0/SECRETTOKEN?token=s3")).unwrap();
+        let target = WebhookTarget { url, events: vec![HookEvent::Failed] };
+        let (hooks, queue) = Hooks::new(std::slice::from_ref(&target));
+        let stop = CancellationToken::new();
+        let delivery = tokio::spawn(deliver(vec![target], queue.unwrap(), stop.clone()));
+        hooks.send(HookEvent::Failed, Event::new("b1", "capture", HookEvent::Failed, "shop", Some("x"), "a"));
+        let to_b = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{}/internal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b.local_addr().unwrap().port()
+        );
+        let first = answer_one(&a, &to_b).await;
+        assert!(first.starts_with("POST /services/T0/SECRETTOKEN?token=s3 "), "{first}");
+        // Retries come back to the webhook itself, never to the redirect's host.
+        let redirected = tokio::time::timeout(Duration::from_secs(4), b.accept()).await;
+        assert!(redirected.is_err(), "the agent followed the redirect");
+        stop.cancel();
+        let _ = delivery.await;
     }
 }
