@@ -8,8 +8,7 @@
 //! (`destination.rs`).
 
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use async_compression::tokio::bufread::ZstdDecoder;
@@ -25,6 +24,7 @@ use crate::transfer::apply::{apply, completion, jobs, read_archive, Only};
 use crate::transfer::destination::Destination;
 use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::remote;
+use crate::transfer::progress::Progress;
 use crate::transfer::report::Level;
 use crate::transfer::streamed::{self, Streamed};
 use crate::transfer::task::Task;
@@ -78,9 +78,8 @@ fn describe(from: &BackupRef) -> String {
 
 /// The backup, verified, in staging: a file or a directory for pg_restore.
 async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathBuf, Format)> {
-    let fetched = task.progress.counter();
     match from {
-        BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &fetched, &task.tracker).await,
+        BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &task.progress, &task.tracker).await,
         BackupRef::Id(id) => {
             let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
             fetch_stored(task, &backups::find(&control, Some(id)).await?, staging).await
@@ -112,7 +111,7 @@ async fn fetch_url(
     policy: &UrlPolicy,
     full: &url::Url,
     staging: &FsPath,
-    fetched: &Arc<AtomicU64>,
+    progress: &Progress,
     tracker: &TaskTracker,
 ) -> Result<(PathBuf, Format)> {
     // Messages name the URL without its credentials or query string, and
@@ -134,9 +133,13 @@ async fn fetch_url(
             resp.content_length().unwrap_or(0)
         );
     }
+    // What the server says it sends is what the progress measures against.
+    if let Some(n) = resp.content_length() {
+        progress.expect(n);
+    }
     let raw = staging.join("download");
     let mut out = tokio::fs::File::create(&raw).await?;
-    let f = fetched.clone();
+    let f = progress.counter();
     let stream = resp.bytes_stream().map_err(|e| std::io::Error::other(e.without_url())).and_then(move |b| {
         let total = f.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
         futures::future::ready(if total > max {
