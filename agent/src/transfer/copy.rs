@@ -95,7 +95,7 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let snapshot: String = snap_conn.query_one("SELECT pg_catalog.pg_export_snapshot()", &[]).await?.get(0);
     let source_major = bins::server_major(&snap_conn).await?;
     let tables = big_tables(&snap_conn, source_major).await?;
-    task.progress.expect(size::table_bytes(&snap_conn).await?);
+    task.progress.expect(size::table_bytes(&snap_conn, true).await?);
     let encoding: String =
         snap_conn.query_one("SELECT pg_catalog.current_setting('server_encoding')", &[]).await?.get(0);
     // The source side's tools fit the source; the target side's fit the
