@@ -9,7 +9,6 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::HeaderMap;
@@ -23,8 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::pg::conn;
-use crate::serve::Served;
+use crate::serve::{self, Served};
 use crate::telemetry::PREFIX;
 
 /// How long a scrape waits for the control database (connection and query).
@@ -43,14 +41,11 @@ async fn metrics(State(s): State<Served>, headers: HeaderMap) -> Response {
     if !bearer_is(&headers, token) {
         return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")]).into_response();
     }
-    let overview = match tokio::time::timeout(CONTROL_TIMEOUT, overview(&s.ctx.cfg.store.database_url)).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            tracing::warn!("/metrics: reading the control database: {e:#}");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("/metrics: no answer from the control database within {CONTROL_TIMEOUT:?}");
+    // Without the charts' history: health, the queue, the running ids.
+    let overview = match serve::overview(&s.ctx, false, CONTROL_TIMEOUT).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!("/metrics: {e:#}");
             None
         }
     };
@@ -79,15 +74,6 @@ fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
     };
     let (a, b) = (Sha256::digest(given.trim().as_bytes()), Sha256::digest(token.as_bytes()));
     bool::from(a.as_slice().ct_eq(b.as_slice()))
-}
-
-/// `backups._overview()`, on a connection of its own.
-async fn overview(url: &str) -> Result<serde_json::Value> {
-    let client = conn::connect(url).await?;
-    // Without the charts' history: health, the queue, the running ids.
-    let row =
-        client.query_one("SELECT backups._overview(false)", &[]).await.context("SELECT backups._overview(false)")?;
-    Ok(row.get(0))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -8,11 +8,14 @@ pub mod status;
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use axum::http::StatusCode;
 use axum::Router;
 
 use crate::ctx::Ctx;
+use crate::pg::conn;
 use crate::shutdown::{Phase, Shutdown};
 
 /// What every handler gets.
@@ -40,4 +43,20 @@ pub async fn serve(
         .with_state(Served { ctx, secret: Arc::new(secret) });
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;
     Ok(())
+}
+
+/// `backups._overview(charts)`, what the status page and /metrics show, on
+/// a connection of its own, within `patience` (connecting included).
+pub async fn overview(ctx: &Ctx, charts: bool, patience: Duration) -> Result<serde_json::Value> {
+    let read = async {
+        let control = conn::connect(&ctx.cfg.store.database_url).await?;
+        let row = control
+            .query_one("SELECT backups._overview($1)", &[&charts])
+            .await
+            .context("reading backups._overview()")?;
+        Ok::<_, anyhow::Error>(row.get(0))
+    };
+    tokio::time::timeout(patience, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("the control database did not answer within {patience:?}"))?
 }

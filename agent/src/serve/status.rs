@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,10 +23,9 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use crate::pg::conn;
 use crate::serve::chart::{self, Point};
 use crate::serve::links::{self, Signed};
-use crate::serve::Served;
+use crate::serve::{self, Served};
 use crate::transfer::progress::human;
 
 /// How long the page waits for the control database.
@@ -40,14 +39,13 @@ async fn page(State(s): State<Served>, Query(q): Query<Signed>) -> Response {
     if !q.allows(&s.secret, "/") {
         return links::status(StatusCode::FORBIDDEN);
     }
-    let overview = match tokio::time::timeout(PATIENCE, read(&s.ctx.cfg.store.database_url)).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
+    let overview = match serve::overview(&s.ctx, true, PATIENCE)
+        .await
+        .and_then(|v| serde_json::from_value::<Overview>(v).context("decoding backups._overview()"))
+    {
+        Ok(o) => o,
+        Err(e) => {
             tracing::warn!("status page: {e:#}");
-            return unavailable();
-        }
-        Err(_) => {
-            tracing::warn!("status page: the control database did not answer within {PATIENCE:?}");
             return unavailable();
         }
     };
@@ -76,13 +74,6 @@ fn unavailable() -> Response {
         "The control database is not answering; try again in a minute.\n",
     )
         .into_response()
-}
-
-async fn read(url: &str) -> Result<Overview> {
-    let control = conn::connect(url).await?;
-    let row = control.query_one("SELECT backups._overview()", &[]).await.context("reading backups._overview()")?;
-    let v: serde_json::Value = row.get(0);
-    serde_json::from_value(v).context("decoding backups._overview()")
 }
 
 /// `backups._overview()`, as sql/health.sql builds it.
