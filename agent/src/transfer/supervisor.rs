@@ -97,9 +97,7 @@ async fn run(
     let job = match &claimed.job {
         Ok(job) => job.clone(),
         Err(why) => {
-            let end = End::of(&Ended::Failed(why.clone()), 0);
-            let outcome = record(&rep, Ended::Failed(why.clone()), 0, 0).await;
-            end.announce(&ctx, &claimed, began, outcome);
+            conclude(&ctx, &claimed, &rep, began, Ended::Failed(why.clone()), 0, 0).await;
             return;
         }
     };
@@ -198,9 +196,7 @@ async fn run(
     // 4. Record.
     let processed = journal.processed();
     let tool_warnings = journal.tool_warnings;
-    let end = End::of(&ended, processed);
-    let outcome = record(&rep, ended, processed, tool_warnings).await;
-    end.announce(&ctx, &claimed, began, outcome);
+    let outcome = conclude(&ctx, &claimed, &rep, began, ended, processed, tool_warnings).await;
     if outcome == Outcome::Lost && completed {
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
@@ -299,6 +295,22 @@ async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
             vec![(Level::Warning, msg)]
         }
     }
+}
+
+/// Record the final status, then count it and tell the webhooks of it.
+async fn conclude(
+    ctx: &Ctx,
+    claimed: &Claimed,
+    rep: &Reporter,
+    began: Instant,
+    ended: Ended,
+    processed: u64,
+    tool_warnings: i32,
+) -> Outcome {
+    let end = End::of(&ended, processed);
+    let outcome = record(rep, ended, processed, tool_warnings).await;
+    end.announce(ctx, claimed, began, outcome);
+    outcome
 }
 
 /// What is counted and told of an ending, taken before it is recorded.
