@@ -4,6 +4,8 @@
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use crate::pg::conn;
+
 /// Every table outside the system schemas, TOAST included: close to what
 /// its COPY text comes to (indexes and free space aside). Sizes need no
 /// privilege, so this counts tables the role cannot read.
@@ -54,4 +56,16 @@ pub async fn table_bytes(c: &Client, in_transaction: bool) -> Result<u64> {
         }
     };
     Ok(bytes.max(0) as u64)
+}
+
+/// [`table_bytes`] on a connection of its own, in the background: an
+/// estimate must neither hold the transfer (a table someone has locked, a
+/// slow catalog) nor fail it. `then` gets the bytes if they came.
+pub fn table_bytes_later(url: String, then: impl FnOnce(u64) + Send + 'static) {
+    tokio::spawn(async move {
+        match async { table_bytes(&conn::connect(&url).await?, false).await }.await {
+            Ok(bytes) => then(bytes),
+            Err(e) => tracing::debug!("no size estimate: {e:#}"),
+        }
+    });
 }

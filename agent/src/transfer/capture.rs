@@ -126,7 +126,8 @@ async fn inspect<'t>(
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 =
         src.query_one("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())", &[]).await?.get(0);
-    task.progress.expect(size::table_bytes(&src, false).await?);
+    let progress = task.progress.clone();
+    size::table_bytes_later(source.with_password(), move |bytes| progress.expect(bytes));
     let server: String = src.query_one("SHOW server_version", &[]).await?.get(0);
     let major = bins::server_major(&src).await?;
     let tools = task.ctx.bins.for_capture(major)?;
