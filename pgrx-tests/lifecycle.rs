@@ -19,19 +19,36 @@ fn a_claimed_transfer_heartbeats_and_finishes_once_even_when_asked_twice() {
     // Nothing else is pending: a second claim gets nothing.
     assert_eq!(one::<i64>("SELECT count(*) FROM backups._claim('agent-b', ARRAY['capture'], '{}')"), 0);
     assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1234, 'public.t')")), "run");
-    let finish = format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 2000, 500, 'abc', 0, NULL)");
+    // The facts come again with the end (the calls that carried them may
+    // have failed).
+    let finish = format!(
+        "SELECT backups._finish({id}, 'agent-a', 1, 'completed', 2000, 500, 'abc', 0, NULL, NULL,
+                                '{{\"format\": \"custom\", \"object_key\": \"k/b.dump\", \"source_size\": 9, \"head_sha256\": \"f00\"}}')"
+    );
     assert!(one::<bool>(&finish));
     // The same call again, as after a lost reply: still true, nothing changes.
     let finished_at: String = one(&format!("SELECT finished_at::text FROM backups.transfers WHERE id = {id}"));
     assert!(one::<bool>(&finish));
     assert_eq!(one::<String>(&format!("SELECT finished_at::text FROM backups.transfers WHERE id = {id}")), finished_at);
     assert_eq!(
-        one::<String>(&format!("SELECT status || ' ' || stored_size || ' ' || checksum FROM backups.transfers WHERE id = {id}")),
-        "completed 500 abc"
+        one::<String>(&format!(
+            "SELECT concat_ws(' ', status, stored_size, checksum, format, object_key, source_size, head_sha256)
+               FROM backups.transfers WHERE id = {id}"
+        )),
+        "completed 500 abc custom k/b.dump 9 f00"
     );
     // A different ending for the same attempt is not ours to write.
     assert!(!one::<bool>(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'failed', 0, NULL, NULL, 0, 'late')")));
     assert_eq!(one::<String>(&format!("SELECT backups._heartbeat({id}, 'agent-a', 1, 1, NULL)")), "lost");
+}
+
+#[pg_test(error = "capture b001 cannot be completed without its format, its object key and its checksum (got no format, no key, abc)")]
+fn a_capture_is_never_completed_without_what_a_restore_needs() {
+    run("SELECT setval('backups.names_b', 1, false)");
+    let (id, _) = claimed_by("agent-a");
+    // (The control database was out of reach when the facts were learnt,
+    // and the agent did not send them again.)
+    run(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 2000, 500, 'abc', 0, NULL)"));
 }
 
 #[pg_test]
@@ -123,7 +140,30 @@ fn a_running_transfer_shows_its_percentage_time_left_and_table() {
     ));
     assert!(progress().starts_with("25%, 5000 bytes of ~20 kB, about 5 min 0 s left"), "{}", progress());
     // Once finished, the progress says how it ended.
+    run(&format!("SELECT backups._record_start({id}, 'agent-a', 1, 1, 'custom', 'k', '{{}}')"));
     assert!(one::<bool>(&format!("SELECT backups._finish({id}, 'agent-a', 1, 'completed', 6000, 100, 'abc', 0, NULL)")));
     assert!(progress().starts_with("done"), "{}", progress());
     assert_eq!(info("progress"), None);
+}
+
+#[pg_test]
+fn one_owner_never_takes_every_slot_of_an_agent() {
+    run("DELETE FROM backups.transfers");
+    // Two captures of one tenant's databases, then one of another owner's.
+    let (a, b, c): (String, String, String) =
+        (one("SELECT backups.capture()"), one("SELECT backups.capture()"), one("SELECT backups.capture()"));
+    run("DO $$ BEGIN CREATE ROLE pgrx_tenant_x; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    run(&format!("UPDATE backups.transfers SET owner_role = 'pgrx_tenant_x'::regrole WHERE name IN ('{a}', '{b}')"));
+    let claim = || -> Option<String> {
+        Spi::get_one("SELECT (SELECT name FROM backups._claim('agent-a', ARRAY['capture'], '{}', 1))").unwrap()
+    };
+    // One slot for the tenant; its second capture waits while the other
+    // owner's goes ahead of it.
+    assert_eq!(claim().as_deref(), Some(a.as_str()));
+    assert_eq!(claim().as_deref(), Some(c.as_str()));
+    assert_eq!(claim(), None);
+    // Another agent has its own slots.
+    let other: Option<String> =
+        Spi::get_one("SELECT (SELECT name FROM backups._claim('agent-b', ARRAY['capture'], '{}', 1))").unwrap();
+    assert_eq!(other.as_deref(), Some(b.as_str()));
 }

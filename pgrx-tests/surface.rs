@@ -2,7 +2,7 @@
 
 #[pg_test]
 fn capture_queues_a_pending_backup_with_heroku_naming() {
-    let n: i64 = one("SELECT coalesce((SELECT last_value FROM backups.counters WHERE prefix = 'b'), 0)::bigint");
+    let n: i64 = one("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM backups.names_b");
     let first: String = one("SELECT backups.capture()");
     assert_eq!(first, pgbackups_core::naming::format_name('b', n + 1));
     let second: String = one("SELECT backups.capture(jobs => 2)");
@@ -25,7 +25,7 @@ fn capture_queues_a_pending_backup_with_heroku_naming() {
 
 #[pg_test]
 fn names_use_three_digits_then_more_and_are_never_reused() {
-    run("INSERT INTO backups.counters VALUES ('b', 998) ON CONFLICT (prefix) DO UPDATE SET last_value = 998");
+    run("SELECT setval('backups.names_b', 998)");
     assert_eq!(one::<String>("SELECT backups.capture()"), "b999");
     assert_eq!(one::<String>("SELECT backups.capture()"), "b1000");
     // Deleting the newest backup does not free its number.
@@ -41,9 +41,8 @@ fn restore_copy_and_scheduled_captures_have_their_own_letters() {
     // inside this transaction; the client tests queue real ones. Here, the
     // counter each of them draws from.
     for p in ["a", "r", "c"] {
-        let before: i64 = one(&format!(
-            "SELECT coalesce((SELECT last_value FROM backups.counters WHERE prefix = '{p}'), 0)::bigint"
-        ));
+        let before: i64 =
+            one(&format!("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM backups.names_{p}"));
         let name: String = one(&format!("SELECT backups._next_name('{p}')"));
         assert_eq!(name, pgbackups_core::naming::format_name(p.chars().next().unwrap(), before + 1));
     }
@@ -59,7 +58,7 @@ fn wait_returns_the_final_status_of_a_finished_transfer() {
 
 #[pg_test(error = "cannot wait for b001: it was queued by this same transaction, which the agent cannot see until it commits")]
 fn wait_on_a_transfer_queued_by_the_same_transaction_is_an_error() {
-    run("DELETE FROM backups.counters WHERE prefix = 'b'");
+    run("SELECT setval('backups.names_b', 1, false)");
     run("DELETE FROM backups.transfers");
     run("SELECT backups.wait(backups.capture())");
 }
@@ -154,8 +153,8 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
         ("pgrx_user", "backups.contents(text)", true),
         ("pgrx_nobody", "backups.verify(text)", false),
         ("pgrx_nobody", "backups.contents(text)", false),
-        ("pgrx_user", "backups._verifying()", false),
-        ("backups_agent", "backups._verifying()", true),
+        ("pgrx_user", "backups._unfinished()", false),
+        ("backups_agent", "backups._unfinished()", true),
         ("backups_agent", "backups._overview(boolean)", true),
         ("pgrx_admin", "backups._overview(boolean)", false),
         ("pgrx_user", "backups._overview(boolean)", false),
@@ -169,10 +168,12 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
         ("pgrx_admin", "backups.schedule(text,name,integer,integer,integer,boolean)", true),
         ("pgrx_admin", "backups.capture(name,integer,text,text[],text[])", true),
         ("pgrx_admin", "backups._tick(boolean,interval,integer)", false),
-        ("pgrx_admin", "backups._finish(bigint,text,integer,text,bigint,bigint,text,integer,text,jsonb)", false),
-        ("pgrx_user", "backups._claim(text,text[],text[])", false),
-        ("backups_agent", "backups._claim(text,text[],text[])", true),
-        ("backups_agent", "backups._finish(bigint,text,integer,text,bigint,bigint,text,integer,text,jsonb)", true),
+        ("pgrx_admin", "backups._finish(bigint,text,integer,text,bigint,bigint,text,integer,text,jsonb,jsonb)", false),
+        ("pgrx_user", "backups._claim(text,text[],text[],integer)", false),
+        ("backups_agent", "backups._claim(text,text[],text[],integer)", true),
+        ("backups_agent", "backups._finish(bigint,text,integer,text,bigint,bigint,text,integer,text,jsonb,jsonb)", true),
+        ("pgrx_user", "backups._record_swap(bigint,text,integer,oid)", false),
+        ("backups_agent", "backups._record_swap(bigint,text,integer,oid)", true),
         ("backups_agent", "backups._tick(boolean,interval,integer)", false),
         ("backups_agent", "backups._end(bigint,text,text)", false),
     ] {

@@ -81,8 +81,8 @@ fn scheduled_backups_expire_by_their_schedule_retention() {
     for day in 0..4 {
         let a: String = one("SELECT backups._next_name('a')");
         run(&format!(
-            "INSERT INTO backups.transfers (name, kind, status, database, created_at)
-             VALUES ('{a}', 'capture', 'completed', current_database(), now() - interval '{day} days')"
+            "INSERT INTO backups.transfers (name, kind, status, database, scheduled, created_at)
+             VALUES ('{a}', 'capture', 'completed', current_database(), true, now() - interval '{day} days')"
         ));
     }
     // A manual backup is not touched by the schedule's retention.
@@ -190,7 +190,8 @@ fn ended_capture(db: &str, status: &str, finished: &str, scheduled: bool) {
     run(&format!(
         "UPDATE backups.transfers SET status = '{status}', started_at = {finished}, finished_at = {finished},
                 error = CASE WHEN '{status}' = 'failed' THEN E'pg_dump: error: disk full\\nmore' END,
-                schedule_id = CASE WHEN {scheduled} THEN (SELECT id FROM backups.schedules WHERE database = '{db}') END
+                schedule_id = CASE WHEN {scheduled} THEN (SELECT id FROM backups.schedules WHERE database = '{db}') END,
+                scheduled = {scheduled}
           WHERE name = '{name}'"
     ));
 }
@@ -228,7 +229,7 @@ fn health_says_ok_late_failing_or_never_for_each_database() {
     // Databases with neither a schedule nor a backup are not listed, nor
     // is one that was dropped since its backups were taken.
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 2);
-    run("UPDATE backups.transfers SET database = 'dropped_long_ago' WHERE database = 'postgres'");
+    run("UPDATE backups.transfers SET database = 'dropped_long_ago', database_oid = 1 WHERE database = 'postgres'");
     run("SELECT backups.unschedule('postgres')");
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 1);
 }

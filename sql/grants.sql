@@ -30,17 +30,18 @@ TO backups_admin;
 -- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
 -- back), announcing itself, purging, and reading back what it stored.
 GRANT EXECUTE ON FUNCTION
-    backups._claim(text, text[], text[]),
+    backups._claim(text, text[], text[], integer),
     backups._heartbeat(bigint, text, integer, bigint, text, bigint),
     backups._record_start(bigint, text, integer, bigint, text, text, jsonb, text[]),
     backups._agent_log(bigint, text[], text[]),
-    backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text, jsonb),
+    backups._finish(bigint, text, integer, text, bigint, bigint, text, integer, text, jsonb, jsonb),
+    backups._record_swap(bigint, text, integer, oid),
     backups._hand_back(bigint, text, integer, text),
     backups._announce(text, text, text, text[]),
     backups._retire(text),
     backups._to_purge(integer, bigint[]),
     backups._purged(bigint, integer, text),
     backups._stored(text),
-    backups._verifying(),
+    backups._unfinished(),
     backups._overview(boolean)
 TO backups_agent;

@@ -22,24 +22,30 @@ RETURNS TABLE (database name, status text, last_backup text, last_backup_at time
                schedule text, last_failure text, last_failure_at timestamptz)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
+    -- A database is one database, not a name: its backups are those of
+    -- its oid, taken while its owner now owned it. One dropped and its name
+    -- taken by another owner's starts afresh (`never`), and shows nothing
+    -- of the first one's backups or failures.
     WITH dbs AS (
-        SELECT s.database FROM backups.schedules s
+        SELECT s.database, d.oid, d.datdba FROM backups.schedules s
+          LEFT JOIN pg_catalog.pg_database d ON d.datname = s.database
         UNION
         -- (A database dropped since is no longer watched; its backups stay in list().)
-        SELECT t.database FROM backups.transfers t
-         WHERE t.kind = 'capture' AND t.source IS NULL
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = t.database)
+        SELECT d.datname, d.oid, d.datdba FROM pg_catalog.pg_database d
+         WHERE EXISTS (SELECT 1 FROM backups.transfers t
+                        WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid)
     ), facts AS (
         SELECT d.database, s AS sched,
                (SELECT t FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database = d.database
+                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid AND t.owner_role = d.datdba
                    AND t.status = 'completed' AND t.deleted_at IS NULL
                  ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS good,
                (SELECT t FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database = d.database AND t.status = 'failed'
+                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid AND t.owner_role = d.datdba
+                   AND t.status = 'failed'
                  ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS bad,
                (SELECT t.status FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.database = d.database AND t.schedule_id IS NOT NULL
+                 WHERE t.kind = 'capture' AND t.database_oid = d.oid AND t.owner_role = d.datdba AND t.scheduled
                    AND t.status IN ('completed', 'failed', 'expired')
                  ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS last_scheduled
           FROM dbs d LEFT JOIN backups.schedules s ON s.database = d.database

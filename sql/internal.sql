@@ -11,19 +11,20 @@ CREATE FUNCTION backups._notify(payload text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_catalog.pg_notify('pg_backups', payload) $$;
 
--- b001, a001, r001, c001: three digits, more when needed, never reused.
+-- b001, a001, r001, c001: three digits, more when needed, never reused,
+-- from the prefix's sequence (schema.sql: it never waits on another
+-- caller's open transaction).
 -- (plpgsql, whose body is resolved when first called: _format_name is one of
 -- the Rust helpers, which the extension script may create after this file.)
 CREATE FUNCTION backups._next_name(prefix text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_number integer;
 BEGIN
-    INSERT INTO backups.counters AS c (prefix, last_value) VALUES (_next_name.prefix, 1)
-    ON CONFLICT ON CONSTRAINT counters_pkey DO UPDATE SET last_value = c.last_value + 1
-    RETURNING c.last_value INTO v_number;
-    RETURN backups._format_name(_next_name.prefix, v_number);
+    IF _next_name.prefix IS NULL OR _next_name.prefix NOT IN ('a', 'b', 'c', 'r', 'v') THEN
+        RAISE EXCEPTION 'no transfer is named with the prefix %', quote_nullable(_next_name.prefix);
+    END IF;
+    RETURN backups._format_name(_next_name.prefix,
+                                pg_catalog.nextval(pg_catalog.format('backups.%I', 'names_' || _next_name.prefix)::regclass));
 END
 $$;
 
@@ -331,8 +332,8 @@ DECLARE
 BEGIN
     SELECT * INTO b FROM backups.transfers x WHERE x.id = _queue_verify.backup_id;
     v_name := backups._next_name('v');
-    INSERT INTO backups.transfers (name, kind, database, source, owner_role, options)
-    VALUES (v_name, 'verify', b.database, b.name, b.owner_role,
+    INSERT INTO backups.transfers (name, kind, database, database_oid, source, owner_role, options)
+    VALUES (v_name, 'verify', b.database, b.database_oid, b.name, b.owner_role,
             CASE WHEN b.source IS NOT NULL OR NOT b.options ? 'role' THEN '{"admins_only": true}'::jsonb
                  ELSE '{}'::jsonb END)
     RETURNING id INTO v_id;

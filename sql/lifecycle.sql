@@ -50,7 +50,7 @@ BEGIN
     UPDATE backups.transfers x
        SET status = 'pending', agent_id = NULL, heartbeat_at = NULL, started_at = NULL,
            processed_bytes = 0, expected_bytes = NULL, current_object = NULL, source_size = NULL, format = NULL,
-           object_key = NULL, tool_versions = NULL, stored_size = NULL, checksum = NULL,
+           object_key = NULL, tool_versions = NULL, stored_size = NULL, checksum = NULL, head_sha256 = NULL,
            handed_back = x.handed_back + CASE WHEN _to_pending.counted THEN 0 ELSE 1 END
      WHERE x.id = t.id;
     PERFORM backups._notify(t.name);
@@ -63,9 +63,14 @@ $$;
 -- the seconds without a heartbeat after which the worker requeues it
 -- (backups.agent_timeout), so that an agent cut off from this database
 -- for that long stops on its own instead of working on unseen.
-CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[])
+-- `per_owner`: how many transfers of one owner (the owner of their
+-- database when queued) this agent runs at once, so that one tenant's
+-- transfers stuck on its own locks never take every slot: the others'
+-- queue past them. `swapped`: the database an earlier attempt of a restore
+-- or copy swapped in (or was about to) for its target.
+CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[], per_owner integer DEFAULT NULL)
 RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb,
-               attempt integer, lease double precision)
+               attempt integer, lease double precision, swapped oid)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -81,6 +86,10 @@ BEGIN
                            OR NOT EXISTS (SELECT 1 FROM backups.agents a
                                            WHERE p.source = ANY (a.sources)
                                              AND a.last_seen_at > now() - interval '1 minute'))
+                      AND (_claim.per_owner IS NULL OR p.owner_role IS NULL
+                           OR (SELECT count(*) FROM backups.transfers r
+                                WHERE r.status = 'running' AND r.agent_id = _claim.agent
+                                  AND r.owner_role = p.owner_role) < _claim.per_owner)
                     ORDER BY p.id FOR UPDATE SKIP LOCKED LIMIT 1)
     RETURNING x.* INTO t;
     IF NOT FOUND THEN
@@ -88,7 +97,8 @@ BEGIN
     END IF;
     PERFORM backups._log(t.id, format('claimed by agent %s (attempt %s)', _claim.agent, t.attempts));
     RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, coalesce(t.source_url, t.source), t.target, t.options, t.attempts,
-        extract(epoch FROM coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval)::double precision;
+        extract(epoch FROM coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval)::double precision,
+        t.swap_oid;
 END
 $$;
 
@@ -137,6 +147,22 @@ BEGIN
 END
 $$;
 
+-- The point of no return of a restore or copy: database `shadow` (an oid)
+-- is about to be swapped in for the target. Recorded before the swap, so
+-- that a later attempt (this agent stopped or was cut off right after the
+-- swap committed, and the worker requeued it) finds the swap done and
+-- finishes, instead of restoring again over what was written since. False
+-- when the transfer is no longer ours: the swap must not happen.
+CREATE FUNCTION backups._record_swap(transfer_id bigint, agent text, attempt integer, shadow oid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE backups.transfers t SET swap_oid = _record_swap.shadow
+     WHERE t.id = _record_swap.transfer_id AND backups._is_ours(t, _record_swap.agent, _record_swap.attempt);
+    RETURN FOUND;
+END
+$$;
+
 -- Log lines, in order. Logging never depends on the fence: an agent that
 -- lost its transfer may still say what it did with its own attempt.
 CREATE FUNCTION backups._agent_log(transfer_id bigint, levels text[], messages text[]) RETURNS void
@@ -150,10 +176,15 @@ $$;
 -- says `status` for this agent and attempt: just now, or already (the same
 -- call, sent again after its reply was lost). False when the transfer is
 -- no longer ours; the agent then removes what its attempt stored.
+-- `facts`: what _record_start records, sent again with the end (the
+-- control database may have been out of reach when they were learnt):
+-- {source_size, format, object_key, tool_versions, encrypted_to,
+-- head_sha256}. A capture is never completed without what a restore needs
+-- of it: its format, where it is stored and its checksum.
 CREATE FUNCTION backups._finish(transfer_id bigint, agent text, attempt integer, status text,
                                 processed bigint DEFAULT NULL, stored_size bigint DEFAULT NULL,
                                 checksum text DEFAULT NULL, warnings integer DEFAULT 0, error text DEFAULT NULL,
-                                contents jsonb DEFAULT NULL)
+                                contents jsonb DEFAULT NULL, facts jsonb DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -169,6 +200,26 @@ BEGIN
     END IF;
     IF NOT backups._is_ours(t, _finish.agent, _finish.attempt) THEN
         RETURN false;
+    END IF;
+    IF _finish.facts IS NOT NULL AND _finish.facts <> '{}'::jsonb THEN
+        UPDATE backups.transfers x
+           SET source_size = coalesce((_finish.facts ->> 'source_size')::bigint, x.source_size),
+               format = coalesce(_finish.facts ->> 'format', x.format),
+               object_key = coalesce(_finish.facts ->> 'object_key', x.object_key),
+               tool_versions = coalesce(_finish.facts -> 'tool_versions', x.tool_versions),
+               encrypted_to = coalesce(nullif(ARRAY(SELECT jsonb_array_elements_text(
+                                           coalesce(_finish.facts -> 'encrypted_to', '[]'::jsonb))), '{}'), x.encrypted_to),
+               head_sha256 = coalesce(_finish.facts ->> 'head_sha256', x.head_sha256)
+         WHERE x.id = t.id
+        RETURNING x.* INTO t;
+    END IF;
+    IF _finish.status = 'completed' AND t.kind = 'capture'
+       AND (t.format IS NULL OR t.object_key IS NULL OR _finish.checksum IS NULL) THEN
+        RAISE EXCEPTION 'capture % cannot be completed without its format, its object key and its checksum (got %, %, %)',
+                        t.name, coalesce(t.format, 'no format'), coalesce(t.object_key, 'no key'),
+                        coalesce(_finish.checksum, 'no checksum')
+            USING ERRCODE = 'not_null_violation',
+                  HINT = 'The agent sends them with the end of the capture; an agent that does not is out of date.';
     END IF;
     IF _finish.status = 'completed' THEN
         UPDATE backups.transfers x
@@ -287,18 +338,20 @@ $$;
 -- needs it to read it back: where it is stored and what to check.
 CREATE FUNCTION backups._stored(id text DEFAULT NULL)
 RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint,
-               encrypted_to text[], contents jsonb)
+               encrypted_to text[], contents jsonb, head_sha256 text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents
+    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents,
+           t.head_sha256
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))
      ORDER BY t.finished_at DESC, t.id DESC LIMIT 1
 $$;
 
--- The verifications still pending or running: the agent keeps their
--- scratch databases, and drops any other it finds.
-CREATE FUNCTION backups._verifying() RETURNS SETOF text
+-- The transfers still pending or running: the agent keeps the databases
+-- and roles it made for them (shadows, scratch databases, appliers), and
+-- drops any other it finds.
+CREATE FUNCTION backups._unfinished() RETURNS SETOF text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT t.name FROM backups.transfers t WHERE t.kind = 'verify' AND t.status IN ('pending', 'running') $$;
+AS $$ SELECT t.name FROM backups.transfers t WHERE t.status IN ('pending', 'running') $$;

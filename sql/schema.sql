@@ -49,14 +49,18 @@ BEGIN
 END
 $roles$;
 
--- Name counters, one row per prefix: b (manual capture), a (scheduled
--- capture), r (restore), c (copy), created on first use. A row update is
--- transactional (unlike a sequence), so numbers are gapless and never reused,
--- even after a backup is deleted.
-CREATE TABLE backups.counters (
-    prefix     text PRIMARY KEY CHECK (prefix IN ('a', 'b', 'c', 'r', 'v')),
-    last_value integer NOT NULL
-);
+-- Name numbers, one sequence per prefix: b (manual capture), a (scheduled
+-- capture), r (restore), c (copy), v (verification). A sequence never
+-- waits: a tenant who queues a capture and leaves the transaction open
+-- holds up no one else's (a counter row updated in the transaction would
+-- hold every other caller on its lock until it ends). Numbers are never
+-- reused, even after a backup is deleted; one drawn by a transaction that
+-- rolled back is skipped.
+CREATE SEQUENCE backups.names_a AS integer;
+CREATE SEQUENCE backups.names_b AS integer;
+CREATE SEQUENCE backups.names_c AS integer;
+CREATE SEQUENCE backups.names_r AS integer;
+CREATE SEQUENCE backups.names_v AS integer;
 
 -- One schedule per database. `cron` and `timezone` are the normalised form
 -- of `spec`, which is kept as the user wrote it.
@@ -83,6 +87,8 @@ CREATE TABLE backups.transfers (
     status              text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'expired')),
     database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
+    database_oid        oid,                            -- the oid of `database` when queued: what "this database"
+                                                        -- means (health, retention), not whatever has its name later
     owner_role          oid,                            -- the owner of `database` when queued: whose members may see
                                                         -- the transfer (tenancy), whoever owns the name later
     source              text,                           -- capture: named source from the agent config (NULL: this cluster);
@@ -93,6 +99,7 @@ CREATE TABLE backups.transfers (
     target              text,                           -- restore/copy: target database
     options             jsonb NOT NULL DEFAULT '{}',    -- e.g. {"jobs": 4}
     schedule_id         bigint REFERENCES backups.schedules (id) ON DELETE SET NULL,
+    scheduled           boolean NOT NULL DEFAULT false, -- queued by a schedule (its schedule may be gone since)
     created_at          timestamptz NOT NULL DEFAULT now(),
     created_by          name NOT NULL DEFAULT session_user,
     created_xid         xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
@@ -113,6 +120,12 @@ CREATE TABLE backups.transfers (
     format              text CHECK (format IN ('custom', 'directory')),
     object_key          text,
     checksum            text,                           -- sha256 of the stored bytes, hex
+    head_sha256         text,                           -- capture, custom format: sha256 of the archive's head (header
+                                                        -- and table of contents, the schema's SQL), proven before a
+                                                        -- streamed restore applies any of it
+    swap_oid            oid,                            -- restore/copy: the database swapped in for the target, recorded
+                                                        -- before the swap; a later attempt that finds it under the
+                                                        -- target's name finishes instead of restoring again
     tool_versions       jsonb,
     encrypted_to        text[],                         -- capture: the age recipients its objects are encrypted to (NULL: plain)
     error               text,
@@ -124,7 +137,8 @@ CREATE TABLE backups.transfers (
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects
     purged_at           timestamptz                     -- when the agent removed the objects (after delete or expiry)
 );
--- Every way a transfer is queued records who owned its database then.
+-- Every way a transfer is queued records which database it was, and who
+-- owned it, then.
 CREATE FUNCTION backups._record_owner() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -132,6 +146,9 @@ BEGIN
     -- (A verification takes its backup's, which it is given.)
     IF NEW.owner_role IS NULL THEN
         NEW.owner_role := (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = NEW.database);
+    END IF;
+    IF NEW.database_oid IS NULL THEN
+        NEW.database_oid := (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = NEW.database);
     END IF;
     RETURN NEW;
 END
@@ -176,7 +193,11 @@ GRANT USAGE ON SCHEMA backups TO PUBLIC;
 
 -- The agent's own rows are data, not configuration: keep them in dumps of
 -- the control database.
-SELECT pg_catalog.pg_extension_config_dump('backups.counters', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.names_a', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.names_b', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.names_c', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.names_r', '');
+SELECT pg_catalog.pg_extension_config_dump('backups.names_v', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.transfers', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.transfer_logs', '');

@@ -21,7 +21,7 @@ BEGIN
              ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED LOOP
         BEGIN
             SELECT * INTO busy FROM backups.transfers t
-             WHERE t.kind = 'capture' AND t.database = s.database AND t.name LIKE 'a%'
+             WHERE t.kind = 'capture' AND t.database = s.database AND t.scheduled
                AND t.status IN ('pending', 'running')
              ORDER BY t.id LIMIT 1;
             IF FOUND THEN
@@ -35,8 +35,8 @@ BEGIN
                 v_name := backups._next_name('a');
                 -- With the owner's rights, as a backups_user's own
                 -- capture: its tenants may download it (url()).
-                INSERT INTO backups.transfers (name, kind, database, schedule_id, options)
-                VALUES (v_name, 'capture', s.database, s.id,
+                INSERT INTO backups.transfers (name, kind, database, schedule_id, scheduled, options)
+                VALUES (v_name, 'capture', s.database, s.id, true,
                         jsonb_strip_nulls(jsonb_build_object('role', backups._owner_name(s.database))))
                 RETURNING id INTO v_id;
                 PERFORM backups._log(v_id, format('scheduled capture (%s), due %s', s.spec, s.next_run_at));
@@ -84,29 +84,39 @@ END
 $$;
 
 -- Retention: scheduled backups by their schedule's policy, manual ones
--- beyond the newest `keep_manual` of each (database, named source). Kept
--- backups (keep.sql) are left out: never expired, and not counted, so they
--- take no slot of the policy. `x.kept_at IS NULL` on the locked row too: a
--- keep() that commits while this runs is seen when the row is locked.
+-- beyond the newest `keep_manual` of each database (or named source).
+-- "A database" is one database, not a name: the schedule's policy applies
+-- to the scheduled backups of the database that has its name now (its oid)
+-- taken while its owner now owned it, and manual backups are counted per
+-- database oid and owner. A database dropped and its name taken by another
+-- owner's expires nothing of the first owner's (those backups are kept,
+-- like those of any dropped database). Kept backups (keep.sql) are left
+-- out: never expired, and not counted, so they take no slot of the policy.
+-- `x.kept_at IS NULL` on the locked row too: a keep() that commits while
+-- this runs is seen when the row is locked.
 CREATE FUNCTION backups._expire(keep_manual integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s         backups.schedules;
+    d         pg_catalog.pg_database;
     t         backups.transfers;
+    v_ids     bigint[];
+    v_created timestamptz[];
     v_expired integer := 0;
 BEGIN
     FOR s IN SELECT * FROM backups.schedules LOOP
         BEGIN
+            SELECT * INTO d FROM pg_catalog.pg_database x WHERE x.datname = s.database;
+            CONTINUE WHEN NOT FOUND;
+            SELECT array_agg(y.id ORDER BY y.id), array_agg(y.created_at ORDER BY y.id) INTO v_ids, v_created
+              FROM backups.transfers y
+             WHERE y.kind = 'capture' AND y.scheduled AND y.database_oid = d.oid AND y.owner_role = d.datdba
+               AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL;
+            CONTINUE WHEN v_ids IS NULL;
             FOR t IN SELECT x.* FROM backups.transfers x
-                     WHERE x.id = ANY (backups._retention_expired(
-                         ARRAY(SELECT y.id FROM backups.transfers y
-                               WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
-                                 AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL ORDER BY y.id),
-                         ARRAY(SELECT y.created_at FROM backups.transfers y
-                               WHERE y.database = s.database AND y.kind = 'capture' AND y.name LIKE 'a%'
-                                 AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL ORDER BY y.id),
-                         s.timezone, s.retain_daily, s.retain_weekly, s.retain_monthly))
+                     WHERE x.id = ANY (backups._retention_expired(v_ids, v_created, s.timezone,
+                                                                  s.retain_daily, s.retain_weekly, s.retain_monthly))
                        AND x.kept_at IS NULL
                      FOR UPDATE SKIP LOCKED LOOP
                 UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
@@ -119,10 +129,12 @@ BEGIN
         END;
     END LOOP;
     FOR t IN SELECT x.* FROM backups.transfers x
-             JOIN (SELECT y.id, row_number() OVER (PARTITION BY y.database, y.source
+             JOIN (SELECT y.id, row_number() OVER (PARTITION BY y.source,
+                                                                CASE WHEN y.source IS NULL THEN y.database_oid END,
+                                                                CASE WHEN y.source IS NULL THEN y.owner_role END
                                                    ORDER BY y.created_at DESC, y.id DESC) AS n
                    FROM backups.transfers y
-                   WHERE y.kind = 'capture' AND y.name LIKE 'b%' AND y.status = 'completed' AND y.deleted_at IS NULL
+                   WHERE y.kind = 'capture' AND NOT y.scheduled AND y.status = 'completed' AND y.deleted_at IS NULL
                      AND y.kept_at IS NULL) r
                ON r.id = x.id
              WHERE r.n > keep_manual AND x.kept_at IS NULL

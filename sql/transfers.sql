@@ -186,7 +186,7 @@ BEGIN
     RETURN QUERY
     SELECT f.k, f.v FROM (VALUES
         (1,  'id', t.name),
-        (2,  'kind', t.kind || CASE WHEN t.schedule_id IS NOT NULL OR t.name LIKE 'a%' THEN ' (scheduled)' ELSE '' END),
+        (2,  'kind', t.kind || CASE WHEN t.scheduled THEN ' (scheduled)' ELSE '' END),
         (3,  'status', t.status || CASE WHEN t.cancel_requested AND NOT backups._is_finished(t.status) THEN ' (cancel requested)' ELSE '' END),
         (4,  'database', t.database::text),
         (5,  'source', t.source),
@@ -425,9 +425,12 @@ AS $$
 DECLARE
     v_db     name := database_info.database;
     v_tables bigint;
+    v_oid    oid;
+    v_owner  oid;
 BEGIN
     PERFORM backups._check_database(v_db, 'source');
     PERFORM backups._require(v_db, 'inspect');
+    SELECT d.oid, d.datdba INTO v_oid, v_owner FROM pg_catalog.pg_database d WHERE d.datname = v_db;
     -- pg_class is per database: tables can only be counted in this one.
     IF v_db = current_database() THEN
         SELECT count(*) INTO v_tables FROM pg_catalog.pg_class c
@@ -445,12 +448,15 @@ BEGIN
         (4, 'connections', (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datname = v_db)::text
                            || '/' || current_setting('max_connections')),
         (5, 'pg version', current_setting('server_version')),
+        -- This database's backups: those of its oid, taken while its
+        -- owner now owned it (not those of another database that had its name).
         (6, 'backups', (SELECT count(*) FROM backups.transfers t
-                        WHERE t.kind = 'capture' AND t.database = v_db AND t.status = 'completed'
-                          AND t.deleted_at IS NULL)::text || ' completed'),
+                        WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = v_oid AND t.owner_role = v_owner
+                          AND t.status = 'completed' AND t.deleted_at IS NULL)::text || ' completed'),
         (7, 'latest backup', (SELECT t.name || ' at ' || t.finished_at::text FROM backups.transfers t
-                              WHERE t.kind = 'capture' AND t.database = v_db AND t.status = 'completed'
-                                AND t.deleted_at IS NULL ORDER BY t.finished_at DESC LIMIT 1)),
+                              WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = v_oid
+                                AND t.owner_role = v_owner AND t.status = 'completed' AND t.deleted_at IS NULL
+                              ORDER BY t.finished_at DESC LIMIT 1)),
         (8, 'schedule', (SELECT s.spec || ', next run ' || s.next_run_at::text FROM backups.schedules s
                          WHERE s.database = v_db))
     ) AS f(n, k, v)

@@ -19,7 +19,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::pg::bins::Bins;
-use crate::pg::conn;
+use crate::pg::{self, conn};
 use crate::serve;
 use crate::shutdown::{self, Phase};
 use crate::staging::StagingArea;
@@ -46,6 +46,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let agent_id = ctx.cfg.agent_id.clone();
     let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
     queue::announce(&control, &agent_id, &sources).await?;
+    // What agents killed before left behind, whose transfers are over.
+    pg::leftovers::sweep(&ctx.cfg).await;
     let (trigger, shutdown) = shutdown::channel();
 
     let mut background = JoinSet::new();
@@ -126,7 +128,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     }
                 }
             }
-            match within(queue::claim(&control, &agent_id, &sources)).await {
+            match within(queue::claim(&control, &agent_id, &sources, ctx.cfg.max_per_owner)).await {
                 Ok(Some(claimed)) => {
                     let line = spare.take().expect("opened above");
                     transfers.spawn(supervisor::supervise(

@@ -22,6 +22,13 @@ use crate::store::crypt::{Identities, Recipients};
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/pgbackups";
 pub const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_MAX_CONCURRENT: usize = 2;
+/// Download links served at once; more wait for a free one briefly, then
+/// get 503 (each holds a control connection only while it looks the backup
+/// up, and stages nothing).
+pub const DEFAULT_MAX_DOWNLOADS: usize = 8;
+/// pg_dump gives up waiting for a table's lock after this (a capture or a
+/// copy fails instead of waiting forever behind someone's open transaction).
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: &str = "10min";
 pub const DEFAULT_STAGING_DIR: &str = "/var/tmp/pgbackups";
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
@@ -81,6 +88,11 @@ pub struct AgentOptions {
     /// How many transfers this agent runs at once.
     #[arg(long, env = "PGBACKUPS_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
+    /// How many of them may be of databases with the same owner (default:
+    /// all but one, at least one), so that one tenant's transfers waiting
+    /// on its own locks never take every slot.
+    #[arg(long, env = "PGBACKUPS_MAX_PER_OWNER")]
+    pub max_per_owner: Option<usize>,
     /// This agent's name in the queue (default: hostname-pid).
     #[arg(long, env = "PGBACKUPS_AGENT_ID")]
     pub agent_id: Option<String>,
@@ -112,12 +124,17 @@ pub struct AgentOptions {
     /// Seconds between polls of the queue (NOTIFY wakes the agent sooner).
     #[arg(long, env = "PGBACKUPS_POLL_INTERVAL")]
     pub poll_interval: Option<f64>,
-    /// Give up a capture when pg_dump waits longer than this for a table lock (e.g. 30s).
+    /// Give up a capture or copy when pg_dump waits longer than this for a
+    /// table lock (e.g. 30s; default 10min; 0: wait forever).
     #[arg(long, env = "PGBACKUPS_LOCK_WAIT_TIMEOUT")]
     pub lock_wait_timeout: Option<String>,
     /// Serve signed download links on this address (e.g. 127.0.0.1:8432).
     #[arg(long, env = "PGBACKUPS_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// How many download links are served at once (more get 503 and a
+    /// Retry-After); default 8.
+    #[arg(long, env = "PGBACKUPS_MAX_DOWNLOADS")]
+    pub max_downloads: Option<usize>,
     /// The secret links are signed with: the same as backups.link_secret.
     #[arg(long, env = "PGBACKUPS_LINK_SECRET", hide_env_values = true)]
     pub link_secret: Option<String>,
@@ -237,6 +254,8 @@ pub struct Listen {
     pub secret: String,
     /// The bearer token /metrics asks for; None: /metrics is off.
     pub metrics_token: Option<String>,
+    /// Download links served at once.
+    pub max_downloads: usize,
 }
 
 /// What a restore from a URL may fetch.
@@ -255,6 +274,8 @@ pub struct Config {
     pub data_url: String,
     pub url_policy: UrlPolicy,
     pub max_concurrent: usize,
+    /// At most this many of them of one database owner's.
+    pub max_per_owner: usize,
     pub agent_id: String,
     pub staging_dir: PathBuf,
     pub pg_bin_dir: Vec<PathBuf>,
@@ -308,6 +329,10 @@ impl Config {
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
         }
+        let max_per_owner = o.max_per_owner.unwrap_or(max_concurrent.saturating_sub(1).max(1));
+        if max_per_owner == 0 {
+            bail!("--max-per-owner must be at least 1");
+        }
         if o.listen.is_none() && (o.metrics_token.is_some() || o.metrics_token_file.is_some()) {
             bail!("--metrics-token needs --listen: /metrics is served there");
         }
@@ -317,6 +342,10 @@ impl Config {
                 addr,
                 secret: link_secret(o.link_secret, o.link_secret_file.as_deref())?,
                 metrics_token: metrics_token(o.metrics_token, o.metrics_token_file.as_deref())?,
+                max_downloads: match o.max_downloads.unwrap_or(DEFAULT_MAX_DOWNLOADS) {
+                    0 => bail!("--max-downloads must be at least 1"),
+                    n => n,
+                },
             }),
         };
 
@@ -336,6 +365,7 @@ impl Config {
                 timeout: Duration::from_secs(o.url_timeout.unwrap_or(DEFAULT_URL_TIMEOUT_SECS)),
             },
             max_concurrent,
+            max_per_owner,
             agent_id: o.agent_id.unwrap_or_else(default_agent_id),
             staging_dir: o.staging_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR)),
             pg_bin_dir: o.pg_bin_dir,
@@ -345,7 +375,12 @@ impl Config {
             shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
             poll_interval: Duration::from_secs_f64(o.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL_SECS).max(0.1)),
             heartbeat_interval: HEARTBEAT_INTERVAL,
-            lock_wait_timeout: o.lock_wait_timeout,
+            // "0" (pg_dump's own default) waits forever.
+            lock_wait_timeout: match o.lock_wait_timeout {
+                None => Some(DEFAULT_LOCK_WAIT_TIMEOUT.to_string()),
+                Some(t) if t.trim() == "0" => None,
+                Some(t) => Some(t),
+            },
             split_tables_larger_than: o.split_tables_larger_than.unwrap_or(DEFAULT_SPLIT_TABLES_LARGER_THAN),
             listen,
             sources,

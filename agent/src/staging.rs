@@ -1,5 +1,5 @@
 //! Local disk for files in flight (parallel dumps, restores' fetched
-//! archives, links' directory backups), one area per agent process:
+//! archives), one area per agent process:
 //! `<staging dir>/<agent id>/`, held with a lock on `<agent id>.lock`. Two
 //! agents on one machine (serving one control database or two) never touch
 //! each other's files, and the area of an agent that died (its lock is free)
@@ -100,11 +100,6 @@ impl StagingArea {
         std::fs::create_dir(&path)
             .with_context(|| format!("staging directory {} is not writable", self.dir.display()))?;
         Ok(Staging { path })
-    }
-
-    /// A directory of its own for anything else (a link being served).
-    pub fn temp(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(self.usable()?)?)
     }
 }
 

@@ -118,8 +118,8 @@ fn a_kept_scheduled_backup_survives_its_schedules_retention_and_takes_no_slot() 
     let mut sql = String::from("BEGIN;");
     for (id, day) in ids.iter().zip((0..5).rev()) {
         sql += &format!(
-            "INSERT INTO backups.transfers (name, kind, status, database, created_at, finished_at)
-             VALUES ('{id}', 'capture', 'completed', 'shop', now() - interval '{day} days', now() - interval '{day} days');"
+            "INSERT INTO backups.transfers (name, kind, status, database, scheduled, created_at, finished_at)
+             VALUES ('{id}', 'capture', 'completed', 'shop', true, now() - interval '{day} days', now() - interval '{day} days');"
         );
     }
     sql += &format!("SELECT backups.keep('{}'), backups.keep('{}'); COMMIT;", ids[4], ids[0]);

@@ -11,12 +11,12 @@
 //! attempt, and cannot log in after its VALID UNTIL anyway.
 
 use anyhow::{Context, Result};
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::conn::{self, Conn};
 use crate::pg::quote::{ident, literal};
 use crate::pg::target::Target;
+use crate::pg::teardown::Teardown;
 
 /// Names of the throwaway roles start with this.
 const PREFIX: &str = "pgbackups_apply_";
@@ -31,21 +31,15 @@ pub struct Applier {
     password: String,
     target: Target,
     data_url: String,
-    tracker: TaskTracker,
+    teardown: Teardown,
     closed: bool,
 }
 
 impl Applier {
     /// Create the role for attempt `attempt` of transfer `name` into
     /// `target`, and log in with it once. Dropping the `Applier` drops the
-    /// role (on `tracker`, which the supervisor waits for).
-    pub async fn create(
-        cfg: &Config,
-        target: &Target,
-        name: &str,
-        attempt: i32,
-        tracker: &TaskTracker,
-    ) -> Result<Self> {
+    /// role (a step of `teardown`, which the supervisor waits for).
+    pub async fn create(cfg: &Config, target: &Target, name: &str, attempt: i32, teardown: &Teardown) -> Result<Self> {
         let c = conn::connect(&cfg.data_url).await?;
         let transfer = format!("{PREFIX}{}_", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
         sweep(&c, &transfer).await;
@@ -71,7 +65,7 @@ impl Applier {
             password,
             target: target.clone(),
             data_url: cfg.data_url.clone(),
-            tracker: tracker.clone(),
+            teardown: teardown.clone(),
             closed: false,
         };
         // Before the target is touched: can it log in at all?
@@ -110,7 +104,7 @@ impl Drop for Applier {
             return;
         }
         let (role, target, url) = (self.role.clone(), self.target.clone(), self.data_url.clone());
-        self.tracker.spawn(async move {
+        self.teardown.then(async move {
             if let Err(e) = drop_role(&url, &role, &target).await {
                 tracing::warn!("could not drop the login {role}: {e:#} (the next attempt or restore drops it)");
             }
@@ -201,15 +195,24 @@ async fn sweep(c: &tokio_postgres::Client, transfer: &str) {
     };
     for r in rows {
         let role: String = r.get(0);
-        let dropped = async {
-            disable(c, &role).await?;
-            c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(&role))).await?;
-            anyhow::Ok(())
-        };
-        if let Err(e) = dropped.await {
+        if let Err(e) = retire(c, &role).await {
             tracing::debug!("leaving disabled login {role}: {e:#}");
         }
     }
+}
+
+/// Disable throwaway login `role` and drop it; one that still owns
+/// something (an in-place restore's objects, its agent killed) stays,
+/// disabled, and the error says so.
+pub async fn retire(c: &tokio_postgres::Client, role: &str) -> Result<()> {
+    disable(c, role).await?;
+    c.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role))).await?;
+    Ok(())
+}
+
+/// The transfer throwaway login `role` was made for, if it is one.
+pub fn transfer_of(role: &str) -> Option<&str> {
+    role.strip_prefix(PREFIX)?.rsplit_once('_').map(|(t, _)| t)
 }
 
 /// PostgreSQL's SCRAM-SHA-256 verifier of `password` (what `CREATE ROLE

@@ -47,6 +47,12 @@ pub struct Contents {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<(String, String)>,
     pub tables: Vec<Table>,
+    /// A custom-format archive's head (header and table of contents: the
+    /// schema's SQL), its SHA-256: recorded at capture, so that a streamed
+    /// restore proves the head before it applies any of it, long before
+    /// the whole backup's checksum is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
 }
 
 /// The settings `Contents::settings` records.
@@ -168,7 +174,9 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
     if !missing.is_empty() {
         bail!("the archive ends without the data of {}", missing.join(", "));
     }
-    Ok(assemble(&head, |e| tallies.remove(&e.id)))
+    let mut contents = assemble(&head, |e| tallies.remove(&e.id));
+    contents.head_sha256 = Some(head.sha256());
+    Ok(contents)
 }
 
 /// The chunks of one data block, fed to `tally`.
@@ -232,7 +240,13 @@ fn assemble(head: &Head, mut tally_of: impl FnMut(&custom::Entry) -> Option<Tall
         });
     }
     tables.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
-    Contents { algorithm: ALGORITHM.into(), encoding: head.encoding.clone(), settings: Vec::new(), tables }
+    Contents {
+        algorithm: ALGORITHM.into(),
+        encoding: head.encoding.clone(),
+        settings: Vec::new(),
+        tables,
+        head_sha256: None,
+    }
 }
 
 /// The column list of pg_dump's `COPY "s"."t" ("a", "b") FROM stdin;`.

@@ -68,6 +68,13 @@ impl Head {
     pub fn has_large_objects(&self) -> bool {
         self.entries.iter().any(|e| matches!(e.desc.as_str(), "BLOBS" | "BLOB" | "BLOB METADATA"))
     }
+
+    /// The SHA-256 of its bytes, hex: what a capture records and a
+    /// streamed restore checks (`contents::Contents::head_sha256`).
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&self.bytes))
+    }
 }
 
 /// The archive's reader: bytes in order, recorded while the head is read.

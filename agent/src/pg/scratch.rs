@@ -10,13 +10,13 @@
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::applier::take_role;
 use crate::pg::conn;
 use crate::pg::quote::{ident, literal};
 use crate::pg::shadow::MARK;
+use crate::pg::teardown::Teardown;
 
 const PREFIX: &str = "pgbackups_verify_";
 
@@ -24,14 +24,14 @@ const PREFIX: &str = "pgbackups_verify_";
 pub struct Scratch {
     pub name: String,
     data_url: String,
-    tracker: TaskTracker,
+    teardown: Teardown,
 }
 
 impl Scratch {
     /// Drop what earlier verifications left (all but the scratch databases
     /// of other verifications still pending or running), then make the
     /// scratch database of attempt `attempt` of verification `transfer`.
-    pub async fn create(cfg: &Config, transfer: &str, attempt: i32, tracker: &TaskTracker) -> Result<Scratch> {
+    pub async fn create(cfg: &Config, transfer: &str, attempt: i32, teardown: &Teardown) -> Result<Scratch> {
         let c = conn::connect(&cfg.data_url).await?;
         // The attempt is in the name: an earlier attempt's agent, silent
         // but alive, that drops its own scratch when it stops must not
@@ -43,7 +43,7 @@ impl Scratch {
         let why = "creating the role that owns the scratch database (the agent needs CREATEROLE)";
         c.batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&name))).await.context(why)?;
         take_role(&c, &name).await.context(why)?;
-        let scratch = Scratch { name: name.clone(), data_url: cfg.data_url.clone(), tracker: tracker.clone() };
+        let scratch = Scratch { name: name.clone(), data_url: cfg.data_url.clone(), teardown: teardown.clone() };
         c.batch_execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
             .await
             .context("creating the scratch database (the agent needs CREATEDB)")?;
@@ -60,7 +60,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let (url, name) = (self.data_url.clone(), self.name.clone());
-        self.tracker.spawn(async move {
+        self.teardown.then(async move {
             let dropped = async {
                 let c = conn::connect(&url).await?;
                 drop_pair(&c, &name).await
@@ -73,6 +73,12 @@ impl Drop for Scratch {
             }
         });
     }
+}
+
+/// The verification scratch database (or role) `name` was made for, if it
+/// is one.
+pub fn transfer_of(name: &str) -> Option<&str> {
+    name.strip_prefix(PREFIX)?.rsplit_once('_').map(|(t, _)| t)
 }
 
 /// Drop every scratch database (and its role) left by a verification that
@@ -93,7 +99,7 @@ async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
         }
         let control = conn::connect(&cfg.store.database_url).await?;
         let going: Vec<String> =
-            control.query("SELECT backups._verifying()", &[]).await?.iter().map(|r| r.get(0)).collect();
+            control.query("SELECT backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
         Ok::<_, anyhow::Error>(
             names
                 .into_iter()
@@ -122,7 +128,7 @@ async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
 /// Drop scratch database `name` if its role owns it (and the restore's
 /// shadow of it, should an agent have been killed mid-restore), then the
 /// role.
-async fn drop_pair(c: &Client, name: &str) -> Result<()> {
+pub async fn drop_pair(c: &Client, name: &str) -> Result<()> {
     let ours = c
         .query(
             "SELECT d.datname FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba

@@ -13,12 +13,12 @@
 //! dropped.
 
 use anyhow::{bail, Context, Result};
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::conn;
 use crate::pg::quote::{ident, literal};
 use crate::pg::target::{self, Target};
+use crate::pg::teardown::Teardown;
 
 /// Comments on the databases the agent makes start with this.
 pub const MARK: &str = "pg_backups: ";
@@ -34,7 +34,7 @@ pub struct Shadow {
     /// whatever holds its name by then.
     oid: u32,
     data_url: String,
-    tracker: TaskTracker,
+    teardown: Teardown,
     swapped: bool,
 }
 
@@ -50,7 +50,7 @@ impl Shadow {
     /// Drop what an earlier attempt left for `target`, and create its
     /// shadow for transfer `transfer`, closed to everyone but its owner
     /// (PUBLIC may not connect) until it gets the target's grants.
-    pub async fn create(cfg: &Config, target: &Target, transfer: &str, tracker: &TaskTracker) -> Result<Shadow> {
+    pub async fn create(cfg: &Config, target: &Target, transfer: &str, teardown: &Teardown) -> Result<Shadow> {
         let c = conn::connect(&cfg.data_url).await?;
         let name = shadow_name(target.props.oid);
         sweep(&c, target, &name).await?;
@@ -64,7 +64,7 @@ impl Shadow {
             .await
             .context("finding the shadow database")?
             .get(0);
-        let shadow = Shadow { shadow, oid, data_url: cfg.data_url.clone(), tracker: tracker.clone(), swapped: false };
+        let shadow = Shadow { shadow, oid, data_url: cfg.data_url.clone(), teardown: teardown.clone(), swapped: false };
         c.batch_execute(&format!(
             "COMMENT ON DATABASE {s} IS {mark}; REVOKE ALL ON DATABASE {s} FROM PUBLIC",
             s = ident(&name),
@@ -77,6 +77,11 @@ impl Shadow {
     /// Where the archive goes.
     pub fn target(&self) -> &Target {
         &self.shadow
+    }
+
+    /// The shadow's oid: what the control database records before the swap.
+    pub fn oid(&self) -> u32 {
+        self.oid
     }
 
     /// Swap the shadow in, as `target` is now (re-read at the end, so
@@ -96,6 +101,9 @@ impl Shadow {
             end_sessions(&c, &shadow).await;
             match self.renames(&c, target, &old, transfer).await {
                 Ok(()) => break,
+                // The connection broke with the COMMIT on its way: it may
+                // have committed. The catalog says.
+                Err(_) if self.swapped_in(&name).await => break,
                 Err(e) => {
                     c.batch_execute("ROLLBACK").await.ok();
                     let in_use = e
@@ -117,13 +125,19 @@ impl Shadow {
             }
         }
         self.swapped = true;
-        Ok(c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&old))).await.err().map(|e| {
-            format!(
-                "could not drop {old}, which holds what {name} held before {transfer}: {:#}; drop it by hand, or the \
-                 next restore into {name} drops it",
-                anyhow::Error::from(e)
-            )
-        }))
+        let c = match c.is_closed() {
+            false => c,
+            true => conn::connect(&self.data_url).await?,
+        };
+        Ok(drop_replaced(&c, self.oid).await)
+    }
+
+    /// Is the shadow the target `name` now (its swap committed)?
+    async fn swapped_in(&self, name: &str) -> bool {
+        let Ok(c) = conn::connect(&self.data_url).await else { return false };
+        c.query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE oid = $1 AND datname = $2", &[&self.oid, &name])
+            .await
+            .is_ok_and(|r| r.is_some())
     }
 
     /// The swap's transaction.
@@ -170,7 +184,7 @@ impl Drop for Shadow {
             return;
         }
         let (url, name, oid) = (self.data_url.clone(), self.shadow.name.clone(), self.oid);
-        self.tracker.spawn(async move {
+        self.teardown.then(async move {
             let dropped = async {
                 let c = conn::connect(&url).await?;
                 // The shadow, not whatever took its name.
@@ -186,6 +200,44 @@ impl Drop for Shadow {
                 tracing::warn!("could not drop the shadow database {name}: {e:#} (the next restore into it drops it)");
             }
         });
+    }
+}
+
+/// The transfer a database the agent marked was made for: a shadow (`...
+/// for r001, ...`) or what a swap replaced (`... before r001, ...`). None
+/// for a database without the agent's mark.
+pub fn transfer_of(comment: &str) -> Option<&str> {
+    let rest = comment.strip_prefix(MARK)?;
+    [" for ", " before "].iter().find_map(|k| {
+        let name = rest.rsplit_once(k)?.1.split(',').next()?;
+        pgbackups_core::naming::is_name(name).then_some(name)
+    })
+}
+
+/// Drop what the target held before shadow `shadow` (an oid) was swapped in
+/// for it, if it is still there and marked as the agent's; a warning if it
+/// could not be dropped.
+pub async fn drop_replaced(c: &tokio_postgres::Client, shadow: u32) -> Option<String> {
+    let old = replaced_name(shadow);
+    let marked = c
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database
+              WHERE datname = $1 AND pg_catalog.starts_with(coalesce(pg_catalog.shobj_description(oid, 'pg_database'), ''), $2)",
+            &[&old, &MARK],
+        )
+        .await;
+    match marked {
+        Ok(None) => None,
+        Ok(Some(_)) => {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&old))).await.err().map(|e| {
+                format!(
+                    "could not drop {old}, which holds what the target held before: {:#}; drop it by hand, or the \
+                 agent drops it when it next starts",
+                    anyhow::Error::from(e)
+                )
+            })
+        }
+        Err(e) => Some(format!("could not look for {old}: {:#}", anyhow::Error::from(e))),
     }
 }
 

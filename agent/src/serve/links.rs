@@ -9,13 +9,20 @@
 //! unknown or deleted backup 404, and neither says more. Every byte served
 //! is read through `store::verify`: a stored object that does not match its
 //! checksum ends the response in an error (the client sees a failed
-//! download, never a clean end), and a directory-format backup is verified
-//! whole before its first byte is sent.
+//! download, never a clean end). A directory-format backup's tar is built
+//! as it is sent, file after file, each verified as it streams (its
+//! manifest, which names them and their checksums, against the recorded
+//! checksum first): nothing is staged.
+//!
+//! At most `--max-downloads` links are served at once; another waits a few
+//! seconds for a free turn, then gets 503 with a Retry-After. A download
+//! holds a control connection only while it looks its backup up, so that
+//! many of them never take the connections the cluster's users need.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -23,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
 use pgbackups_core::{link, naming};
 use serde::Deserialize;
 use tokio_util::io::ReaderStream;
@@ -33,6 +41,7 @@ use crate::serve::Served;
 use crate::store::backups::{self, Stored};
 use crate::store::layout::Format;
 use crate::store::verify;
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Deserialize)]
 pub struct Signed {
@@ -71,7 +80,10 @@ async fn download(State(s): State<Served>, Path(file): Path<String>, Query(q): Q
     if !q.allows(&s.secret, name) {
         return status(StatusCode::FORBIDDEN);
     }
-    match respond(&s.ctx, name, ext).await {
+    let Ok(Ok(turn)) = tokio::time::timeout(TURN_PATIENCE, s.downloads.clone().acquire_owned()).await else {
+        return busy();
+    };
+    match respond(&s.ctx, name, ext, turn).await {
         Ok(Some(r)) => r,
         Ok(None) => status(StatusCode::NOT_FOUND),
         Err(e) => {
@@ -81,9 +93,25 @@ async fn download(State(s): State<Served>, Path(file): Path<String>, Query(q): Q
     }
 }
 
-async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str) -> Result<Option<Response>> {
-    let control = conn::connect(&ctx.cfg.store.database_url).await?;
-    let Ok(b) = backups::find(&control, Some(name)).await else {
+/// How long a download waits for its turn before it gets 503.
+const TURN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// 503, come back later.
+fn busy() -> Response {
+    let mut r = status(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+    r
+}
+
+/// The response for backup `name` as a `.ext` file; `turn` is held until
+/// its last byte is sent.
+async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str, turn: OwnedSemaphorePermit) -> Result<Option<Response>> {
+    // The control connection, only for the lookup.
+    let found = {
+        let control = conn::connect(&ctx.cfg.store.database_url).await?;
+        backups::find(&control, Some(name)).await
+    };
+    let Ok(b) = found else {
         return Ok(None);
     };
     let want = match b.format {
@@ -94,8 +122,8 @@ async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str) -> Result<Option<Respons
         return Ok(None);
     }
     let body = match b.format {
-        Format::Custom => custom_body(ctx, &b).await?,
-        Format::Directory => tar_body(ctx, &b).await?,
+        Format::Custom => custom_body(ctx, &b, turn).await?,
+        Format::Directory => tar_body(ctx, &b, turn).await?,
     };
     tracing::info!(backup = name, "serving a download link");
     Ok(Some(
@@ -112,45 +140,88 @@ async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str) -> Result<Option<Respons
 
 /// The stored object, decrypted, decompressed and verified as it streams:
 /// a link serves a plain dump whether or not the backup is encrypted.
-async fn custom_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
+async fn custom_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<Body> {
     let object = verify::open(&ctx.storage, &b.keys(&ctx.storage).dump(), &b.checksum, None).await?;
-    Ok(Body::from_stream(ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16)))
+    let stream = ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16);
+    Ok(Body::from_stream(stream.map(move |piece| {
+        let _turn = &turn;
+        piece
+    })))
 }
 
-/// A directory-format backup, verified into staging, then streamed as a tar.
-async fn tar_body(ctx: &Ctx, b: &Stored) -> Result<Body> {
-    let staging = ctx.staging.temp("link-")?;
-    let dir = backups::fetch(&ctx.storage, b, staging.path(), &Arc::new(AtomicU64::new(0))).await?;
+/// A directory-format backup as a tar of a folder named after it, built as
+/// it is sent: a header per file of its manifest (which has their sizes),
+/// then the file, decompressed and verified as it streams.
+async fn tar_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<Body> {
+    let manifest = backups::manifest(&ctx.storage, b).await?;
+    let keys = b.keys(&ctx.storage);
+    let mut files = Vec::new();
+    for f in &manifest.files {
+        let key = keys.dir_file(&f.name).with_context(|| format!("the manifest of {}", b.name))?;
+        files.push((f.name.clone(), f.size, key, f.sha256.clone()));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-    let name = b.name.clone();
-    tokio::task::spawn_blocking(move || {
-        let _keep = staging;
-        let mut t = tar::Builder::new(ChannelWriter(tx.clone()));
-        let res = t.append_dir_all(&name, &dir).and_then(|_| t.finish());
-        if let Err(e) = res {
-            let _ = tx.blocking_send(Err(e));
+    let (storage, b) = (ctx.storage.clone(), b.clone());
+    tokio::spawn(async move {
+        let _turn = turn;
+        if let Err(e) = send_tar(&storage, &b, &files, &tx).await {
+            tracing::warn!(backup = %b.name, "serving a link: {e:#}");
+            let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
         }
     });
     Ok(Body::from_stream(tokio_stream_from(rx)))
+}
+
+/// The tar's bytes into `tx`: the folder, each file, the end.
+async fn send_tar(
+    storage: &crate::store::storage::Storage,
+    b: &Stored,
+    files: &[(String, u64, object_store::path::Path, String)],
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<()> {
+    let gone = || anyhow::anyhow!("the client went away");
+    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
+    tx.send(Ok(tar_header(&format!("{}/", b.name), 0, mtime, true)?)).await.map_err(|_| gone())?;
+    for (name, size, key, sha256) in files {
+        tx.send(Ok(tar_header(&format!("{}/{name}", b.name), *size, mtime, false)?)).await.map_err(|_| gone())?;
+        let object = verify::open(storage, key, sha256, None).await?;
+        let mut body = ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16);
+        let mut sent = 0u64;
+        while let Some(piece) = body.next().await {
+            let piece = piece.with_context(|| format!("reading {key}"))?;
+            sent += piece.len() as u64;
+            if sent > *size {
+                bail!("{key} holds more than the {size} bytes its manifest says");
+            }
+            tx.send(Ok(piece)).await.map_err(|_| gone())?;
+        }
+        if sent != *size {
+            bail!("{key} holds {sent} bytes, not the {size} its manifest says");
+        }
+        let pad = (512 - (size % 512) as usize) % 512;
+        if pad > 0 {
+            tx.send(Ok(Bytes::from(vec![0u8; pad]))).await.map_err(|_| gone())?;
+        }
+    }
+    // The end of the archive: two empty blocks.
+    tx.send(Ok(Bytes::from(vec![0u8; 1024]))).await.map_err(|_| gone())?;
+    Ok(())
+}
+
+/// A tar header for `path`, a file of `size` bytes or a folder.
+fn tar_header(path: &str, size: u64, mtime: u64, folder: bool) -> Result<Bytes> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).with_context(|| format!("naming {path:?} in a tar"))?;
+    h.set_size(size);
+    h.set_mode(if folder { 0o755 } else { 0o644 });
+    h.set_mtime(mtime);
+    h.set_entry_type(if folder { tar::EntryType::Directory } else { tar::EntryType::Regular });
+    h.set_cksum();
+    Ok(Bytes::copy_from_slice(h.as_bytes()))
 }
 
 fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -24,6 +24,8 @@ pub struct Served {
     pub ctx: Arc<Ctx>,
     /// The link secret, the same as backups.link_secret.
     pub secret: Arc<Vec<u8>>,
+    /// Download links served at once (`--max-downloads`).
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serve on `listener` (bound by the caller, so that a taken port is a
@@ -40,7 +42,13 @@ pub async fn serve(
         .merge(metrics::routes())
         .merge(status::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(Served { ctx, secret: Arc::new(secret) });
+        .with_state(Served {
+            downloads: Arc::new(tokio::sync::Semaphore::new(
+                ctx.cfg.listen.as_ref().map_or(crate::config::DEFAULT_MAX_DOWNLOADS, |l| l.max_downloads),
+            )),
+            ctx,
+            secret: Arc::new(secret),
+        });
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.reached(Phase::Draining).await }).await?;
     Ok(())
 }

@@ -32,6 +32,9 @@ pub struct Stored {
     /// Its tables as the control database recorded them at capture
     /// (`[{schema, table, rows, bytes, digest}]`), beside the manifest's.
     pub contents: Option<serde_json::Value>,
+    /// The SHA-256 of a custom-format archive's head, recorded at capture
+    /// (none for backups taken before it was).
+    pub head_sha256: Option<String>,
 }
 
 impl Stored {
@@ -44,7 +47,8 @@ impl Stored {
 pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
     let row = client
         .query_opt(
-            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to, contents FROM backups._stored($1)",
+            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to, contents, head_sha256 \
+             FROM backups._stored($1)",
             &[&name],
         )
         .await?;
@@ -65,6 +69,7 @@ pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
         stored_size: r.get::<_, Option<i64>>(5).unwrap_or(0),
         encrypted_to: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
         contents: r.get(7),
+        head_sha256: r.get(8),
         name,
     })
 }

@@ -93,27 +93,59 @@ pub async fn apply(
         warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
         target::create_extensions(cfg, target, &toc.extensions).await?;
     }
-    let list = scratch.join("rest.list");
     let rest = Part::Rest { without_schemas: with_extensions };
-    let mut cmd = match only {
-        Only::All => {
-            toc.write_list(&list, rest)?;
-            target::pg_restore(tools, conn, target, jobs, Some(&list))?
-        }
-        Only::PreData => {
-            toc.write_list(&list, rest)?;
-            let mut c = target::pg_restore(tools, conn, target, None, Some(&list))?;
-            c.arg("--section=pre-data");
-            c
-        }
-        Only::AfterData { loaded } => {
-            toc.write_list_except(&list, rest, loaded)?;
-            let mut c = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
-            c.args(["--section=data", "--section=post-data"]);
-            c
-        }
+    // Data that does not load fails the transfer on every path (the target
+    // is not touched): pg_restore would otherwise count a COPY that failed
+    // as one more error it ignored, leave the table empty, and the shadow
+    // would be swapped in "with warnings". So the data section runs apart,
+    // with --exit-on-error; the schema before it and the indexes and
+    // constraints after it keep pg_restore's warnings.
+    let none = HashSet::new();
+    let (pre, data, post) = match only {
+        Only::All => (true, Some(&none), true),
+        Only::PreData => (true, None, false),
+        Only::AfterData { loaded } => (false, Some(loaded), true),
     };
-    cmd.arg(archive);
-    warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
+    if pre {
+        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "pre-data", None, None).await?;
+    }
+    if let Some(loaded) = data {
+        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "data", jobs, Some(loaded)).await?;
+    }
+    if post {
+        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "post-data", jobs, None).await?;
+    }
     Ok(warnings)
+}
+
+/// One section of `rest` by pg_restore: `data` (without the entries
+/// `loaded` apart, and stopping at its first error), or the others.
+#[allow(clippy::too_many_arguments)]
+async fn section(
+    task: &Task,
+    tools: &Tools,
+    conn: &Conn,
+    target: &Target,
+    archive: &FsPath,
+    toc: &Toc,
+    scratch: &FsPath,
+    rest: Part,
+    name: &str,
+    jobs: Option<usize>,
+    loaded: Option<&HashSet<i32>>,
+) -> Result<i32> {
+    let list = scratch.join(format!("{name}.list"));
+    toc.write_list_except(&list, rest, loaded.unwrap_or(&HashSet::new()))?;
+    let mut cmd = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
+    cmd.arg(format!("--section={name}"));
+    if loaded.is_some() {
+        cmd.arg("--exit-on-error");
+    }
+    cmd.arg(archive);
+    let exit = cmd.spawn(task.progress.tool_output())?.wait().await?;
+    if loaded.is_some() {
+        exit.check().context("the data did not load: nothing was replaced")?;
+        return Ok(0);
+    }
+    target::restore_warnings(&exit)
 }

@@ -62,7 +62,7 @@ use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
 use crate::transfer::apply;
 use crate::transfer::capture;
-use crate::transfer::destination::Destination;
+use crate::transfer::destination::{self, Destination};
 use crate::transfer::job::{Completion, Copy};
 use crate::transfer::progress::{human, Progress};
 use crate::transfer::report::Level;
@@ -85,6 +85,9 @@ struct Sides<'a> {
 
 pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
+    if let Some(done) = destination::finished_earlier(task, &copy.target, copy.swapped).await? {
+        return Ok(done);
+    }
     let source = capture::connection(cfg, &copy.source)?;
     let staging = task.staging()?;
     let jobs = apply::jobs();
@@ -114,7 +117,13 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     );
     let parts = work_queue(&tables, cfg.split_tables_larger_than, jobs, &task.progress);
     let tools = Sides { source: source_tools, target: target_tools };
-    let dump = Dump { tools, source: &source, snapshot: &snapshot, progress: &task.progress };
+    let dump = Dump {
+        tools,
+        source: &source,
+        snapshot: &snapshot,
+        progress: &task.progress,
+        lock_wait_timeout: cfg.lock_wait_timeout.as_deref(),
+    };
 
     // 2. Schema.
     let pre = staging.path().join("pre-data.dump");
@@ -414,6 +423,8 @@ struct Dump<'a> {
     source: &'a Conn,
     snapshot: &'a str,
     progress: &'a Progress,
+    /// `--lock-wait-timeout`, as captures have it.
+    lock_wait_timeout: Option<&'a str>,
 }
 
 impl Dump<'_> {
@@ -422,6 +433,9 @@ impl Dump<'_> {
         c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--compress=0"])
             .arg(format!("--snapshot={}", self.snapshot))
             .args(args);
+        if let Some(t) = self.lock_wait_timeout {
+            c.arg(format!("--lock-wait-timeout={t}"));
+        }
         c
     }
 

@@ -7,15 +7,22 @@
 //! the archive is applied by the transfer's throwaway login
 //! (`pg/applier.rs`), with at most the owner's rights.
 
-use anyhow::{bail, Result};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 
 use crate::pg::applier::Applier;
 use crate::pg::conn::{self, Conn};
 use crate::pg::quote::ident;
-use crate::pg::shadow::Shadow;
+use crate::pg::shadow::{self, Shadow};
 use crate::pg::target::{self, Target};
+use crate::transfer::apply;
+use crate::transfer::job::Completion;
 use crate::transfer::report::Level;
 use crate::transfer::task::Task;
+
+/// How long the swap's record waits for the control database.
+const RECORD_PATIENCE: Duration = Duration::from_secs(15);
 
 pub struct Destination {
     /// Where the archive is applied: the shadow, or the target in place.
@@ -48,7 +55,7 @@ impl Destination {
         }
         target::check_replaceable(cfg, &target).await?;
         let (into, applier, shadow) = if in_place {
-            let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.tracker).await?;
+            let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.teardown).await?;
             task.progress.say(
                 Level::Warning,
                 format!(
@@ -60,13 +67,13 @@ impl Destination {
             target::recreate(cfg, &target).await?;
             (target.clone(), applier, None)
         } else {
-            let shadow = Shadow::create(cfg, &target, &task.name, &task.tracker).await?;
+            let shadow = Shadow::create(cfg, &target, &task.name, &task.teardown).await?;
             let into = shadow.target().clone();
             task.progress.say(
                 Level::Info,
                 format!("applying into {}, which replaces {} once everything is in", into.name, target.name),
             );
-            let applier = Applier::create(cfg, &into, &task.name, task.attempt, &task.tracker).await?;
+            let applier = Applier::create(cfg, &into, &task.name, task.attempt, &task.teardown).await?;
             (into, applier, Some(shadow))
         };
         // Until it gets the target's grants, only the applier (NOINHERIT:
@@ -105,6 +112,7 @@ impl Destination {
         match self.shadow {
             Some(shadow) => {
                 task.commit_point();
+                record_swap(task, shadow.oid()).await?;
                 match shadow.swap(&now, &task.name).await? {
                     None => {
                         task.progress.say(Level::Info, "swapped in; the previous contents were dropped".to_string())
@@ -122,4 +130,54 @@ impl Destination {
         }
         Ok(warnings.len() as i32)
     }
+}
+
+/// Say in the control database which database is about to be swapped in,
+/// before the swap: a later attempt of this transfer then knows whether
+/// the swap happened (`finished_earlier`). Refuses to go on when the
+/// transfer is no longer this attempt's.
+async fn record_swap(task: &Task, oid: u32) -> Result<()> {
+    let cfg = &task.ctx.cfg;
+    let control = conn::connect_with_retry(&cfg.store.database_url, RECORD_PATIENCE)
+        .await
+        .context("recording the swap in the control database")?;
+    let ours: bool = control
+        .query_one("SELECT backups._record_swap($1, $2, $3, $4)", &[&task.id, &cfg.agent_id, &task.attempt, &oid])
+        .await
+        .context("recording the swap in the control database")?
+        .get(0);
+    if !ours {
+        bail!("the transfer is no longer this attempt's (the worker requeued it): not swapping");
+    }
+    Ok(())
+}
+
+/// An earlier attempt of this restore or copy into `target` recorded that
+/// it was swapping in database `swapped`: if that database is `target`
+/// now, its swap committed before the attempt stopped (killed, stopped,
+/// cut off), and what was written to the target since must not be
+/// replaced again. Then only what that attempt left (the target's old
+/// contents) is dropped, and the transfer ends here.
+pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -> Result<Option<Completion>> {
+    let Some(oid) = swapped else { return Ok(None) };
+    let c = conn::connect(&task.ctx.cfg.data_url).await?;
+    let now: Option<String> = c
+        .query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid])
+        .await?
+        .map(|r| r.get(0));
+    if now.as_deref() != Some(target) {
+        task.progress.say(Level::Info, "an earlier attempt stopped before its swap: restoring into a new shadow");
+        return Ok(None);
+    }
+    task.progress.say(
+        Level::Info,
+        format!(
+            "an earlier attempt swapped its copy in for {target} before it stopped (database oid {oid}): keeping it, \
+             and what was written to it since"
+        ),
+    );
+    if let Some(w) = shadow::drop_replaced(&c, oid).await {
+        task.progress.say(Level::Warning, w);
+    }
+    Ok(Some(apply::completion(task, &format!("swapped into {target} by an earlier attempt"), "read", 0)))
 }

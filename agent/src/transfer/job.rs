@@ -90,6 +90,9 @@ pub struct Restore {
     pub target: String,
     /// Drop the target first instead of swapping a shadow in.
     pub in_place: bool,
+    /// The database an earlier attempt swapped in for the target (or was
+    /// about to): if it is the target now, that attempt's swap committed.
+    pub swapped: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +100,8 @@ pub struct Copy {
     pub source: Source,
     pub target: String,
     pub in_place: bool,
+    /// As `Restore::swapped`.
+    pub swapped: Option<u32>,
 }
 
 /// Prove a stored backup: restore it into a scratch database and compare.
@@ -116,6 +121,8 @@ pub struct Row {
     pub target: Option<String>,
     pub options: serde_json::Value,
     pub attempt: i32,
+    /// `_record_swap`'s database, from an earlier attempt.
+    pub swapped: Option<u32>,
 }
 
 impl Row {
@@ -180,6 +187,7 @@ impl Job {
                     },
                     target: row.target.clone().unwrap_or_else(|| row.database.clone()),
                     in_place: row.in_place()?,
+                    swapped: row.swapped,
                 })
             }
             "copy" => {
@@ -189,6 +197,7 @@ impl Job {
                     source: if named { Source::Named(source) } else { Source::Database(source) },
                     target: row.target.clone().unwrap_or_else(|| row.database.clone()),
                     in_place: row.in_place()?,
+                    swapped: row.swapped,
                 })
             }
             "verify" => Job::Verify(Verify { backup: row.source.clone().context("verify without a backup")? }),
@@ -220,6 +229,7 @@ mod tests {
             target: Some("staging".into()),
             options,
             attempt: 1,
+            swapped: None,
         }
     }
 

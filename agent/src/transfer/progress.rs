@@ -33,6 +33,19 @@ pub struct Facts {
     pub encrypted_to: Vec<String>,
 }
 
+impl Facts {
+    /// As `_finish` takes them again with the end of the work (`facts`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source_size": self.source_size,
+            "format": self.format,
+            "object_key": self.object_key,
+            "tool_versions": self.tool_versions,
+            "encrypted_to": self.encrypted_to,
+        })
+    }
+}
+
 enum Said {
     Agent(Level, String),
     Tool(String),
@@ -44,6 +57,8 @@ struct Shared {
     /// percentage and time left that list() shows.
     expected: AtomicU64,
     facts: Mutex<Option<Facts>>,
+    /// The facts last set, written or not: sent again with the end.
+    known: Mutex<Option<Facts>>,
 }
 
 /// The work's side.
@@ -67,7 +82,12 @@ pub struct Journal {
 }
 
 pub fn channel() -> (Progress, Journal) {
-    let shared = Arc::new(Shared { processed: Arc::default(), expected: AtomicU64::new(0), facts: Mutex::new(None) });
+    let shared = Arc::new(Shared {
+        processed: Arc::default(),
+        expected: AtomicU64::new(0),
+        facts: Mutex::new(None),
+        known: Mutex::new(None),
+    });
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Progress { shared: shared.clone(), said: tx },
@@ -114,6 +134,7 @@ impl Progress {
     }
 
     pub fn started(&self, facts: Facts) {
+        *self.shared.known.lock().expect("facts") = Some(facts.clone());
         *self.shared.facts.lock().expect("facts") = Some(facts);
     }
 }
@@ -135,6 +156,11 @@ impl Journal {
     /// Facts set since the last call.
     pub fn take_facts(&self) -> Option<Facts> {
         self.shared.facts.lock().expect("facts").take()
+    }
+
+    /// Every fact the work learnt, whether or not a call got it through.
+    pub fn known_facts(&self) -> Option<Facts> {
+        self.shared.known.lock().expect("facts").clone()
     }
 
     /// Facts that could not be written yet, for the next try.

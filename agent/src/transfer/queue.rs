@@ -12,12 +12,16 @@ use crate::transfer::job::{Claimed, Job, Row};
 /// The kinds this agent can run.
 pub const KINDS: &[&str] = &["capture", "restore", "copy", "verify"];
 
-pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<Option<Claimed>> {
+/// `per_owner`: how many transfers of one database owner this agent runs
+/// at once (`--max-per-owner`).
+pub async fn claim(client: &Client, agent: &str, sources: &[String], per_owner: usize) -> Result<Option<Claimed>> {
     let kinds: Vec<&str> = KINDS.to_vec();
+    let per_owner = i32::try_from(per_owner).unwrap_or(i32::MAX);
     let row = client
         .query_opt(
-            "SELECT id, name, kind, database, source, target, options, attempt, lease FROM backups._claim($1, $2, $3)",
-            &[&agent, &kinds, &sources],
+            "SELECT id, name, kind, database, source, target, options, attempt, lease, swapped \
+               FROM backups._claim($1, $2, $3, $4)",
+            &[&agent, &kinds, &sources, &per_owner],
         )
         .await
         .context("claiming a transfer")?;
@@ -31,6 +35,7 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String]) -> Result<O
             target: r.get(5),
             options: r.get(6),
             attempt: r.get(7),
+            swapped: r.get(9),
         };
         let job = Job::decode(&row).map_err(|e| format!("{e:#}"));
         let lease = Duration::from_secs_f64(r.get::<_, f64>(8).max(1.0));

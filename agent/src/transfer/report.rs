@@ -63,6 +63,10 @@ pub enum Ending<'a> {
         warnings: i32,
         /// A capture's tables (`contents::Table`s), as JSON.
         contents: Option<serde_json::Value>,
+        /// What the work learnt at its start (`progress::Facts`) and at its
+        /// end (a capture's head digest), as `_finish` takes them: sent
+        /// with the end, since the calls that carried them may have failed.
+        facts: Option<serde_json::Value>,
     },
     Failed {
         processed: u64,
@@ -182,19 +186,26 @@ impl Reporter {
     /// earlier try whose reply was lost); `Ok(false)`: the transfer is no
     /// longer ours; `Err`: the outcome could not be learnt.
     pub async fn finish(&self, ending: &Ending<'_>) -> Result<bool> {
-        let (status, processed, stored, checksum, warnings, error, contents) = match ending {
-            Ending::Completed { processed, stored, checksum, warnings, contents } => {
-                ("completed", *processed, stored.map(|s| s as i64), *checksum, *warnings, None, contents.as_ref())
-            }
-            Ending::Failed { processed, error } => ("failed", *processed, None, None, 0, Some(*error), None),
-            Ending::Cancelled { processed } => ("cancelled", *processed, None, None, 0, None, None),
+        let (status, processed, stored, checksum, warnings, error, contents, facts) = match ending {
+            Ending::Completed { processed, stored, checksum, warnings, contents, facts } => (
+                "completed",
+                *processed,
+                stored.map(|s| s as i64),
+                *checksum,
+                *warnings,
+                None,
+                contents.as_ref(),
+                facts.as_ref(),
+            ),
+            Ending::Failed { processed, error } => ("failed", *processed, None, None, 0, Some(*error), None, None),
+            Ending::Cancelled { processed } => ("cancelled", *processed, None, None, 0, None, None, None),
         };
         let processed = processed as i64;
         let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
         loop {
             let res = self
                 .query_one(
-                    "SELECT backups._finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "SELECT backups._finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     &[
                         &self.id,
                         &self.agent,
@@ -206,6 +217,7 @@ impl Reporter {
                         &warnings,
                         &error,
                         &contents,
+                        &facts,
                     ],
                 )
                 .await;

@@ -21,7 +21,7 @@ use crate::pg::conn;
 use crate::store::backups::{self, Stored};
 use crate::store::layout::Format;
 use crate::transfer::apply::{apply, completion, jobs, read_archive, Only};
-use crate::transfer::destination::Destination;
+use crate::transfer::destination::{self, Destination};
 use crate::transfer::job::{BackupRef, Completion, Restore};
 use crate::transfer::progress::Progress;
 use crate::transfer::remote;
@@ -30,6 +30,9 @@ use crate::transfer::streamed::{self, Streamed};
 use crate::transfer::task::Task;
 
 pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
+    if let Some(done) = destination::finished_earlier(task, &restore.target, restore.swapped).await? {
+        return Ok(done);
+    }
     let staging = task.staging()?;
     // One of ours in custom format is streamed into the target's shadow as
     // it is fetched (`streamed.rs`), unless in place: an in-place restore

@@ -21,6 +21,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -77,11 +78,14 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     // 1. The head, as an archive of its own.
     let head = reader.head().await.with_context(|| format!("reading the head of {}", b.name))?;
     let head = match head {
-        Some(h) if !h.has_large_objects() => h,
+        Some(h) if !h.has_large_objects() && b.head_sha256.is_some() => h,
         other => {
             let path = scratch.join("backup.dump");
-            let why =
-                if other.is_some() { "it holds large objects" } else { "its archive version is not one it streams" };
+            let why = match &other {
+                None => "its archive version is not one it streams",
+                Some(h) if h.has_large_objects() => "it holds large objects",
+                Some(_) => "it was captured before the checksum of its head was recorded",
+            };
             task.progress.say(Level::Info, format!("staging {} whole before restoring it: {why}", b.name));
             let already = other.map(|h| h.bytes).unwrap_or_default();
             reader.stage(&already, &path).await.with_context(|| format!("fetching {}", b.name))?;
@@ -92,6 +96,20 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
             return Ok(Streamed::Staged(path));
         }
     };
+    // Nothing of the archive runs before its bytes are proven: the head
+    // (every statement of the schema, the functions its constraints call)
+    // against the checksum its capture recorded, now; the data, which only
+    // goes into the shadow, against the whole backup's checksum, at its
+    // end, before anything after it is applied or the shadow swapped in.
+    let recorded = b.head_sha256.as_deref().unwrap_or_default();
+    if head.sha256() != recorded {
+        bail!(
+            "checksum mismatch for {}: the head of its archive (its schema) has sha256 {}, its capture recorded \
+             {recorded}; the backup is corrupt or was replaced in storage: nothing of it was applied",
+            b.name,
+            head.sha256()
+        );
+    }
     let head_file = scratch.join("head.dump");
     std::fs::write(&head_file, &head.bytes)?;
     let (toc, tools) = apply::read_archive(task, &head_file, scratch).await?;
@@ -181,8 +199,27 @@ struct Load<'a> {
     split_above: usize,
 }
 
-/// Input shared by the processes loading one large table.
-type Pieces = Arc<Mutex<mpsc::Receiver<Vec<u8>>>>;
+/// A piece of a data block, framed as a chunk. `more`: it ends inside a
+/// row, whose next piece the same process must take.
+struct Piece {
+    bytes: Vec<u8>,
+    more: bool,
+}
+
+/// Input shared by the processes loading one large table: pieces, and
+/// whether a process has taken one that ended at a row's end (until then
+/// only the first process, which read the block's start, may take any).
+#[derive(Clone)]
+struct Feed {
+    pieces: Arc<Mutex<mpsc::Receiver<Piece>>>,
+    aligned: Arc<AtomicBool>,
+}
+
+impl Feed {
+    fn new(rx: mpsc::Receiver<Piece>) -> Self {
+        Feed { pieces: Arc::new(Mutex::new(rx)), aligned: Arc::default() }
+    }
+}
 
 impl Load<'_> {
     async fn all<R: AsyncRead + Unpin>(&mut self, reader: &mut Reader<R>) -> Result<()> {
@@ -249,7 +286,7 @@ impl Load<'_> {
         ids: &[i32],
         at_once: usize,
         first: Vec<u8>,
-        input: Option<Pieces>,
+        input: Option<Feed>,
         last: Vec<u8>,
     ) -> Result<()> {
         while self.running.len() >= at_once.max(1) {
@@ -272,11 +309,18 @@ impl Load<'_> {
             drop(first);
             if let Some(input) = input {
                 loop {
-                    let next = input.lock().await.recv().await;
-                    match next {
-                        Some(buf) => stdin.write_all(&buf).await?,
-                        None => break,
+                    let mut rx = input.pieces.lock().await;
+                    let Some(mut piece) = rx.recv().await else { break };
+                    // A row longer than a piece comes in several: they are
+                    // taken in a row, the lock held, and written as they
+                    // come (the agent never holds a whole row).
+                    while piece.more {
+                        stdin.write_all(&piece.bytes).await?;
+                        piece = rx.recv().await.context("a data block ended inside a row")?;
                     }
+                    input.aligned.store(true, Ordering::SeqCst);
+                    drop(rx);
+                    stdin.write_all(&piece.bytes).await?;
                 }
             }
             stdin.write_all(&last).await?;
@@ -339,7 +383,7 @@ impl Load<'_> {
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let mut end = Vec::new();
         self.framer.int(&mut end, 0);
-        self.start(&[id], 1, framed, Some(Arc::new(Mutex::new(rx))), end).await?;
+        self.start(&[id], 1, framed, Some(Feed::new(rx)), end).await?;
         let mut next = Some(pending);
         while let Some(mut left) = next {
             let mut buf = Vec::new();
@@ -347,7 +391,7 @@ impl Load<'_> {
             while left > 0 {
                 left -= reader.slice(left, &mut buf).await?;
                 let full = buf.len() >= PIECE_BYTES || left == 0;
-                if full && tx.send(std::mem::take(&mut buf)).await.is_err() {
+                if full && tx.send(Piece { bytes: std::mem::take(&mut buf), more: false }).await.is_err() {
                     return Err(self.stopped(label).await);
                 }
             }
@@ -358,9 +402,11 @@ impl Load<'_> {
 
     /// A large table's COPY text, fed as it arrives to one pg_restore,
     /// and once it passed the split threshold to up to `jobs`, each taking
-    /// the next piece it can: pieces are cut at row boundaries (a row is
-    /// held whole, however long). `framed` is its start, as read; the next
-    /// chunk, `pending` bytes long, is still unread.
+    /// the next piece it can: pieces are cut at row boundaries, and a row
+    /// longer than a piece goes out in several that one process takes in a
+    /// row, so that memory stays bounded whatever a row holds. `framed` is
+    /// its start, as read; the next chunk, `pending` bytes long, is still
+    /// unread.
     async fn split<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut Reader<R>,
@@ -371,17 +417,14 @@ impl Load<'_> {
     ) -> Result<()> {
         self.drain().await?;
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
-        let rx: Pieces = Arc::new(Mutex::new(rx));
+        let feed = Feed::new(rx);
         // The first process reads the start as it was framed.
         let framed_len = framed.len();
         let mut end = Vec::new();
         self.framer.int(&mut end, 0);
-        self.start(&[id], self.jobs, framed, Some(rx.clone()), end).await?;
+        self.start(&[id], self.jobs, framed, Some(feed.clone()), end).await?;
         let mut lanes = 1;
         let mut seen = framed_len;
-        // Other processes join only once a piece went out: from then on
-        // every piece starts at a row's start.
-        let mut aligned = false;
         let mut text = Vec::new();
         let mut next = Some(pending);
         loop {
@@ -395,9 +438,11 @@ impl Load<'_> {
                 }
                 None => false,
             };
-            if aligned && lanes < self.jobs && seen > self.split_above {
+            // Other processes join only once a piece that ends a row was
+            // taken: from then on every piece they can take starts a row.
+            if lanes < self.jobs && seen > self.split_above && feed.aligned.load(Ordering::SeqCst) {
                 while lanes < self.jobs {
-                    self.lane(id, &rx).await?;
+                    self.lane(id, &feed).await?;
                     lanes += 1;
                 }
                 self.task.progress.say(
@@ -406,19 +451,22 @@ impl Load<'_> {
                 );
             }
             if text.len() >= PIECE_BYTES || (!open && !text.is_empty()) {
-                // Whole rows only: in COPY text a row ends at a newline
-                // (one inside a value is escaped).
+                // Whole rows: in COPY text a row ends at a newline (one
+                // inside a value is escaped). A piece without one is part
+                // of a long row.
                 let cut = if open { text.iter().rposition(|b| *b == b'\n').map(|i| i + 1) } else { Some(text.len()) };
-                if let Some(cut) = cut {
-                    let rest = text.split_off(cut);
-                    let mut buf = Vec::with_capacity(text.len() + 9);
-                    self.framer.int(&mut buf, text.len() as i64);
-                    buf.extend_from_slice(&text);
-                    text = rest;
-                    if tx.send(buf).await.is_err() {
-                        return Err(self.stopped(label).await);
+                let (piece, more) = match cut {
+                    Some(cut) => {
+                        let rest = text.split_off(cut);
+                        (std::mem::replace(&mut text, rest), false)
                     }
-                    aligned = true;
+                    None => (std::mem::take(&mut text), true),
+                };
+                let mut buf = Vec::with_capacity(piece.len() + 9);
+                self.framer.int(&mut buf, piece.len() as i64);
+                buf.extend_from_slice(&piece);
+                if tx.send(Piece { bytes: buf, more }).await.is_err() {
+                    return Err(self.stopped(label).await);
                 }
             }
             if !open && text.is_empty() {
@@ -428,12 +476,12 @@ impl Load<'_> {
     }
 
     /// One more process loading entry `id`: its block header, then the
-    /// pieces it takes from `pieces`.
-    async fn lane(&mut self, id: i32, pieces: &Pieces) -> Result<()> {
+    /// pieces it takes from `feed`.
+    async fn lane(&mut self, id: i32, feed: &Feed) -> Result<()> {
         let mut first = Vec::new();
         self.framer.block(&mut first, BLK_DATA, id);
         let mut end = Vec::new();
         self.framer.int(&mut end, 0);
-        self.start(&[id], self.jobs, first, Some(pieces.clone()), end).await
+        self.start(&[id], self.jobs, first, Some(feed.clone()), end).await
     }
 }

@@ -30,11 +30,12 @@ use tracing::Instrument;
 
 use crate::config::HookEvent;
 use crate::ctx::Ctx;
+use crate::pg::teardown::Teardown;
 use crate::shutdown::{Phase, Shutdown};
 use crate::store::layout::Keys;
 use crate::telemetry::{self, Outcome};
 use crate::transfer::job::{Claimed, Completion, Job};
-use crate::transfer::progress::{self, Journal};
+use crate::transfer::progress::{self, Facts, Journal};
 use crate::transfer::report::{Beat, Ending, Level, Reporter};
 use crate::transfer::task::Task;
 use crate::transfer::{capture, copy, restore, verify};
@@ -97,7 +98,7 @@ async fn run(
     let job = match &claimed.job {
         Ok(job) => job.clone(),
         Err(why) => {
-            conclude(&ctx, &claimed, &rep, began, Ended::Failed(why.clone()), 0, 0).await;
+            conclude(&ctx, &claimed, &rep, began, Ended::Failed(why.clone()), 0, 0, None).await;
             return;
         }
     };
@@ -106,10 +107,12 @@ async fn run(
     let committing = Arc::new(AtomicBool::new(false));
     let task = Task {
         ctx: ctx.clone(),
+        id: claimed.id,
         name: claimed.name.clone(),
         attempt: claimed.attempt,
         progress,
         tracker: tracker.clone(),
+        teardown: Teardown::new(&tracker),
         committing: committing.clone(),
     };
     let stored_by = keys_of(&ctx, &claimed, &job);
@@ -128,6 +131,7 @@ async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut events = Some(events);
     let mut last_beat = Instant::now();
+    let mut lease_passed = false;
     let ended = loop {
         let beat_now = tokio::select! {
             // Work that has ended wins over a cancel or hand back arriving
@@ -155,12 +159,28 @@ async fn run(
             match beat(&rep, &mut journal).await {
                 Some(Beat::CancelRequested) if !committing.load(Ordering::SeqCst) => break Ended::Cancelled,
                 Some(Beat::CancelRequested) => {}
-                Some(Beat::Lost) => break Ended::Lost,
+                // Past the point of no return, not even a lost transfer is
+                // stopped mid-swap: its end is recorded as lost.
+                Some(Beat::Lost) if !committing.load(Ordering::SeqCst) => break Ended::Lost,
+                Some(Beat::Lost) => {}
                 Some(Beat::Run) => last_beat = Instant::now(),
                 None => {}
             }
         }
         if last_beat.elapsed() >= claimed.lease {
+            if committing.load(Ordering::SeqCst) {
+                // Past the point of no return the work is let end, however
+                // long the control database stays out of reach: the next
+                // attempt finds what it did (`_record_swap`) and finishes.
+                if !lease_passed {
+                    tracing::warn!(
+                        "no heartbeat got through for {:?}; past its commit point, the work goes on",
+                        claimed.lease
+                    );
+                    lease_passed = true;
+                }
+                continue;
+            }
             // The worker has requeued it by now: whatever this attempt
             // still did, nobody would record.
             tracing::warn!("no heartbeat got through for {:?}: stopping", claimed.lease);
@@ -196,7 +216,8 @@ async fn run(
     // 4. Record.
     let processed = journal.processed();
     let tool_warnings = journal.tool_warnings;
-    let outcome = conclude(&ctx, &claimed, &rep, began, ended, processed, tool_warnings).await;
+    let facts = journal.known_facts();
+    let outcome = conclude(&ctx, &claimed, &rep, began, ended, processed, tool_warnings, facts).await;
     if outcome == Outcome::Lost && completed {
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
@@ -298,6 +319,7 @@ async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
 }
 
 /// Record the final status, then count it and tell the webhooks of it.
+#[allow(clippy::too_many_arguments)]
 async fn conclude(
     ctx: &Ctx,
     claimed: &Claimed,
@@ -306,9 +328,10 @@ async fn conclude(
     ended: Ended,
     processed: u64,
     tool_warnings: i32,
+    facts: Option<Facts>,
 ) -> Outcome {
     let end = End::of(&ended, processed);
-    let outcome = record(rep, ended, processed, tool_warnings).await;
+    let outcome = record(rep, ended, processed, tool_warnings, facts).await;
     end.announce(ctx, claimed, began, outcome);
     outcome
 }
@@ -364,7 +387,7 @@ fn tell(ctx: &Ctx, claimed: &Claimed, status: HookEvent, error: Option<&str>) {
 /// only when the table says the transfer is no longer ours; an outcome
 /// that cannot be learnt counts as recorded, so that nothing the table
 /// might call completed is ever removed.
-async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32) -> Outcome {
+async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32, facts: Option<Facts>) -> Outcome {
     let outcome = match &ended {
         Ended::Done(_) => Outcome::Completed,
         Ended::Failed(_) => Outcome::Failed,
@@ -374,12 +397,17 @@ async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32
     };
     let written = match &ended {
         Ended::Done(Completion::Backup { processed, stored, checksum, contents }) => {
+            let mut facts = facts.map(|f| f.to_json()).unwrap_or_else(|| serde_json::json!({}));
+            if let Some(head) = contents.as_ref().and_then(|c| c.head_sha256.as_ref()) {
+                facts["head_sha256"] = head.clone().into();
+            }
             rep.finish(&Ending::Completed {
                 processed: *processed,
                 stored: Some(*stored),
                 checksum: Some(checksum),
                 warnings: tool_warnings,
                 contents: contents.as_ref().and_then(|c| serde_json::to_value(&c.tables).ok()),
+                facts: Some(facts),
             })
             .await
         }
@@ -390,6 +418,7 @@ async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32
                 checksum: None,
                 warnings: *warnings,
                 contents: None,
+                facts: None,
             })
             .await
         }

@@ -10,15 +10,20 @@ use anyhow::Result;
 use tokio_util::task::TaskTracker;
 
 use crate::ctx::Ctx;
+use crate::pg::teardown::Teardown;
 use crate::staging::Staging;
 use crate::transfer::progress::Progress;
 
 pub struct Task {
     pub ctx: Arc<Ctx>,
+    /// The transfer's row.
+    pub id: i64,
     pub name: String,
     pub attempt: i32,
     pub progress: Progress,
     pub tracker: TaskTracker,
+    /// What it leaves to drop when it stops, dropped in order (on `tracker`).
+    pub teardown: Teardown,
     /// Set at the point of no return (a restore's swap): from then on a
     /// cancel or a hand back waits for the work to end instead of stopping
     /// it, so that the transfer is never recorded as stopped when its

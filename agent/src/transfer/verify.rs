@@ -28,9 +28,14 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
     drop(control);
 
-    let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.tracker).await?;
+    let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.teardown).await?;
     task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
-    let into = Restore { from: BackupRef::Id(backup.name.clone()), target: scratch.name.clone(), in_place: false };
+    let into = Restore {
+        from: BackupRef::Id(backup.name.clone()),
+        target: scratch.name.clone(),
+        in_place: false,
+        swapped: None,
+    };
     let restored = restore::run(task, &into).await.with_context(|| format!("{} does not restore", backup.name))?;
     task.past_commit();
     let (processed, warnings) = match restored {
