@@ -160,11 +160,14 @@ async fn tar_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<B
         let key = keys.dir_file(&f.name).with_context(|| format!("the manifest of {}", b.name))?;
         files.push((f.name.clone(), f.size, key, f.sha256.clone()));
     }
+    // The same bytes for every download of a backup: its files dated when
+    // it was taken.
+    let mtime = chrono::DateTime::parse_from_rfc3339(&manifest.created_at).map_or(0, |t| t.timestamp().max(0) as u64);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let (storage, b) = (ctx.storage.clone(), b.clone());
     tokio::spawn(async move {
         let _turn = turn;
-        if let Err(e) = send_tar(&storage, &b, &files, &tx).await {
+        if let Err(e) = send_tar(&storage, &b, &files, mtime, &tx).await {
             tracing::warn!(backup = %b.name, "serving a link: {e:#}");
             let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
         }
@@ -177,10 +180,10 @@ async fn send_tar(
     storage: &crate::store::storage::Storage,
     b: &Stored,
     files: &[(String, u64, object_store::path::Path, String)],
+    mtime: u64,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<()> {
     let gone = || anyhow::anyhow!("the client went away");
-    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
     tx.send(Ok(tar_header(&format!("{}/", b.name), 0, mtime, true)?)).await.map_err(|_| gone())?;
     for (name, size, key, sha256) in files {
         tx.send(Ok(tar_header(&format!("{}/{name}", b.name), *size, mtime, false)?)).await.map_err(|_| gone())?;
