@@ -284,6 +284,15 @@ impl Cluster {
         Ok(String::from_utf8(check(&format!("psql {sql:?}"), out)?.stdout)?.trim_end().to_string())
     }
 
+    /// Run SQL with psql as login `role` over TCP (trust on loopback).
+    pub fn sql_as(&self, role: &str, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.program("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", role, "-d", db, "-c", sql])
+            .output()?;
+        Ok(String::from_utf8(check(&format!("psql as {role} {sql:?}"), out)?.stdout)?.trim_end().to_string())
+    }
+
     /// The server log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()

@@ -125,10 +125,13 @@ fn go_down(shared: &Shared, length: Duration) {
     }
 }
 
+/// An action to run when the server's answer holds these bytes.
+type Waiting = (Vec<u8>, Box<dyn FnOnce() + Send>);
+
 fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let cut = Arc::new(AtomicBool::new(false));
     // An action waiting for the answer to a marked statement.
-    let waiting: Arc<Mutex<Option<(Vec<u8>, Box<dyn FnOnce() + Send>)>>> = Arc::default();
+    let waiting: Arc<Mutex<Option<Waiting>>> = Arc::default();
     // Server -> client: stops forwarding once the connection is cut, but
     // keeps reading, so that the server can finish and commit undisturbed.
     {

@@ -35,17 +35,6 @@ fn file_url(p: &std::path::Path) -> String {
     format!("file://{}", p.display())
 }
 
-/// `sql` in `db` as login `role` (trust on loopback); stdout.
-fn sql_as(c: &Cluster, role: &str, db: &str, sql: &str) -> String {
-    let out = Command::new(c.program("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &c.port.to_string()])
-        .args(["-U", role, "-d", db, "-c", sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{sql} as {role}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
-}
-
 /// A session as login `role`, for a transaction left open.
 fn client_as(c: &Cluster, role: &str, db: &str) -> postgres::Client {
     postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname={db}", c.port), postgres::NoTls)
@@ -91,16 +80,23 @@ fn capture(c: &Cluster, args: &str) -> String {
 const TENANTS: &str = "CREATE ROLE alice LOGIN IN ROLE backups_user; CREATE ROLE bob LOGIN IN ROLE backups_user;
                        GRANT CONNECT ON DATABASE postgres TO alice, bob";
 
-#[test]
-fn an_open_tenant_transaction_delays_no_other_capture_and_no_finish() {
+/// A cluster with tenants alice and bob, alice's database `alice_db` (a
+/// table `t`), an admin's `shop`, and an agent (default slots).
+fn tenants() -> (Cluster, tempfile::TempDir, Agent) {
     let c = Cluster::start().unwrap();
     c.sql("postgres", TENANTS).unwrap();
     c.sql("postgres", "CREATE DATABASE alice_db OWNER alice").unwrap();
-    sql_as(&c, "alice", "alice_db", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    c.sql_as("alice", "alice_db", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     create_db(&c, "shop", SHOP).unwrap();
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
-    let mine = sql_as(&c, "alice", "postgres", "SELECT backups.capture('alice_db')");
+    (c, store, agent)
+}
+
+#[test]
+fn an_open_tenant_transaction_delays_no_other_capture_and_no_finish() {
+    let (c, _store, agent) = tenants();
+    let mine = c.sql_as("alice", "postgres", "SELECT backups.capture('alice_db')").unwrap();
     assert_eq!(wait(&c, &mine, PATIENCE).unwrap(), "completed");
 
     // Alice queues a capture and a verification, and leaves both
@@ -119,8 +115,9 @@ fn an_open_tenant_transaction_delays_no_other_capture_and_no_finish() {
     // verification queued and run.
     c.sql("postgres", "SELECT backups.schedule('hourly', 'shop', verify => true)").unwrap();
     c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now()").unwrap();
-    wait_for(&c, "SELECT count(*) FROM backups.transfers WHERE scheduled", "1", PATIENCE).unwrap();
-    let a = c.sql("postgres", "SELECT name FROM backups.transfers WHERE scheduled").unwrap();
+    // (Scheduled captures are named a001, a002...)
+    wait_for(&c, "SELECT count(*) FROM backups.list() WHERE id LIKE 'a%'", "1", PATIENCE).unwrap();
+    let a = c.sql("postgres", "SELECT id FROM backups.list() WHERE id LIKE 'a%'").unwrap();
     assert_eq!(wait(&c, &a, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     let v = c
         .sql("postgres", &format!("SELECT name FROM backups.transfers WHERE kind = 'verify' AND source = '{a}'"))
@@ -179,25 +176,20 @@ fn a_restore_whose_data_does_not_load_leaves_the_target_as_it_was_on_every_path(
 
 #[test]
 fn a_tenants_captures_stuck_on_its_own_locks_leave_room_for_others() {
-    let c = Cluster::start().unwrap();
-    c.sql("postgres", TENANTS).unwrap();
-    c.sql("postgres", "CREATE DATABASE alice_db OWNER alice").unwrap();
-    sql_as(&c, "alice", "alice_db", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
     // Two slots, the default.
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let (c, _store, agent) = tenants();
     let mut lock = client_as(&c, "alice", "alice_db");
     lock.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
     let mine: Vec<String> =
-        (0..2).map(|_| sql_as(&c, "alice", "postgres", "SELECT backups.capture('alice_db')")).collect();
+        (0..2).map(|_| c.sql_as("alice", "postgres", "SELECT backups.capture('alice_db')").unwrap()).collect();
     wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{}'", mine[0]), "running", PATIENCE)
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     // An admin's capture of another database runs meanwhile.
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, Duration::from_secs(60)).unwrap(), "completed", "{}", agent.log_text());
-    let second = c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{}'", mine[1])).unwrap();
+    let second =
+        c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{}'", mine[1])).unwrap();
     assert_eq!(second, "pending", "the tenant's second capture took the other slot");
     // Once the lock goes, the tenant's captures run too.
     lock.batch_execute("ROLLBACK").unwrap();
@@ -216,8 +208,7 @@ fn a_restore_requeued_after_its_swap_committed_keeps_what_was_written_since() {
     // the moment its swap's COMMIT has been answered, before it hears so.
     let proxy = Proxy::start(c.port).unwrap();
     let data_url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
-    let mut first =
-        Agent::start(&c.url("postgres"), &file_url(store.path()), &["--data-url", &data_url], &[]).unwrap();
+    let mut first = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--data-url", &data_url], &[]).unwrap();
     let b = capture(&c, "'shop'");
     let pid = Arc::new(AtomicI32::new(first.pid()));
     let stop = pid.clone();
@@ -244,7 +235,10 @@ fn a_restore_requeued_after_its_swap_committed_keeps_what_was_written_since() {
     std::thread::sleep(Duration::from_secs(3));
     first.kill9();
     assert_eq!(c.sql("staging", "SELECT count(*) FROM written_since").unwrap(), "42");
-    assert_eq!(c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{r}'")).unwrap(), "completed");
+    assert_eq!(
+        c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{r}'")).unwrap(),
+        "completed"
+    );
     assert_eq!(
         c.sql("staging", "SELECT count(*) FROM customers").unwrap(),
         c.sql("shop", "SELECT count(*) FROM customers").unwrap()
@@ -279,7 +273,8 @@ fn a_capture_whose_control_database_was_down_is_never_completed_without_its_form
         )
         .unwrap();
     // (The outage came while it ran: it could only be recorded after.)
-    let took = format!("SELECT finished_at - started_at > interval '15 seconds' FROM backups.transfers WHERE name = '{b}'");
+    let took =
+        format!("SELECT finished_at - started_at > interval '15 seconds' FROM backups.transfers WHERE name = '{b}'");
     assert_eq!(c.sql("postgres", &took).unwrap(), "t", "{}", agent.log_text());
     if status == "completed" {
         assert_eq!(facts, "custom t t t", "{}", agent.log_text());
@@ -343,40 +338,42 @@ fn a_name_recreated_by_another_owner_sees_and_expires_nothing_of_the_previous_ow
     let c = Cluster::start_with(&["backups.keep_manual = 1"]).unwrap();
     c.sql("postgres", TENANTS).unwrap();
     c.sql("postgres", "CREATE DATABASE shop OWNER alice").unwrap();
-    sql_as(&c, "alice", "shop", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    c.sql_as("alice", "shop", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent =
-        Agent::start(&c.url("postgres"), &file_url(store.path()), &["--lock-wait-timeout", "1s"], &[]).unwrap();
-    let hers = sql_as(&c, "alice", "postgres", "SELECT backups.capture('shop')");
+    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--lock-wait-timeout", "1s"], &[]).unwrap();
+    let hers = c.sql_as("alice", "postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &hers, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     // And a failure of hers: a table locked past the lock wait.
     let mut lock = client_as(&c, "alice", "shop");
     lock.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
-    let failed = sql_as(&c, "alice", "postgres", "SELECT backups.capture('shop')");
+    let failed = c.sql_as("alice", "postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &failed, PATIENCE).unwrap(), "failed");
     drop(lock);
-    assert_eq!(sql_as(&c, "alice", "postgres", "SELECT status FROM backups.health() WHERE database = 'shop'"), "ok");
+    assert_eq!(
+        c.sql_as("alice", "postgres", "SELECT status FROM backups.health() WHERE database = 'shop'").unwrap(),
+        "ok"
+    );
 
     c.sql("postgres", "DROP DATABASE shop WITH (FORCE)").unwrap();
     c.sql("postgres", "CREATE DATABASE shop OWNER bob").unwrap();
-    sql_as(&c, "bob", "shop", "CREATE TABLE u (y int)");
+    c.sql_as("bob", "shop", "CREATE TABLE u (y int)").unwrap();
     // Bob's database has no backup and no failure yet.
     assert_eq!(
-        sql_as(
-            &c,
-            "bob",
+        c.sql_as("bob",
             "postgres",
             "SELECT concat_ws(' ', status, coalesce(last_backup, '-'), coalesce(last_failure, '-')) FROM backups.health() WHERE database = 'shop'"
-        ),
+        ).unwrap(),
         "",
         "bob sees a database he never backed up"
     );
-    let info = sql_as(&c, "bob", "postgres", "SELECT string_agg(field || '=' || value, '; ') FROM backups.database_info('shop')");
+    let info = c
+        .sql_as("bob", "postgres", "SELECT string_agg(field || '=' || value, '; ') FROM backups.database_info('shop')")
+        .unwrap();
     assert!(info.contains("backups=0 completed") && !info.contains("latest backup"), "{info}");
     // Bob's captures, one manual backup kept per database: only his own expire.
     let his: Vec<String> = (0..2)
         .map(|_| {
-            let id = sql_as(&c, "bob", "postgres", "SELECT backups.capture('shop')");
+            let id = c.sql_as("bob", "postgres", "SELECT backups.capture('shop')").unwrap();
             assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
             id
         })
@@ -384,14 +381,15 @@ fn a_name_recreated_by_another_owner_sees_and_expires_nothing_of_the_previous_ow
     wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{}'", his[0]), "expired", PATIENCE)
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{hers}'")).unwrap(), "completed");
+    assert_eq!(
+        c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{hers}'")).unwrap(),
+        "completed"
+    );
     assert!(store.path().join(format!("shop/{hers}/backup.dump.zst")).exists(), "alice's backup was purged");
-    let health = sql_as(
-        &c,
-        "bob",
+    let health = c.sql_as("bob",
         "postgres",
         "SELECT concat_ws(' ', status, last_backup, coalesce(last_failure, '-')) FROM backups.health() WHERE database = 'shop'",
-    );
+    ).unwrap();
     assert_eq!(health, format!("ok {} -", his[1]));
 }
 
@@ -427,7 +425,10 @@ fn many_downloads_of_a_link_at_once_leave_connections_for_others_and_stage_nothi
         std::thread::spawn(move || {
             let (mut refused, mut most_staged) = (0, 0u64);
             while !done.load(Ordering::SeqCst) {
-                if postgres::Client::connect(&conn, postgres::NoTls).and_then(|mut k| k.simple_query("SELECT 1")).is_err() {
+                if postgres::Client::connect(&conn, postgres::NoTls)
+                    .and_then(|mut k| k.simple_query("SELECT 1"))
+                    .is_err()
+                {
                     refused += 1;
                 }
                 most_staged = most_staged.max(du(&dir));
@@ -527,8 +528,10 @@ fn a_300_mb_value_restores_within_the_documented_memory_bound() {
     assert_eq!(wait(&c, &r, Duration::from_secs(600)).unwrap(), "completed", "{}", agent.log_text());
     let peak = peak_memory(agent.pid());
     assert_eq!(
-        c.sql("staging", "SELECT string_agg(id || ':' || length(data) || ':' || md5(data), ' ' ORDER BY id) FROM blob").unwrap(),
-        c.sql("big", "SELECT string_agg(id || ':' || length(data) || ':' || md5(data), ' ' ORDER BY id) FROM blob").unwrap()
+        c.sql("staging", "SELECT string_agg(id || ':' || length(data) || ':' || md5(data), ' ' ORDER BY id) FROM blob")
+            .unwrap(),
+        c.sql("big", "SELECT string_agg(id || ':' || length(data) || ':' || md5(data), ' ' ORDER BY id) FROM blob")
+            .unwrap()
     );
     eprintln!("the agent peaked at {} MB restoring a 300 MB value", peak >> 20);
     assert!(peak < RESTORE_MEMORY_BOUND, "the agent peaked at {} MB restoring a 300 MB value", peak >> 20);
@@ -567,13 +570,8 @@ fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_sta
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "cancelled");
     assert_ne!(leftovers(&c), "databases: , roles: ", "the killed agent left nothing to sweep");
     let _next = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
-    wait_for(
-        &c,
-        "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackups%'",
-        "0",
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    wait_for(&c, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
+        .unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
         .unwrap();
 }

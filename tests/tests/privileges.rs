@@ -45,17 +45,6 @@ fn is_superuser(c: &Cluster, role: &str) -> String {
     c.sql("postgres", &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{role}'")).unwrap()
 }
 
-/// `sql` run in `db` as `role` (trust authentication on loopback).
-fn sql_as(c: &Cluster, role: &str, db: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &c.port.to_string()])
-        .args(["-U", role, "-d", db, "-c", sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{sql} as {role}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
-}
-
 #[test]
 fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belongs_to_the_owner() {
     let c = Cluster::start().unwrap();
@@ -64,7 +53,7 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     for db in ["evil_restored", "evil_copied"] {
         c.sql("postgres", &format!("CREATE DATABASE {db} OWNER alice")).unwrap();
     }
-    sql_as(&c, "mallory", "evil", TRAP);
+    c.sql_as("mallory", "evil", TRAP).unwrap();
     assert_eq!(is_superuser(&c, "mallory"), "f");
     let store = tempfile::tempdir().unwrap();
     // The agent runs as a superuser, as most deployments' would.
@@ -94,7 +83,7 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     );
     // The owner can use what was restored.
     assert_eq!(
-        sql_as(&c, "alice", "evil_restored", "UPDATE plain SET note = 'mine' WHERE id = 1 RETURNING note"),
+        c.sql_as("alice", "evil_restored", "UPDATE plain SET note = 'mine' WHERE id = 1 RETURNING note").unwrap(),
         "mine"
     );
 
@@ -137,15 +126,13 @@ fn a_copy_subject_to_row_level_security_fails_instead_of_dropping_rows() {
     }
     // Big enough (> 1 MiB) for a COPY stream of its own (pg_dump, which
     // reads the small tables, turns row_security off by itself).
-    sql_as(
-        &c,
-        "app",
+    c.sql_as("app",
         "tenant",
         "CREATE TABLE secrets AS SELECT g AS id, repeat(md5(g::text), 4) AS data, g % 2 = 0 AS visible FROM generate_series(1, 20000) g;
          ALTER TABLE secrets ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
          CREATE POLICY only_visible ON secrets USING (visible);",
-    );
-    assert_eq!(sql_as(&c, "copier", "tenant", "SELECT count(*) FROM secrets"), "10000", "the policy hides half");
+    ).unwrap();
+    assert_eq!(c.sql_as("copier", "tenant", "SELECT count(*) FROM secrets").unwrap(), "10000", "the policy hides half");
     let store = tempfile::tempdir().unwrap();
     let data = format!("postgres://copier@127.0.0.1:{}/postgres", c.port);
     let agent = Agent::start(&c.url("postgres"), &store_url(&store), &["--data-url", &data], &[]).unwrap();
@@ -174,13 +161,9 @@ fn the_documented_capture_only_agent_captures_and_can_do_nothing_else() {
     for db in ["shop", "scratch"] {
         c.sql("postgres", &format!("CREATE DATABASE {db} OWNER app")).unwrap();
     }
-    sql_as(&c, "app", "shop", SHOP);
-    sql_as(
-        &c,
-        "app",
-        "shop",
-        "ALTER TABLE orders ENABLE ROW LEVEL SECURITY; CREATE POLICY none ON orders USING (false)",
-    );
+    c.sql_as("app", "shop", SHOP).unwrap();
+    c.sql_as("app", "shop", "ALTER TABLE orders ENABLE ROW LEVEL SECURITY; CREATE POLICY none ON orders USING (false)")
+        .unwrap();
     let store = tempfile::tempdir().unwrap();
     let control = format!("postgres://pgbackups_control@127.0.0.1:{}/postgres", c.port);
     let data = format!("postgres://pgbackups_reader@127.0.0.1:{}/postgres", c.port);
@@ -258,14 +241,15 @@ fn a_backups_users_capture_holds_no_more_than_the_owner_may_read() {
         .unwrap();
     c.sql("postgres", "CREATE DATABASE shop OWNER app").unwrap();
     c.sql("shop", "GRANT CREATE ON SCHEMA public TO auditor").unwrap();
-    sql_as(&c, "auditor", "shop", "CREATE TABLE audit (salary text); INSERT INTO audit VALUES ('1M')");
+    c.sql_as("auditor", "shop", "CREATE TABLE audit (salary text); INSERT INTO audit VALUES ('1M')").unwrap();
     c.sql("shop", "CREATE TABLE orders (id int); ALTER TABLE orders OWNER TO app").unwrap();
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
     // alice owns shop (through app) but may not read audit: neither may her backup.
-    let b = sql_as(&c, "alice", "postgres", "SELECT backups.capture('shop')");
+    let b = c.sql_as("alice", "postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
-    let err = sql_as(&c, "alice", "postgres", &format!("SELECT value FROM backups.info('{b}') WHERE field = 'error'"));
+    let err =
+        c.sql_as("alice", "postgres", &format!("SELECT value FROM backups.info('{b}') WHERE field = 'error'")).unwrap();
     assert!(err.contains("permission denied for table audit"), "{err}");
     // An admin's capture reads everything.
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
@@ -296,10 +280,10 @@ fn a_database_search_path_cannot_hijack_the_agents_queries() {
         "ALTER DATABASE alicedb SET search_path = evil, pg_catalog, public;".into(),
     ]
     .join("\n");
-    sql_as(&c, "alice", "alicedb", &sql);
+    c.sql_as("alice", "alicedb", &sql).unwrap();
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
-    let b = sql_as(&c, "alice", "postgres", "SELECT backups.capture('alicedb')");
+    let b = c.sql_as("alice", "postgres", "SELECT backups.capture('alicedb')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(is_superuser(&c, "alice"), "f", "the capture ran the owner's functions as the agent");
     let cp = c.sql("postgres", "SELECT backups.copy('alicedb', 'alicecopy', 'alicecopy')").unwrap();

@@ -106,46 +106,50 @@ pub async fn apply(
         Only::PreData => (true, None, false),
         Only::AfterData { loaded } => (false, Some(loaded), true),
     };
+    let run = Sections { task, tools, conn, target, archive, toc, scratch, rest };
     if pre {
-        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "pre-data", None, None).await?;
+        warnings += run.section("pre-data", None, None).await?;
     }
     if let Some(loaded) = data {
-        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "data", jobs, Some(loaded)).await?;
+        warnings += run.section("data", jobs, Some(loaded)).await?;
     }
     if post {
-        warnings += section(task, tools, conn, target, archive, toc, scratch, rest, "post-data", jobs, None).await?;
+        warnings += run.section("post-data", jobs, None).await?;
     }
     Ok(warnings)
 }
 
-/// One section of `rest` by pg_restore: `data` (without the entries
-/// `loaded` apart, and stopping at its first error), or the others.
-#[allow(clippy::too_many_arguments)]
-async fn section(
-    task: &Task,
-    tools: &Tools,
-    conn: &Conn,
-    target: &Target,
-    archive: &FsPath,
-    toc: &Toc,
-    scratch: &FsPath,
+/// What each section's pg_restore of one `apply` runs with.
+struct Sections<'a> {
+    task: &'a Task,
+    tools: &'a Tools,
+    conn: &'a Conn,
+    target: &'a Target,
+    archive: &'a FsPath,
+    toc: &'a Toc,
+    scratch: &'a FsPath,
+    /// The entries applied, by type.
     rest: Part,
-    name: &str,
-    jobs: Option<usize>,
-    loaded: Option<&HashSet<i32>>,
-) -> Result<i32> {
-    let list = scratch.join(format!("{name}.list"));
-    toc.write_list_except(&list, rest, loaded.unwrap_or(&HashSet::new()))?;
-    let mut cmd = target::pg_restore(tools, conn, target, jobs, Some(&list))?;
-    cmd.arg(format!("--section={name}"));
-    if loaded.is_some() {
-        cmd.arg("--exit-on-error");
+}
+
+impl Sections<'_> {
+    /// One section by pg_restore: `data` (without the entries `loaded`
+    /// apart, stopping at its first error), or the others (their errors
+    /// counted as warnings).
+    async fn section(&self, name: &str, jobs: Option<usize>, loaded: Option<&HashSet<i32>>) -> Result<i32> {
+        let list = self.scratch.join(format!("{name}.list"));
+        self.toc.write_list_except(&list, self.rest, loaded.unwrap_or(&HashSet::new()))?;
+        let mut cmd = target::pg_restore(self.tools, self.conn, self.target, jobs, Some(&list))?;
+        cmd.arg(format!("--section={name}"));
+        if loaded.is_some() {
+            cmd.arg("--exit-on-error");
+        }
+        cmd.arg(self.archive);
+        let exit = cmd.spawn(self.task.progress.tool_output())?.wait().await?;
+        if loaded.is_some() {
+            exit.check().context("the data did not load")?;
+            return Ok(0);
+        }
+        target::restore_warnings(&exit)
     }
-    cmd.arg(archive);
-    let exit = cmd.spawn(task.progress.tool_output())?.wait().await?;
-    if loaded.is_some() {
-        exit.check().context("the data did not load: nothing was replaced")?;
-        return Ok(0);
-    }
-    target::restore_warnings(&exit)
 }
