@@ -137,9 +137,9 @@ fn an_open_tenant_transaction_delays_no_other_capture_and_no_finish() {
     .unwrap();
 }
 
-/// A source whose text does not fit LATIN1, and a LATIN1 target with
-/// contents of its own.
-fn latin1_target(c: &Cluster) {
+/// A source whose text does not fit LATIN1, and a LATIN1 target owned by
+/// `owner` with contents of its own.
+fn latin1_target(c: &Cluster, owner: &str) {
     create_db(
         c,
         "src",
@@ -149,15 +149,20 @@ fn latin1_target(c: &Cluster) {
          INSERT INTO plain SELECT generate_series(1, 1000);",
     )
     .unwrap();
-    c.sql("postgres", "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-        .unwrap();
+    c.sql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE latin OWNER {owner} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    )
+    .unwrap();
     c.sql("latin", "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1), (2); CREATE SCHEMA extra").unwrap();
 }
 
 #[test]
 fn a_restore_whose_data_does_not_load_leaves_the_target_as_it_was_on_every_path() {
     let c = Cluster::start().unwrap();
-    latin1_target(&c);
+    latin1_target(&c, "postgres");
     c.sql("src", "SELECT lo_from_bytea(0, 'a large object')").unwrap();
     let store = tempfile::tempdir().unwrap();
     let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
@@ -248,19 +253,21 @@ fn a_restore_requeued_after_its_swap_committed_keeps_what_was_written_since() {
 
 #[test]
 fn a_capture_whose_control_database_was_down_is_never_completed_without_its_format_and_key() {
-    let c = Cluster::start().unwrap();
+    // (The worker waits out the outage: it is the agent's to survive.)
+    let c = Cluster::start_with(&["backups.agent_timeout = '300s'"]).unwrap();
     create_db(&c, "shop", SHOP).unwrap();
     create_db(&c, "staging", "").unwrap();
     let store = tempfile::tempdir().unwrap();
     // The agent reaches the control database through a proxy that goes
-    // down right after the claim, for longer than a call's reconnects
-    // (15 s) and shorter than a finish's patience (120 s).
+    // down right after the claim, for longer than the heartbeat's and the
+    // facts' reconnects (15 s each) and shorter than a finish's patience
+    // (120 s).
     let proxy = Proxy::start(c.port).unwrap();
     let control = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
     let agent = Agent::start(&control, &file_url(store.path()), &["--data-url", &c.url("postgres")], &[]).unwrap();
     // (The first heartbeat comes right after the claim, before the facts
     // of the work are known.)
-    proxy.down_after("backups._heartbeat(", Duration::ZERO, Duration::from_secs(20));
+    proxy.down_after("backups._heartbeat(", Duration::ZERO, Duration::from_secs(40));
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     let status = wait(&c, &b, Duration::from_secs(180)).unwrap();
     let facts = c
@@ -289,16 +296,20 @@ fn a_capture_whose_control_database_was_down_is_never_completed_without_its_form
 }
 
 /// A function that leaves a file behind when it runs (as a superuser
-/// owner's code can), in a CHECK every row is loaded through.
+/// owner's code can), in a CHECK every row is loaded through; enough rows
+/// (15 MB) that their data streams in before the backup's end.
 fn evil(marker: &std::path::Path) -> String {
     format!(
         "CREATE FUNCTION f(x int) RETURNS boolean LANGUAGE plpgsql AS $$
          BEGIN
-             COPY (SELECT 1) TO PROGRAM 'touch {m}';
+             IF x = 1 THEN
+                 COPY (SELECT 1) TO PROGRAM 'touch {m}';
+             END IF;
              RETURN true;
          END $$;
-         CREATE TABLE t (x int CHECK (f(x)));
-         INSERT INTO t VALUES (1);",
+         CREATE TABLE t (x int CHECK (f(x)), pad text);
+         INSERT INTO t SELECT g, md5(g::text) || md5((g + 1)::text) || md5((g + 2)::text)
+           FROM generate_series(1, 150000) g;",
         m = marker.display()
     )
 }
@@ -540,23 +551,34 @@ fn a_300_mb_value_restores_within_the_documented_memory_bound() {
 #[test]
 fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_start() {
     let c = Cluster::start_with(&["backups.agent_timeout = '3s'"]).unwrap();
-    latin1_target(&c);
+    // The documented data role for restores (README: "The agent's roles"),
+    // no superuser, restoring into an ordinary owner's databases.
+    c.sql(
+        "postgres",
+        "CREATE ROLE app; CREATE ROLE restorer LOGIN CREATEDB CREATEROLE BYPASSRLS IN ROLE pg_read_all_data, pg_signal_backend;
+         GRANT app TO restorer WITH ADMIN OPTION",
+    )
+    .unwrap();
+    latin1_target(&c, "app");
+    c.sql("latin", "ALTER TABLE mine OWNER TO app; ALTER SCHEMA extra OWNER TO app").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let data = format!("postgres://restorer@127.0.0.1:{}/postgres", c.port);
+    let agent_args = ["--data-url", data.as_str()];
+    let mut agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &agent_args, &[]).unwrap();
     let b = capture(&c, "'src'");
     let before = state(&c, "latin");
     for i in 0..20 {
         let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'latin', 'latin')")).unwrap();
         assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "failed", "try {i}: {}", log_of(&c, &r));
         // Recorded only once everything it made is gone.
-        assert_eq!(state(&c, "latin"), before, "try {i}: {}", log_of(&c, &r));
+        assert_eq!(state(&c, "latin"), before, "try {i}: {}\n{}", log_of(&c, &r), agent.log_text());
     }
 
     // An agent killed mid-restore leaves its shadow and its login; the next
     // agent to start drops them once the restore is over.
     create_db(&c, "many", &pgbackups_e2e::data::noise(150_000, 24)).unwrap();
     let m = capture(&c, "'many'");
-    create_db(&c, "target", "").unwrap();
+    c.sql("postgres", "CREATE DATABASE target OWNER app").unwrap();
     let r = c.sql("postgres", &format!("SELECT backups.restore('{m}', 'target', 'target')")).unwrap();
     wait_for(
         &c,
@@ -568,8 +590,8 @@ fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_sta
     agent.kill9();
     c.sql("postgres", &format!("SELECT backups.cancel('{r}')")).unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "cancelled");
-    assert_ne!(leftovers(&c), "databases: , roles: ", "the killed agent left nothing to sweep");
-    let _next = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    assert_ne!(leftovers(&c), "databases: , roles:", "the killed agent left nothing to sweep");
+    let _next = Agent::start(&c.url("postgres"), &file_url(store.path()), &agent_args, &[]).unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
         .unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
