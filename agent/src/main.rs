@@ -21,7 +21,8 @@
 //!               transfer runs), tool (those as process groups), target (replacing
 //!               a database, applying an archive as its owner), applier (the
 //!               throwaway login that applies it), archive (the extensions an
-//!               archive names)
+//!               archive names), teardown (what a transfer leaves to drop, in
+//!               order), leftovers (what killed agents left, swept at start)
 //! store/        storage, layout (every object key), upload, manifest, verify (the
 //!               one checksum-verifying reader), backups (finding and fetching), purge
 //! serve/        one listener (mod): links (signed download links), status (the
