@@ -142,11 +142,13 @@ async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str, turn: OwnedSemaphorePerm
 /// a link serves a plain dump whether or not the backup is encrypted.
 async fn custom_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<Body> {
     let object = verify::open(&ctx.storage, &b.keys(&ctx.storage).dump(), &b.checksum, None).await?;
-    let stream = ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16);
-    Ok(Body::from_stream(stream.map(move |piece| {
-        let _turn = &turn;
-        piece
-    })))
+    let mut stream = ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16);
+    Ok(Outlet::body(&b.name, turn, |out| async move {
+        while let Some(piece) = stream.next().await {
+            out.send(piece?).await?;
+        }
+        Ok(())
+    }))
 }
 
 /// A directory-format backup as a tar of a folder named after it, built as
@@ -163,30 +165,61 @@ async fn tar_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<B
     // The same bytes for every download of a backup: its files dated when
     // it was taken.
     let mtime = chrono::DateTime::parse_from_rfc3339(&manifest.created_at).map_or(0, |t| t.timestamp().max(0) as u64);
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let (storage, b) = (ctx.storage.clone(), b.clone());
-    tokio::spawn(async move {
-        let _turn = turn;
-        if let Err(e) = send_tar(&storage, &b, &files, mtime, &tx).await {
-            tracing::warn!(backup = %b.name, "serving a link: {e:#}");
-            let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
-        }
-    });
-    Ok(Body::from_stream(tokio_stream_from(rx)))
+    Ok(Outlet::body(&b.name.clone(), turn, |out| async move { send_tar(&storage, &b, &files, mtime, &out).await }))
 }
 
-/// The tar's bytes into `tx`: the folder, each file, the end.
+/// How long a download may take nothing before it is ended (its turn is
+/// freed for others).
+const IDLE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Where a response's bytes go, from a task of its own that holds the
+/// download's turn until the last byte is taken, the client goes away, or
+/// it takes nothing for `IDLE_PATIENCE`.
+struct Outlet(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+
+impl Outlet {
+    /// A body fed by `fill`; an error it returns ends the response in an
+    /// error (the client sees a failed download, never a clean end).
+    fn body<F, Fut>(name: &str, turn: OwnedSemaphorePermit, fill: F) -> Body
+    where
+        F: FnOnce(Outlet) -> Fut,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+        let fed = fill(Outlet(tx.clone()));
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _turn = turn;
+            if let Err(e) = fed.await {
+                tracing::warn!(backup = %name, "serving a link: {e:#}");
+                let _ =
+                    tokio::time::timeout(IDLE_PATIENCE, tx.send(Err(std::io::Error::other(format!("{e:#}"))))).await;
+            }
+        });
+        Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    async fn send(&self, bytes: Bytes) -> Result<()> {
+        match tokio::time::timeout(IDLE_PATIENCE, self.0.send(Ok(bytes))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => bail!("the client went away"),
+            Err(_) => bail!("the client took nothing for {IDLE_PATIENCE:?}: ending the download"),
+        }
+    }
+}
+
+/// The tar's bytes into `out`: the folder, each file, the end.
 async fn send_tar(
     storage: &crate::store::storage::Storage,
     b: &Stored,
     files: &[(String, u64, object_store::path::Path, String)],
     mtime: u64,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    out: &Outlet,
 ) -> Result<()> {
-    let gone = || anyhow::anyhow!("the client went away");
-    tx.send(Ok(tar_header(&format!("{}/", b.name), 0, mtime, true)?)).await.map_err(|_| gone())?;
+    out.send(tar_header(&format!("{}/", b.name), 0, mtime, true)?).await?;
     for (name, size, key, sha256) in files {
-        tx.send(Ok(tar_header(&format!("{}/{name}", b.name), *size, mtime, false)?)).await.map_err(|_| gone())?;
+        out.send(tar_header(&format!("{}/{name}", b.name), *size, mtime, false)?).await?;
         let object = verify::open(storage, key, sha256, None).await?;
         let mut body = ReaderStream::with_capacity(verify::decompressed(object, &b.encrypted_to).await?, 1 << 16);
         let mut sent = 0u64;
@@ -196,19 +229,18 @@ async fn send_tar(
             if sent > *size {
                 bail!("{key} holds more than the {size} bytes its manifest says");
             }
-            tx.send(Ok(piece)).await.map_err(|_| gone())?;
+            out.send(piece).await?;
         }
         if sent != *size {
             bail!("{key} holds {sent} bytes, not the {size} its manifest says");
         }
         let pad = (512 - (size % 512) as usize) % 512;
         if pad > 0 {
-            tx.send(Ok(Bytes::from(vec![0u8; pad]))).await.map_err(|_| gone())?;
+            out.send(Bytes::from(vec![0u8; pad])).await?;
         }
     }
     // The end of the archive: two empty blocks.
-    tx.send(Ok(Bytes::from(vec![0u8; 1024]))).await.map_err(|_| gone())?;
-    Ok(())
+    out.send(Bytes::from(vec![0u8; 1024])).await
 }
 
 /// A tar header for `path`, a file of `size` bytes or a folder.
@@ -221,10 +253,4 @@ fn tar_header(path: &str, size: u64, mtime: u64, folder: bool) -> Result<Bytes> 
     h.set_entry_type(if folder { tar::EntryType::Directory } else { tar::EntryType::Regular });
     h.set_cksum();
     Ok(Bytes::copy_from_slice(h.as_bytes()))
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
