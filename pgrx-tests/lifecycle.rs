@@ -166,4 +166,50 @@ fn one_owner_never_takes_every_slot_of_an_agent() {
     let other: Option<String> =
         Spi::get_one("SELECT (SELECT name FROM backups._claim('agent-b', ARRAY['capture'], '{}', 1))").unwrap();
     assert_eq!(other.as_deref(), Some(b.as_str()));
+    // A superuser's (or a backups_admin's) databases are the operator's:
+    // not capped.
+    let (d, e): (String, String) = (one("SELECT backups.capture()"), one("SELECT backups.capture()"));
+    assert_eq!(claim().as_deref(), Some(d.as_str()));
+    assert_eq!(claim().as_deref(), Some(e.as_str()));
+}
+
+#[pg_test]
+fn a_restore_whose_swap_committed_before_its_agent_went_silent_is_completed_not_requeued() {
+    run("DELETE FROM backups.transfers");
+    // (This database stands for the restored one: its oid is what the
+    // restore recorded before its swap, under the target's name.)
+    run(
+        "INSERT INTO backups.transfers (name, kind, status, database, target, source, agent_id, attempts, started_at,
+                                        heartbeat_at, swap_oid, cancel_requested)
+         SELECT 'r900', 'restore', 'running', current_database(), current_database(), 'b001', 'agent-a', 1,
+                now() - interval '10 minutes', now() - interval '10 minutes', d.oid, true
+           FROM pg_database d WHERE d.datname = current_database()",
+    );
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '1 minute') ->> 'requeued')::int"), 0);
+    // Completed, though a cancel was asked: the target was replaced.
+    assert_eq!(one::<String>("SELECT status FROM backups.transfers WHERE name = 'r900'"), "completed");
+    // One whose recorded database is not the target's was not swapped in.
+    run("UPDATE backups.transfers SET status = 'running', swap_oid = 1, cancel_requested = false, heartbeat_at = now() - interval '10 minutes'");
+    assert_eq!(one::<i32>("SELECT (backups._tick(agent_timeout => '1 minute') ->> 'requeued')::int"), 1);
+}
+
+#[pg_test]
+fn a_completed_restore_moves_its_targets_history_to_the_database_it_swapped_in() {
+    run("DELETE FROM backups.transfers");
+    // The target's history, under the oid it had before the restore.
+    let b: String = one("SELECT backups.capture()");
+    run(&format!("UPDATE backups.transfers SET status = 'completed', database_oid = 4242 WHERE name = '{b}'"));
+    run(
+        "INSERT INTO backups.transfers (name, kind, status, database, database_oid, target, source, agent_id, attempts)
+         VALUES ('r901', 'restore', 'running', current_database(), 4242, current_database(), 'b001', 'agent-a', 1)",
+    );
+    assert!(one::<bool>("SELECT backups._finish(id, 'agent-a', 1, 'completed', 10, NULL, NULL, 0, NULL) FROM backups.transfers WHERE name = 'r901'"));
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM backups.transfers t JOIN pg_database d ON d.oid = t.database_oid
+              WHERE d.datname = current_database()"
+        ),
+        2
+    );
+    assert_eq!(one::<String>("SELECT value FROM backups.database_info() WHERE field = 'backups'"), "1 completed");
 }

@@ -14,19 +14,42 @@
 -- attempt. A finish is idempotent: sent again after its reply was lost, it
 -- finds the row already in the state it asked for, and says so.
 
--- The one place a transfer ends. A restore's secret URL goes with it.
+-- The one place a transfer ends. A restore's secret URL goes with it. A
+-- restore or copy that completed replaced its target with another database
+-- (a new oid, under the same name and owner): the target's history, which
+-- is keyed by its oid (health, retention, database_info), moves to it.
 CREATE FUNCTION backups._end(transfer_id bigint, status text, error text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t     backups.transfers;
+    v_now oid;
 BEGIN
     IF _end.status NOT IN ('completed', 'failed', 'cancelled') THEN
         RAISE EXCEPTION 'a transfer cannot end as "%"', _end.status;
     END IF;
-    UPDATE backups.transfers t
+    UPDATE backups.transfers x
        SET status = _end.status, finished_at = now(), current_object = NULL,
-           error = coalesce(_end.error, t.error), source_url = NULL
-     WHERE t.id = _end.transfer_id;
+           error = coalesce(_end.error, x.error), source_url = NULL
+     WHERE x.id = _end.transfer_id
+    RETURNING x.* INTO t;
+    IF _end.status = 'completed' AND t.kind IN ('restore', 'copy') AND t.database_oid IS NOT NULL THEN
+        SELECT d.oid INTO v_now FROM pg_catalog.pg_database d
+         WHERE d.datname = t.database AND d.datdba = t.owner_role;
+        IF v_now IS NOT NULL AND v_now <> t.database_oid THEN
+            UPDATE backups.transfers x SET database_oid = v_now WHERE x.database_oid = t.database_oid;
+        END IF;
+    END IF;
 END
+$$;
+
+-- Did restore or copy `t` swap its copy in? The database it recorded
+-- (_record_swap) has the target's name now.
+CREATE FUNCTION backups._swapped(t backups.transfers) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.kind IN ('restore', 'copy') AND t.swap_oid IS NOT NULL
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.oid = t.swap_oid AND d.datname = t.database)
 $$;
 
 -- Back to the queue. `counted` says whether the attempt counts towards the
@@ -66,7 +89,8 @@ $$;
 -- `per_owner`: how many transfers of one owner (the owner of their
 -- database when queued) this agent runs at once, so that one tenant's
 -- transfers stuck on its own locks never take every slot: the others'
--- queue past them. `swapped`: the database an earlier attempt of a restore
+-- queue past them. Owners who are superusers or backups_admin members are
+-- the operators: their databases' transfers are not capped. `swapped`: the database an earlier attempt of a restore
 -- or copy swapped in (or was about to) for its target.
 CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[], per_owner integer DEFAULT NULL)
 RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb,
@@ -87,6 +111,7 @@ BEGIN
                                            WHERE p.source = ANY (a.sources)
                                              AND a.last_seen_at > now() - interval '1 minute'))
                       AND (_claim.per_owner IS NULL OR p.owner_role IS NULL
+                           OR pg_catalog.pg_has_role(p.owner_role, 'backups_admin', 'MEMBER')
                            OR (SELECT count(*) FROM backups.transfers r
                                 WHERE r.status = 'running' AND r.agent_id = _claim.agent
                                   AND r.owner_role = p.owner_role) < _claim.per_owner)
@@ -263,6 +288,16 @@ CREATE FUNCTION backups._reap(t backups.transfers, timeout interval) RETURNS tex
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Its swap committed before the agent went silent: the target was
+    -- replaced, whatever else was asked meanwhile (a cancel the agent no
+    -- longer heeded past its commit point). It is completed, not failed or
+    -- cancelled, and not restored again.
+    IF backups._swapped(t) THEN
+        PERFORM backups._log(t.id, format('agent %s sent no heartbeat for %s after its swap committed: %s is the restored database',
+                                          t.agent_id, timeout, t.database));
+        PERFORM backups._end(t.id, 'completed');
+        RETURN 'completed';
+    END IF;
     IF t.attempts - t.handed_back < 3 AND NOT t.cancel_requested THEN
         PERFORM backups._to_pending(t.id, true,
             format('agent %s sent no heartbeat for %s; requeued (attempt %s of 3 used)', t.agent_id, timeout,
@@ -349,9 +384,10 @@ AS $$
      ORDER BY t.finished_at DESC, t.id DESC LIMIT 1
 $$;
 
--- The transfers still pending or running: the agent keeps the databases
--- and roles it made for them (shadows, scratch databases, appliers), and
--- drops any other it finds.
-CREATE FUNCTION backups._unfinished() RETURNS SETOF text
+-- The transfers still pending or running, and their databases' oids (a
+-- restore's or copy's: its target's): the agent keeps the databases and
+-- roles it made for them (shadows, scratch databases, appliers), and drops
+-- any other it finds.
+CREATE FUNCTION backups._unfinished() RETURNS TABLE (name text, database_oid oid)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT t.name FROM backups.transfers t WHERE t.status IN ('pending', 'running') $$;
+AS $$ SELECT t.name, t.database_oid FROM backups.transfers t WHERE t.status IN ('pending', 'running') $$;

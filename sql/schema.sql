@@ -55,12 +55,13 @@ $roles$;
 -- holds up no one else's (a counter row updated in the transaction would
 -- hold every other caller on its lock until it ends). Numbers are never
 -- reused, even after a backup is deleted; one drawn by a transaction that
--- rolled back is skipped.
-CREATE SEQUENCE backups.names_a AS integer;
-CREATE SEQUENCE backups.names_b AS integer;
-CREATE SEQUENCE backups.names_c AS integer;
-CREATE SEQUENCE backups.names_r AS integer;
-CREATE SEQUENCE backups.names_v AS integer;
+-- rolled back is skipped (bigint: a tenant calling in a loop that rolls
+-- back never runs a letter out of numbers).
+CREATE SEQUENCE backups.names_a;
+CREATE SEQUENCE backups.names_b;
+CREATE SEQUENCE backups.names_c;
+CREATE SEQUENCE backups.names_r;
+CREATE SEQUENCE backups.names_v;
 
 -- One schedule per database. `cron` and `timezone` are the normalised form
 -- of `spec`, which is kept as the user wrote it.

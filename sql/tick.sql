@@ -70,11 +70,11 @@ BEGIN
              WHERE x.status = 'running' AND coalesce(x.heartbeat_at, x.started_at, x.created_at) < now() - timeout
              FOR UPDATE SKIP LOCKED LOOP
         BEGIN
-            IF backups._reap(t, timeout) = 'requeued' THEN
-                v_requeued := v_requeued + 1;
-            ELSE
-                v_failed := v_failed + 1;
-            END IF;
+            CASE backups._reap(t, timeout)
+                WHEN 'requeued' THEN v_requeued := v_requeued + 1;
+                WHEN 'failed' THEN v_failed := v_failed + 1;
+                ELSE NULL;
+            END CASE;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'pg_backups: could not requeue silent transfer %: %', t.name, SQLERRM;
         END;

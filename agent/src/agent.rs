@@ -47,7 +47,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
     queue::announce(&control, &agent_id, &sources).await?;
     // What agents killed before left behind, whose transfers are over.
-    pg::leftovers::sweep(&ctx.cfg).await;
+    pg::leftovers::sweep(&ctx.cfg);
     let (trigger, shutdown) = shutdown::channel();
 
     let mut background = JoinSet::new();

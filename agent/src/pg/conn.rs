@@ -50,6 +50,11 @@ pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)
 /// database's own settings say.
 pub const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on";
 
+/// For the agent's own sessions that create, rename and drop databases: a
+/// lock someone else holds (a tenant's open `COMMENT ON DATABASE`, say) is
+/// waited for this long, not for good.
+pub const LOCK_TIMEOUT: &str = "SET lock_timeout = '5s'";
+
 /// Connect and drive the connection in the background. Notifications are
 /// not delivered here: see the agent's `listen`.
 pub async fn connect(url: &str) -> Result<Client> {

@@ -4,8 +4,11 @@
 //! throwaway logins that applied archives (`applier`), once the control
 //! database says the transfer each was made for is no longer pending or
 //! running. Only what carries the agent's marks is touched (a database's
-//! comment, a role's prefix); what cannot be dropped is a warning, and the
-//! next start tries again.
+//! comment, a role's prefix), a database only while it is still the one
+//! listed (same oid, same comment), a shadow only while no transfer into
+//! its target goes on (another agent's may be about to make it anew); no
+//! lock is waited for long (someone holding one cannot hold up the agent);
+//! what cannot be dropped is a warning, and the next start tries again.
 
 use std::collections::HashSet;
 
@@ -16,28 +19,39 @@ use crate::pg::conn;
 use crate::pg::quote::ident;
 use crate::pg::{applier, scratch, shadow};
 
-/// Sweep; never fails the agent's start.
-pub async fn sweep(cfg: &Config) {
-    match run(cfg).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("dropped {n} database(s) and role(s) that stopped transfers had left"),
-        Err(e) => tracing::warn!("could not look for what stopped transfers left: {e:#}"),
-    }
+/// Sweep, in the background: it never holds up or fails the agent's start.
+pub fn sweep(cfg: &Config) {
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        match run(&cfg).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("dropped {n} database(s) and role(s) that stopped transfers had left"),
+            Err(e) => tracing::warn!("could not look for what stopped transfers left: {e:#}"),
+        }
+    });
+}
+
+/// One database the agent made, as listed.
+struct Listed {
+    name: String,
+    oid: u32,
+    comment: String,
 }
 
 async fn run(cfg: &Config) -> Result<usize> {
     let c = conn::connect(&cfg.data_url).await?;
+    c.batch_execute(conn::LOCK_TIMEOUT).await?;
     // Listed before the control database is asked which transfers go on:
     // what a transfer claimed meanwhile made is not in these lists.
-    let databases: Vec<(String, String)> = c
+    let databases: Vec<Listed> = c
         .query(
-            "SELECT datname::text, coalesce(pg_catalog.shobj_description(oid, 'pg_database'), '')
+            "SELECT datname::text, oid, coalesce(pg_catalog.shobj_description(oid, 'pg_database'), '')
                FROM pg_catalog.pg_database WHERE datname ~ '^pgbackups_(shadow|replaced|verify)_'",
             &[],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| Listed { name: r.get(0), oid: r.get(1), comment: r.get(2) })
         .collect();
     let roles: Vec<String> = c
         .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname ~ '^pgbackups_(apply|verify)_'", &[])
@@ -49,25 +63,41 @@ async fn run(cfg: &Config) -> Result<usize> {
         return Ok(0);
     }
     let control = conn::connect(&cfg.store.database_url).await?;
-    let going: HashSet<String> =
-        control.query("SELECT backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let unfinished = control.query("SELECT name, database_oid FROM backups._unfinished()", &[]).await?;
+    let going: HashSet<String> = unfinished.iter().map(|r| r.get(0)).collect();
+    let targets: HashSet<String> = unfinished
+        .iter()
+        .filter_map(|r| r.get::<_, Option<u32>>(1))
+        .map(|oid| format!("pgbackups_shadow_{oid}"))
+        .collect();
     let over = |t: Option<&str>| t.is_some_and(|t| !going.contains(t));
     let mut dropped = 0;
     // One after another: databases first (a scratch database's shadow
     // before the scratch database), then the roles that owned them.
-    for (name, comment) in &databases {
-        let transfer = if name.starts_with("pgbackups_verify_") {
-            scratch::transfer_of(name)
-        } else {
-            shadow::transfer_of(comment)
-        };
-        if !over(transfer) || name.starts_with("pgbackups_verify_") {
+    for d in &databases {
+        if d.name.starts_with("pgbackups_verify_") || targets.contains(&d.name) {
             continue;
         }
-        tracing::info!("dropping {name}, left by {}", transfer.unwrap_or_default());
-        match c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name))).await {
+        let transfer = shadow::transfer_of(&d.comment);
+        if !over(transfer) {
+            continue;
+        }
+        // Still the database listed, with the mark listed?
+        let same = c
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database
+                  WHERE datname = $1 AND oid = $2 AND coalesce(pg_catalog.shobj_description(oid, 'pg_database'), '') = $3",
+                &[&d.name, &d.oid, &d.comment],
+            )
+            .await?
+            .is_some();
+        if !same {
+            continue;
+        }
+        tracing::info!("dropping {}, left by {}", d.name, transfer.unwrap_or_default());
+        match c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&d.name))).await {
             Ok(()) => dropped += 1,
-            Err(e) => tracing::warn!("could not drop {name}: {:#}", anyhow::Error::from(e)),
+            Err(e) => tracing::warn!("could not drop {}: {:#}", d.name, anyhow::Error::from(e)),
         }
     }
     for role in &roles {

@@ -99,7 +99,7 @@ async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
         }
         let control = conn::connect(&cfg.store.database_url).await?;
         let going: Vec<String> =
-            control.query("SELECT backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
+            control.query("SELECT name FROM backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
         Ok::<_, anyhow::Error>(
             names
                 .into_iter()

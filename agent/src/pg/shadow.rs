@@ -15,7 +15,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::pg::conn;
+use crate::pg::conn::{self, LOCK_TIMEOUT};
 use crate::pg::quote::{ident, literal};
 use crate::pg::target::{self, Target};
 use crate::pg::teardown::Teardown;
@@ -42,6 +42,11 @@ fn shadow_name(oid: u32) -> String {
     format!("pgbackups_shadow_{oid}")
 }
 
+/// Is `name` a shadow's name (`pgbackups_shadow_<oid>`)?
+pub fn is_shadow_name(name: &str) -> bool {
+    name.strip_prefix("pgbackups_shadow_").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn replaced_name(oid: u32) -> String {
     format!("pgbackups_replaced_{oid}")
 }
@@ -52,6 +57,7 @@ impl Shadow {
     /// (PUBLIC may not connect) until it gets the target's grants.
     pub async fn create(cfg: &Config, target: &Target, transfer: &str, teardown: &Teardown) -> Result<Shadow> {
         let c = conn::connect(&cfg.data_url).await?;
+        c.batch_execute(LOCK_TIMEOUT).await?;
         let name = shadow_name(target.props.oid);
         sweep(&c, target, &name).await?;
         if let Err(e) = sweep(&c, target, &replaced_name(target.props.oid)).await {
@@ -92,6 +98,10 @@ impl Shadow {
     /// they could not be dropped.
     pub async fn swap(mut self, target: &Target, transfer: &str) -> Result<Option<String>> {
         let c = conn::connect(&self.data_url).await?;
+        // A session that holds a lock on the target (an open COMMENT ON
+        // DATABASE, say) cannot hold the swap up for good: it gives up and
+        // tries again, and in the end fails with the target as it was.
+        c.batch_execute(LOCK_TIMEOUT).await?;
         let (name, shadow) = (target.name.clone(), self.shadow.name.clone());
         let old = replaced_name(self.oid);
         let mut attempt = 0;
@@ -106,16 +116,17 @@ impl Shadow {
                 Err(_) if self.swapped_in(&name).await => break,
                 Err(e) => {
                     c.batch_execute("ROLLBACK").await.ok();
+                    use tokio_postgres::error::SqlState;
                     let in_use = e
                         .downcast_ref::<tokio_postgres::Error>()
                         .and_then(|e| e.code())
-                        .is_some_and(|c| *c == tokio_postgres::error::SqlState::OBJECT_IN_USE);
+                        .is_some_and(|c| *c == SqlState::OBJECT_IN_USE || *c == SqlState::LOCK_NOT_AVAILABLE);
                     if !(in_use && attempt < SWAP_ATTEMPTS) {
                         return Err(e.context(format!(
                             "swapping the restored copy in for {name}{}; {name} is as it was",
                             if in_use {
-                                " (sessions kept connecting to it or to the shadow, or the agent may not end them: \
-                                 it needs pg_signal_backend or the sessions' roles)"
+                                " (sessions kept connecting to it or to the shadow, or held a lock on it, or the agent \
+                                 may not end them: it needs pg_signal_backend or the sessions' roles)"
                             } else {
                                 ""
                             }

@@ -171,7 +171,7 @@ async fn tar_body(ctx: &Ctx, b: &Stored, turn: OwnedSemaphorePermit) -> Result<B
 
 /// How long a download may take nothing before it is ended (its turn is
 /// freed for others).
-const IDLE_PATIENCE: Duration = Duration::from_secs(300);
+const IDLE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Where a response's bytes go, from a task of its own that holds the
 /// download's turn until the last byte is taken, the client goes away, or

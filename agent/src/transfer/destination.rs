@@ -123,7 +123,15 @@ impl Destination {
                     }
                 }
             }
-            None => target::comment(cfg, &self.target).await?,
+            None => {
+                target::comment(cfg, &self.target).await?;
+                // In place, the target is now this transfer's: a later
+                // attempt must not drop and fill it again.
+                task.commit_point();
+                let c = conn::connect(&cfg.data_url).await?;
+                let oid = database_named_oid(&c, &self.target.name).await?;
+                record_swap(task, oid).await?;
+            }
         }
         for w in &warnings {
             task.progress.say(Level::Warning, w.clone());
@@ -153,18 +161,26 @@ async fn record_swap(task: &Task, oid: u32) -> Result<()> {
 }
 
 /// An earlier attempt of this restore or copy into `target` recorded that
-/// it was swapping in database `swapped`: if that database is `target`
-/// now, its swap committed before the attempt stopped (killed, stopped,
-/// cut off), and what was written to the target since must not be
-/// replaced again. Then only what that attempt left (the target's old
-/// contents) is dropped, and the transfer ends here.
+/// it was swapping in database `swapped` (or, in place, that it had
+/// filled it): if that database is `target` now, it committed before the
+/// attempt stopped (killed, stopped, cut off), and what was written to the
+/// target since must not be replaced again. Then only what that attempt
+/// left (the target's old contents) is dropped, and the transfer ends here.
+/// If it is still the shadow, it is dropped first: the earlier attempt may
+/// be alive and about to swap it in, and the drop waits for its swap (both
+/// take the database's lock), so that what is read after it is final.
 pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -> Result<Option<Completion>> {
     let Some(oid) = swapped else { return Ok(None) };
     let c = conn::connect(&task.ctx.cfg.data_url).await?;
-    let now: Option<String> = c
-        .query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid])
-        .await?
-        .map(|r| r.get(0));
+    c.batch_execute(conn::LOCK_TIMEOUT).await?;
+    let mut now = database_named(&c, oid).await?;
+    if let Some(shadow) = now.as_deref().filter(|n| *n != target && shadow::is_shadow_name(n)) {
+        task.progress.say(Level::Info, format!("dropping {shadow}, which an earlier attempt did not swap in"));
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(shadow)))
+            .await
+            .with_context(|| format!("dropping {shadow}, which an earlier attempt left"))?;
+        now = database_named(&c, oid).await?;
+    }
     if now.as_deref() != Some(target) {
         task.progress.say(Level::Info, "an earlier attempt stopped before its swap: restoring into a new shadow");
         return Ok(None);
@@ -180,4 +196,14 @@ pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -
         task.progress.say(Level::Warning, w);
     }
     Ok(Some(apply::completion(task, &format!("swapped into {target} by an earlier attempt"), "read", 0)))
+}
+
+/// The name of the database with oid `oid`, if there is one.
+async fn database_named(c: &tokio_postgres::Client, oid: u32) -> Result<Option<String>> {
+    Ok(c.query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid]).await?.map(|r| r.get(0)))
+}
+
+/// The oid of database `name`.
+async fn database_named_oid(c: &tokio_postgres::Client, name: &str) -> Result<u32> {
+    Ok(c.query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?.get(0))
 }
