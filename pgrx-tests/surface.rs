@@ -253,3 +253,27 @@ fn info_shows_the_age_recipients_a_backup_is_encrypted_to() {
     assert!(one::<bool>(&format!("SELECT encrypted_to IS NULL FROM backups.transfers WHERE id = {id}")));
     assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.info('{b}') WHERE field = 'encryption'")), 0);
 }
+
+#[pg_test]
+fn each_kind_registers_its_letters_and_queues_through_one_function() {
+    assert_eq!(
+        one::<String>("SELECT string_agg(kind || ':' || prefix || coalesce('/' || scheduled_prefix, ''), ' ' ORDER BY kind) FROM backups.kinds"),
+        "capture:b/a copy:c restore:r verify:v"
+    );
+    // Every entry function queues through _enqueue: the kind's letter, or
+    // its schedule's.
+    let b: String = one("SELECT backups._enqueue('capture', current_database(), 'test')");
+    assert!(b.starts_with('b'), "{b}");
+    run("SELECT backups.schedule('daily 02:00')");
+    let a: String = one(
+        "SELECT backups._enqueue('capture', current_database(), 'test', schedule_id => (SELECT id FROM backups.schedules LIMIT 1))",
+    );
+    assert!(a.starts_with('a'), "{a}");
+    assert!(one::<bool>(&format!("SELECT scheduled FROM backups.transfers WHERE name = '{a}'")));
+    assert!(!one::<bool>(&format!("SELECT scheduled FROM backups.transfers WHERE name = '{b}'")));
+}
+
+#[pg_test(error = "no kind of transfer is called \"vacuum\"")]
+fn an_unknown_kind_is_never_queued() {
+    run("SELECT backups._enqueue('vacuum', current_database(), 'test')");
+}

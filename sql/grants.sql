@@ -1,11 +1,12 @@
 -- Permissions: nothing for PUBLIC; users read, capture and take back their
 -- own pending requests, on the databases they own (the functions check
--- that: internal.sql, _may_act_on); admins may also destroy, restore, copy,
--- keep (pin) or schedule, anywhere. Superusers bypass these checks.
+-- that: tenancy.sql, _may_act_on); admins may also destroy, restore, copy,
+-- keep (pin) or schedule, anywhere. Superusers bypass these checks. Each
+-- kind grants its own entry function (sql/kinds/); this file comes last.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA backups FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    backups.capture(name, integer, text, text[], text[]),
     backups.wait(text, interval),
     backups.list(),
     backups.info(text),
@@ -13,14 +14,10 @@ GRANT EXECUTE ON FUNCTION
     backups.database_info(name),
     backups.schedules(),
     backups.cancel(text),
-    backups.verify(text),
     backups.health(),
     backups.contents(text)
 TO backups_user;
-GRANT EXECUTE ON PROCEDURE backups.capture_and_wait(name, integer, text, interval, text, text, text[], text[]) TO backups_user;
 GRANT EXECUTE ON FUNCTION
-    backups.restore(text, name, name, boolean),
-    backups.copy(text, name, name, boolean),
     backups.delete(text),
     backups.keep(text, boolean),
     backups.schedule(text, name, integer, integer, integer, boolean),

@@ -5,7 +5,7 @@
 --      ^                  |
 --      +-- hand back -----+   (the agent stops: its attempt does not count)
 --      +-- requeue -------+   (the agent went silent: counted, at most 3)
---   pending --cancel--> cancelled          completed --retention--> expired
+--   (enqueue) --> pending --cancel--> cancelled    completed --retention--> expired
 --
 -- Writes about a running transfer are fenced on (agent, attempt): once the
 -- worker has requeued a transfer whose agent went silent and another agent
@@ -13,6 +13,40 @@
 -- the transfer is no longer its own ('lost') instead of overwriting the new
 -- attempt. A finish is idempotent: sent again after its reply was lost, it
 -- finds the row already in the state it asked for, and says so.
+
+-- The one place a transfer is born (pending): named with its kind's letter
+-- (its schedule's letter when a schedule queues it), recorded with the
+-- database and owner it concerns (_record_owner), logged, and the agent
+-- told. Every entry function (sql/kinds/) and the worker queue through it.
+CREATE FUNCTION backups._enqueue(kind text, database name, why text, source text DEFAULT NULL,
+                                 target text DEFAULT NULL, options jsonb DEFAULT '{}', source_url text DEFAULT NULL,
+                                 schedule_id bigint DEFAULT NULL, owner_role oid DEFAULT NULL,
+                                 database_oid oid DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k      backups.kinds;
+    v_name text;
+    v_id   bigint;
+BEGIN
+    SELECT * INTO k FROM backups.kinds x WHERE x.kind = _enqueue.kind;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no kind of transfer is called "%"', _enqueue.kind;
+    END IF;
+    v_name := backups._next_name(CASE WHEN _enqueue.schedule_id IS NULL THEN k.prefix
+                                      ELSE coalesce(k.scheduled_prefix, k.prefix) END);
+    INSERT INTO backups.transfers (name, kind, database, database_oid, owner_role, source, source_url, target, options,
+                                   schedule_id, scheduled)
+    VALUES (v_name, _enqueue.kind, _enqueue.database, _enqueue.database_oid, _enqueue.owner_role, _enqueue.source,
+            _enqueue.source_url, _enqueue.target, coalesce(_enqueue.options, '{}'), _enqueue.schedule_id,
+            _enqueue.schedule_id IS NOT NULL)
+    RETURNING id INTO v_id;
+    PERFORM backups._log(v_id, _enqueue.why);
+    PERFORM backups._notify(v_name);
+    RETURN v_name;
+END
+$$;
 
 -- The one place a transfer ends. A restore's secret URL goes with it. A
 -- restore or copy that completed replaced its target with another database
@@ -39,6 +73,20 @@ BEGIN
         IF v_now IS NOT NULL AND v_now <> t.database_oid THEN
             UPDATE backups.transfers x SET database_oid = v_now WHERE x.database_oid = t.database_oid;
         END IF;
+    END IF;
+END
+$$;
+
+-- Retention's end of a completed backup (tick.sql: _expire): expired, its
+-- objects for the agent to remove (_to_purge).
+CREATE FUNCTION backups._expire_backup(transfer_id bigint, why text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE backups.transfers x SET status = 'expired'
+     WHERE x.id = _expire_backup.transfer_id AND x.status = 'completed' AND x.kind = 'capture';
+    IF FOUND THEN
+        PERFORM backups._log(_expire_backup.transfer_id, _expire_backup.why);
     END IF;
 END
 $$;

@@ -49,19 +49,17 @@ BEGIN
 END
 $roles$;
 
--- Name numbers, one sequence per prefix: b (manual capture), a (scheduled
--- capture), r (restore), c (copy), v (verification). A sequence never
--- waits: a tenant who queues a capture and leaves the transaction open
--- holds up no one else's (a counter row updated in the transaction would
--- hold every other caller on its lock until it ends). Numbers are never
--- reused, even after a backup is deleted; one drawn by a transaction that
--- rolled back is skipped (bigint: a tenant calling in a loop that rolls
--- back never runs a letter out of numbers).
-CREATE SEQUENCE backups.names_a;
-CREATE SEQUENCE backups.names_b;
-CREATE SEQUENCE backups.names_c;
-CREATE SEQUENCE backups.names_r;
-CREATE SEQUENCE backups.names_v;
+-- The kinds of transfer, one row each, registered by the kind's own file
+-- in sql/kinds/ (internal.sql: _register_kind): the letter its transfers
+-- are named with (Heroku's: b001 manual capture, a001 scheduled capture,
+-- r001 restore, c001 copy; and ours, v001 verification), each letter
+-- numbered by a sequence of its own (made with the row).
+CREATE TABLE backups.kinds (
+    kind             text PRIMARY KEY CHECK (kind ~ '^[a-z_]+$'),
+    prefix           text NOT NULL UNIQUE CHECK (prefix ~ '^[a-z]$'),
+    scheduled_prefix text UNIQUE CHECK (scheduled_prefix ~ '^[a-z]$'),   -- what a schedule queues of it, if any
+    description      text NOT NULL                                      -- "restore", as people say it
+);
 
 -- One schedule per database. `cron` and `timezone` are the normalised form
 -- of `spec`, which is kept as the user wrote it.
@@ -84,7 +82,7 @@ CREATE TABLE backups.schedules (
 CREATE TABLE backups.transfers (
     id                  bigserial PRIMARY KEY,
     name                text NOT NULL UNIQUE,           -- b001, a001, r001, c001, v001
-    kind                text NOT NULL CHECK (kind IN ('capture', 'restore', 'copy', 'verify')),
+    kind                text NOT NULL REFERENCES backups.kinds (kind),
     status              text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'expired')),
     database            name NOT NULL,                  -- capture: the database dumped; restore/copy: the target
@@ -100,7 +98,7 @@ CREATE TABLE backups.transfers (
     target              text,                           -- restore/copy: target database
     options             jsonb NOT NULL DEFAULT '{}',    -- e.g. {"jobs": 4}
     schedule_id         bigint REFERENCES backups.schedules (id) ON DELETE SET NULL,
-    scheduled           boolean NOT NULL DEFAULT false, -- queued by a schedule (its schedule may be gone since)
+    scheduled           boolean NOT NULL DEFAULT false, -- queued by a schedule (schedule_id, until that schedule goes)
     created_at          timestamptz NOT NULL DEFAULT now(),
     created_by          name NOT NULL DEFAULT session_user,
     created_xid         xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
@@ -189,16 +187,12 @@ CREATE TABLE backups.agents (
 -- schema only lets a role look names up, so that one without the grant is
 -- told "permission denied for function restore" rather than about the schema.
 REVOKE ALL ON ALL TABLES IN SCHEMA backups FROM PUBLIC;
+-- (The kinds' name sequences, made later, are revoked in grants.sql.)
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
 GRANT USAGE ON SCHEMA backups TO PUBLIC;
 
 -- The agent's own rows are data, not configuration: keep them in dumps of
 -- the control database.
-SELECT pg_catalog.pg_extension_config_dump('backups.names_a', '');
-SELECT pg_catalog.pg_extension_config_dump('backups.names_b', '');
-SELECT pg_catalog.pg_extension_config_dump('backups.names_c', '');
-SELECT pg_catalog.pg_extension_config_dump('backups.names_r', '');
-SELECT pg_catalog.pg_extension_config_dump('backups.names_v', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.transfers', '');
 SELECT pg_catalog.pg_extension_config_dump('backups.transfer_logs', '');

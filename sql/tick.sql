@@ -13,8 +13,6 @@ AS $$
 DECLARE
     s       backups.schedules;
     busy    backups.transfers;
-    v_name  text;
-    v_id    bigint;
     v_fired integer := 0;
 BEGIN
     FOR s IN SELECT * FROM backups.schedules x WHERE x.next_run_at <= now()
@@ -32,15 +30,11 @@ BEGIN
             ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = s.database AND d.datallowconn) THEN
                 RAISE WARNING 'pg_backups: skipping the schedule of database "%": it does not exist or refuses connections', s.database;
             ELSE
-                v_name := backups._next_name('a');
                 -- With the owner's rights, as a backups_user's own
                 -- capture: its tenants may download it (url()).
-                INSERT INTO backups.transfers (name, kind, database, schedule_id, scheduled, options)
-                VALUES (v_name, 'capture', s.database, s.id, true,
-                        jsonb_strip_nulls(jsonb_build_object('role', backups._owner_name(s.database))))
-                RETURNING id INTO v_id;
-                PERFORM backups._log(v_id, format('scheduled capture (%s), due %s', s.spec, s.next_run_at));
-                PERFORM backups._notify(v_name);
+                PERFORM backups._enqueue('capture', s.database, format('scheduled capture (%s), due %s', s.spec, s.next_run_at),
+                                         options => jsonb_strip_nulls(jsonb_build_object('role', backups._owner_name(s.database))),
+                                         schedule_id => s.id);
                 v_fired := v_fired + 1;
             END IF;
             UPDATE backups.schedules x SET last_run_at = now(),
@@ -119,9 +113,8 @@ BEGIN
                                                                   s.retain_daily, s.retain_weekly, s.retain_monthly))
                        AND x.kept_at IS NULL
                      FOR UPDATE SKIP LOCKED LOOP
-                UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
-                PERFORM backups._log(t.id, format('expired by the retention of the schedule of %s (daily %s, weekly %s, monthly %s)',
-                                                  s.database, s.retain_daily, s.retain_weekly, s.retain_monthly));
+                PERFORM backups._expire_backup(t.id, format('expired by the retention of the schedule of %s (daily %s, weekly %s, monthly %s)',
+                                                            s.database, s.retain_daily, s.retain_weekly, s.retain_monthly));
                 v_expired := v_expired + 1;
             END LOOP;
         EXCEPTION WHEN OTHERS THEN
@@ -139,9 +132,8 @@ BEGIN
                ON r.id = x.id
              WHERE r.n > keep_manual AND x.kept_at IS NULL
              FOR UPDATE OF x SKIP LOCKED LOOP
-        UPDATE backups.transfers x SET status = 'expired' WHERE x.id = t.id;
-        PERFORM backups._log(t.id, format('expired: more than backups.keep_manual = %s manual backups of %s',
-                                          keep_manual, coalesce('source ' || t.source, t.database::text)));
+        PERFORM backups._expire_backup(t.id, format('expired: more than backups.keep_manual = %s manual backups of %s',
+                                                    keep_manual, coalesce('source ' || t.source, t.database::text)));
         v_expired := v_expired + 1;
     END LOOP;
     IF v_expired > 0 THEN

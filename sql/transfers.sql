@@ -1,59 +1,9 @@
--- The SQL surface for transfers: what a person calls from psql to capture,
--- wait, list, inspect, cancel, delete, link, restore, copy and verify. None of these
--- runs pg_dump or touches storage: they record intent and notify the agent,
--- which sees the transfer once the calling transaction commits.
-
-CREATE FUNCTION backups.capture(database name DEFAULT current_database(), jobs integer DEFAULT NULL, source text DEFAULT NULL,
-                                exclude_table_data text[] DEFAULT NULL, exclude_schemas text[] DEFAULT NULL)
-RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_db      name := capture.database;
-    v_jobs    integer := capture.jobs;
-    v_source  text := nullif(btrim(capture.source), '');
-    v_name    text;
-    v_id      bigint;
-    v_data    jsonb;
-    v_schemas jsonb;
-BEGIN
-    IF v_jobs IS NOT NULL AND (v_jobs < 1 OR v_jobs > 64) THEN
-        RAISE EXCEPTION 'jobs must be between 1 and 64, not %', v_jobs
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'jobs => N runs a parallel directory-format dump with N workers; leave it NULL for a single custom-format dump.';
-    END IF;
-    IF v_source IS NULL THEN
-        PERFORM backups._check_database(v_db, 'source');
-        PERFORM backups._require(v_db, 'capture');
-    ELSIF v_source !~ '^[A-Za-z0-9_.-]+$' THEN
-        RAISE EXCEPTION 'invalid source name "%"', v_source
-            USING HINT = 'A source is the name of a connection defined in the agent configuration ([sources.NAME]); names use letters, digits, _ . and -.';
-    ELSIF NOT backups._is_admin() THEN
-        RAISE EXCEPTION 'permission denied to capture the named source "%"', v_source
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Named sources are the agent''s own connections: only a backups_admin captures them. Capture a database you own with SELECT backups.capture(''mydb'');';
-    END IF;
-    -- Selective capture (selective.sql): checked against the catalog when it is this database's.
-    v_data := backups._exclude_option(capture.exclude_table_data, 'exclude_table_data', v_source IS NULL AND v_db = current_database());
-    v_schemas := backups._exclude_option(capture.exclude_schemas, 'exclude_schemas', v_source IS NULL AND v_db = current_database());
-    v_name := backups._next_name('b');
-    -- A backups_user's capture holds what the database's owner may read,
-    -- not what the agent's role may: pg_dump runs with the owner's rights.
-    INSERT INTO backups.transfers (name, kind, database, source, options)
-    VALUES (v_name, 'capture', v_db, v_source,
-            jsonb_strip_nulls(jsonb_build_object(
-                'jobs', v_jobs,
-                'exclude_table_data', v_data,
-                'exclude_schemas', v_schemas,
-                'role', CASE WHEN v_source IS NULL AND NOT backups._is_admin()
-                             THEN backups._owner_name(v_db)
-                        END)))
-    RETURNING id INTO v_id;
-    PERFORM backups._log(v_id, format('queued by %s', session_user));
-    PERFORM backups._notify(v_name);
-    RETURN v_name;
-END
-$$;
+-- The SQL surface every kind shares: what a person calls from psql to
+-- wait for, list, inspect, cancel and delete transfers, link and read
+-- backups. Each kind's own entry function (capture(), restore(), ...) is in
+-- its file in sql/kinds/. None of these runs pg_dump or touches storage:
+-- they record intent and notify the agent, which sees a transfer once the
+-- calling transaction commits.
 
 CREATE FUNCTION backups.wait(id text DEFAULT NULL, timeout interval DEFAULT '1 hour')
 RETURNS text
@@ -95,52 +45,6 @@ BEGIN
     END LOOP;
 END
 $$;
-
--- Capture and wait in one command. A procedure can COMMIT the request before
--- waiting, which a function cannot; and a procedure with transaction control
--- may be neither SECURITY DEFINER nor carry a SET clause, so it is an
--- invoker's procedure built only on the public functions, with every name
--- schema-qualified.
-CREATE PROCEDURE backups.capture_and_wait(
-    database name DEFAULT current_database(),
-    jobs integer DEFAULT NULL,
-    source text DEFAULT NULL,
-    timeout interval DEFAULT '1 hour',
-    INOUT id text DEFAULT NULL,
-    INOUT status text DEFAULT NULL,
-    exclude_table_data text[] DEFAULT NULL,
-    exclude_schemas text[] DEFAULT NULL)
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_deadline timestamptz;
-    v_last     text := '';
-    v_progress text;
-BEGIN
-    id := backups.capture(capture_and_wait.database, capture_and_wait.jobs, capture_and_wait.source,
-                          capture_and_wait.exclude_table_data, capture_and_wait.exclude_schemas);
-    COMMIT;
-    RAISE NOTICE '% queued', id;
-    v_deadline := pg_catalog.clock_timestamp() + coalesce(capture_and_wait.timeout, interval '1 hour');
-    LOOP
-        SELECT l.status, l.progress INTO status, v_progress
-        FROM backups.list() l WHERE l.id = capture_and_wait.id;
-        IF status || ': ' || coalesce(v_progress, '') IS DISTINCT FROM v_last THEN
-            v_last := status || ': ' || coalesce(v_progress, '');
-            RAISE NOTICE '% %', id, v_last;
-        END IF;
-        EXIT WHEN status IN ('completed', 'failed', 'cancelled', 'expired');
-        IF pg_catalog.clock_timestamp() >= v_deadline THEN
-            RAISE EXCEPTION 'timed out after % waiting for % (still %)', capture_and_wait.timeout, id, status
-                USING HINT = 'The capture goes on; follow it with SELECT backups.wait(''' || id || ''');';
-        END IF;
-        -- End the snapshot so the next look sees the agent's updates.
-        COMMIT;
-        PERFORM pg_catalog.pg_sleep(0.5);
-    END LOOP;
-END
-$$;
-
 
 CREATE FUNCTION backups.list()
 RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
@@ -324,99 +228,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION backups.restore(backup text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_backup text := btrim(restore.backup);
-    v_url    text;
-    b        backups.transfers;
-    v_name   text;
-    v_id     bigint;
-BEGIN
-    IF v_backup IS NULL OR v_backup = '' THEN
-        RAISE EXCEPTION 'backups.restore() needs a backup id or an http(s) URL'
-            USING HINT = 'For example SELECT backups.restore(''b001'', target => ''staging'', confirm => ''staging'');';
-    END IF;
-    IF v_backup ~* '^[a-z][a-z0-9+.-]*://' THEN
-        IF v_backup !~* '^https?://' THEN
-            RAISE EXCEPTION 'cannot restore from a % URL: only http:// and https:// URLs are supported', substring(v_backup FROM '^[^:]*')
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Pass a backup id such as b001, a link from backups.url(), or any http(s) URL serving a pg_dump custom-format file.';
-        END IF;
-        -- Strictly [user[:password]@]host[:port][/path][?query]: a user,
-        -- password or path holding a raw @ / ? or # would be cut in the wrong
-        -- place when the URL is shown without its credentials.
-        IF v_backup !~* '^https?://([^/?#@[:space:]]+@)?(\[[0-9a-f:.]+\]|[^/?#@:[:space:]\[\]]+)(:[0-9]{1,5})?(/[^?#@[:space:]]*)?([?#][^[:space:]]*)?$' THEN
-            RAISE EXCEPTION 'cannot restore from this URL: it cannot be parsed safely (it is not shown here: it may hold a password)'
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Percent-encode @, /, ? and # in user names, passwords and paths (@ is %40), and leave no spaces.';
-        END IF;
-        -- Only the agent sees the URL whole: credentials and signed query
-        -- strings stay out of list(), info() and the log.
-        v_url := v_backup;
-        v_backup := backups._redact_url(v_url);
-    ELSE
-        b := backups._find(v_backup, ARRAY['capture']);
-        IF b.status <> 'completed' THEN
-            RAISE EXCEPTION 'cannot restore %: it is %, not completed', b.name, b.status
-                USING HINT = 'Restore a completed backup; SELECT * FROM backups.list(); shows their status.';
-        END IF;
-        v_backup := b.name;
-    END IF;
-    PERFORM backups._check_target(restore.target, restore.confirm, 'restore');
-    v_name := backups._next_name('r');
-    INSERT INTO backups.transfers (name, kind, database, source, source_url, target, options)
-    VALUES (v_name, 'restore', restore.target, v_backup, v_url, restore.target,
-            backups._in_place_option(restore.target, restore.in_place))
-    RETURNING transfers.id INTO v_id;
-    PERFORM backups._log(v_id, format('restore of %s into %s queued by %s', v_backup, restore.target, session_user));
-    PERFORM backups._notify(v_name);
-    RETURN v_name;
-END
-$$;
-
-CREATE FUNCTION backups.copy(source text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_source text := btrim(copy.source);
-    v_named  boolean;
-    v_name   text;
-    v_id     bigint;
-BEGIN
-    IF v_source IS NULL OR v_source = '' THEN
-        RAISE EXCEPTION 'backups.copy() needs a source database'
-            USING HINT = 'For example SELECT backups.copy(''app'', target => ''app_staging'', confirm => ''app_staging'');';
-    END IF;
-    IF v_source = copy.target THEN
-        RAISE EXCEPTION 'cannot copy database "%" onto itself', v_source
-            USING HINT = 'Choose a different target database.';
-    END IF;
-    v_named := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = v_source);
-    IF v_named THEN
-        -- Not a database of this cluster: it must be a named source of the
-        -- agent configuration, which the agent checks when it runs.
-        IF v_source !~ '^[A-Za-z0-9_.-]+$' THEN
-            RAISE EXCEPTION 'source "%" is neither a database of this cluster nor a valid source name', v_source
-                USING HINT = 'Name a database (SELECT datname FROM pg_database;) or a connection defined in the agent configuration ([sources.NAME]).';
-        END IF;
-    ELSE
-        PERFORM backups._check_database(v_source, 'source');
-    END IF;
-    PERFORM backups._check_target(copy.target, copy.confirm, 'copy');
-    v_name := backups._next_name('c');
-    INSERT INTO backups.transfers (name, kind, database, source, target, options)
-    VALUES (v_name, 'copy', copy.target, v_source, copy.target,
-            CASE WHEN v_named THEN '{"named_source": true}'::jsonb ELSE '{}'::jsonb END
-            || backups._in_place_option(copy.target, copy.in_place))
-    RETURNING transfers.id INTO v_id;
-    PERFORM backups._log(v_id, format('copy of %s into %s queued by %s', v_source, copy.target, session_user));
-    PERFORM backups._notify(v_name);
-    RETURN v_name;
-END
-$$;
-
 -- What `heroku pg:info` shows.
 CREATE FUNCTION backups.database_info(database name DEFAULT current_database())
 RETURNS TABLE (field text, value text)
@@ -462,33 +273,6 @@ BEGIN
     ) AS f(n, k, v)
     WHERE f.v IS NOT NULL
     ORDER BY f.n;
-END
-$$;
-
--- Prove a backup: the agent restores it into a scratch database, tallies
--- every table as its capture did (rows and digest of the COPY text), and
--- compares; the scratch database is dropped either way. NULL: the newest
--- completed backup the caller may see.
-CREATE FUNCTION backups.verify(id text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    b    backups.transfers;
-    busy text;
-BEGIN
-    b := backups._readable_backup(verify.id, 'verify');
-    SELECT * INTO b FROM backups.transfers x WHERE x.id = b.id FOR SHARE;
-    IF b.status <> 'completed' OR b.deleted_at IS NOT NULL THEN
-        RAISE EXCEPTION 'backup % is %, not completed: there is nothing to verify', b.name, b.status
-            USING HINT = 'SELECT * FROM backups.list(); shows the completed backups.';
-    END IF;
-    SELECT v.name INTO busy FROM backups.transfers v
-     WHERE v.kind = 'verify' AND v.source = b.name AND v.status IN ('pending', 'running') LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'backup % is already being verified by %', b.name, busy
-            USING HINT = format('Follow it with SELECT backups.wait(%L);', busy);
-    END IF;
-    RETURN backups._queue_verify(b.id, format('queued by %s', session_user));
 END
 $$;
 

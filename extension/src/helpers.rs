@@ -1,6 +1,6 @@
 //! SQL-callable helpers that need Rust. Names start with `_`: they are
 //! internal, EXECUTE is revoked from PUBLIC, and the public SQL functions in
-//! `sql/functions.sql` call them as their owner.
+//! `sql/` call them as their owner.
 
 use pgbackups_core::{link, naming, pattern, retention, schedule};
 use pgrx::pg_sys::panic::ErrorReport;

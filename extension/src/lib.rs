@@ -32,16 +32,28 @@ mod tests {
 ::pgrx::pg_module_magic!(name, version);
 
 // Tables and roles first, grants last; the functions in between, each file
-// after the ones it calls (see sql/).
+// after the ones it calls (see sql/). A kind of transfer is one file of
+// sql/kinds/ and one line here.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/internal.sql", name = "internal", requires = ["schema"]);
+extension_sql_file!("../../sql/tenancy.sql", name = "tenancy", requires = ["schema"]);
+extension_sql_file!("../../sql/internal.sql", name = "internal", requires = ["tenancy"]);
+extension_sql_file!("../../sql/progress.sql", name = "progress", requires = ["internal"]);
+extension_sql_file!("../../sql/links.sql", name = "links", requires = ["internal"]);
 extension_sql_file!("../../sql/lifecycle.sql", name = "lifecycle", requires = ["internal"]);
-extension_sql_file!("../../sql/transfers.sql", name = "transfers", requires = ["lifecycle"]);
+extension_sql_file!("../../sql/transfers.sql", name = "transfers", requires = ["lifecycle", "progress", "links"]);
 extension_sql_file!("../../sql/schedules.sql", name = "schedules", requires = ["internal"]);
 extension_sql_file!("../../sql/tick.sql", name = "tick", requires = ["lifecycle"]);
 extension_sql_file!("../../sql/keep.sql", name = "keep", requires = ["internal"]);
 extension_sql_file!("../../sql/selective.sql", name = "selective", requires = ["internal"]);
-extension_sql_file!("../../sql/health.sql", name = "health", requires = ["schedules", "lifecycle"]);
+extension_sql_file!(
+    "../../sql/health.sql",
+    name = "health",
+    requires = ["schedules", "lifecycle", "progress", "links"]
+);
+extension_sql_file!("../../sql/kinds/capture.sql", name = "capture", requires = ["transfers", "selective"]);
+extension_sql_file!("../../sql/kinds/restore.sql", name = "restore", requires = ["transfers"]);
+extension_sql_file!("../../sql/kinds/copy.sql", name = "copy", requires = ["transfers"]);
+extension_sql_file!("../../sql/kinds/verify.sql", name = "verify", requires = ["transfers"]);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
