@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_aux::serde_introspection::serde_introspect;
 
 use crate::store::crypt::{Identities, Recipients};
+use crate::webhook::{Webhook, WebhookTarget};
 
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/pgbackups";
 pub const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 120;
@@ -187,55 +188,6 @@ pub struct SourceConfig {
     pub url: String,
 }
 
-/// A webhook as configured: where, and on which statuses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Webhook {
-    pub url: String,
-    #[serde(default = "default_webhook_events")]
-    pub events: Vec<HookEvent>,
-}
-
-/// `--webhook URL`: the default statuses.
-impl std::str::FromStr for Webhook {
-    type Err = std::convert::Infallible;
-    fn from_str(url: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(Webhook { url: url.to_string(), events: default_webhook_events() })
-    }
-}
-
-/// The statuses a webhook may be told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HookEvent {
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl HookEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookEvent::Running => "running",
-            HookEvent::Completed => "completed",
-            HookEvent::Failed => "failed",
-            HookEvent::Cancelled => "cancelled",
-        }
-    }
-}
-
-fn default_webhook_events() -> Vec<HookEvent> {
-    vec![HookEvent::Failed]
-}
-
-/// A webhook, checked: an http(s) URL and at least one status.
-#[derive(Debug, Clone)]
-pub struct WebhookTarget {
-    pub url: url::Url,
-    pub events: Vec<HookEvent>,
-}
-
 /// Where backups are, resolved: what `pgbackups download` runs with.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -384,23 +336,9 @@ impl Config {
             split_tables_larger_than: o.split_tables_larger_than.unwrap_or(DEFAULT_SPLIT_TABLES_LARGER_THAN),
             listen,
             sources,
-            webhooks: o.webhook.iter().enumerate().map(|(i, w)| webhook_target(i, w)).collect::<Result<_>>()?,
+            webhooks: o.webhook.iter().enumerate().map(|(i, w)| w.checked(i)).collect::<Result<_>>()?,
         })
     }
-}
-
-/// The `i`th webhook, checked. Its URL is not repeated in errors (it may
-/// carry a token).
-fn webhook_target(i: usize, w: &Webhook) -> Result<WebhookTarget> {
-    let n = i + 1;
-    let url = url::Url::parse(&w.url).map_err(|e| anyhow::anyhow!("webhook {n}: not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        bail!("webhook {n}: only http:// and https:// URLs with a host are supported");
-    }
-    if w.events.is_empty() {
-        bail!("webhook {n}: no events (give some of running, completed, failed, cancelled)");
-    }
-    Ok(WebhookTarget { url, events: w.events.clone() })
 }
 
 /// The link secret, from the option or the file; never empty.
@@ -489,6 +427,7 @@ fn default_agent_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::Status;
 
     fn file(text: &str) -> (tempfile::NamedTempFile, ConfigFile) {
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -580,15 +519,15 @@ mod tests {
         );
         let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
         assert_eq!(cfg.webhooks.len(), 2);
-        assert_eq!(cfg.webhooks[0].events, [HookEvent::Failed, HookEvent::Completed]);
-        assert_eq!(cfg.webhooks[1].events, [HookEvent::Failed]);
+        assert_eq!(cfg.webhooks[0].events, [Status::Failed, Status::Completed]);
+        assert_eq!(cfg.webhooks[1].events, [Status::Failed]);
         // A flag's URL alone: failures only; flags replace the file's list.
         let flagged = AgentOptions { webhook: vec!["https://x.example/h".parse().unwrap()], ..Default::default() };
         let cfg = Config::load(&c, &StoreOptions::default(), &flagged).unwrap();
         assert_eq!(cfg.webhooks.len(), 1);
         assert_eq!(
             (cfg.webhooks[0].url.as_str(), &cfg.webhooks[0].events[..]),
-            ("https://x.example/h", &[HookEvent::Failed][..])
+            ("https://x.example/h", &[Status::Failed][..])
         );
         let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
         for (url, why) in [("ftp://secret@x/y", "only http:// and https://"), ("not a url secret", "not a URL")] {

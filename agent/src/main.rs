@@ -11,11 +11,17 @@
 //! telemetry.rs  this process's counters for /metrics, in one registry
 //! webhook.rs    status changes POSTed to webhooks by one background task
 //! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
-//! transfer/     job (the typed job, decoded once), supervisor (heartbeat, cancel,
-//!               hand back, the one writer of final status), queue (claim), report
-//!               (the lifecycle calls), progress, task, and the kinds:
-//!               capture, parallel (capture), restore (remote: what a restore
-//!               from a URL may fetch), copy
+//! transfer/     job (the kinds listed once: the `Job` dispatcher, decoded once),
+//!               outcome (how a transfer ended, one type), supervisor (heartbeat,
+//!               cancel, hand back, the one writer of final status), queue (claim),
+//!               report (the lifecycle calls), progress, task;
+//!   kinds/      one file per kind, its options and its run as named steps:
+//!               capture, restore, copy, verify;
+//!   steps/      what several kinds share: source (connection, pg_dump's flags),
+//!               dump and parallel_dump (a capture's), selective, fetch (a backup
+//!               back to staging, verified), remote (what a URL may fetch),
+//!               streamed (a restore loaded as it arrives), load, apply (an
+//!               archive as the owner), destination (shadow or in place, and the end)
 //! pg/           conn (connections), tls (libpq's sslmode and certificates over
 //!               rustls), bins (which major's pg_dump, pg_restore and psql a
 //!               transfer runs), tool (those as process groups), target (replacing

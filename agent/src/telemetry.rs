@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::transfer::outcome::Outcome;
+
 /// Every series' name starts with this.
 pub const PREFIX: &str = "pgbackups";
 
@@ -35,43 +37,6 @@ struct ByKind {
 struct About {
     version: String,
     agent_id: String,
-}
-
-/// How a transfer this agent ran ended, as it saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    Failed,
-    Cancelled,
-    /// The table says another attempt owns it now.
-    Lost,
-    /// Given back to the queue at shutdown.
-    HandedBack,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Lost => "lost",
-            Outcome::HandedBack => "handed_back",
-        }
-    }
-}
-
-/// One ended transfer, as [`Telemetry::ended`] counts it.
-pub struct Ending<'a> {
-    /// capture, restore, copy or verify.
-    pub kind: &'a str,
-    pub outcome: Outcome,
-    /// From the claim to the recorded end.
-    pub took: Duration,
-    /// Bytes read (captures, copies) or loaded (restores, verifications).
-    pub processed: u64,
-    /// Bytes a completed capture stored.
-    pub stored: Option<u64>,
 }
 
 /// The process's series. Cheap handles: the registry holds clones of each.
@@ -135,13 +100,15 @@ impl Telemetry {
 
     /// A transfer this agent claimed has ended (its outcome recorded, or
     /// known not to be).
-    pub fn ended(&self, e: &Ending) {
+    /// A transfer of `kind` ended so, `took` after its claim, having
+    /// processed `so_far` bytes (unless it completed and said how many).
+    pub fn ended(&self, kind: &str, outcome: &Outcome, took: Duration, so_far: u64) {
         self.running.dec();
-        let kind = ByKind { kind: e.kind.to_string() };
-        self.finished.get_or_create(&Finished { kind: e.kind.to_string(), outcome: e.outcome.as_str().into() }).inc();
-        self.duration.get_or_create(&kind).observe(e.took.as_secs_f64());
-        self.processed.get_or_create(&kind).inc_by(e.processed);
-        if let Some(n) = e.stored {
+        let by_kind = ByKind { kind: kind.to_string() };
+        self.finished.get_or_create(&Finished { kind: kind.to_string(), outcome: outcome.label().into() }).inc();
+        self.duration.get_or_create(&by_kind).observe(took.as_secs_f64());
+        self.processed.get_or_create(&by_kind).inc_by(outcome.processed(so_far));
+        if let Some(n) = outcome.stored() {
             self.stored.inc_by(n);
         }
     }
@@ -150,18 +117,14 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transfer::outcome::Completion;
 
     #[test]
     fn the_series_are_named_and_counted() {
         let t = Telemetry::new("a-1");
         t.started();
-        t.ended(&Ending {
-            kind: "capture",
-            outcome: Outcome::Completed,
-            took: Duration::from_secs(2),
-            processed: 100,
-            stored: Some(40),
-        });
+        let done = Completion::Backup { processed: 100, stored: 40, checksum: "x".into(), contents: None };
+        t.ended("capture", &Outcome::Completed(done), Duration::from_secs(2), 0);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, t.registry()).unwrap();
         for line in [

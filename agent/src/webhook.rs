@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::{HookEvent, WebhookTarget};
 
 /// Events waiting for delivery before new ones are dropped.
 const QUEUE: usize = 256;
@@ -28,6 +27,71 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// An error is cut to its first line and this many characters (as in the
 /// backups_events NOTIFY).
 const ERROR_CHARS: usize = 1000;
+
+/// A webhook as configured: where, and on which statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    #[serde(default = "default_statuses")]
+    pub events: Vec<Status>,
+}
+
+/// `--webhook URL`: the default statuses.
+impl std::str::FromStr for Webhook {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Webhook { url: url.to_string(), events: default_statuses() })
+    }
+}
+
+impl Webhook {
+    /// The `i`th webhook, checked: an http(s) URL and at least one status.
+    /// Its URL is not repeated in errors (it may carry a token).
+    pub fn checked(&self, i: usize) -> Result<WebhookTarget> {
+        let n = i + 1;
+        let url = url::Url::parse(&self.url).map_err(|e| anyhow::anyhow!("webhook {n}: not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("webhook {n}: only http:// and https:// URLs with a host are supported");
+        }
+        if self.events.is_empty() {
+            bail!("webhook {n}: no events (give some of running, completed, failed, cancelled)");
+        }
+        Ok(WebhookTarget { url, events: self.events.clone() })
+    }
+}
+
+/// The statuses a webhook may be told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+fn default_statuses() -> Vec<Status> {
+    vec![Status::Failed]
+}
+
+/// A webhook, checked.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub url: url::Url,
+    pub events: Vec<Status>,
+}
 
 /// Text a tenant chose (a database's name, an error quoting it) as Slack
 /// and Mattermost show it, not as markup: `<!channel>` or `<url|label>` in
@@ -64,7 +128,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(id: &str, kind: &str, status: HookEvent, database: &str, error: Option<&str>, agent: &str) -> Self {
+    pub fn new(id: &str, kind: &str, status: Status, database: &str, error: Option<&str>, agent: &str) -> Self {
         let error = error.map(|e| e.lines().next().unwrap_or("").chars().take(ERROR_CHARS).collect::<String>());
         let on = match kind {
             "restore" | "copy" => "into",
@@ -72,8 +136,8 @@ impl Event {
         };
         let what = format!("pg_backups: {kind} {id} {on} {}", slack_escaped(database));
         let text = match (status, &error) {
-            (HookEvent::Running, _) => format!("{what} is running"),
-            (HookEvent::Failed, Some(e)) => format!("{what} failed: {}", slack_escaped(e)),
+            (Status::Running, _) => format!("{what} is running"),
+            (Status::Failed, Some(e)) => format!("{what} failed: {}", slack_escaped(e)),
             (s, _) => format!("{what} {}", s.as_str()),
         };
         Event {
@@ -90,11 +154,11 @@ impl Event {
 
 /// Where the supervisors hand events to: nowhere without webhooks.
 pub struct Hooks {
-    tx: Option<mpsc::Sender<(HookEvent, Event)>>,
+    tx: Option<mpsc::Sender<(Status, Event)>>,
 }
 
 /// The delivery side of [`Hooks`], for [`deliver`].
-pub struct Queue(mpsc::Receiver<(HookEvent, Event)>);
+pub struct Queue(mpsc::Receiver<(Status, Event)>);
 
 impl Hooks {
     /// Hooks for `targets`, and the queue to deliver from (none without targets).
@@ -107,7 +171,7 @@ impl Hooks {
     }
 
     /// Queue `event` for the webhooks that want `status`; never waits.
-    pub fn send(&self, status: HookEvent, event: Event) {
+    pub fn send(&self, status: Status, event: Event) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send((status, event)) {
             Ok(()) => {}
@@ -167,14 +231,14 @@ pub async fn deliver(targets: Vec<WebhookTarget>, queue: Queue, stop: Cancellati
 }
 
 /// Send what is queued now.
-async fn drain(client: &reqwest::Client, targets: &[WebhookTarget], rx: &mut mpsc::Receiver<(HookEvent, Event)>) {
+async fn drain(client: &reqwest::Client, targets: &[WebhookTarget], rx: &mut mpsc::Receiver<(Status, Event)>) {
     while let Ok((status, event)) = rx.try_recv() {
         send(client, targets, status, &event).await;
     }
 }
 
 /// POST `event` to every target that wants `status`, at once.
-async fn send(client: &reqwest::Client, targets: &[WebhookTarget], status: HookEvent, event: &Event) {
+async fn send(client: &reqwest::Client, targets: &[WebhookTarget], status: Status, event: &Event) {
     let posts = targets.iter().filter(|t| t.events.contains(&status)).map(|t| post(client, t, event));
     futures::future::join_all(posts).await;
 }
@@ -235,24 +299,23 @@ mod tests {
 
     #[test]
     fn events_read_as_one_line_and_urls_are_shown_without_secrets() {
-        let e = Event::new("b012", "capture", HookEvent::Failed, "shop", Some("boom\nmore"), "a-1");
+        let e = Event::new("b012", "capture", Status::Failed, "shop", Some("boom\nmore"), "a-1");
         assert_eq!(e.text, "pg_backups: capture b012 of shop failed: boom");
         assert_eq!(e.error.as_deref(), Some("boom"));
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["status"], "failed");
         assert_eq!(v["agent"], "a-1");
-        let r = Event::new("r001", "restore", HookEvent::Completed, "shop_staging", None, "a-1");
+        let r = Event::new("r001", "restore", Status::Completed, "shop_staging", None, "a-1");
         assert_eq!(r.text, "pg_backups: restore r001 into shop_staging completed");
         assert!(serde_json::to_value(&r).unwrap()["error"].is_null());
         // A tenant's name is text, not Slack markup, and stays one line.
-        let odd =
-            Event::new("b014", "capture", HookEvent::Failed, "<!channel> <https://x|y>\n&", Some("db <!here>"), "a");
+        let odd = Event::new("b014", "capture", Status::Failed, "<!channel> <https://x|y>\n&", Some("db <!here>"), "a");
         assert_eq!(
             odd.text,
             "pg_backups: capture b014 of &lt;!channel&gt; &lt;https://x|y&gt; &amp; failed: db &lt;!here&gt;"
         );
         assert_eq!(odd.database, "<!channel> <https://x|y>\n&");
-        let running = Event::new("b013", "capture", HookEvent::Running, "shop", None, "a-1");
+        let running = Event::new("b013", "capture", Status::Running, "shop", None, "a-1");
         assert_eq!(running.text, "pg_backups: capture b013 of shop is running");
         let u = url::Url::parse("https://user:pw@hooks.example.com:8443/services/T0/B0/xyz?token=s").unwrap();
         assert_eq!(shown(&u), "https://hooks.example.com:8443");
@@ -263,16 +326,15 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_and_never_waits() {
         let target =
-            WebhookTarget { url: url::Url::parse("http://127.0.0.1:9/").unwrap(), events: vec![HookEvent::Failed] };
+            WebhookTarget { url: url::Url::parse("http://127.0.0.1:9/").unwrap(), events: vec![Status::Failed] };
         let (hooks, queue) = Hooks::new(&[target]);
         let _queue = queue.unwrap();
         for i in 0..(QUEUE + 10) {
-            hooks
-                .send(HookEvent::Failed, Event::new(&format!("b{i}"), "capture", HookEvent::Failed, "shop", None, "a"));
+            hooks.send(Status::Failed, Event::new(&format!("b{i}"), "capture", Status::Failed, "shop", None, "a"));
         }
         let (none, q) = Hooks::new(&[]);
         assert!(q.is_none());
-        none.send(HookEvent::Failed, Event::new("b1", "capture", HookEvent::Failed, "shop", None, "a"));
+        none.send(Status::Failed, Event::new("b1", "capture", Status::Failed, "shop", None, "a"));
     }
 
     /// Read one HTTP request on `l` (head and body) and answer `reply`.
@@ -309,11 +371,11 @@ mod tests {
         let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = a.local_addr().unwrap().port();
         let url = url::Url::parse(&format!("http://127.0.0.1:{port}/services/T0/SECRETTOKEN?token=s3")).unwrap();
-        let target = WebhookTarget { url, events: vec![HookEvent::Failed] };
+        let target = WebhookTarget { url, events: vec![Status::Failed] };
         let (hooks, queue) = Hooks::new(std::slice::from_ref(&target));
         let stop = CancellationToken::new();
         let delivery = tokio::spawn(deliver(vec![target], queue.unwrap(), stop.clone()));
-        hooks.send(HookEvent::Failed, Event::new("b1", "capture", HookEvent::Failed, "shop", Some("x"), "a"));
+        hooks.send(Status::Failed, Event::new("b1", "capture", Status::Failed, "shop", Some("x"), "a"));
         let to_b = format!(
             "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{}/internal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             b.local_addr().unwrap().port()

@@ -1,12 +1,16 @@
-//! A claimed transfer, decoded once into what it asks for (`Job`), and what
-//! a finished one reports (`Completion`). Nothing past this file matches on
-//! kind or format strings.
+//! A claimed transfer, decoded once into the job its kind makes of it. The
+//! kinds are listed once, in `kinds!` below: the `Job` dispatcher and
+//! `KINDS` (what this agent claims) are made from that list, and nothing
+//! else matches on a kind's name.
 
-use anyhow::{anyhow, bail, Context, Result};
-use pgbackups_core::pattern;
+use anyhow::{bail, Result};
+use futures::future::BoxFuture;
 
-use crate::pg::contents::Contents;
-use crate::store::layout::Format;
+use crate::ctx::Ctx;
+use crate::store::layout::Keys;
+use crate::transfer::kinds::{Kind, Row};
+use crate::transfer::outcome::Completion;
+use crate::transfer::task::Task;
 
 /// A transfer this agent claimed: attempt `attempt` of `name`, and what it
 /// asks for, or why this agent cannot tell (the supervisor fails it so).
@@ -24,200 +28,59 @@ pub struct Claimed {
     pub job: std::result::Result<Job, String>,
 }
 
-#[derive(Debug, Clone)]
-pub enum Job {
-    Capture(Capture),
-    Restore(Restore),
-    Copy(Copy),
-    Verify(Verify),
-}
-
-/// Where data is read from: a database of the control cluster, or a named
-/// source of the agent's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Database(String),
-    Named(String),
-}
-
-impl Source {
-    /// The name backups of it are stored under.
-    pub fn label(&self) -> &str {
-        match self {
-            Source::Database(d) | Source::Named(d) => d,
+/// The kinds this agent runs, `module::Type` each: one line per kind.
+macro_rules! kinds {
+    ($($module:ident :: $kind:ident),* $(,)?) => {
+        /// A claimed transfer's job: one variant per kind.
+        #[derive(Debug, Clone)]
+        pub enum Job {
+            $($kind(crate::transfer::kinds::$module::$kind)),*
         }
-    }
-}
 
-#[derive(Debug, Clone)]
-pub struct Capture {
-    pub source: Source,
-    /// `None`: one custom-format stream; `Some(n)`: a directory-format dump with n jobs.
-    pub jobs: Option<u32>,
-    /// Dump with this role's rights (`pg_dump --role`): the database's
-    /// owner, for a capture a backups_user queued, so that the backup holds
-    /// no more than its owner may read.
-    pub role: Option<String>,
-    /// pg_dump patterns (`core::pattern`, checked when decoded): tables
-    /// whose data is left out (`--exclude-table-data`), and schemas left
-    /// out whole (`--exclude-schema`). See `selective`.
-    pub exclude_table_data: Vec<String>,
-    pub exclude_schemas: Vec<String>,
-}
+        /// The kinds this agent can run, as `_claim` takes them.
+        pub const KINDS: &[&str] = &[$(<crate::transfer::kinds::$module::$kind as Kind>::NAME),*];
 
-impl Capture {
-    pub fn format(&self) -> Format {
-        if self.jobs.is_some() {
-            Format::Directory
-        } else {
-            Format::Custom
-        }
-    }
-}
-
-/// Which backup a restore reads.
-#[derive(Debug, Clone)]
-pub enum BackupRef {
-    /// One of ours, by name.
-    Id(String),
-    /// Any http(s) URL serving a pg_dump archive.
-    Url(url::Url),
-}
-
-#[derive(Debug, Clone)]
-pub struct Restore {
-    pub from: BackupRef,
-    pub target: String,
-    /// Drop the target first instead of swapping a shadow in.
-    pub in_place: bool,
-    /// The database an earlier attempt swapped in for the target (or was
-    /// about to): if it is the target now, that attempt's swap committed.
-    pub swapped: Option<u32>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Copy {
-    pub source: Source,
-    pub target: String,
-    pub in_place: bool,
-    /// As `Restore::swapped`.
-    pub swapped: Option<u32>,
-}
-
-/// Prove a stored backup: restore it into a scratch database and compare.
-#[derive(Debug, Clone)]
-pub struct Verify {
-    /// The backup's name.
-    pub backup: String,
-}
-
-/// A claimed row of the transfers table, as the claim returns it.
-pub struct Row {
-    pub id: i64,
-    pub name: String,
-    pub kind: String,
-    pub database: String,
-    pub source: Option<String>,
-    pub target: Option<String>,
-    pub options: serde_json::Value,
-    pub attempt: i32,
-    /// `_record_swap`'s database, from an earlier attempt.
-    pub swapped: Option<u32>,
-}
-
-impl Row {
-    /// The `in_place` option of a restore or copy.
-    fn in_place(&self) -> Result<bool> {
-        match self.options.get("in_place") {
-            None | Some(serde_json::Value::Null) => Ok(false),
-            Some(v) => v.as_bool().context("invalid in_place option"),
-        }
-    }
-
-    /// A capture's `exclude_table_data` or `exclude_schemas` option: a list
-    /// of pg_dump patterns, each of which must parse (so that nothing but a
-    /// pattern ever reaches pg_dump's argument).
-    fn patterns(&self, key: &str, kind: pattern::Kind) -> Result<Vec<String>> {
-        let list = match self.options.get(key) {
-            None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
-            Some(v) => v.as_array().with_context(|| format!("invalid {key} option: not a list"))?,
-        };
-        list.iter()
-            .map(|p| {
-                let p = p.as_str().with_context(|| format!("invalid {key} option: {p} is not a string"))?;
-                pattern::regexes(p, kind).map_err(|e| anyhow!("invalid {key} option: {e}"))?;
-                Ok(p.to_string())
-            })
-            .collect()
-    }
-}
-
-impl Job {
-    /// What the row asks for, or why it cannot be run.
-    pub fn decode(row: &Row) -> Result<Job> {
-        Ok(match row.kind.as_str() {
-            "capture" => Job::Capture(Capture {
-                source: match &row.source {
-                    Some(name) => Source::Named(name.clone()),
-                    None => Source::Database(row.database.clone()),
-                },
-                jobs: match row.options.get("jobs") {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(j) => Some(
-                        j.as_u64().filter(|j| (1..=64).contains(j)).map(|j| j as u32).context("invalid jobs option")?,
-                    ),
-                },
-                role: match row.options.get("role") {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(r) => Some(r.as_str().context("invalid role option")?.to_string()),
-                },
-                exclude_table_data: row.patterns("exclude_table_data", pattern::Kind::Table)?,
-                exclude_schemas: row.patterns("exclude_schemas", pattern::Kind::Schema)?,
-            }),
-            "restore" => {
-                let from = row.source.as_deref().context("restore without a backup")?;
-                Job::Restore(Restore {
-                    from: if ["http://", "https://"]
-                        .iter()
-                        .any(|p| from.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p)))
-                    {
-                        BackupRef::Url(url::Url::parse(from).context("invalid backup URL")?)
-                    } else {
-                        BackupRef::Id(from.to_string())
-                    },
-                    target: row.target.clone().unwrap_or_else(|| row.database.clone()),
-                    in_place: row.in_place()?,
-                    swapped: row.swapped,
-                })
+        impl Job {
+            /// What the row asks for, or why it cannot be run.
+            pub fn decode(row: &Row) -> Result<Job> {
+                $(
+                    if row.kind == <crate::transfer::kinds::$module::$kind as Kind>::NAME {
+                        return Ok(Job::$kind(Kind::decode(row)?));
+                    }
+                )*
+                bail!("this agent cannot run {} transfers", row.kind)
             }
-            "copy" => {
-                let source = row.source.clone().context("copy without a source")?;
-                let named = row.options.get("named_source").and_then(|v| v.as_bool()).unwrap_or(false);
-                Job::Copy(Copy {
-                    source: if named { Source::Named(source) } else { Source::Database(source) },
-                    target: row.target.clone().unwrap_or_else(|| row.database.clone()),
-                    in_place: row.in_place()?,
-                    swapped: row.swapped,
-                })
+
+            /// Its work.
+            pub fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>> {
+                match self {
+                    $(Job::$kind(k) => k.run(task)),*
+                }
             }
-            "verify" => Job::Verify(Verify { backup: row.source.clone().context("verify without a backup")? }),
-            other => bail!("this agent cannot run {other} transfers"),
-        })
-    }
+
+            /// The storage keys its attempt may write to.
+            pub fn stores(&self, ctx: &Ctx, claimed: &Claimed) -> Option<Keys> {
+                match self {
+                    $(Job::$kind(k) => k.stores(ctx, &claimed.name, claimed.attempt)),*
+                }
+            }
+        }
+    };
 }
 
-/// What a transfer that finished its work reports.
-#[derive(Debug, Clone)]
-pub enum Completion {
-    /// A capture: stored, with its checksum recorded.
-    Backup { processed: u64, stored: u64, checksum: String, contents: Option<Contents> },
-    /// A restore or a copy: `warnings` errors pg_restore ignored.
-    Applied { processed: u64, warnings: i32 },
+kinds! {
+    capture::Capture,
+    restore::Restore,
+    copy::Copy,
+    verify::Verify,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::layout::Format;
+    use crate::transfer::steps::fetch::BackupRef;
+    use crate::transfer::steps::source::Source;
 
     fn row(kind: &str, source: Option<&str>, options: serde_json::Value) -> Row {
         Row {
@@ -238,7 +101,10 @@ mod tests {
         let Job::Capture(c) = Job::decode(&row("capture", None, serde_json::json!({"jobs": 4}))).unwrap() else {
             panic!()
         };
-        assert_eq!((c.format(), c.source, c.jobs), (Format::Directory, Source::Database("shop".into()), Some(4)));
+        assert_eq!(
+            (c.format(), c.source, c.options.jobs),
+            (Format::Directory, Source::Database("shop".into()), Some(4))
+        );
         let Job::Capture(c) = Job::decode(&row("capture", Some("replica"), serde_json::json!({}))).unwrap() else {
             panic!()
         };
@@ -256,12 +122,17 @@ mod tests {
         };
         assert_eq!(c.source, Source::Named("replica".into()));
         assert!(Job::decode(&row("verify", None, serde_json::json!({}))).is_err());
-        let Job::Verify(v) = Job::decode(&row("verify", Some("b007"), serde_json::json!({}))).unwrap() else {
+        let Job::Verify(v) =
+            Job::decode(&row("verify", Some("b007"), serde_json::json!({"admins_only": true}))).unwrap()
+        else {
             panic!()
         };
         assert_eq!(v.backup, "b007");
         assert!(Job::decode(&row("vacuum", None, serde_json::json!({}))).is_err());
         assert!(Job::decode(&row("capture", None, serde_json::json!({"jobs": 0}))).is_err());
+        // An option no kind knows is refused, never ignored.
+        assert!(Job::decode(&row("restore", Some("b001"), serde_json::json!({"in_plaec": true}))).is_err());
+        assert!(Job::decode(&row("restore", Some("b001"), serde_json::json!({"in_place": "yes"}))).is_err());
         let Job::Capture(c) = Job::decode(&row(
             "capture",
             None,
@@ -271,7 +142,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (c.exclude_table_data, c.exclude_schemas),
+            (c.options.exclude_table_data, c.options.exclude_schemas),
             (vec!["public.\"Log\"".into(), "audit_*".into()], vec!["tmp".into()])
         );
         // Nothing that could be read as another pg_dump option gets through.
@@ -284,5 +155,10 @@ mod tests {
         ] {
             assert!(Job::decode(&row("capture", None, bad.clone())).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kinds_are_listed_once() {
+        assert_eq!(KINDS, ["capture", "restore", "copy", "verify"]);
     }
 }

@@ -1,20 +1,14 @@
-//! Transfers: the typed job a claim decodes into, the one supervisor that
-//! runs every kind, and the kinds themselves (capture, parallel capture,
-//! restore, copy), each a plain async function returning a `Completion`.
+//! Transfers: the claimed job (`job`: the kinds listed once, decoded once),
+//! the one supervisor that runs every kind and records how it ended
+//! (`supervisor`, `outcome`, `report`), and the kinds themselves (`kinds`:
+//! one file each), built from shared steps (`steps`).
 
-pub mod apply;
-pub mod capture;
-pub mod copy;
-pub mod destination;
 pub mod job;
-pub mod parallel;
+pub mod kinds;
+pub mod outcome;
 pub mod progress;
 pub mod queue;
-pub mod remote;
 pub mod report;
-pub mod restore;
-pub mod selective;
-pub mod streamed;
+pub mod steps;
 pub mod supervisor;
 pub mod task;
-pub mod verify;

@@ -16,7 +16,25 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::transfer::report::Level;
+/// The levels of `backups.transfer_logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
 
 const HEAD: usize = 100;
 const TAIL: usize = 50;
@@ -140,6 +158,12 @@ impl Progress {
 }
 
 impl Journal {
+    /// A journal nothing writes to (for a transfer whose job could not be
+    /// decoded).
+    pub fn empty() -> Journal {
+        channel().1
+    }
+
     pub fn processed(&self) -> u64 {
         self.shared.processed.load(Ordering::Relaxed)
     }

@@ -7,10 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::transfer::job::{Claimed, Job, Row};
-
-/// The kinds this agent can run.
-pub const KINDS: &[&str] = &["capture", "restore", "copy", "verify"];
+use crate::transfer::job::{Claimed, Job, KINDS};
+use crate::transfer::kinds::Row;
 
 /// `per_owner`: how many transfers of one database owner this agent runs
 /// at once (`--max-per-owner`).

@@ -14,6 +14,8 @@ use tokio_postgres::{Client, Row};
 
 use crate::pg::conn;
 use crate::transfer::job::Claimed;
+use crate::transfer::outcome::{Completion, Outcome};
+use crate::transfer::progress::Level;
 
 /// How long a lost control connection is waited for, per call.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(15);
@@ -25,26 +27,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a finish keeps trying before its outcome is called unknown.
 const FINISH_PATIENCE: Duration = Duration::from_secs(120);
 
-/// The levels of `backups.transfer_logs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Debug,
-    Info,
-    Warning,
-    Error,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warning => "warning",
-            Level::Error => "error",
-        }
-    }
-}
-
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -52,29 +34,6 @@ pub enum Beat {
     CancelRequested,
     /// No longer ours: the worker requeued it after missed heartbeats.
     Lost,
-}
-
-/// How an attempt ends, as recorded.
-pub enum Ending<'a> {
-    Completed {
-        processed: u64,
-        stored: Option<u64>,
-        checksum: Option<&'a str>,
-        warnings: i32,
-        /// A capture's tables (`contents::Table`s), as JSON.
-        contents: Option<serde_json::Value>,
-        /// What the work learnt at its start (`progress::Facts`) and at its
-        /// end (a capture's head digest), as `_finish` takes them: sent
-        /// with the end, since the calls that carried them may have failed.
-        facts: Option<serde_json::Value>,
-    },
-    Failed {
-        processed: u64,
-        error: &'a str,
-    },
-    Cancelled {
-        processed: u64,
-    },
 }
 
 pub struct Reporter {
@@ -182,24 +141,31 @@ impl Reporter {
         }
     }
 
-    /// Record how this attempt ended. `Ok(true)`: recorded (now, or by an
-    /// earlier try whose reply was lost); `Ok(false)`: the transfer is no
-    /// longer ours; `Err`: the outcome could not be learnt.
-    pub async fn finish(&self, ending: &Ending<'_>) -> Result<bool> {
-        let (status, processed, stored, checksum, warnings, error, contents, facts) = match ending {
-            Ending::Completed { processed, stored, checksum, warnings, contents, facts } => (
-                "completed",
-                *processed,
-                stored.map(|s| s as i64),
-                *checksum,
-                *warnings,
-                None,
-                contents.as_ref(),
-                facts.as_ref(),
+    /// Record how this attempt ended (a completion, a failure or a cancel;
+    /// `processed` bytes so far, `warnings` the tools printed, `facts` the
+    /// work learnt). `Ok(true)`: recorded (now, or by an earlier try whose
+    /// reply was lost); `Ok(false)`: the transfer is no longer ours; `Err`:
+    /// the outcome could not be learnt.
+    pub async fn finish(
+        &self,
+        outcome: &Outcome,
+        processed: u64,
+        warnings: i32,
+        facts: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        let status = outcome.status().context("only a completion, a failure or a cancel is recorded")?;
+        let processed = outcome.processed(processed);
+        let (stored, checksum, warnings, contents) = match outcome {
+            Outcome::Completed(Completion::Backup { stored, checksum, contents, .. }) => (
+                Some(*stored as i64),
+                Some(checksum.as_str()),
+                warnings,
+                contents.as_ref().and_then(|c| serde_json::to_value(&c.tables).ok()),
             ),
-            Ending::Failed { processed, error } => ("failed", *processed, None, None, 0, Some(*error), None, None),
-            Ending::Cancelled { processed } => ("cancelled", *processed, None, None, 0, None, None, None),
+            Outcome::Completed(Completion::Applied { warnings, .. }) => (None, None, *warnings, None),
+            _ => (None, None, 0, None),
         };
+        let error = outcome.error();
         let processed = processed as i64;
         let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
         loop {

@@ -28,18 +28,17 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::HookEvent;
 use crate::ctx::Ctx;
 use crate::pg::teardown::Teardown;
 use crate::shutdown::{Phase, Shutdown};
 use crate::store::layout::Keys;
-use crate::telemetry::{self, Outcome};
-use crate::transfer::job::{Claimed, Completion, Job};
+use crate::transfer::job::Claimed;
+use crate::transfer::outcome::{Completion, Outcome};
+use crate::transfer::progress::Level;
 use crate::transfer::progress::{self, Facts, Journal};
-use crate::transfer::report::{Beat, Ending, Level, Reporter};
+use crate::transfer::report::{Beat, Reporter};
 use crate::transfer::task::Task;
-use crate::transfer::{capture, copy, restore, verify};
-use crate::webhook::Event;
+use crate::webhook::{Event, Status};
 
 /// How long stopped work gets to wind down (uploads to abort, threads to
 /// notice) before the outcome is recorded anyway, beyond the time storage
@@ -57,16 +56,6 @@ pub fn hand_back_patience(ctx: &Ctx) -> Duration {
 
 fn wind_down(ctx: &Ctx) -> Duration {
     ctx.cfg.store.storage_retry_timeout + WIND_DOWN_MARGIN
-}
-
-/// How the work ended, as the supervisor saw it.
-enum Ended {
-    Done(Completion),
-    Failed(String),
-    Cancelled,
-    HandBack,
-    /// The table says another attempt owns the transfer now.
-    Lost,
 }
 
 /// Run one claimed transfer to its recorded end, reporting over `line` (a
@@ -94,11 +83,11 @@ async fn run(
     tracing::info!("claimed");
     let began = Instant::now();
     ctx.telemetry.started();
-    tell(&ctx, &claimed, HookEvent::Running, None);
+    tell(&ctx, &claimed, Status::Running, None);
     let job = match &claimed.job {
         Ok(job) => job.clone(),
         Err(why) => {
-            conclude(&ctx, &claimed, &rep, began, Ended::Failed(why.clone()), 0, 0, None).await;
+            conclude(&ctx, &claimed, &rep, began, Outcome::Failed(why.clone()), &Journal::empty()).await;
             return;
         }
     };
@@ -115,15 +104,8 @@ async fn run(
         teardown: Teardown::new(&tracker),
         committing: committing.clone(),
     };
-    let stored_by = keys_of(&ctx, &claimed, &job);
-    let mut work = tokio::spawn(async move {
-        match &job {
-            Job::Capture(c) => capture::run(&task, c).await,
-            Job::Restore(r) => restore::run(&task, r).await,
-            Job::Copy(c) => copy::run(&task, c).await,
-            Job::Verify(v) => verify::run(&task, v).await,
-        }
-    });
+    let stored_by = job.stores(&ctx, &claimed);
+    let mut work = tokio::spawn(async move { job.run(&task).await });
 
     // 1 and 2: heartbeat until the work ends or must stop.
     let cancel_event = format!("cancel {}", claimed.name);
@@ -132,18 +114,18 @@ async fn run(
     let mut events = Some(events);
     let mut last_beat = Instant::now();
     let mut lease_passed = false;
-    let ended = loop {
+    let outcome = loop {
         let beat_now = tokio::select! {
             // Work that has ended wins over a cancel or hand back arriving
             // with it; a hand back, over slow heartbeats.
             biased;
             res = &mut work => break match res {
-                Ok(Ok(done)) => Ended::Done(done),
-                Ok(Err(e)) => Ended::Failed(format!("{e:#}")),
-                Err(e) => Ended::Failed(format!("the transfer's work panicked: {e}")),
+                Ok(Ok(done)) => Outcome::Completed(done),
+                Ok(Err(e)) => Outcome::Failed(format!("{e:#}")),
+                Err(e) => Outcome::Failed(format!("the transfer's work panicked: {e}")),
             },
             // Past the point of no return the work is let end.
-            _ = shutdown.reached(Phase::HandBack), if !committing.load(Ordering::SeqCst) => break Ended::HandBack,
+            _ = shutdown.reached(Phase::HandBack), if !committing.load(Ordering::SeqCst) => break Outcome::HandedBack,
             ev = next_event(&mut events) => match ev {
                 // A cancel: check with the table at once rather than trust the payload.
                 Ok(e) => e == cancel_event,
@@ -157,11 +139,11 @@ async fn run(
         };
         if beat_now {
             match beat(&rep, &mut journal).await {
-                Some(Beat::CancelRequested) if !committing.load(Ordering::SeqCst) => break Ended::Cancelled,
+                Some(Beat::CancelRequested) if !committing.load(Ordering::SeqCst) => break Outcome::Cancelled,
                 Some(Beat::CancelRequested) => {}
                 // Past the point of no return, not even a lost transfer is
                 // stopped mid-swap: its end is recorded as lost.
-                Some(Beat::Lost) if !committing.load(Ordering::SeqCst) => break Ended::Lost,
+                Some(Beat::Lost) if !committing.load(Ordering::SeqCst) => break Outcome::Lost,
                 Some(Beat::Lost) => {}
                 Some(Beat::Run) => last_beat = Instant::now(),
                 None => {}
@@ -184,13 +166,13 @@ async fn run(
             // The worker has requeued it by now: whatever this attempt
             // still did, nobody would record.
             tracing::warn!("no heartbeat got through for {:?}: stopping", claimed.lease);
-            break Ended::Lost;
+            break Outcome::Lost;
         }
     };
-    match &ended {
-        Ended::Cancelled => journal_say(&rep, &mut journal, "cancel requested: stopping").await,
-        Ended::HandBack => journal_say(&rep, &mut journal, "the agent is shutting down: stopping").await,
-        Ended::Lost => tracing::warn!("no longer ours: the worker requeues it after missed heartbeats; stopping"),
+    match &outcome {
+        Outcome::Cancelled => journal_say(&rep, &mut journal, "cancel requested: stopping").await,
+        Outcome::HandedBack => journal_say(&rep, &mut journal, "the agent is shutting down: stopping").await,
+        Outcome::Lost => tracing::warn!("no longer ours: the worker requeues it after missed heartbeats; stopping"),
         _ => {}
     }
     // 3. Stop the work if it still runs, and wait for what it left running.
@@ -204,7 +186,7 @@ async fn run(
     if alive(&ctx, &rep, &mut journal, wound_down).await.is_err() {
         tracing::warn!("background work did not end within {:?}", wind_down(&ctx));
     }
-    let completed = matches!(ended, Ended::Done(_));
+    let completed = matches!(outcome, Outcome::Completed(_));
     if !completed {
         // (The removal does not write to the table itself: the heartbeats
         // between need the reporter.)
@@ -214,11 +196,8 @@ async fn run(
     settle(&rep, &mut journal).await;
 
     // 4. Record.
-    let processed = journal.processed();
-    let tool_warnings = journal.tool_warnings;
-    let facts = journal.known_facts();
-    let outcome = conclude(&ctx, &claimed, &rep, began, ended, processed, tool_warnings, facts).await;
-    if outcome == Outcome::Lost && completed {
+    let outcome = conclude(&ctx, &claimed, &rep, began, outcome, &journal).await;
+    if matches!(outcome, Outcome::Lost) && completed {
         // Ours no more: what this attempt stored is nobody's (its keys are
         // its own: attempt numbers are never reused).
         let said = remove_stored(&ctx, stored_by.as_ref()).await;
@@ -296,14 +275,6 @@ async fn journal_say(rep: &Reporter, journal: &mut Journal, text: &str) {
     rep.log(&lines).await;
 }
 
-/// The keys this attempt may have written to (captures only).
-fn keys_of(ctx: &Ctx, claimed: &Claimed, job: &Job) -> Option<Keys> {
-    match job {
-        Job::Capture(c) => Some(ctx.storage.keys(c.source.label(), &claimed.name, claimed.attempt)),
-        Job::Restore(_) | Job::Copy(_) | Job::Verify(_) => None,
-    }
-}
-
 /// Remove every object this attempt may have stored; what to log about it.
 async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
     let Some(keys) = keys else { return Vec::new() };
@@ -318,125 +289,54 @@ async fn remove_stored(ctx: &Ctx, keys: Option<&Keys>) -> Vec<(Level, String)> {
     }
 }
 
-/// Record the final status, then count it and tell the webhooks of it.
-#[allow(clippy::too_many_arguments)]
+/// Record the final status, then count it and tell the webhooks of it
+/// (neither of which waits); the outcome as recorded: `Lost` when the
+/// table says the transfer is no longer ours.
 async fn conclude(
     ctx: &Ctx,
     claimed: &Claimed,
     rep: &Reporter,
     began: Instant,
-    ended: Ended,
-    processed: u64,
-    tool_warnings: i32,
-    facts: Option<Facts>,
+    outcome: Outcome,
+    journal: &Journal,
 ) -> Outcome {
-    let end = End::of(&ended, processed);
-    let outcome = record(rep, ended, processed, tool_warnings, facts).await;
-    end.announce(ctx, claimed, began, outcome);
+    let outcome = record(rep, outcome, journal).await;
+    ctx.telemetry.ended(&claimed.kind, &outcome, began.elapsed(), journal.processed());
+    if let Some(status) = outcome.told() {
+        tell(ctx, claimed, status, outcome.error());
+    }
     outcome
 }
 
-/// What is counted and told of an ending, taken before it is recorded.
-struct End {
-    processed: u64,
-    stored: Option<u64>,
-    error: Option<String>,
-}
-
-impl End {
-    fn of(ended: &Ended, processed: u64) -> End {
-        match ended {
-            Ended::Done(Completion::Backup { processed, stored, .. }) => {
-                End { processed: *processed, stored: Some(*stored), error: None }
-            }
-            Ended::Done(Completion::Applied { processed, .. }) => {
-                End { processed: *processed, stored: None, error: None }
-            }
-            Ended::Failed(e) => End { processed, stored: None, error: Some(e.clone()) },
-            Ended::Cancelled | Ended::HandBack | Ended::Lost => End { processed, stored: None, error: None },
-        }
-    }
-
-    /// Count the ending and queue it for the webhooks (final statuses only:
-    /// a transfer handed back or lost is another attempt's to finish).
-    fn announce(self, ctx: &Ctx, claimed: &Claimed, began: Instant, outcome: Outcome) {
-        ctx.telemetry.ended(&telemetry::Ending {
-            kind: &claimed.kind,
-            outcome,
-            took: began.elapsed(),
-            processed: self.processed,
-            stored: if outcome == Outcome::Completed { self.stored } else { None },
-        });
-        let status = match outcome {
-            Outcome::Completed => HookEvent::Completed,
-            Outcome::Failed => HookEvent::Failed,
-            Outcome::Cancelled => HookEvent::Cancelled,
-            Outcome::Lost | Outcome::HandedBack => return,
-        };
-        tell(ctx, claimed, status, self.error.as_deref());
-    }
-}
-
 /// Queue a status change of `claimed` for the webhooks; never waits.
-fn tell(ctx: &Ctx, claimed: &Claimed, status: HookEvent, error: Option<&str>) {
+fn tell(ctx: &Ctx, claimed: &Claimed, status: Status, error: Option<&str>) {
     let event = Event::new(&claimed.name, &claimed.kind, status, &claimed.database, error, &ctx.cfg.agent_id);
     ctx.hooks.send(status, event);
 }
 
-/// Write the final status; how it ended as this agent knows it. `Lost`
-/// only when the table says the transfer is no longer ours; an outcome
-/// that cannot be learnt counts as recorded, so that nothing the table
-/// might call completed is ever removed.
-async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32, facts: Option<Facts>) -> Outcome {
-    let outcome = match &ended {
-        Ended::Done(_) => Outcome::Completed,
-        Ended::Failed(_) => Outcome::Failed,
-        Ended::Cancelled => Outcome::Cancelled,
-        Ended::HandBack => Outcome::HandedBack,
-        Ended::Lost => Outcome::Lost,
-    };
-    let written = match &ended {
-        Ended::Done(Completion::Backup { processed, stored, checksum, contents }) => {
-            let mut facts = facts.map(|f| f.to_json()).unwrap_or_else(|| serde_json::json!({}));
-            if let Some(head) = contents.as_ref().and_then(|c| c.head_sha256.as_ref()) {
-                facts["head_sha256"] = head.clone().into();
-            }
-            rep.finish(&Ending::Completed {
-                processed: *processed,
-                stored: Some(*stored),
-                checksum: Some(checksum),
-                warnings: tool_warnings,
-                contents: contents.as_ref().and_then(|c| serde_json::to_value(&c.tables).ok()),
-                facts: Some(facts),
-            })
-            .await
+/// Write the final status. An outcome that cannot be learnt counts as
+/// recorded, so that nothing the table might call completed is ever
+/// removed.
+async fn record(rep: &Reporter, outcome: Outcome, journal: &Journal) -> Outcome {
+    let written = match &outcome {
+        Outcome::Completed(done) => {
+            rep.finish(&outcome, journal.processed(), journal.tool_warnings, Some(&facts(journal, done))).await
         }
-        Ended::Done(Completion::Applied { processed, warnings }) => {
-            rep.finish(&Ending::Completed {
-                processed: *processed,
-                stored: None,
-                checksum: None,
-                warnings: *warnings,
-                contents: None,
-                facts: None,
-            })
-            .await
-        }
-        Ended::Failed(error) => {
+        Outcome::Failed(error) => {
             tracing::warn!("failed: {error}");
             rep.log(&[(Level::Error, error.clone())]).await;
-            rep.finish(&Ending::Failed { processed, error }).await
+            rep.finish(&outcome, journal.processed(), 0, None).await
         }
-        Ended::Cancelled => {
+        Outcome::Cancelled => {
             rep.log(&[(Level::Info, "cancelled; nothing was kept in storage".into())]).await;
-            rep.finish(&Ending::Cancelled { processed }).await
+            rep.finish(&outcome, journal.processed(), 0, None).await
         }
-        Ended::HandBack => rep.hand_back("the agent is shutting down").await,
-        Ended::Lost => Ok(false),
+        Outcome::HandedBack => rep.hand_back("the agent is shutting down").await,
+        Outcome::Lost => Ok(false),
     };
     match written {
         Ok(true) => {
-            tracing::info!("{}", if outcome == Outcome::HandedBack { "handed back" } else { outcome.as_str() });
+            tracing::info!("{}", outcome.label().replace('_', " "));
             outcome
         }
         Ok(false) => {
@@ -448,4 +348,16 @@ async fn record(rep: &Reporter, ended: Ended, processed: u64, tool_warnings: i32
             outcome
         }
     }
+}
+
+/// What the work learnt, sent again with its completion: the facts of its
+/// start (`progress::Facts`) and a capture's head digest.
+fn facts(journal: &Journal, done: &Completion) -> serde_json::Value {
+    let mut facts = journal.known_facts().map(|f: Facts| f.to_json()).unwrap_or_else(|| serde_json::json!({}));
+    if let Completion::Backup { contents: Some(c), .. } = done {
+        if let Some(head) = &c.head_sha256 {
+            facts["head_sha256"] = head.clone().into();
+        }
+    }
+    facts
 }

@@ -13,13 +13,12 @@ use tokio_postgres::{Client, Config as PgConfig};
 
 use crate::pg::conn::{Conn, APPLICATION_NAME};
 use crate::pg::{quote, tls};
-use crate::transfer::job::Capture;
 
 /// pg_dump's arguments for the capture's patterns: each pattern one argv
 /// element, after `=`, so that it can never be read as another option.
-pub fn args(capture: &Capture) -> Vec<String> {
-    let data = capture.exclude_table_data.iter().map(|p| format!("--exclude-table-data={p}"));
-    let schemas = capture.exclude_schemas.iter().map(|p| format!("--exclude-schema={p}"));
+pub fn args(table_data: &[String], schemas: &[String]) -> Vec<String> {
+    let data = table_data.iter().map(|p| format!("--exclude-table-data={p}"));
+    let schemas = schemas.iter().map(|p| format!("--exclude-schema={p}"));
     data.chain(schemas).collect()
 }
 
@@ -69,13 +68,13 @@ const SCHEMAS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
 /// Fail, naming them, if any of the capture's patterns matches nothing in
 /// `source`, looked up as pg_dump will: same login, same role (`--role`),
 /// the database's default search_path for unqualified table names.
-pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
-    if capture.exclude_table_data.is_empty() && capture.exclude_schemas.is_empty() {
+pub async fn check(source: &Conn, role: Option<&str>, table_data: &[String], schema_patterns: &[String]) -> Result<()> {
+    if table_data.is_empty() && schema_patterns.is_empty() {
         return Ok(());
     }
     let client =
         session_like_pg_dump(source).await.context("connecting to the source to check the exclude patterns")?;
-    if let Some(role) = &capture.role {
+    if let Some(role) = role {
         client.batch_execute(&format!("SET ROLE {}", quote::ident(role))).await?;
     }
     // Patterns are a tenant's regular expressions: none may hold the
@@ -83,10 +82,9 @@ pub async fn check(source: &Conn, capture: &Capture) -> Result<()> {
     client.batch_execute("SET statement_timeout = '60s'").await?;
     let mut missing = Vec::new();
     let (mut names, mut schemas, mut left_out) = (Vec::new(), Vec::<Option<String>>::new(), Vec::new());
-    for (key, kind, list) in [
-        ("exclude_table_data", Kind::Table, &capture.exclude_table_data),
-        ("exclude_schemas", Kind::Schema, &capture.exclude_schemas),
-    ] {
+    for (key, kind, list) in
+        [("exclude_table_data", Kind::Table, table_data), ("exclude_schemas", Kind::Schema, schema_patterns)]
+    {
         for p in list {
             let r = pattern::regexes(p, kind).map_err(|e| anyhow!("invalid {key} option: {e}"))?;
             let found: bool = match kind {

@@ -33,7 +33,7 @@ use crate::pg::tool::ToolCommand;
 use crate::store::layout::Keys;
 use crate::store::manifest::FileEntry;
 use crate::store::upload::{self, Pipe};
-use crate::transfer::report::Level;
+use crate::transfer::progress::Level;
 use crate::transfer::task::Task;
 
 /// Run `cmd` (pg_dump with the capture's flags) as a directory-format dump

@@ -50,8 +50,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use futures::future::BoxFuture;
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::Config;
 use crate::pg::archive;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
@@ -60,12 +63,13 @@ use crate::pg::quote;
 use crate::pg::size;
 use crate::pg::target::{self, Target};
 use crate::pg::tool::{Tool, ToolCommand};
-use crate::transfer::apply;
-use crate::transfer::capture;
-use crate::transfer::destination::{self, Destination};
-use crate::transfer::job::{Completion, Copy};
+use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::outcome::Completion;
+use crate::transfer::progress::Level;
 use crate::transfer::progress::{human, Progress};
-use crate::transfer::report::Level;
+use crate::transfer::steps::apply;
+use crate::transfer::steps::destination::{self, Destination};
+use crate::transfer::steps::source::{self, Source};
 use crate::transfer::task::Task;
 
 /// Tables smaller than this go through pg_dump with the rest of the data.
@@ -83,12 +87,54 @@ struct Sides<'a> {
     target: &'a Tools,
 }
 
-pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
+/// A copy: its source, and the target it replaces.
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub source: Source,
+    pub target: String,
+    pub options: Options,
+    /// As `Restore::swapped`.
+    pub swapped: Option<u32>,
+}
+
+/// What `backups.copy()` asked for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The source is a named source of the agent's configuration, not a
+    /// database of this cluster.
+    #[serde(default)]
+    pub named_source: bool,
+    /// Drop the target first instead of swapping a shadow in.
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+impl Kind for Copy {
+    const NAME: &'static str = "copy";
+
+    fn decode(row: &Row) -> Result<Self> {
+        let options: Options = kinds::options(row)?;
+        let source = row.source.clone().context("copy without a source")?;
+        Ok(Copy {
+            source: if options.named_source { Source::Named(source) } else { Source::Database(source) },
+            target: row.target(),
+            options,
+            swapped: row.swapped,
+        })
+    }
+
+    fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>> {
+        Box::pin(run(task, self))
+    }
+}
+
+async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     if let Some(done) = destination::finished_earlier(task, &copy.target, copy.swapped).await? {
         return Ok(done);
     }
-    let source = capture::connection(cfg, &copy.source)?;
+    let source = copy.source.connection(cfg)?;
     let staging = task.staging()?;
     let jobs = apply::jobs();
 
@@ -117,20 +163,14 @@ pub async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     );
     let parts = work_queue(&tables, cfg.split_tables_larger_than, jobs, &task.progress);
     let tools = Sides { source: source_tools, target: target_tools };
-    let dump = Dump {
-        tools,
-        source: &source,
-        snapshot: &snapshot,
-        progress: &task.progress,
-        lock_wait_timeout: cfg.lock_wait_timeout.as_deref(),
-    };
+    let dump = Dump { cfg, tools, source: &source, snapshot: &snapshot, progress: &task.progress };
 
     // 2. Schema.
     let pre = staging.path().join("pre-data.dump");
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
     let toc = archive::read(tools.target, &pre, staging.path()).await?;
     target::check_extensions(cfg, &toc.extensions).await?;
-    let dest = Destination::prepare(task, &copy.target, copy.in_place).await?;
+    let dest = Destination::prepare(task, &copy.target, copy.options.in_place).await?;
     let target = dest.target.clone();
     let target_conn = dest.conn()?;
     let warnings =
@@ -419,23 +459,17 @@ async fn pump(
 
 /// pg_dump of the source at the exported snapshot.
 struct Dump<'a> {
+    cfg: &'a Config,
     tools: Sides<'a>,
     source: &'a Conn,
     snapshot: &'a str,
     progress: &'a Progress,
-    /// `--lock-wait-timeout`, as captures have it.
-    lock_wait_timeout: Option<&'a str>,
 }
 
 impl Dump<'_> {
     fn command(&self, args: &[&str]) -> ToolCommand {
-        let mut c = ToolCommand::new(self.tools.source, Tool::PgDump, self.source);
-        c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--compress=0"])
-            .arg(format!("--snapshot={}", self.snapshot))
-            .args(args);
-        if let Some(t) = self.lock_wait_timeout {
-            c.arg(format!("--lock-wait-timeout={t}"));
-        }
+        let mut c = source::pg_dump(self.cfg, self.tools.source, self.source);
+        c.arg(format!("--snapshot={}", self.snapshot)).args(args);
         c
     }
 

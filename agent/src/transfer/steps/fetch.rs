@@ -1,11 +1,8 @@
-//! Restore: a backup (by id, or from an http(s) URL) into a target database.
-//!
-//! The backup is first brought to local staging and verified: every
-//! SHA-256 must match before anything is applied, and a custom-format
-//! archive needs a seekable file for a parallel pg_restore anyway. Then
-//! pg_restore runs with `-j` (the agent's cores) into the target's shadow,
-//! which replaces the target only once it holds everything
-//! (`destination.rs`).
+//! Bringing a backup to local staging, every byte verified before anything
+//! is applied: one of ours (a custom-format file, or a directory-format
+//! dump's files), or whatever an http(s) URL serves (a custom-format file,
+//! plain or zstd-compressed, or a tar of a directory-format dump), within
+//! the URL policy's limits (`remote`).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,67 +17,43 @@ use crate::config::UrlPolicy;
 use crate::pg::conn;
 use crate::store::backups::{self, Stored};
 use crate::store::layout::Format;
-use crate::transfer::apply::{apply, completion, jobs, read_archive, Only};
-use crate::transfer::destination::{self, Destination};
-use crate::transfer::job::{BackupRef, Completion, Restore};
+use crate::transfer::progress::Level;
 use crate::transfer::progress::Progress;
-use crate::transfer::remote;
-use crate::transfer::report::Level;
-use crate::transfer::streamed::{self, Streamed};
+use crate::transfer::steps::remote;
 use crate::transfer::task::Task;
 
-pub async fn run(task: &Task, restore: &Restore) -> Result<Completion> {
-    if let Some(done) = destination::finished_earlier(task, &restore.target, restore.swapped).await? {
-        return Ok(done);
-    }
-    let staging = task.staging()?;
-    // One of ours in custom format is streamed into the target's shadow as
-    // it is fetched (`streamed.rs`), unless in place: an in-place restore
-    // must not drop the target before the whole backup verified. What
-    // cannot be streamed is staged first.
-    let (archive, format) = match &restore.from {
-        BackupRef::Id(id) if !restore.in_place => {
-            let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
-            let b = backups::find(&control, Some(id)).await?;
-            task.progress.expect(b.stored_size.max(0) as u64);
-            if b.format != Format::Custom {
-                fetch_stored(task, &b, staging.path()).await?
-            } else {
-                match streamed::run(task, restore, &b, staging.path()).await? {
-                    Streamed::Restored(done) => return Ok(done),
-                    Streamed::Staged(path) => (path, Format::Custom),
-                }
-            }
-        }
-        _ => fetch(task, &restore.from, staging.path()).await?,
-    };
-    let (toc, tools) = read_archive(task, &archive, staging.path()).await?;
-    let jobs = jobs();
-    task.progress.say(
-        Level::Info,
-        format!(
-            "replacing database {:?} with {} ({} format), {jobs} jobs",
-            restore.target,
-            describe(&restore.from),
-            format.as_str()
-        ),
-    );
-    let dest = Destination::prepare(task, &restore.target, restore.in_place).await?;
-    let mut warnings =
-        apply(task, tools, &dest.conn()?, &dest.target, &archive, &toc, staging.path(), Some(jobs), Only::All).await?;
-    warnings += dest.finish(task).await?;
-    Ok(completion(task, &format!("restored into {}", restore.target), "read", warnings))
+/// Which backup a restore reads.
+#[derive(Debug, Clone)]
+pub enum BackupRef {
+    /// One of ours, by name.
+    Id(String),
+    /// Any http(s) URL serving a pg_dump archive.
+    Url(url::Url),
 }
 
-fn describe(from: &BackupRef) -> String {
-    match from {
-        BackupRef::Id(id) => id.clone(),
-        BackupRef::Url(u) => remote::redact(u),
+impl BackupRef {
+    /// A restore's `source`: an http(s) URL, or one of our backups' names.
+    pub fn parse(from: &str) -> Result<BackupRef> {
+        let url =
+            ["http://", "https://"].iter().any(|p| from.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p)));
+        Ok(if url {
+            BackupRef::Url(url::Url::parse(from).context("invalid backup URL")?)
+        } else {
+            BackupRef::Id(from.to_string())
+        })
+    }
+
+    /// As it may be shown: a URL without its credentials or query string.
+    pub fn describe(&self) -> String {
+        match self {
+            BackupRef::Id(id) => id.clone(),
+            BackupRef::Url(u) => remote::redact(u),
+        }
     }
 }
 
 /// The backup, verified, in staging: a file or a directory for pg_restore.
-async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathBuf, Format)> {
+pub async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathBuf, Format)> {
     match from {
         BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &task.progress, &task.tracker).await,
         BackupRef::Id(id) => {
@@ -91,7 +64,7 @@ async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(PathB
 }
 
 /// One of our backups, verified, in staging.
-async fn fetch_stored(task: &Task, b: &Stored, staging: &FsPath) -> Result<(PathBuf, Format)> {
+pub async fn fetch_stored(task: &Task, b: &Stored, staging: &FsPath) -> Result<(PathBuf, Format)> {
     task.progress.expect(b.stored_size.max(0) as u64);
     let path = backups::fetch(&task.ctx.storage, b, staging, &task.progress.counter()).await?;
     task.progress.say(

@@ -8,7 +8,9 @@
 //! database is dropped, whatever happened.
 
 use anyhow::{bail, Context, Result};
+use futures::future::BoxFuture;
 use futures::TryStreamExt;
+use serde::Deserialize;
 
 use crate::pg::conn::{self, Conn};
 use crate::pg::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
@@ -16,12 +18,44 @@ use crate::pg::copy_text;
 use crate::pg::quote::ident;
 use crate::pg::scratch::Scratch;
 use crate::store::backups;
-use crate::transfer::job::{BackupRef, Completion, Restore, Verify};
-use crate::transfer::report::Level;
-use crate::transfer::restore;
+use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::outcome::Completion;
+use crate::transfer::progress::Level;
+use crate::transfer::steps::fetch::BackupRef;
+use crate::transfer::steps::load;
 use crate::transfer::task::Task;
 
-pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
+/// Prove a stored backup: restore it into a scratch database and compare.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// The backup's name.
+    pub backup: String,
+}
+
+/// What `backups.verify()` recorded (`admins_only`: whom its log is for,
+/// the extension's concern, not the agent's).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Options {
+    #[serde(default)]
+    admins_only: bool,
+}
+
+impl Kind for Verify {
+    const NAME: &'static str = "verify";
+
+    fn decode(row: &Row) -> Result<Self> {
+        let _: Options = kinds::options(row)?;
+        Ok(Verify { backup: row.source.clone().context("verify without a backup")? })
+    }
+
+    fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>> {
+        Box::pin(run(task, self))
+    }
+}
+
+async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
     let control = conn::connect(&cfg.store.database_url).await?;
     let backup = backups::find(&control, Some(&verify.backup)).await?;
@@ -30,13 +64,9 @@ pub async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
 
     let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.teardown).await?;
     task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
-    let into = Restore {
-        from: BackupRef::Id(backup.name.clone()),
-        target: scratch.name.clone(),
-        in_place: false,
-        swapped: None,
-    };
-    let restored = restore::run(task, &into).await.with_context(|| format!("{} does not restore", backup.name))?;
+    let restored = load::load(task, &BackupRef::Id(backup.name.clone()), &scratch.name, false)
+        .await
+        .with_context(|| format!("{} does not restore", backup.name))?;
     task.past_commit();
     let (processed, warnings) = match restored {
         Completion::Applied { processed, warnings } => (processed, warnings),

@@ -13,9 +13,9 @@ use crate::pg::archive::{self, Part, Toc};
 use crate::pg::bins::Tools;
 use crate::pg::conn::Conn;
 use crate::pg::target::{self, Target};
-use crate::transfer::job::Completion;
+use crate::transfer::outcome::Completion;
 use crate::transfer::progress::human;
-use crate::transfer::report::Level;
+use crate::transfer::progress::Level;
 use crate::transfer::task::Task;
 
 /// How many connections a restore or copy applies with: one per core.

@@ -16,9 +16,9 @@ use crate::pg::conn::{self, Conn};
 use crate::pg::quote::ident;
 use crate::pg::shadow::{self, Shadow};
 use crate::pg::target::{self, Target};
-use crate::transfer::apply;
-use crate::transfer::job::Completion;
-use crate::transfer::report::Level;
+use crate::transfer::outcome::Completion;
+use crate::transfer::progress::Level;
+use crate::transfer::steps::apply;
 use crate::transfer::task::Task;
 
 /// How long the swap's record waits for the control database.

@@ -1,14 +1,8 @@
-//! Capture: the real pg_dump with Heroku's flags, compressed by the agent
-//! and streamed into storage.
-//!
-//! - default: `pg_dump -Fc -Z0`, its stdout compressed with zstd on all
-//!   cores and uploaded as one object: no local copy.
-//! - `jobs => N`: `pg_dump -Fd -j N -Z0` into staging, each file compressed
-//!   and uploaded while pg_dump writes it (see `parallel`).
-//!
-//! Either way a manifest describes the stored files, everything is made
-//! durable, and only then does the work return its `Completion`; the
-//! supervisor records it, and removes this attempt's objects otherwise.
+//! A capture's steps, whichever its format: learning the source before
+//! pg_dump runs, the custom-format dump (pg_dump's stdout compressed on all
+//! cores, uploaded as one object and read for its contents as it passes;
+//! the directory-format one is `parallel_dump`), and the manifest written
+//! last, everything made durable before the capture completes.
 
 use std::io::Read;
 
@@ -18,100 +12,25 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::config::Config;
 use crate::pg::bins::{self, Tools};
 use crate::pg::conn::{self, Conn};
 use crate::pg::contents::{self, Contents};
 use crate::pg::size;
-use crate::pg::tool::{Tool, ToolCommand};
+use crate::pg::tool::ToolCommand;
 use crate::store::layout::{Format, Keys};
 use crate::store::manifest::{FileEntry, Manifest};
 use crate::store::upload::{self, Pipe};
-use crate::transfer::job::{Capture, Completion, Source};
-use crate::transfer::parallel;
-use crate::transfer::progress::{human, Facts};
-use crate::transfer::report::Level;
-use crate::transfer::selective;
+use crate::transfer::progress::Level;
 use crate::transfer::task::Task;
 
-pub async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
-    let cfg = &task.ctx.cfg;
-    let storage = &task.ctx.storage;
-    let source = connection(cfg, &capture.source)?;
-    let (source_size, tools, versions, settings) = inspect(task, &source).await?;
-    let keys = storage.keys(capture.source.label(), &task.name, task.attempt).sealed(!cfg.encrypt_to.is_empty());
-    let format = capture.format();
-    task.progress.started(Facts {
-        source_size: Some(source_size),
-        format: Some(format.as_str()),
-        object_key: Some(storage.relative(&keys.object(format))),
-        tool_versions: versions.clone(),
-        encrypted_to: cfg.encrypt_to.names(),
-    });
-    if !cfg.encrypt_to.is_empty() {
-        task.progress.say(Level::Info, format!("encrypted with age to {}", cfg.encrypt_to.names().join(", ")));
-    }
-    if let Some(role) = &capture.role {
-        task.progress.say(Level::Info, format!("dumping with the rights of the database's owner, {role}"));
-    }
-    selective::check(&source, capture).await?;
-    let dump = || {
-        let mut c = pg_dump(cfg, tools, &source);
-        if let Some(role) = &capture.role {
-            c.arg(format!("--role={role}"));
-        }
-        c.args(selective::args(capture));
-        c
-    };
-    let (files, mut contents) = match capture.jobs {
-        None => dump_custom(task, dump(), &keys).await?,
-        Some(jobs) => parallel::dump(task, dump(), jobs, &keys).await?,
-    };
-    contents.settings = settings;
-    task.progress.say(Level::Info, describe(&contents));
-    let manifest = Manifest::new(
-        &task.name,
-        capture.source.label(),
-        format,
-        source_size,
-        &versions,
-        files,
-        Some(contents.clone()),
-    );
-    let checksum = store_manifest(task, &keys, &manifest).await?;
-    let (processed, stored) = manifest.sizes();
-    task.progress.say(
-        Level::Info,
-        format!("completed: {} processed, {} stored, sha256 {checksum}", human(processed), human(stored)),
-    );
-    Ok(Completion::Backup { processed, stored, checksum, contents: Some(contents) })
-}
-
-/// What the capture read, for its log.
-fn describe(c: &Contents) -> String {
-    let rows: u64 = c.tables.iter().map(|t| t.rows).sum();
-    format!(
-        "read the data of {} tables, {rows} rows, to its end: every table's rows counted and digested",
-        c.tables.len()
-    )
-}
-
-/// The source to dump: a named source from the configuration, or a
-/// database of the control cluster.
-pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
-    match source {
-        Source::Named(name) => {
-            let s = cfg.sources.get(name).ok_or_else(|| {
-                anyhow!(
-                    "unknown source {name:?}: define it in the agent configuration as [sources.{name}] url = \"postgres://...\" \
-                     (or PGBACKUPS_SOURCE_{}=postgres://...)",
-                    name.to_ascii_uppercase()
-                )
-            })?;
-            Conn::new(&s.url, None)
-        }
-        Source::Database(db) => Conn::new(&cfg.data_url, Some(db)),
-    }
+/// What a capture learns of its source before pg_dump runs: its size, the tools that fit its server, the versions
+/// involved (recorded with the backup), and the settings pg_dump's session
+/// will have that shape its COPY text.
+pub struct Inspected<'t> {
+    pub size: i64,
+    pub tools: &'t Tools,
+    pub versions: serde_json::Value,
+    pub settings: Vec<(String, String)>,
 }
 
 /// The source's size, the tools that fit its server, the versions
@@ -119,10 +38,7 @@ pub fn connection(cfg: &Config, source: &Source) -> Result<Conn> {
 /// will have that shape its COPY text without pg_dump pinning them
 /// (`contents::SETTINGS`: this session is the same login into the same
 /// database, so it gets the same database and role settings).
-async fn inspect<'t>(
-    task: &'t Task,
-    source: &Conn,
-) -> Result<(i64, &'t Tools, serde_json::Value, Vec<(String, String)>)> {
+pub async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<Inspected<'t>> {
     let src = conn::connect(&source.with_password()).await.context("connecting to the source database")?;
     let size: i64 =
         src.query_one("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())", &[]).await?.get(0);
@@ -139,31 +55,23 @@ async fn inspect<'t>(
         let value: String = src.query_one("SELECT pg_catalog.current_setting($1)", &[&name]).await?.get(0);
         settings.push((name.to_string(), value));
     }
-    Ok((size, tools, versions, settings))
+    Ok(Inspected { size, tools, versions, settings })
 }
 
-/// pg_dump with Heroku's flags plus ours, for either format.
-pub fn pg_dump(cfg: &Config, tools: &Tools, source: &Conn) -> ToolCommand {
-    let mut c = ToolCommand::new(tools, Tool::PgDump, source);
-    c.args(["--no-acl", "--no-owner", "--quote-all-identifiers", "--verbose", "--compress=0"]);
-    // pg_dump pins DateStyle and float digits, not the time zone: pinned
-    // here, so that a timestamptz reads back as the same text when verify
-    // tallies a restored copy (same instants, whatever the zone).
-    c.env("PGTZ", "UTC");
-    for s in &cfg.exclude_schema {
-        c.arg(format!("--exclude-schema={s}"));
-    }
-    if let Some(t) = &cfg.lock_wait_timeout {
-        c.arg(format!("--lock-wait-timeout={t}"));
-    }
-    c
+/// What the capture read, for its log.
+pub fn describe(c: &Contents) -> String {
+    let rows: u64 = c.tables.iter().map(|t| t.rows).sum();
+    format!(
+        "read the data of {} tables, {rows} rows, to its end: every table's rows counted and digested",
+        c.tables.len()
+    )
 }
 
 /// `pg_dump -Fc`, its stdout compressed on all cores into one upload, and
 /// read as it passes for its contents. The first to fail stops the others:
 /// a storage error ends the upload, the compressor's next send fails, and
 /// pg_dump gets a broken pipe.
-async fn dump_custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<(Vec<FileEntry>, Contents)> {
+pub async fn custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<(Vec<FileEntry>, Contents)> {
     let cfg = &task.ctx.cfg;
     let storage = &task.ctx.storage;
     task.progress.say(
@@ -231,7 +139,7 @@ impl<R: Read> Read for Tee<R> {
 /// Write the manifest (encrypted like the rest), then make every object of
 /// the backup durable. Returns the checksum the backup is recorded with:
 /// that of the stored bytes.
-async fn store_manifest(task: &Task, keys: &Keys, manifest: &Manifest) -> Result<String> {
+pub async fn store_manifest(task: &Task, keys: &Keys, manifest: &Manifest) -> Result<String> {
     let storage = &task.ctx.storage;
     let (bytes, checksum) = manifest.to_bytes()?;
     let bytes = task.ctx.cfg.encrypt_to.seal_bytes(bytes)?;

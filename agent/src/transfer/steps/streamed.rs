@@ -38,11 +38,11 @@ use crate::pg::target::{self, Target};
 use crate::pg::tool::ToolProcess;
 use crate::store::backups::Stored;
 use crate::store::verify;
-use crate::transfer::apply::{self, Only};
-use crate::transfer::destination::Destination;
-use crate::transfer::job::{Completion, Restore};
+use crate::transfer::outcome::Completion;
 use crate::transfer::progress::human;
-use crate::transfer::report::Level;
+use crate::transfer::progress::Level;
+use crate::transfer::steps::apply::{self, Only};
+use crate::transfer::steps::destination::Destination;
 use crate::transfer::task::Task;
 
 /// Small tables' blocks (up to this much, or up to the split threshold if
@@ -66,7 +66,7 @@ pub enum Streamed {
     Staged(PathBuf),
 }
 
-pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -> Result<Streamed> {
+pub async fn run(task: &Task, target: &str, b: &Stored, scratch: &FsPath) -> Result<Streamed> {
     let cfg = &task.ctx.cfg;
     let jobs = apply::jobs();
     let object =
@@ -117,10 +117,11 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
         Level::Info,
         format!(
             "replacing database {:?} with {}, streamed as it is fetched and verified (custom format), {jobs} jobs",
-            restore.target, b.name
+            target, b.name
         ),
     );
-    let dest = Destination::prepare(task, &restore.target, restore.in_place).await?;
+    // (Never in place: an in-place restore is staged and verified first.)
+    let dest = Destination::prepare(task, target, false).await?;
     let conn = dest.conn()?;
 
     // 2. The schema before the data.
@@ -172,7 +173,7 @@ pub async fn run(task: &Task, restore: &Restore, b: &Stored, scratch: &FsPath) -
     )
     .await?;
     warnings += dest.finish(task).await?;
-    Ok(Streamed::Restored(apply::completion(task, &format!("restored into {}", restore.target), "read", warnings)))
+    Ok(Streamed::Restored(apply::completion(task, &format!("restored into {target}"), "read", warnings)))
 }
 
 /// The data blocks' loading: the pg_restore processes running, and the
