@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod data;
+pub mod env;
 pub mod os;
 pub mod proxy;
 pub mod s3;

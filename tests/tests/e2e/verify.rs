@@ -12,6 +12,7 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{create_db, sha256_hex, wait, wait_for};
+use pgbackups_e2e::env::{log_of, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -46,12 +47,8 @@ INSERT INTO "UPPER" VALUES ('\.'), ('.'), (E'\\.'), ('');
 CREATE TABLE empty_one (id int);
 "#;
 
-fn setup() -> (Cluster, tempfile::TempDir, Agent) {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "rich", RICH).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();
-    (c, store, agent)
+fn setup() -> TestEnv {
+    TestEnv::new().db("rich", RICH).start()
 }
 
 fn run(c: &Cluster, agent: &Agent, sql: &str) -> (String, String) {
@@ -59,14 +56,6 @@ fn run(c: &Cluster, agent: &Agent, sql: &str) -> (String, String) {
     let status = wait(c, &id, PATIENCE).unwrap();
     let _ = agent;
     (id, status)
-}
-
-fn log(c: &Cluster, id: &str) -> String {
-    c.sql(
-        "postgres",
-        &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{id}') WHERE field IN ('log', 'error')"),
-    )
-    .unwrap()
 }
 
 /// Every user table of `db` with its count(*), `schema|table|n` sorted.
@@ -119,17 +108,17 @@ fn stored_dump(store: &Path, id: &str) -> (std::path::PathBuf, Vec<u8>) {
 
 #[test]
 fn contents_match_every_table_and_a_good_backup_verifies() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     let expected = counts(&c, "rich");
     assert!(expected.len() >= 10, "{expected:?}");
     for args in ["'rich'", "'rich', jobs => 2"] {
         let (b, status) = run(&c, &agent, &format!("SELECT backups.capture({args})"));
-        assert_eq!(status, "completed", "{}", log(&c, &b));
+        assert_eq!(status, "completed", "{}", log_of(&c, &b));
         assert_eq!(contents(&c, &b), expected, "contents of {b} ({args})");
         let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
         assert!(v.starts_with('v'), "{v}");
-        assert_eq!(status, "completed", "{}\n{}", log(&c, &v), agent.log_text());
-        assert!(log(&c, &v).contains("verified:"), "{}", log(&c, &v));
+        assert_eq!(status, "completed", "{}\n{}", log_of(&c, &v), agent.log_text());
+        assert!(log_of(&c, &v).contains("verified:"), "{}", log_of(&c, &v));
         let listed = c.sql("postgres", &format!("SELECT verified FROM backups.list() WHERE id = '{b}'")).unwrap();
         assert!(listed.starts_with("passed") && listed.ends_with(&format!("({v})")), "{listed}");
         no_scratch_left(&c);
@@ -140,9 +129,9 @@ fn contents_match_every_table_and_a_good_backup_verifies() {
 
 #[test]
 fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
-    let (c, store, agent) = setup();
+    let TestEnv { c, store, agent, .. } = setup();
     let (b, status) = run(&c, &agent, "SELECT backups.capture('rich')");
-    assert_eq!(status, "completed", "{}", log(&c, &b));
+    assert_eq!(status, "completed", "{}", log_of(&c, &b));
 
     // 1. The manifest's digest of one table altered (a custom-format
     // backup's checksum covers its dump, not its manifest).
@@ -154,7 +143,7 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     t["digest"] = serde_json::json!("0123456789abcdef");
     std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "failed", "{}", log(&c, &v));
+    assert_eq!(status, "failed", "{}", log_of(&c, &v));
     let error = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{v}'")).unwrap();
     assert!(error.contains("public.plain: expected 70000 rows") && error.contains("1 of its"), "{error}");
     // And the manifest no longer says what the control database recorded.
@@ -162,7 +151,7 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
         error.contains("manifest.json disagrees") && error.contains("manifest.json: public.plain: 70000 rows"),
         "{error}"
     );
-    assert!(log(&c, &v).contains("ERROR: public.plain"), "{}", log(&c, &v));
+    assert!(log_of(&c, &v).contains("ERROR: public.plain"), "{}", log_of(&c, &v));
     let listed = c.sql("postgres", &format!("SELECT verified FROM backups.list() WHERE id = '{b}'")).unwrap();
     assert!(listed.starts_with("failed"), "{listed}");
     no_scratch_left(&c);
@@ -183,7 +172,7 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     )
     .unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "failed", "{}", log(&c, &v));
+    assert_eq!(status, "failed", "{}", log_of(&c, &v));
     let error = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{v}'")).unwrap();
     assert!(error.contains("Sales #1.it's 100%: expected 30000 rows"), "{error}");
     assert!(!error.contains("public.plain"), "only the altered table differs: {error}");
@@ -196,14 +185,14 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     raw[mid] ^= 0xff;
     std::fs::write(&path, &raw).unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "failed", "{}", log(&c, &v));
-    assert!(log(&c, &v).contains("does not restore"), "{}", log(&c, &v));
+    assert_eq!(status, "failed", "{}", log_of(&c, &v));
+    assert!(log_of(&c, &v).contains("does not restore"), "{}", log_of(&c, &v));
     no_scratch_left(&c);
 }
 
 #[test]
 fn a_backup_without_contents_still_proves_it_restores() {
-    let (c, store, agent) = setup();
+    let TestEnv { c, store, agent, .. } = setup();
     let (b, status) = run(&c, &agent, "SELECT backups.capture('rich')");
     assert_eq!(status, "completed");
     // As a backup taken before contents were recorded.
@@ -213,20 +202,20 @@ fn a_backup_without_contents_still_proves_it_restores() {
     std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
     c.sql("postgres", &format!("UPDATE backups.transfers SET contents = NULL WHERE name = '{b}'")).unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "completed", "{}", log(&c, &v));
-    assert!(log(&c, &v).contains("nothing to compare"), "{}", log(&c, &v));
+    assert_eq!(status, "completed", "{}", log_of(&c, &v));
+    assert!(log_of(&c, &v).contains("nothing to compare"), "{}", log_of(&c, &v));
     no_scratch_left(&c);
 }
 
 #[test]
 fn a_schedule_with_verify_verifies_each_capture() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     c.sql("postgres", "SELECT backups.schedule('daily 03:00', 'rich', verify => true)").unwrap();
     assert_eq!(c.sql("postgres", "SELECT verify FROM backups.schedules() WHERE database = 'rich'").unwrap(), "t");
     c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now()").unwrap();
     wait_for(&c, "SELECT count(*) FROM backups.transfers WHERE kind = 'verify'", "1", PATIENCE).unwrap();
     let v = c.sql("postgres", "SELECT name FROM backups.transfers WHERE kind = 'verify'").unwrap();
-    assert_eq!(wait(&c, &v, PATIENCE).unwrap(), "completed", "{}\n{}", log(&c, &v), agent.log_text());
+    assert_eq!(wait(&c, &v, PATIENCE).unwrap(), "completed", "{}\n{}", log_of(&c, &v), agent.log_text());
     let a = c.sql("postgres", "SELECT name FROM backups.transfers WHERE kind = 'capture'").unwrap();
     assert!(a.starts_with('a'), "{a}");
     assert_eq!(c.sql("postgres", &format!("SELECT source FROM backups.transfers WHERE name = '{v}'")).unwrap(), a);
@@ -246,9 +235,9 @@ fn an_agent_without_superuser_verifies_and_leaves_nothing() {
         Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &["--data-url", &data], &[])
             .unwrap();
     let (b, status) = run(&c, &agent, "SELECT backups.capture('rich')");
-    assert_eq!(status, "completed", "{}", log(&c, &b));
+    assert_eq!(status, "completed", "{}", log_of(&c, &b));
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "completed", "{}\n{}", log(&c, &v), agent.log_text());
+    assert_eq!(status, "completed", "{}\n{}", log_of(&c, &v), agent.log_text());
     no_scratch_left(&c);
     assert_eq!(c.sql("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = 'verifier'").unwrap(), "f");
 }
@@ -260,7 +249,7 @@ fn an_agent_without_superuser_verifies_and_leaves_nothing() {
 /// the capture's `verified` column or info().
 #[test]
 fn a_database_with_its_own_bytea_output_verifies_and_admin_verifications_stay_hidden() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     create_db(
         &c,
         "escaped",
@@ -276,9 +265,9 @@ fn a_database_with_its_own_bytea_output_verifies_and_admin_verifications_stay_hi
     )
     .unwrap();
     let (b, status) = run(&c, &agent, "SELECT backups.capture('escaped')");
-    assert_eq!(status, "completed", "{}", log(&c, &b));
+    assert_eq!(status, "completed", "{}", log_of(&c, &b));
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
-    assert_eq!(status, "completed", "{}", log(&c, &v));
+    assert_eq!(status, "completed", "{}", log_of(&c, &v));
     no_scratch_left(&c);
 
     // A tenant of `escaped` sees the admin's capture, not its verification.

@@ -9,28 +9,18 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{create_db, fingerprint, schema, wait, SHOP};
+use pgbackups_e2e::env::{capture, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const OTHER_DATA: &str = "CREATE TABLE leftovers (x int); INSERT INTO leftovers VALUES (1), (2); CREATE SCHEMA extra; CREATE TABLE extra.t (y text)";
 
-fn setup() -> (Cluster, tempfile::TempDir, Agent) {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging", OTHER_DATA).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();
-    (c, store, agent)
-}
-
-fn capture(c: &Cluster, args: &str) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed");
-    id
+fn setup() -> TestEnv {
+    TestEnv::new().db("shop", SHOP).db("staging", OTHER_DATA).start()
 }
 
 #[test]
 fn restore_of_a_backup_replaces_the_target_with_exactly_its_content() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = capture(&c, args);
         c.sql(
@@ -65,7 +55,7 @@ fn restore_of_a_backup_replaces_the_target_with_exactly_its_content() {
 
 #[test]
 fn copy_streams_one_database_into_another() {
-    let (c, store, agent) = setup();
+    let TestEnv { c, store, agent, .. } = setup();
     let id = c.sql("postgres", "SELECT backups.copy('shop', 'staging', 'staging')").unwrap();
     assert_eq!(id, "c001");
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
@@ -77,7 +67,7 @@ fn copy_streams_one_database_into_another() {
 
 #[test]
 fn a_corrupted_backup_fails_the_restore_before_the_target_is_touched() {
-    let (c, store, agent) = setup();
+    let TestEnv { c, store, agent, .. } = setup();
     // In place too: the target is dropped only once the backup verified.
     for (args, in_place) in [("'shop'", false), ("'shop'", true), ("'shop', jobs => 2", false)] {
         let b = capture(&c, args);

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
-use pgbackups_e2e::data::{self, create_db, fingerprint, wait, SHOP};
+use pgbackups_e2e::data::{self, fingerprint, wait, SHOP};
+use pgbackups_e2e::env::TestEnv;
 use pgbackups_e2e::os;
 use pgbackups_e2e::s3::S3Server;
 
@@ -24,8 +25,7 @@ fn start_agent(c: &Cluster, s3: &S3Server, extra: &[&str]) -> Agent {
 
 #[test]
 fn capture_to_s3_uses_multipart_and_restores() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).without_agent();
     // About 24 MB of incompressible bytes: the stored object spans several 8 MiB parts.
     c.sql("shop", &data::noise(3000, 500)).unwrap();
     let s3 = S3Server::start("backups").unwrap();
@@ -58,8 +58,7 @@ fn capture_to_s3_uses_multipart_and_restores() {
 
 #[test]
 fn a_capture_while_storage_is_down_fails_cleanly_and_the_next_one_works() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).without_agent();
     let mut s3 = S3Server::start("backups").unwrap();
     let agent = start_agent(&c, &s3, &["--storage-retry-timeout", "3"]);
     s3.stop();
@@ -81,8 +80,7 @@ fn a_capture_while_storage_is_down_fails_cleanly_and_the_next_one_works() {
 
 #[test]
 fn a_capture_survives_a_short_storage_outage_through_retries() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).without_agent();
     let mut s3 = S3Server::start("backups").unwrap();
     let agent = start_agent(&c, &s3, &["--storage-retry-timeout", "60"]);
     s3.stop();
@@ -96,9 +94,8 @@ fn a_capture_survives_a_short_storage_outage_through_retries() {
 
 #[test]
 fn a_streamed_restore_resumes_a_read_that_broke_off() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "big", &data::noise(200_000, 40)).unwrap();
-    create_db(&c, "staging", "CREATE TABLE t (x int)").unwrap();
+    let (c, _store) =
+        TestEnv::new().db("big", &data::noise(200_000, 40)).db("staging", "CREATE TABLE t (x int)").without_agent();
     let mut s3 = S3Server::start("backups").unwrap();
     // The client's own retries of a GET end this long after it began; the
     // restore below reads one for longer than that.

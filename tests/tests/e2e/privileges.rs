@@ -12,6 +12,7 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{fingerprint, wait, SHOP};
+use pgbackups_e2e::env::store_url;
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -37,10 +38,6 @@ CREATE TABLE plain (id int PRIMARY KEY, note text);
 INSERT INTO plain SELECT g, 'row ' || g FROM generate_series(1, 100) g;
 "#;
 
-fn store_url(dir: &tempfile::TempDir) -> String {
-    format!("file://{}", dir.path().display())
-}
-
 fn is_superuser(c: &Cluster, role: &str) -> String {
     c.sql("postgres", &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{role}'")).unwrap()
 }
@@ -57,7 +54,7 @@ fn an_archive_cannot_escalate_through_restore_or_copy_and_what_it_restores_belon
     assert_eq!(is_superuser(&c, "mallory"), "f");
     let store = tempfile::tempdir().unwrap();
     // The agent runs as a superuser, as most deployments' would.
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
 
     let b = c.sql("postgres", "SELECT backups.capture('evil')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
@@ -135,7 +132,7 @@ fn a_copy_subject_to_row_level_security_fails_instead_of_dropping_rows() {
     assert_eq!(c.sql_as("copier", "tenant", "SELECT count(*) FROM secrets").unwrap(), "10000", "the policy hides half");
     let store = tempfile::tempdir().unwrap();
     let data = format!("postgres://copier@127.0.0.1:{}/postgres", c.port);
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &["--data-url", &data], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &["--data-url", &data], &[]).unwrap();
     let cp = c.sql("postgres", "SELECT backups.copy('tenant', 'tenant_copy', 'tenant_copy')").unwrap();
     assert_eq!(wait(&c, &cp, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
     let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{cp}'")).unwrap();
@@ -167,7 +164,7 @@ fn the_documented_capture_only_agent_captures_and_can_do_nothing_else() {
     let store = tempfile::tempdir().unwrap();
     let control = format!("postgres://pgbackups_control@127.0.0.1:{}/postgres", c.port);
     let data = format!("postgres://pgbackups_reader@127.0.0.1:{}/postgres", c.port);
-    let agent = Agent::start(&control, &store_url(&store), &["--data-url", &data], &[]).unwrap();
+    let agent = Agent::start(&control, &store_url(store.path()), &["--data-url", &data], &[]).unwrap();
 
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
@@ -190,7 +187,7 @@ fn the_documented_capture_only_agent_captures_and_can_do_nothing_else() {
 
     // Restored by an agent that may act for the owner, the backup holds
     // every row, the ones the policy hides included.
-    let full = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let full = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'scratch', 'scratch')")).unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", full.log_text());
     assert_eq!(fingerprint(&c, "scratch").unwrap(), fingerprint(&c, "shop").unwrap());
@@ -202,7 +199,7 @@ fn restores_from_private_addresses_are_refused_and_urls_never_shown_whole() {
     c.sql("postgres", "CREATE DATABASE staging").unwrap();
     c.sql("staging", "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (42)").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let secret_url = "http://backup:pa55word@127.0.0.1:9/b001.dump?expires=1&signature=SIGNATURE123";
     let r = c.sql("postgres", &format!("SELECT backups.restore('{secret_url}', 'staging', 'staging')")).unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "failed");
@@ -244,7 +241,7 @@ fn a_backups_users_capture_holds_no_more_than_the_owner_may_read() {
     c.sql_as("auditor", "shop", "CREATE TABLE audit (salary text); INSERT INTO audit VALUES ('1M')").unwrap();
     c.sql("shop", "CREATE TABLE orders (id int); ALTER TABLE orders OWNER TO app").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     // alice owns shop (through app) but may not read audit: neither may her backup.
     let b = c.sql_as("alice", "postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
@@ -282,7 +279,7 @@ fn a_database_search_path_cannot_hijack_the_agents_queries() {
     .join("\n");
     c.sql_as("alice", "alicedb", &sql).unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let b = c.sql_as("alice", "postgres", "SELECT backups.capture('alicedb')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(is_superuser(&c, "alice"), "f", "the capture ran the owner's functions as the agent");
@@ -306,7 +303,7 @@ fn the_throwaway_login_authenticates_with_scram_where_the_server_asks_for_passwo
     }
     c.sql("shop", "CREATE TABLE t AS SELECT generate_series(1, 100) AS x; ALTER TABLE t OWNER TO app").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &store_url(&store), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'shop_restored', 'shop_restored')")).unwrap();

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
-use pgbackups_e2e::data::{self, create_db, fingerprint, wait, wait_for, SHOP};
+use pgbackups_e2e::data::{self, fingerprint, wait, wait_for, SHOP};
+use pgbackups_e2e::env::{store_url, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn storage_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
-}
 
 /// Restore the stored backup `id` of database `db` into a new database and
 /// check it holds the same data as `db`.
@@ -53,10 +50,7 @@ fn check_restores(c: &Cluster, store: &Path, db: &str, id: &str) {
 
 #[test]
 fn capture_then_pg_restore_gives_identical_data() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent: _agent, .. } = TestEnv::new().db("shop", SHOP).start();
 
     assert_eq!(c.sql("postgres", "SELECT backups.capture('shop')").unwrap(), "b001");
     assert_eq!(c.sql("postgres", "SELECT backups.wait('b001', '1 minute')").unwrap(), "completed");
@@ -87,13 +81,11 @@ fn capture_then_pg_restore_gives_identical_data() {
 
 #[test]
 fn parallel_capture_restores_too_and_leaves_no_staging_files() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let staging = tempfile::tempdir().unwrap();
     let _agent = Agent::start(
         &c.url("postgres"),
-        &storage_url(store.path()),
+        &store_url(store.path()),
         &["--staging-dir", staging.path().to_str().unwrap()],
         &[],
     )
@@ -111,10 +103,7 @@ fn parallel_capture_restores_too_and_leaves_no_staging_files() {
 
 #[test]
 fn cancel_mid_capture_stops_it_and_leaves_no_object() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent: _agent, .. } = TestEnv::new().db("shop", SHOP).start();
     for jobs in ["NULL", "2"] {
         // An exclusive lock makes pg_dump wait, mid-capture, for as long as we like.
         let mut locker = c.client("shop").unwrap();
@@ -151,10 +140,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
-    let c = Cluster::start_with(&["backups.keep_manual = 100"]).unwrap();
-    create_db(&c, "shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g").unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = storage_url(store.path());
+    let (c, store) = TestEnv::new()
+        .conf("backups.keep_manual = 100")
+        .db("shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .without_agent();
+    let url = store_url(store.path());
     let _a = Agent::start(&c.url("postgres"), &url, &["--agent-id", "agent-a"], &[]).unwrap();
     let _b = Agent::start(&c.url("postgres"), &url, &["--agent-id", "agent-b"], &[]).unwrap();
     let ids: Vec<String> = (0..50).map(|_| c.sql("postgres", "SELECT backups.capture('shop')").unwrap()).collect();
@@ -177,10 +167,8 @@ fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
 #[test]
 fn agent_restarts_mid_queue_lose_nothing() {
     // A short heartbeat timeout, so that a killed agent's transfer is requeued quickly.
-    let c = Cluster::start_with(&["backups.agent_timeout = '3s'"]).unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = storage_url(store.path());
+    let (c, store) = TestEnv::new().conf("backups.agent_timeout = '3s'").db("shop", SHOP).without_agent();
+    let url = store_url(store.path());
     let ids: Vec<String> = (0..4).map(|_| c.sql("postgres", "SELECT backups.capture('shop')").unwrap()).collect();
 
     // Graceful: SIGTERM lets the running capture finish, then the agent exits 0.
@@ -226,18 +214,12 @@ fn agent_restarts_mid_queue_lose_nothing() {
 
 #[test]
 fn named_sources_come_from_the_agent_configuration() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), format!("[sources.replica]\nurl = \"{}\"\n", c.url("shop"))).unwrap();
-    let _agent = Agent::start(
-        &c.url("postgres"),
-        &storage_url(store.path()),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
+    let _agent =
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--config", config.path().to_str().unwrap()], &[])
+            .unwrap();
     let id = c.sql("postgres", "SELECT backups.capture(source => 'replica')").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed");
     assert!(store.path().join("replica").join(&id).join("backup.dump.zst").exists());
@@ -255,10 +237,7 @@ fn named_sources_come_from_the_agent_configuration() {
 
 #[test]
 fn a_pg_dump_failure_fails_the_capture_with_pg_dumps_message() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent: _agent, .. } = TestEnv::new().db("shop", SHOP).start();
     // A role that may connect but not read the tables: pg_dump fails.
     c.sql("shop", "CREATE ROLE weak LOGIN; REVOKE ALL ON ALL TABLES IN SCHEMA public FROM weak").unwrap();
     let config = tempfile::NamedTempFile::new().unwrap();
@@ -266,7 +245,7 @@ fn a_pg_dump_failure_fails_the_capture_with_pg_dumps_message() {
         .unwrap();
     let _weak_agent = Agent::start(
         &c.url("postgres"),
-        &storage_url(store.path()),
+        &store_url(store.path()),
         &["--config", config.path().to_str().unwrap(), "--agent-id", "weak"],
         &[],
     )
@@ -282,10 +261,10 @@ fn a_pg_dump_failure_fails_the_capture_with_pg_dumps_message() {
 
 #[test]
 fn delete_and_retention_remove_objects_from_storage() {
-    let c = Cluster::start_with(&["backups.keep_manual = 2"]).unwrap();
-    create_db(&c, "shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g").unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent: _agent, .. } = TestEnv::new()
+        .conf("backups.keep_manual = 2")
+        .db("shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+        .start();
     let ids: Vec<String> = (0..3)
         .map(|_| {
             let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
@@ -320,10 +299,7 @@ fn delete_and_retention_remove_objects_from_storage() {
 
 #[test]
 fn capture_and_wait_is_one_command_in_psql() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store: _store, agent: _agent, .. } = TestEnv::new().db("shop", SHOP).start();
     let out = std::process::Command::new("psql")
         .args([
             "-X",

@@ -13,6 +13,7 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{self, create_db, wait, SHOP};
+use pgbackups_e2e::env::{store_url, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -28,10 +29,6 @@ CREATE TABLE public."Kept Too" AS SELECT g FROM generate_series(1, 3) g;
 CREATE SCHEMA hidden;
 CREATE TABLE hidden.secret AS SELECT g FROM generate_series(1, 4) g;
 "#;
-
-fn storage_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
-}
 
 fn field(c: &Cluster, id: &str, column: &str) -> String {
     c.sql("postgres", &format!("SELECT {column} FROM backups.transfers WHERE name = '{id}'")).unwrap()
@@ -65,10 +62,7 @@ fn count(c: &Cluster, db: &str, table: &str) -> String {
 
 #[test]
 fn excluded_table_data_and_schemas_are_left_out_and_everything_else_restores() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", &format!("{SHOP}{EXTRA}")).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent, .. } = TestEnv::new().db("shop", &format!("{SHOP}{EXTRA}")).start();
     // Unquoted names are lower-cased (ORDERS is orders); quoted ones keep
     // their case, quotes, spaces, % and #; * is a wildcard.
     let id = c
@@ -126,8 +120,7 @@ fn excluded_table_data_and_schemas_are_left_out_and_everything_else_restores() {
 
 #[test]
 fn malformed_patterns_are_refused_before_anything_is_queued() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).without_agent();
     for (args, want) in [
         ("exclude_table_data => ARRAY['--format=plain']", "starts with -"),
         ("exclude_schemas => ARRAY['-n']", "starts with -"),
@@ -164,10 +157,7 @@ fn malformed_patterns_are_refused_before_anything_is_queued() {
 
 #[test]
 fn a_pattern_that_matches_nothing_fails_the_capture_and_names_it() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", &format!("{SHOP}{EXTRA}")).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent, .. } = TestEnv::new().db("shop", &format!("{SHOP}{EXTRA}")).start();
     // A typo; "Scratch" quoted keeps its capital and so is not scratch; and
     // secret, unqualified, is looked up on the search_path, which hidden is
     // not on (pg_dump would match nothing either). orders does match.
@@ -211,7 +201,7 @@ fn a_backups_users_selective_capture_dumps_with_the_owners_rights() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     c.sql("alicedb", "CREATE SCHEMA private; CREATE TABLE private.admin_only AS SELECT 1 AS x").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let as_alice = |sql: &str| {
         let out = Command::new(c.program("psql"))
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &c.port.to_string(), "-U", "alice"])
@@ -258,7 +248,7 @@ fn excluding_a_partitioned_or_inherited_tables_data_covers_its_children_or_fails
                INSERT INTO kid VALUES ('secret');";
     create_db(&c, "shop", &format!("{SHOP}{sql}")).unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop', exclude_table_data => ARRAY['m', 'parent'])").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
     let error = field(&c, &id, "error");
@@ -308,7 +298,7 @@ fn a_database_search_path_cannot_hijack_the_pattern_check() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     // An admin's capture: the check runs with the agent's (superuser) rights.
     // A pattern that matches nothing must still be caught (the traps say
     // everything matches), and one that does must go through.

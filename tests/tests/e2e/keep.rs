@@ -6,20 +6,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
-use pgbackups_e2e::data::{create_db, wait, wait_for};
+use pgbackups_e2e::data::wait_for;
+use pgbackups_e2e::env::{capture, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn status(c: &Cluster, id: &str) -> String {
     c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{id}'")).unwrap()
-}
-
-fn capture(c: &Cluster) -> String {
-    let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed", "{id}");
-    id
 }
 
 fn stored(store: &Path, id: &str) -> bool {
@@ -34,12 +28,12 @@ fn error_of(c: &Cluster, sql: &str) -> String {
 #[test]
 fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_until_unkept() {
     // The worker's tick runs every second with this limit.
-    let c = Cluster::start_with(&["backups.keep_manual = 2"]).unwrap();
-    create_db(&c, "shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g").unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();
-    let b1 = capture(&c);
-    let b2 = capture(&c);
+    let TestEnv { c, store, agent, .. } = TestEnv::new()
+        .conf("backups.keep_manual = 2")
+        .db("shop", "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+        .start();
+    let b1 = capture(&c, "'shop'");
+    let b2 = capture(&c, "'shop'");
     assert_eq!(c.sql("postgres", &format!("SELECT backups.keep('{b2}')")).unwrap(), "kept");
     // Again: no change, no second log line.
     assert_eq!(c.sql("postgres", &format!("SELECT backups.keep('{b2}')")).unwrap(), "kept");
@@ -55,11 +49,11 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
 
     // b3 makes two unkept backups (b1, b3) and one kept: keep_manual = 2
     // leaves all three, since the kept one takes no slot.
-    let b3 = capture(&c);
+    let b3 = capture(&c, "'shop'");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(status(&c, &b1), "completed", "a kept backup took the slot of an unkept one");
     // b4: three unkept now, so the oldest unkept one (b1) expires; b2 stays.
-    let b4 = capture(&c);
+    let b4 = capture(&c, "'shop'");
     wait_for(&c, &format!("SELECT status FROM backups.transfers WHERE name = '{b1}'"), "expired", PATIENCE).unwrap();
     wait_for(&c, &format!("SELECT purged_at IS NOT NULL FROM backups.transfers WHERE name = '{b1}'"), "t", PATIENCE)
         .unwrap();
@@ -102,8 +96,7 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
 
 #[test]
 fn a_kept_scheduled_backup_survives_its_schedules_retention_and_takes_no_slot() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", "CREATE TABLE t (x int)").unwrap();
+    let (c, _store) = TestEnv::new().db("shop", "CREATE TABLE t (x int)").without_agent();
     c.sql(
         "postgres",
         "SELECT backups.schedule('daily 02:00', database => 'shop', retain_daily => 2, retain_weekly => 0, retain_monthly => 0)",

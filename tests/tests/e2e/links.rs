@@ -4,46 +4,16 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgbackups_e2e::agent::{self, Agent};
+use pgbackups_e2e::agent::{self};
 use pgbackups_e2e::cluster::{free_port, Cluster};
 use pgbackups_e2e::data::{create_db, fingerprint, wait, SHOP};
+use pgbackups_e2e::env::{capture, TestEnv, LINK_SECRET};
 
 const PATIENCE: Duration = Duration::from_secs(90);
-const SECRET: &str = "e2e-link-secret-0123456789";
 
-struct Env {
-    c: Cluster,
-    store: tempfile::TempDir,
-    agent: Agent,
-    base: String,
-}
-
-fn setup() -> Env {
-    let port = free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let c = Cluster::start_with(&[
-        &format!("backups.link_base_url = '{base}'"),
-        &format!("backups.link_secret = '{SECRET}'"),
-    ])
-    .unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let agent = Agent::start(
-        &c.url("postgres"),
-        &format!("file://{}", store.path().display()),
-        // Restores from the agent's own links on loopback.
-        &["--listen", &listen, "--link-secret", SECRET, "--allow-private-urls"],
-        &[],
-    )
-    .unwrap();
-    Env { c, store, agent, base }
-}
-
-fn capture(c: &Cluster, args: &str) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed");
-    id
+fn setup() -> TestEnv {
+    // Restores from the agent's own links on loopback.
+    TestEnv::new().db("shop", SHOP).links().args(&["--allow-private-urls"]).start()
 }
 
 /// curl -o; the HTTP status.
@@ -73,7 +43,7 @@ fn url_then_curl_then_pg_restore_gives_identical_data() {
     let e = setup();
     let b = capture(&e.c, "'shop'");
     let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
-    assert!(url.starts_with(&format!("{}/backups/{b}.dump?expires=", e.base)), "{url}");
+    assert!(url.starts_with(&format!("{}/backups/{b}.dump?expires=", e.base())), "{url}");
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("latest.dump");
     assert_eq!(curl(&url, &file), "200", "{}", e.agent.log_text());
@@ -123,7 +93,7 @@ fn bad_links_are_refused_and_reveal_nothing() {
     assert_eq!(curl(&later, &out), "403");
     let other = url.replace(&format!("/{b}.dump"), "/b999.dump");
     assert_eq!(curl(&other, &out), "403");
-    assert_eq!(curl(&format!("{}/backups/{b}.dump", e.base), &out), "403");
+    assert_eq!(curl(&format!("{}/backups/{b}.dump", e.base()), &out), "403");
     // Expired.
     let short = e.c.sql("postgres", &format!("SELECT backups.url('{b}', '1 second')")).unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -131,12 +101,12 @@ fn bad_links_are_refused_and_reveal_nothing() {
     // Validly signed, but for a backup that does not exist, or was deleted.
     let exp = chrono_like_now() + 600;
     let sig = pgbackups_core_sign("b999", exp);
-    assert_eq!(curl(&format!("{}/backups/b999.dump?expires={exp}&signature={sig}", e.base), &out), "404");
+    assert_eq!(curl(&format!("{}/backups/b999.dump?expires={exp}&signature={sig}", e.base()), &out), "404");
     e.c.sql("postgres", &format!("SELECT backups.delete('{b}')")).unwrap();
     assert_eq!(curl(&url, &out), "404");
     // Path traversal and other paths.
     for path in ["/backups/..%2F..%2Fetc%2Fpasswd", "/backups/../../etc/passwd", "/etc/passwd", "/backups/b001"] {
-        let code = curl(&format!("{}{path}?expires={exp}&signature={sig}", e.base), &out);
+        let code = curl(&format!("{}{path}?expires={exp}&signature={sig}", e.base()), &out);
         assert!(code == "404" || code == "403", "{path}: {code}");
         assert!(!std::fs::read_to_string(&out).unwrap_or_default().contains("root:"));
     }
@@ -149,7 +119,7 @@ fn chrono_like_now() -> i64 {
 /// Sign as the extension does (HMAC-SHA256 of "name\nexpires").
 fn pgbackups_core_sign(name: &str, expires: i64) -> String {
     use hmac::{Hmac, Mac};
-    let mut m = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(LINK_SECRET.as_bytes()).unwrap();
     m.update(format!("{name}\n{expires}").as_bytes());
     hex::encode(m.finalize().into_bytes())
 }

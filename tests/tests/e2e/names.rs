@@ -5,13 +5,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgbackups_e2e::agent::{self, Agent};
-use pgbackups_e2e::cluster::{free_port, Cluster};
+use pgbackups_e2e::agent::{self};
+use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{create_db, fingerprint, ident, literal, wait, wait_for};
+use pgbackups_e2e::env::TestEnv;
 use pgbackups_e2e::os::files_under;
 
 const PATIENCE: Duration = Duration::from_secs(90);
-const SECRET: &str = "e2e-names-secret-0123456789";
 
 /// Names that break naive keys, paths, URLs, connection strings and command lines.
 const NAMES: &[&str] = &["q3#sales", "50% off", "it's \"quoted\"", "café ünïcode", "a/b", "..", "-leading", "x%2Fy"];
@@ -37,21 +37,9 @@ fn pg_restore_into(c: &Cluster, db: &str, path: &std::path::Path, extra: &[&str]
 
 #[test]
 fn odd_database_names_go_through_capture_restore_link_download_and_delete() {
-    let port = free_port().unwrap();
-    let c = Cluster::start_with(&[
-        &format!("backups.link_base_url = 'http://127.0.0.1:{port}'"),
-        &format!("backups.link_secret = '{SECRET}'"),
-    ])
-    .unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", store.path().display());
-    let agent = Agent::start(
-        &c.url("postgres"),
-        &storage,
-        &["--listen", &format!("127.0.0.1:{port}"), "--link-secret", SECRET],
-        &[],
-    )
-    .unwrap();
+    let env = TestEnv::new().links().start();
+    let storage = env.storage();
+    let TestEnv { c, store, agent, .. } = env;
     let work = tempfile::tempdir().unwrap();
     let mut backups = Vec::new();
     for (i, name) in NAMES.iter().enumerate() {
@@ -115,9 +103,7 @@ fn odd_database_names_go_through_capture_restore_link_download_and_delete() {
 /// would kill pg_dump with SIGPIPE) nor be lost.
 #[test]
 fn a_database_whose_names_are_not_utf8_is_captured_and_restored() {
-    let c = Cluster::start().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();
+    let TestEnv { c, store: _store, agent, .. } = TestEnv::new().start();
     for db in ["raw", "raw_back"] {
         c.sql(
             "postgres",

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 
 use pgbackups_e2e::agent::Agent;
-use pgbackups_e2e::cluster::Cluster;
-use pgbackups_e2e::data::{create_db, wait, SHOP};
+use pgbackups_e2e::data::{wait, SHOP};
+use pgbackups_e2e::env::TestEnv;
 
 /// The events received for transfer `id` until one with a final status.
 fn events_of(listener: &mut postgres::Client, id: &str) -> Vec<serde_json::Value> {
@@ -34,9 +34,7 @@ fn events_of(listener: &mut postgres::Client, id: &str) -> Vec<serde_json::Value
 
 #[test]
 fn a_listening_client_receives_every_status_change() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let mut listener = c.client("postgres").unwrap();
     listener.batch_execute("LISTEN backups_events").unwrap();
     let agent = Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &[], &[]).unwrap();

@@ -14,18 +14,13 @@ use std::time::{Duration, Instant};
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::{free_port, Cluster};
 use pgbackups_e2e::data::{create_db, literal, noise, wait, wait_for, SHOP};
+use pgbackups_e2e::env::capture;
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const SECRET: &str = "e2e-link-secret-0123456789";
 /// A database name that is also HTML: it must only ever appear escaped.
 const ODD: &str = "<b>&\"odd'";
 const ODD_ESCAPED: &str = "&lt;b&gt;&amp;&quot;odd'";
-
-fn capture(c: &Cluster, db: &str) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture({})", literal(db))).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed", "capture of {db}");
-    id
-}
 
 struct Fetched {
     code: String,
@@ -131,7 +126,7 @@ fn the_status_page_is_signed_escaped_and_renders_its_charts_in_a_browser() {
         if round > 0 {
             c.sql("shop", &format!("INSERT INTO orders (customer_id, placed_at, items, note) SELECT 1 + g % 5000, now(), '{{}}', repeat('x', 200) FROM generate_series(1, {}) g", 15000 * round)).unwrap();
         }
-        capture(&c, "shop");
+        capture(&c, &literal("shop"));
     }
     create_db(&c, "analytics", &noise(200, 64)).unwrap();
     for round in 0..3 {
@@ -139,10 +134,10 @@ fn the_status_page_is_signed_escaped_and_renders_its_charts_in_a_browser() {
             // Fresh random bytes (a copy of the old ones would compress away).
             c.sql("analytics", &noise(200 * round, 64).replace("TABLE noise", &format!("TABLE noise{round}"))).unwrap();
         }
-        capture(&c, "analytics");
+        capture(&c, &literal("analytics"));
     }
     create_db(&c, ODD, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g").unwrap();
-    capture(&c, ODD);
+    capture(&c, &literal(ODD));
     create_db(&c, "inventory", "CREATE TABLE items (id int)").unwrap();
     c.sql("postgres", "SELECT backups.schedule('daily 02:00', 'inventory')").unwrap();
     // Spread the histories over days, as a week of daily captures would be

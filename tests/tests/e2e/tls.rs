@@ -6,13 +6,14 @@
 //! nothing.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{create_db, wait, wait_for};
+use pgbackups_e2e::env::store_url;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -70,10 +71,6 @@ impl Pki {
     }
 }
 
-fn storage_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
-}
-
 /// The agent's exit status, once it has exited by itself.
 fn wait_exit(agent: &mut Agent, patience: Duration) -> ExitStatus {
     let deadline = Instant::now() + patience;
@@ -126,7 +123,7 @@ fn verify_full_capture_restore_and_copy_run_over_tls_for_the_agent_and_its_tools
         c.port,
         pki.ca().display()
     );
-    let mut agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+    let mut agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
 
     // pg_dump, waiting for its lock: a TLS connection from the agent.
@@ -190,7 +187,7 @@ fn a_certificate_from_another_ca_stops_the_agent_with_a_clear_error_and_claims_n
     for mode in ["verify-full", "require"] {
         let url =
             format!("postgres://postgres:s3cret@localhost:{}/postgres?sslmode={mode}&sslrootcert={other}", c.port);
-        let mut agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+        let mut agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
         let status = wait_exit(&mut agent, Duration::from_secs(30));
         let log = agent.log_text();
         assert!(!status.success(), "{mode}: {log}");
@@ -208,7 +205,7 @@ fn a_certificate_from_another_ca_stops_the_agent_with_a_clear_error_and_claims_n
     // require without a root certificate: encrypted, not verified; the
     // capture runs, as its first attempt (nobody claimed it before).
     let url = format!("postgres://postgres@localhost:{}/postgres?sslmode=require", c.port);
-    let agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(c.sql("postgres", &format!("SELECT attempts FROM backups.transfers WHERE name = '{id}'")).unwrap(), "1");
 }
@@ -226,7 +223,7 @@ fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
         "postgres://postgres@{host}:{}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={ca}",
         c.port
     );
-    let mut agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+    let mut agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
     assert!(!wait_exit(&mut agent, Duration::from_secs(30)).success());
     let log = agent.log_text();
     assert!(log.contains(&format!("TLS: the server's certificate is not valid for host {host}")), "{log}");
@@ -237,7 +234,7 @@ fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
         "host={host} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-ca sslrootcert='{ca}'",
         c.port
     );
-    let agent = Agent::start(&conninfo, &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&conninfo, &store_url(store.path()), &[], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
 }
@@ -263,7 +260,7 @@ fn a_client_certificate_logs_in_the_agent_and_its_tools() {
         "postgres://tlsagent@localhost:{}/postgres?sslmode=verify-full&sslrootcert={dir}/ca.pem&sslcert={dir}/client.pem&sslkey={dir}/client.key",
         c.port
     );
-    let agent = Agent::start(&url, &storage_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
     // pg_dump logs in with the same certificate, or the capture fails.
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());

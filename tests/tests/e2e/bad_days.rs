@@ -27,26 +27,15 @@ use std::time::{Duration, Instant};
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::{free_port, Cluster};
 use pgbackups_e2e::data::{create_db, fingerprint, schema, wait, wait_for, SHOP};
+use pgbackups_e2e::env::{capture, log_of, store_url, TestEnv};
 use pgbackups_e2e::proxy::Proxy;
 
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn file_url(p: &std::path::Path) -> String {
-    format!("file://{}", p.display())
-}
 
 /// A session as login `role`, for a transaction left open.
 fn client_as(c: &Cluster, role: &str, db: &str) -> postgres::Client {
     postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname={db}", c.port), postgres::NoTls)
         .unwrap()
-}
-
-fn log_of(c: &Cluster, id: &str) -> String {
-    c.sql(
-        "postgres",
-        &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{id}') WHERE field IN ('log', 'error')"),
-    )
-    .unwrap()
 }
 
 /// What a failed restore must leave as it was: the database (its oid), its
@@ -71,12 +60,6 @@ fn leftovers(c: &Cluster) -> String {
     .unwrap()
 }
 
-fn capture(c: &Cluster, args: &str) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed", "{}", log_of(c, &id));
-    id
-}
-
 const TENANTS: &str = "CREATE ROLE alice LOGIN IN ROLE backups_user; CREATE ROLE bob LOGIN IN ROLE backups_user;
                        GRANT CONNECT ON DATABASE postgres TO alice, bob";
 
@@ -89,7 +72,7 @@ fn tenants() -> (Cluster, tempfile::TempDir, Agent) {
     c.sql_as("alice", "alice_db", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     create_db(&c, "shop", SHOP).unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     (c, store, agent)
 }
 
@@ -165,7 +148,7 @@ fn a_restore_whose_data_does_not_load_leaves_the_target_as_it_was_on_every_path(
     latin1_target(&c, "postgres");
     c.sql("src", "SELECT lo_from_bytea(0, 'a large object')").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let before = state(&c, "latin");
     // A parallel (directory-format) backup, and a custom-format one with a
     // large object: both are staged and restored by pg_restore -j.
@@ -205,15 +188,17 @@ fn a_tenants_captures_stuck_on_its_own_locks_leave_room_for_others() {
 
 #[test]
 fn a_restore_whose_agent_stopped_right_after_its_swap_keeps_what_was_written_since() {
-    let c = Cluster::start_with(&["backups.agent_timeout = '4s'"]).unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging", "CREATE TABLE old (x int)").unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new()
+        .conf("backups.agent_timeout = '4s'")
+        .db("shop", SHOP)
+        .db("staging", "CREATE TABLE old (x int)")
+        .without_agent();
     // The first agent reaches the data through a proxy, which stops it
     // the moment its swap's COMMIT has been answered, before it hears so.
     let proxy = Proxy::start(c.port).unwrap();
     let data_url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
-    let mut first = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--data-url", &data_url], &[]).unwrap();
+    let mut first =
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--data-url", &data_url], &[]).unwrap();
     let b = capture(&c, "'shop'");
     let pid = Arc::new(AtomicI32::new(first.pid()));
     let stop = pid.clone();
@@ -235,7 +220,7 @@ fn a_restore_whose_agent_stopped_right_after_its_swap_keeps_what_was_written_sin
     let log = log_of(&c, &r);
     assert!(log.contains("after its swap committed"), "{log}");
     // Another agent has nothing to restore again.
-    let second = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--agent-id", "second"], &[]).unwrap();
+    let second = Agent::start(&c.url("postgres"), &store_url(store.path()), &["--agent-id", "second"], &[]).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.sql("staging", "SELECT count(*) FROM written_since").unwrap(), "42", "{}", second.log_text());
     assert_eq!(c.sql("postgres", &format!("SELECT attempts FROM backups.transfers WHERE name = '{r}'")).unwrap(), "1");
@@ -258,17 +243,15 @@ fn a_restore_whose_agent_stopped_right_after_its_swap_keeps_what_was_written_sin
 #[test]
 fn a_capture_whose_control_database_was_down_is_never_completed_without_its_format_and_key() {
     // (The worker waits out the outage: it is the agent's to survive.)
-    let c = Cluster::start_with(&["backups.agent_timeout = '300s'"]).unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging", "").unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) =
+        TestEnv::new().conf("backups.agent_timeout = '300s'").db("shop", SHOP).db("staging", "").without_agent();
     // The agent reaches the control database through a proxy that goes
     // down right after the claim, for longer than the heartbeat's and the
     // facts' reconnects (15 s each) and shorter than a finish's patience
     // (120 s).
     let proxy = Proxy::start(c.port).unwrap();
     let control = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
-    let agent = Agent::start(&control, &file_url(store.path()), &["--data-url", &c.url("postgres")], &[]).unwrap();
+    let agent = Agent::start(&control, &store_url(store.path()), &["--data-url", &c.url("postgres")], &[]).unwrap();
     // (The first heartbeat comes right after the claim, before the facts
     // of the work are known.)
     proxy.down_after("backups._heartbeat(", Duration::ZERO, Duration::from_secs(40));
@@ -320,16 +303,17 @@ fn evil(marker: &std::path::Path) -> String {
 
 #[test]
 fn a_backup_replaced_in_storage_executes_nothing() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging", "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)").unwrap();
+    let (c, _store) = TestEnv::new()
+        .db("shop", SHOP)
+        .db("staging", "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)")
+        .without_agent();
     let marks = tempfile::tempdir().unwrap();
     std::fs::set_permissions(marks.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let marker = marks.path().join("it-ran");
     create_db(&c, "other", &evil(&marker)).unwrap();
     std::fs::remove_file(&marker).unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let b = capture(&c, "'shop'");
     let o = capture(&c, "'other'");
     // Someone with write access to storage puts the other database's
@@ -355,7 +339,8 @@ fn a_name_recreated_by_another_owner_sees_and_expires_nothing_of_the_previous_ow
     c.sql("postgres", "CREATE DATABASE shop OWNER alice").unwrap();
     c.sql_as("alice", "shop", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--lock-wait-timeout", "1s"], &[]).unwrap();
+    let agent =
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--lock-wait-timeout", "1s"], &[]).unwrap();
     let hers = c.sql_as("alice", "postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &hers, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     // And a failure of hers: a table locked past the lock wait.
@@ -419,20 +404,18 @@ fn a_name_recreated_by_another_owner_sees_and_expires_nothing_of_the_previous_ow
 fn many_downloads_of_a_link_at_once_leave_connections_for_others_and_stage_nothing() {
     const SECRET: &str = "bad-days-link-secret";
     let port = free_port().unwrap();
-    let c = Cluster::start_with(&[
-        "max_connections = 30",
-        &format!("backups.link_base_url = 'http://127.0.0.1:{port}'"),
-        &format!("backups.link_secret = '{SECRET}'"),
-    ])
-    .unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new()
+        .conf("max_connections = 30")
+        .conf(&format!("backups.link_base_url = 'http://127.0.0.1:{port}'"))
+        .conf(&format!("backups.link_secret = '{SECRET}'"))
+        .db("shop", SHOP)
+        .without_agent();
     let staging = tempfile::tempdir().unwrap();
     let staging_dir = staging.path().display().to_string();
     let listen = format!("127.0.0.1:{port}");
     let agent = Agent::start(
         &c.url("postgres"),
-        &file_url(store.path()),
+        &store_url(store.path()),
         &["--listen", &listen, "--link-secret", SECRET, "--staging-dir", &staging_dir],
         &[],
     )
@@ -541,11 +524,11 @@ fn a_300_mb_value_restores_within_the_documented_memory_bound() {
     .unwrap();
     create_db(&c, "staging", "").unwrap();
     let store = tempfile::tempdir().unwrap();
-    let mut capturing = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let mut capturing = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let b = capture(&c, "'big'");
     capturing.terminate(Duration::from_secs(30)).unwrap();
     // A fresh agent for the restore alone.
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &[], &[]).unwrap();
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging')")).unwrap();
     assert_eq!(wait(&c, &r, Duration::from_secs(600)).unwrap(), "completed", "{}", agent.log_text());
     let peak = peak_memory(agent.pid());
@@ -575,7 +558,7 @@ fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_sta
     let store = tempfile::tempdir().unwrap();
     let data = format!("postgres://restorer@127.0.0.1:{}/postgres", c.port);
     let agent_args = ["--data-url", data.as_str()];
-    let mut agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &agent_args, &[]).unwrap();
+    let mut agent = Agent::start(&c.url("postgres"), &store_url(store.path()), &agent_args, &[]).unwrap();
     let b = capture(&c, "'src'");
     let before = state(&c, "latin");
     for i in 0..20 {
@@ -602,7 +585,7 @@ fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_sta
     c.sql("postgres", &format!("SELECT backups.cancel('{r}')")).unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "cancelled");
     assert_ne!(leftovers(&c), "databases: , roles:", "the killed agent left nothing to sweep");
-    let _next = Agent::start(&c.url("postgres"), &file_url(store.path()), &agent_args, &[]).unwrap();
+    let _next = Agent::start(&c.url("postgres"), &store_url(store.path()), &agent_args, &[]).unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
         .unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups%'", "0", Duration::from_secs(30))

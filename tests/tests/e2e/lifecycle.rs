@@ -3,21 +3,17 @@
 //! cannot reach storage. Each ends with exactly one outcome, and nothing
 //! left behind that the table does not account for.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{self, create_db, fingerprint, wait, wait_for, SHOP};
+use pgbackups_e2e::env::{store_url, TestEnv};
 use pgbackups_e2e::os::{deleted_open_files, files_left, files_under, processes_with};
 use pgbackups_e2e::proxy::Proxy;
 use pgbackups_e2e::s3::S3Server;
 
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn file_url(p: &Path) -> String {
-    format!("file://{}", p.display())
-}
 
 fn field(c: &Cluster, id: &str, column: &str) -> String {
     c.sql("postgres", &format!("SELECT {column} FROM backups.transfers WHERE name = '{id}'")).unwrap()
@@ -40,13 +36,11 @@ fn pg_dumps(staging: &str) -> Vec<(i32, String)> {
 
 #[test]
 fn cancelling_a_parallel_capture_mid_data_leaves_no_process_open_file_staging_or_object() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", BIG).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", BIG).without_agent();
     let staging = tempfile::tempdir().unwrap();
     let staging_path = staging.path().to_str().unwrap().to_string();
     let agent =
-        Agent::start(&c.url("postgres"), &file_url(store.path()), &["--staging-dir", &staging_path], &[]).unwrap();
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--staging-dir", &staging_path], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop', jobs => 2)").unwrap();
     // Data is flowing: files exist in staging and bytes have been read.
     let deadline = Instant::now() + PATIENCE;
@@ -78,12 +72,10 @@ fn cancelling_a_parallel_capture_mid_data_leaves_no_process_open_file_staging_or
 
 #[test]
 fn a_completion_whose_reply_is_lost_keeps_its_objects() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let proxy = Proxy::start(c.port).unwrap();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
-    let agent = Agent::start(&url, &file_url(store.path()), &[], &[]).unwrap();
+    let agent = Agent::start(&url, &store_url(store.path()), &[], &[]).unwrap();
     // The statement that records the completion reaches the server and
     // commits, and its reply never comes back.
     proxy.lose_reply_to("backups._finish(");
@@ -116,7 +108,8 @@ fn a_parallel_capture_whose_upload_outlasts_the_heartbeat_timeout_completes_once
     // even when the machine is busy.)
     create_db(&c, "noise", &data::noise(2000, 200)).unwrap();
     let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--compression-level", "19"], &[]).unwrap();
+    let agent =
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--compression-level", "19"], &[]).unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('noise', jobs => 2)").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     assert_eq!(field(&c, &id, "attempts"), "1", "{}", agent.log_text());
@@ -147,9 +140,7 @@ fn a_parallel_capture_whose_upload_outlasts_the_heartbeat_timeout_completes_once
 
 #[test]
 fn purging_while_storage_is_down_or_large_never_delays_claims() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "target", "CREATE TABLE old (x int)").unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).db("target", "CREATE TABLE old (x int)").without_agent();
     let mut s3 = S3Server::start("backups").unwrap();
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -182,12 +173,10 @@ fn purging_while_storage_is_down_or_large_never_delays_claims() {
 
 #[test]
 fn a_transfer_still_running_after_the_grace_period_is_handed_back_and_finished_by_the_next_agent() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let staging = tempfile::tempdir().unwrap();
     let args = ["--staging-dir", staging.path().to_str().unwrap(), "--shutdown-grace", "1"];
-    let mut first = Agent::start(&c.url("postgres"), &file_url(store.path()), &args, &[]).unwrap();
+    let mut first = Agent::start(&c.url("postgres"), &store_url(store.path()), &args, &[]).unwrap();
     // pg_dump waits on a lock: the capture cannot finish within the grace.
     let mut locker = c.client("shop").unwrap();
     locker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").unwrap();
@@ -201,7 +190,7 @@ fn a_transfer_still_running_after_the_grace_period_is_handed_back_and_finished_b
     assert_eq!(files_under(store.path()), Vec::<std::path::PathBuf>::new());
     // The next agent finishes it, as a new attempt with objects of its own.
     locker.batch_execute("ROLLBACK").unwrap();
-    let second = Agent::start(&c.url("postgres"), &file_url(store.path()), &args, &[]).unwrap();
+    let second = Agent::start(&c.url("postgres"), &store_url(store.path()), &args, &[]).unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", second.log_text());
     assert_eq!(field(&c, &id, "attempts"), "2");
     assert_eq!(field(&c, &id, "object_key"), format!("shop/{id}/dump-2"));

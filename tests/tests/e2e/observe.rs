@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::{free_port, Cluster};
-use pgbackups_e2e::data::{create_db, wait, SHOP};
+use pgbackups_e2e::data::{wait, SHOP};
+use pgbackups_e2e::env::TestEnv;
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const SECRET: &str = "e2e-link-secret-0123456789";
@@ -153,9 +154,7 @@ fn start_listening_agent(c: &Cluster, store: &tempfile::TempDir, extra: &[&str])
 
 #[test]
 fn metrics_parse_and_count_a_capture() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let (agent, addr) = start_listening_agent(&c, &store, &[]);
 
     let before = scrape(&addr);
@@ -282,9 +281,7 @@ fn config(dir: &tempfile::TempDir, text: &str) -> String {
 
 #[test]
 fn webhooks_are_told_of_completed_and_failed_transfers() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let (addr, received) = webhook_server(false);
     let cfg = config(
         &store,
@@ -322,9 +319,7 @@ fn webhooks_are_told_of_completed_and_failed_transfers() {
 
 #[test]
 fn a_webhook_that_never_answers_delays_neither_transfers_nor_shutdown() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) = TestEnv::new().db("shop", SHOP).without_agent();
     let (addr, _) = webhook_server(true);
     let cfg = config(
         &store,

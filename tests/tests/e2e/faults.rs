@@ -10,13 +10,10 @@ use std::time::{Duration, Instant};
 use pgbackups_e2e::agent::{self, Agent};
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{self, create_db, fingerprint, wait, wait_for, SHOP};
+use pgbackups_e2e::env::{store_url, TestEnv};
 use pgbackups_e2e::s3::S3Server;
 
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn file_url(p: &Path) -> String {
-    format!("file://{}", p.display())
-}
 
 fn error_of(c: &Cluster, id: &str) -> String {
     c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{id}'")).unwrap()
@@ -50,10 +47,7 @@ fn visible(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_control_cluster_restarting_under_the_agent() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&c.url("postgres"), &file_url(store.path()), &[], &[]).unwrap();
+    let TestEnv { c, store, agent, .. } = TestEnv::new().db("shop", SHOP).start();
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed");
 
@@ -78,11 +72,8 @@ fn the_control_cluster_restarting_under_the_agent() {
 
 #[test]
 fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let _agent =
-        Agent::start(&c.url("postgres"), &file_url(store.path()), &["--lock-wait-timeout", "1s"], &[]).unwrap();
+    let TestEnv { c, store, agent: _agent, .. } =
+        TestEnv::new().db("shop", SHOP).args(&["--lock-wait-timeout", "1s"]).start();
 
     // A table locked past pg_dump's lock timeout.
     let mut locker = c.client("shop").unwrap();
@@ -96,7 +87,7 @@ fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
     assert!(visible(&store.path().join("shop").join(&id)).is_empty());
 
     // The source database dropped mid-capture (pg_dump waits on a lock, then loses its connection).
-    let _slow = Agent::start(&c.url("postgres"), &file_url(store.path()), &["--agent-id", "patient"], &[]).unwrap();
+    let _slow = Agent::start(&c.url("postgres"), &store_url(store.path()), &["--agent-id", "patient"], &[]).unwrap();
     drop(_agent);
     locker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
@@ -119,15 +110,13 @@ fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
 
 #[test]
 fn a_staging_directory_that_cannot_be_used_fails_cleanly() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging_db", "CREATE TABLE keep_me AS SELECT 1 AS x").unwrap();
-    let store = tempfile::tempdir().unwrap();
+    let (c, store) =
+        TestEnv::new().db("shop", SHOP).db("staging_db", "CREATE TABLE keep_me AS SELECT 1 AS x").without_agent();
     // A path below a regular file can never be created, even by root.
     let file = tempfile::NamedTempFile::new().unwrap();
     let bad = file.path().join("staging");
     let _agent =
-        Agent::start(&c.url("postgres"), &file_url(store.path()), &["--staging-dir", bad.to_str().unwrap()], &[])
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--staging-dir", bad.to_str().unwrap()], &[])
             .unwrap();
     let id = c.sql("postgres", "SELECT backups.capture('shop', jobs => 2)").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed");
@@ -199,7 +188,7 @@ fn the_agent_refuses_bad_settings_with_one_line() {
         (o.status.code(), String::from_utf8_lossy(&o.stderr).trim().to_string())
     };
     let url = c.url("postgres");
-    let storage = file_url(store.path());
+    let storage = store_url(store.path());
     for (args, want) in [
         (
             vec!["--database-url", &url, "--storage", "ftp://example.com/x"],

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
 use pgbackups_e2e::agent::{self, Agent};
-use pgbackups_e2e::cluster::{free_port, Cluster};
-use pgbackups_e2e::data::{create_db, fingerprint, wait, SHOP};
+use pgbackups_e2e::cluster::Cluster;
+use pgbackups_e2e::data::{fingerprint, wait, SHOP};
+use pgbackups_e2e::env::{capture, TestEnv};
 use pgbackups_e2e::os::files_under;
 
 const PATIENCE: Duration = Duration::from_secs(90);
-const SECRET: &str = "e2e-link-secret-encryption-0123";
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
@@ -38,12 +38,6 @@ fn canary() -> String {
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).unwrap();
     format!("canary-{}", hex::encode(bytes))
-}
-
-fn capture(c: &Cluster, args: &str, agent: &Agent) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
-    id
 }
 
 /// Restore `b` into `target`; its final status and error.
@@ -104,41 +98,23 @@ fn download(c: &Cluster, store: &Path, work: &Path, args: &[&str]) -> std::proce
 
 #[test]
 fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
-    let port = free_port().unwrap();
-    let c = Cluster::start_with(&[
-        &format!("backups.link_base_url = 'http://127.0.0.1:{port}'"),
-        &format!("backups.link_secret = '{SECRET}'"),
-    ])
-    .unwrap();
     let secret = canary();
-    create_db(&c, "shop", SHOP).unwrap();
-    c.sql(
-        "shop",
-        &format!("CREATE TABLE canary (v text); INSERT INTO canary SELECT '{secret}' FROM generate_series(1, 3)"),
-    )
-    .unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keypair(keys.path(), "key.txt");
-    let store = tempfile::tempdir().unwrap();
     let key_arg = key.display().to_string();
-    let agent = start_agent(
-        &c,
-        store.path(),
-        &[
-            "--encrypt-to",
-            &public,
-            "--identity-file",
-            &key_arg,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--link-secret",
-            SECRET,
-        ],
-        &[],
-    );
+    let TestEnv { c, store, agent, .. } = TestEnv::new()
+        .db(
+            "shop",
+            &format!(
+                "{SHOP}; CREATE TABLE canary (v text); INSERT INTO canary SELECT '{secret}' FROM generate_series(1, 3)"
+            ),
+        )
+        .links()
+        .args(&["--encrypt-to", &public, "--identity-file", &key_arg])
+        .start();
 
-    let custom = capture(&c, "'shop'", &agent);
-    let parallel = capture(&c, "'shop', jobs => 2", &agent);
+    let custom = capture(&c, "'shop'");
+    let parallel = capture(&c, "'shop', jobs => 2");
     let files = assert_all_encrypted(store.path(), &secret);
     // The dump, the manifests, and a directory-format dump's files.
     assert!(files.iter().any(|f| f.ends_with(format!("shop/{custom}/backup.dump.zst.age"))), "{files:?}");
@@ -193,8 +169,7 @@ fn encrypted_captures_store_no_plain_byte_and_come_back_identical() {
 
 #[test]
 fn keys_rotate_and_a_backup_without_its_identity_fails_naming_its_recipients() {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
+    let (c, _store) = TestEnv::new().db("shop", SHOP).without_agent();
     for t in ["old_target", "new_target", "new_again", "old_refused"] {
         c.sql("postgres", &format!("CREATE DATABASE {t}")).unwrap();
     }
@@ -220,7 +195,7 @@ fn keys_rotate_and_a_backup_without_its_identity_fails_naming_its_recipients() {
 
     // Key A.
     let mut agent = start_agent(&c, store.path(), &["--encrypt-to", &public_a, "--identity-file", &a], &[]);
-    let old = capture(&c, "'shop'", &agent);
+    let old = capture(&c, "'shop'");
     agent.terminate(Duration::from_secs(30)).unwrap();
 
     // Rotated to B, keeping A's identity (from the environment, comma-separated).
@@ -231,7 +206,7 @@ fn keys_rotate_and_a_backup_without_its_identity_fails_naming_its_recipients() {
         &[],
         &[("PGBACKUPS_ENCRYPT_TO", public_b.as_str()), ("PGBACKUPS_IDENTITY_FILE", ids.as_str())],
     );
-    let new = capture(&c, "'shop', jobs => 2", &agent);
+    let new = capture(&c, "'shop', jobs => 2");
     assert_eq!(info(&c, &old, "encryption"), format!("age, to {public_a}"));
     assert_eq!(info(&c, &new, "encryption"), format!("age, to {public_b}"));
     for (backup, target) in [(&old, "old_target"), (&new, "new_target")] {

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::Cluster;
 use pgbackups_e2e::data::{create_db, fingerprint, noise, schema, wait, SHOP};
+use pgbackups_e2e::env::{capture, log_of, TestEnv};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const OTHER_DATA: &str = "CREATE TABLE leftovers (x int); INSERT INTO leftovers VALUES (1), (2); CREATE SCHEMA extra; CREATE TABLE extra.t (y text)";
@@ -32,15 +32,8 @@ ALTER ROLE reader IN DATABASE staging SET statement_timeout = '5s';
 COMMENT ON DATABASE staging IS 'it''s staging';
 "#;
 
-fn setup() -> (Cluster, tempfile::TempDir, Agent) {
-    let c = Cluster::start().unwrap();
-    create_db(&c, "shop", SHOP).unwrap();
-    create_db(&c, "staging", OTHER_DATA).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let agent =
-        Agent::start(&c.url("postgres"), &format!("file://{}", store.path().display()), &["--allow-private-urls"], &[])
-            .unwrap();
-    (c, store, agent)
+fn setup() -> TestEnv {
+    TestEnv::new().db("shop", SHOP).db("staging", OTHER_DATA).args(&["--allow-private-urls"]).start()
 }
 
 /// Everything a failed restore must leave as it was: the database itself
@@ -74,20 +67,6 @@ fn settings(c: &Cluster, db: &str) -> String {
                                   WHERE s.setdatabase = d.oid), '')
                FROM pg_database d WHERE d.datname = '{db}'"
         ),
-    )
-    .unwrap()
-}
-
-fn capture(c: &Cluster, db: &str) -> String {
-    let id = c.sql("postgres", &format!("SELECT backups.capture('{db}')")).unwrap();
-    assert_eq!(wait(c, &id, PATIENCE).unwrap(), "completed");
-    id
-}
-
-fn log_of(c: &Cluster, id: &str) -> String {
-    c.sql(
-        "postgres",
-        &format!("SELECT string_agg(value, E'\\n') FROM backups.info('{id}') WHERE field IN ('log', 'error')"),
     )
     .unwrap()
 }
@@ -133,7 +112,7 @@ fn restore(c: &Cluster, from: &str, target: &str) -> String {
 
 #[test]
 fn a_restore_of_a_truncated_archive_leaves_the_target_as_it_was() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     c.sql("staging", SETTINGS).unwrap();
     let before = state(&c, "staging");
     let dir = tempfile::tempdir().unwrap();
@@ -149,7 +128,7 @@ fn a_restore_of_a_truncated_archive_leaves_the_target_as_it_was() {
 
 #[test]
 fn a_restore_needing_an_extension_the_server_lacks_leaves_the_target_as_it_was() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     create_db(&c, "ext", "CREATE EXTENSION citext; CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     let before = state(&c, "staging");
     let dir = tempfile::tempdir().unwrap();
@@ -172,10 +151,10 @@ fn a_restore_needing_an_extension_the_server_lacks_leaves_the_target_as_it_was()
 
 #[test]
 fn a_restore_cancelled_mid_data_leaves_the_target_as_it_was() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     // Enough data that the restore is still loading when the cancel lands.
     create_db(&c, "big", &format!("{}; CREATE INDEX ON noise (data)", noise(150_000, 24))).unwrap();
-    let b = capture(&c, "big");
+    let b = capture(&c, "'big'");
     c.sql("staging", SETTINGS).unwrap();
     let before = state(&c, "staging");
     let r = restore(&c, &b, "staging");
@@ -201,11 +180,11 @@ fn a_restore_cancelled_mid_data_leaves_the_target_as_it_was() {
 
 #[test]
 fn settings_grants_and_limits_survive_a_restore_and_a_copy_in_place_or_not() {
-    let (c, _store, agent) = setup();
+    let TestEnv { c, agent, store: _store, .. } = setup();
     c.sql("staging", SETTINGS).unwrap();
     let kept = settings(&c, "staging");
     assert!(kept.contains("reader=c*/") && kept.contains("B c") && kept.starts_with("7 "), "{kept}");
-    let b = capture(&c, "shop");
+    let b = capture(&c, "'shop'");
     for (call, in_place) in [
         (format!("backups.restore('{b}', 'staging', 'staging')"), false),
         ("backups.copy('shop', 'staging', 'staging')".to_string(), false),

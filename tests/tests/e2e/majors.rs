@@ -14,12 +14,9 @@ use std::time::Duration;
 use pgbackups_e2e::agent::Agent;
 use pgbackups_e2e::cluster::{pg16_bin, Cluster, PG_BIN};
 use pgbackups_e2e::data::{create_db, fingerprint, wait, SHOP};
+use pgbackups_e2e::env::store_url;
 
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn storage_url(p: &Path) -> String {
-    format!("file://{}", p.display())
-}
 
 /// A PostgreSQL 16 control cluster with `shop` and an empty `staging`.
 fn control16() -> Cluster {
@@ -51,7 +48,7 @@ fn a_capture_of_a_16_database_uses_pg_dump_16_and_restores() {
     let store = tempfile::tempdir().unwrap();
     let bin16 = pg16_bin();
     let agent =
-        Agent::start(&c.url("postgres"), &storage_url(store.path()), &["--pg-bin-dir", bin16.to_str().unwrap()], &[])
+        Agent::start(&c.url("postgres"), &store_url(store.path()), &["--pg-bin-dir", bin16.to_str().unwrap()], &[])
             .unwrap();
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = c.sql("postgres", &format!("SELECT backups.capture({args})")).unwrap();
@@ -85,7 +82,7 @@ fn a_15_backup_restores_into_16_and_a_copy_goes_from_15_to_16() {
     let bin16 = pg16_bin();
     let agent = Agent::start(
         &c.url("postgres"),
-        &storage_url(store.path()),
+        &store_url(store.path()),
         &["--config", config.path().to_str().unwrap(), "--pg-bin-dir", bin16.to_str().unwrap()],
         &[],
     )
@@ -138,7 +135,7 @@ fn with_only_15_tools_a_capture_of_16_fails_naming_16() {
     // Only the 15 tools: given, found by the scan, and on a PATH without the wheel.
     let agent = Agent::start(
         &c.url("postgres"),
-        &storage_url(store.path()),
+        &store_url(store.path()),
         &["--pg-bin-dir", PG_BIN],
         &[("PATH", "/usr/bin:/bin")],
     )
