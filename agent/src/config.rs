@@ -1,9 +1,13 @@
 //! Settings, each declared once: a field of `StoreOptions` (what every
-//! command needs) or `AgentOptions` (what only `pgbackups agent` needs). clap
-//! reads them from flags and `PGBACKUPS_*` variables, serde from the TOML file
-//! given with `--config`; flags and environment win over the file, and what
-//! neither sets takes the default named below. Connection secrets live here,
-//! never in the control database's tables.
+//! command needs) or `AgentOptions` (what only `pgbackups agent` needs),
+//! with its flag, its `PGBACKUPS_*` variable, its default and its help, all
+//! on the field. Three layers, merged as TOML tables: the defaults (clap's,
+//! read from the declarations), the file given with `--config`, and what
+//! the command line and environment set; a layer wins over the ones before
+//! it. `resolve` only converts (seconds into durations, recipients into
+//! keys) and checks. The reference in docs/configuration.md is rendered
+//! from these declarations, and a test keeps it so. Connection secrets live
+//! here, never in the control database's tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_aux::serde_introspection::serde_introspect;
@@ -20,27 +25,6 @@ use serde_aux::serde_introspection::serde_introspect;
 use crate::store::crypt::{Identities, Recipients};
 use crate::webhook::{Webhook, WebhookTarget};
 
-pub const DEFAULT_STORAGE: &str = "file:///var/lib/pgbackups";
-pub const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 120;
-pub const DEFAULT_MAX_CONCURRENT: usize = 2;
-/// Download links served at once; more wait for a free one briefly, then
-/// get 503 (each holds a control connection only while it looks the backup
-/// up, and stages nothing).
-pub const DEFAULT_MAX_DOWNLOADS: usize = 8;
-/// pg_dump gives up waiting for a table's lock after this (a capture or a
-/// copy fails instead of waiting forever behind someone's open transaction).
-pub const DEFAULT_LOCK_WAIT_TIMEOUT: &str = "10min";
-pub const DEFAULT_STAGING_DIR: &str = "/var/tmp/pgbackups";
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
-pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
-pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 2.0;
-/// A restore from a URL reads at most this much...
-pub const DEFAULT_URL_MAX_BYTES: u64 = 1 << 40;
-/// ...within this many seconds.
-pub const DEFAULT_URL_TIMEOUT_SECS: u64 = 6 * 3600;
-/// A copy reads tables larger than this in several ctid ranges at once, and
-/// a restore loads their data over several connections; 0 never splits.
-pub const DEFAULT_SPLIT_TABLES_LARGER_THAN: u64 = 64 << 20;
 /// How often a running transfer reports progress and learns of a cancel.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -60,10 +44,10 @@ pub struct StoreOptions {
     #[arg(long, env = "PGBACKUPS_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where backups go: file:///path or s3://bucket/prefix.
-    #[arg(long, env = "PGBACKUPS_STORAGE")]
+    #[arg(long, env = "PGBACKUPS_STORAGE", default_value = "file:///var/lib/pgbackups")]
     pub storage: Option<String>,
     /// How long storage requests are retried before a transfer fails, in seconds.
-    #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT")]
+    #[arg(long, env = "PGBACKUPS_STORAGE_RETRY_TIMEOUT", default_value = "120")]
     pub storage_retry_timeout: Option<u64>,
     /// An age identity file (age-keygen's AGE-SECRET-KEY-1... lines) to
     /// decrypt encrypted backups with (repeatable: keep old keys after a
@@ -87,18 +71,19 @@ pub struct AgentOptions {
     #[arg(long, env = "PGBACKUPS_DATA_URL")]
     pub data_url: Option<String>,
     /// How many transfers this agent runs at once.
-    #[arg(long, env = "PGBACKUPS_MAX_CONCURRENT")]
+    #[arg(long, env = "PGBACKUPS_MAX_CONCURRENT", default_value = "2")]
     pub max_concurrent: Option<usize>,
     /// How many of them may be of databases with the same owner (default:
     /// all but one, at least one), so that one tenant's transfers waiting
-    /// on its own locks never take every slot.
+    /// on its own locks never take every slot; superusers' and
+    /// backups_admin members' databases are not capped.
     #[arg(long, env = "PGBACKUPS_MAX_PER_OWNER")]
     pub max_per_owner: Option<usize>,
     /// This agent's name in the queue (default: hostname-pid).
     #[arg(long, env = "PGBACKUPS_AGENT_ID")]
     pub agent_id: Option<String>,
     /// Local directory for files in flight (parallel dumps, restores).
-    #[arg(long, env = "PGBACKUPS_STAGING_DIR")]
+    #[arg(long, env = "PGBACKUPS_STAGING_DIR", default_value = "/var/tmp/pgbackups")]
     pub staging_dir: Option<PathBuf>,
     /// A directory holding pg_dump, pg_restore and psql of one PostgreSQL major
     /// (repeatable, one per major); /usr/lib/postgresql/*/bin and PATH are
@@ -113,28 +98,28 @@ pub struct AgentOptions {
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub encrypt_to: Vec<String>,
     /// zstd compression level (1-19).
-    #[arg(long, env = "PGBACKUPS_COMPRESSION_LEVEL")]
+    #[arg(long, env = "PGBACKUPS_COMPRESSION_LEVEL", default_value = "3")]
     pub compression_level: Option<i32>,
     /// Schemas pg_dump leaves out (repeatable).
     #[arg(long = "exclude-schema", env = "PGBACKUPS_EXCLUDE_SCHEMA", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_schema: Vec<String>,
     /// Seconds to let running transfers finish on SIGTERM before handing them back.
-    #[arg(long, env = "PGBACKUPS_SHUTDOWN_GRACE")]
+    #[arg(long, env = "PGBACKUPS_SHUTDOWN_GRACE", default_value = "30")]
     pub shutdown_grace: Option<u64>,
     /// Seconds between polls of the queue (NOTIFY wakes the agent sooner).
-    #[arg(long, env = "PGBACKUPS_POLL_INTERVAL")]
+    #[arg(long, env = "PGBACKUPS_POLL_INTERVAL", default_value = "2")]
     pub poll_interval: Option<f64>,
     /// Give up a capture or copy when pg_dump waits longer than this for a
-    /// table lock (e.g. 30s; default 10min; 0: wait forever).
-    #[arg(long, env = "PGBACKUPS_LOCK_WAIT_TIMEOUT")]
+    /// table's lock, someone's open transaction (e.g. 30s; 0: wait forever).
+    #[arg(long, env = "PGBACKUPS_LOCK_WAIT_TIMEOUT", default_value = "10min")]
     pub lock_wait_timeout: Option<String>,
     /// Serve signed download links on this address (e.g. 127.0.0.1:8432).
     #[arg(long, env = "PGBACKUPS_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// How many download links are served at once (more get 503 and a
-    /// Retry-After); default 8.
-    #[arg(long, env = "PGBACKUPS_MAX_DOWNLOADS")]
+    /// How many download links are served at once; another waits up to 5 s
+    /// for its turn, then gets 503 and a Retry-After.
+    #[arg(long, env = "PGBACKUPS_MAX_DOWNLOADS", default_value = "8")]
     pub max_downloads: Option<usize>,
     /// The secret links are signed with: the same as backups.link_secret.
     #[arg(long, env = "PGBACKUPS_LINK_SECRET", hide_env_values = true)]
@@ -155,16 +140,16 @@ pub struct AgentOptions {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_private_urls: bool,
     /// The largest download a restore from a URL accepts, in bytes.
-    #[arg(long, env = "PGBACKUPS_URL_MAX_BYTES")]
+    #[arg(long, env = "PGBACKUPS_URL_MAX_BYTES", default_value = "1099511627776")]
     pub url_max_bytes: Option<u64>,
     /// How long a restore may take to download a URL, in seconds.
-    #[arg(long, env = "PGBACKUPS_URL_TIMEOUT")]
+    #[arg(long, env = "PGBACKUPS_URL_TIMEOUT", default_value = "21600")]
     pub url_timeout: Option<u64>,
     /// A copy splits tables larger than this many bytes (pg_table_size) into
     /// ctid ranges that several COPY streams read at once; a restore loads a
     /// table whose data passes this many bytes over several connections
     /// (0: never).
-    #[arg(long, env = "PGBACKUPS_SPLIT_TABLES_LARGER_THAN")]
+    #[arg(long, env = "PGBACKUPS_SPLIT_TABLES_LARGER_THAN", default_value = "67108864")]
     pub split_tables_larger_than: Option<u64>,
     /// POST a JSON message to this URL when a transfer this agent runs
     /// fails (repeatable; space-separated in the environment). In the file,
@@ -247,10 +232,15 @@ pub struct Config {
     pub webhooks: Vec<WebhookTarget>,
 }
 
+/// What the command line set: the matches of the subcommand, to tell what
+/// its flags and environment set from clap's defaults; `None` for options
+/// built by hand (tests), where whatever is set counts.
+pub type Given<'a> = Option<&'a ArgMatches>;
+
 impl StoreConfig {
-    pub fn load(file: &ConfigFile, flags: &StoreOptions) -> Result<Self> {
+    pub fn load(file: &ConfigFile, flags: &StoreOptions, given: Given) -> Result<Self> {
         let table = read_file(file.config.as_deref())?;
-        Self::resolve(merge(flags, &table)?)
+        Self::resolve(merge(flags, &table, given)?)
     }
 
     fn resolve(o: StoreOptions) -> Result<Self> {
@@ -258,26 +248,29 @@ impl StoreConfig {
             database_url: o.database_url.context(
                 "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
             )?,
-            storage: o.storage.unwrap_or_else(|| DEFAULT_STORAGE.into()),
+            storage: defaulted(o.storage, "storage")?,
             storage_options: o.storage_options,
-            storage_retry_timeout: Duration::from_secs(
-                o.storage_retry_timeout.unwrap_or(DEFAULT_STORAGE_RETRY_TIMEOUT_SECS),
-            ),
+            storage_retry_timeout: Duration::from_secs(defaulted(o.storage_retry_timeout, "storage_retry_timeout")?),
             identities: Arc::new(Identities::load(&o.identity_file)?),
         })
     }
 }
 
+/// An option that has a default, which the defaults layer set.
+fn defaulted<T>(value: Option<T>, name: &str) -> Result<T> {
+    value.with_context(|| format!("option {name} has no value and no default"))
+}
+
 impl Config {
-    pub fn load(file: &ConfigFile, store: &StoreOptions, agent: &AgentOptions) -> Result<Self> {
+    pub fn load(file: &ConfigFile, store: &StoreOptions, agent: &AgentOptions, given: Given) -> Result<Self> {
         let table = read_file(file.config.as_deref())?;
-        let store = StoreConfig::resolve(merge(store, &table)?)?;
-        let o: AgentOptions = merge(agent, &table)?;
-        let compression_level = o.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        let store = StoreConfig::resolve(merge(store, &table, given)?)?;
+        let o: AgentOptions = merge(agent, &table, given)?;
+        let compression_level = defaulted(o.compression_level, "compression_level")?;
         if !(1..=19).contains(&compression_level) {
             bail!("compression level must be between 1 and 19, not {compression_level}");
         }
-        let max_concurrent = o.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+        let max_concurrent = defaulted(o.max_concurrent, "max_concurrent")?;
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");
         }
@@ -294,7 +287,7 @@ impl Config {
                 addr,
                 secret: link_secret(o.link_secret, o.link_secret_file.as_deref())?,
                 metrics_token: metrics_token(o.metrics_token, o.metrics_token_file.as_deref())?,
-                max_downloads: match o.max_downloads.unwrap_or(DEFAULT_MAX_DOWNLOADS) {
+                max_downloads: match defaulted(o.max_downloads, "max_downloads")? {
                     0 => bail!("--max-downloads must be at least 1"),
                     n => n,
                 },
@@ -313,27 +306,23 @@ impl Config {
             store,
             url_policy: UrlPolicy {
                 allow_private: o.allow_private_urls,
-                max_bytes: o.url_max_bytes.unwrap_or(DEFAULT_URL_MAX_BYTES),
-                timeout: Duration::from_secs(o.url_timeout.unwrap_or(DEFAULT_URL_TIMEOUT_SECS)),
+                max_bytes: defaulted(o.url_max_bytes, "url_max_bytes")?,
+                timeout: Duration::from_secs(defaulted(o.url_timeout, "url_timeout")?),
             },
             max_concurrent,
             max_per_owner,
             agent_id: o.agent_id.unwrap_or_else(default_agent_id),
-            staging_dir: o.staging_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STAGING_DIR)),
+            staging_dir: defaulted(o.staging_dir, "staging_dir")?,
             pg_bin_dir: o.pg_bin_dir,
             compression_level,
             encrypt_to: Recipients::parse(&o.encrypt_to)?,
             exclude_schema: o.exclude_schema,
-            shutdown_grace: Duration::from_secs(o.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
-            poll_interval: Duration::from_secs_f64(o.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL_SECS).max(0.1)),
+            shutdown_grace: Duration::from_secs(defaulted(o.shutdown_grace, "shutdown_grace")?),
+            poll_interval: Duration::from_secs_f64(defaulted(o.poll_interval, "poll_interval")?.max(0.1)),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             // "0" (pg_dump's own default) waits forever.
-            lock_wait_timeout: match o.lock_wait_timeout {
-                None => Some(DEFAULT_LOCK_WAIT_TIMEOUT.to_string()),
-                Some(t) if t.trim() == "0" => None,
-                Some(t) => Some(t),
-            },
-            split_tables_larger_than: o.split_tables_larger_than.unwrap_or(DEFAULT_SPLIT_TABLES_LARGER_THAN),
+            lock_wait_timeout: Some(defaulted(o.lock_wait_timeout, "lock_wait_timeout")?).filter(|t| t.trim() != "0"),
+            split_tables_larger_than: defaulted(o.split_tables_larger_than, "split_tables_larger_than")?,
             listen,
             sources,
             webhooks: o.webhook.iter().enumerate().map(|(i, w)| w.checked(i)).collect::<Result<_>>()?,
@@ -413,11 +402,36 @@ fn read_file(path: Option<&Path>) -> Result<toml::Table> {
     Ok(table)
 }
 
-/// The options set by flags or environment, over those of the file.
-fn merge<T: Serialize + DeserializeOwned>(flags: &T, file: &toml::Table) -> Result<T> {
-    let mut merged = file.clone();
-    merged.extend(toml::Table::try_from(flags).context("reading the options")?);
+/// The options of `T`: its defaults, under the file's, under those the
+/// command line set (`given`, or, for options built by hand, whatever is
+/// set).
+fn merge<T: Args + FromArgMatches + Serialize + DeserializeOwned>(
+    flags: &T,
+    file: &toml::Table,
+    given: Given,
+) -> Result<T> {
+    let mut merged = defaults::<T>()?;
+    merged.extend(file.clone());
+    let mut set = toml::Table::try_from(flags).context("reading the options")?;
+    if let Some(m) = given {
+        set.retain(|k, _| {
+            matches!(
+                m.try_get_raw(k).ok().and(m.value_source(k)),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        });
+    }
+    merged.extend(set);
     merged.try_into().context("reading the configuration file")
+}
+
+/// The defaults `T` declares (clap's `default_value`s, without the
+/// environment), as a table.
+fn defaults<T: Args + FromArgMatches + Serialize>() -> Result<toml::Table> {
+    let cmd = T::augment_args(clap::Command::new("defaults")).mut_args(|a| a.env(None::<&str>));
+    let m = cmd.try_get_matches_from(["defaults"]).context("reading the options' defaults")?;
+    let t = T::from_arg_matches(&m).context("reading the options' defaults")?;
+    toml::Table::try_from(&t).context("reading the options' defaults")
 }
 
 fn default_agent_id() -> String {
@@ -445,31 +459,100 @@ mod tests {
         );
         let store = StoreOptions { database_url: Some("postgres://flag/postgres".into()), ..Default::default() };
         let agent = AgentOptions { max_concurrent: Some(1), ..Default::default() };
-        let cfg = Config::load(&c, &store, &agent).unwrap();
+        let cfg = Config::load(&c, &store, &agent, None).unwrap();
         assert_eq!(cfg.store.database_url, "postgres://flag/postgres");
         assert_eq!(cfg.max_concurrent, 1);
         assert_eq!(cfg.compression_level, 7);
-        assert_eq!(cfg.store.storage, DEFAULT_STORAGE);
-        assert_eq!(cfg.split_tables_larger_than, DEFAULT_SPLIT_TABLES_LARGER_THAN);
+        // What neither sets takes the default declared on the option.
+        assert_eq!(cfg.store.storage, "file:///var/lib/pgbackups");
+        assert_eq!(cfg.split_tables_larger_than, 64 << 20);
+        assert_eq!(cfg.lock_wait_timeout.as_deref(), Some("10min"));
+        assert_eq!((cfg.max_per_owner, cfg.shutdown_grace), (1, Duration::from_secs(30)));
         assert_eq!(cfg.sources["replica"].url, "postgres://replica/app");
         assert_eq!(cfg.store.storage_options["region"], "eu-west-3");
         assert!(cfg.listen.is_none());
         assert_eq!(cfg.pg_bin_dir, [PathBuf::from("/opt/pg16/bin"), PathBuf::from("/opt/pg17/bin")]);
         // A flag replaces the file's list; one directory alone is a list of one.
         let flagged = AgentOptions { pg_bin_dir: vec![PathBuf::from("/x/bin")], ..Default::default() };
-        assert_eq!(Config::load(&c, &store, &flagged).unwrap().pg_bin_dir, [PathBuf::from("/x/bin")]);
+        assert_eq!(Config::load(&c, &store, &flagged, None).unwrap().pg_bin_dir, [PathBuf::from("/x/bin")]);
         let (_g, one) = file("database_url = \"x\"\npg_bin_dir = \"/usr/lib/postgresql/16/bin\"\n");
-        let cfg = Config::load(&one, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        let cfg = Config::load(&one, &StoreOptions::default(), &AgentOptions::default(), None).unwrap();
         assert_eq!(cfg.pg_bin_dir, [PathBuf::from("/usr/lib/postgresql/16/bin")]);
         // download reads the same file, taking only what it uses.
-        let s = StoreConfig::load(&c, &StoreOptions::default()).unwrap();
+        let s = StoreConfig::load(&c, &StoreOptions::default(), None).unwrap();
         assert_eq!(s.database_url, "postgres://file/postgres");
+    }
+
+    /// The reference of every option, as docs/configuration.md shows it
+    /// (rendered from the declarations above; `config::tests` keeps the file
+    /// so): a Markdown table of flag, environment variable, default and help.
+    fn reference() -> String {
+        let cmd = AgentOptions::augment_args(StoreOptions::augment_args(ConfigFile::augment_args(clap::Command::new(
+            "agent",
+        ))));
+        let mut out = String::from("| flag | environment | default | what it does |\n|---|---|---|---|\n");
+        for a in cmd.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            let cell = |s: String| s.replace('|', "\\|").replace('\n', " ");
+            let help = a.get_long_help().or(a.get_help()).map(|h| cell(h.to_string())).unwrap_or_default();
+            let env = a.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+            let default = match a.get_default_values() {
+                [] => String::new(),
+                d => format!("`{}`", d.iter().map(|v| v.to_string_lossy()).collect::<Vec<_>>().join(",")),
+            };
+            let flag = if a.get_action().takes_values() {
+                format!("`--{long} <{}>`", a.get_id().as_str().to_ascii_uppercase())
+            } else {
+                format!("`--{long}`")
+            };
+            out.push_str(&format!("| {flag} | {env} | {default} | {help} |\n"));
+        }
+        out
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file_which_wins_over_the_defaults() {
+        let (_f, c) = file("database_url = \"x\"\nmax_concurrent = 5\ncompression_level = 7\n");
+        let cmd =
+            AgentOptions::augment_args(StoreOptions::augment_args(ConfigFile::augment_args(clap::Command::new("a"))));
+        let path = c.config.as_ref().unwrap().display().to_string();
+        // An explicit flag wins even when it says what the default says.
+        let m = cmd.try_get_matches_from(["a", "--config", &path, "--max-concurrent", "2"]).unwrap();
+        let (file, store, agent) = (
+            ConfigFile::from_arg_matches(&m).unwrap(),
+            StoreOptions::from_arg_matches(&m).unwrap(),
+            AgentOptions::from_arg_matches(&m).unwrap(),
+        );
+        let cfg = Config::load(&file, &store, &agent, Some(&m)).unwrap();
+        assert_eq!((cfg.max_concurrent, cfg.compression_level), (2, 7));
+        assert_eq!(cfg.store.storage, "file:///var/lib/pgbackups");
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(30));
+    }
+
+    /// docs/configuration.md shows every option as declared here (run with
+    /// UPDATE_DOCS=1 to write it anew).
+    #[test]
+    fn the_configuration_reference_is_the_declarations() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = ("<!-- options: rendered from agent/src/config.rs -->\n", "<!-- /options -->");
+        let (head, rest) = text.split_once(begin).expect("the options' begin marker");
+        let (table, tail) = rest.split_once(end).expect("the options' end marker");
+        let want = reference();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(&path, format!("{head}{begin}{want}{end}{tail}")).unwrap();
+        } else {
+            assert_eq!(
+                table, want,
+                "docs/configuration.md is out of date: run UPDATE_DOCS=1 cargo test -p pgbackups config"
+            );
+        }
     }
 
     #[test]
     fn unknown_settings_and_secretless_links_are_refused() {
         let (_f, c) = file("database_url = \"x\"\nmax_concurent = 5\n");
-        let e = StoreConfig::load(&c, &StoreOptions::default()).unwrap_err().to_string();
+        let e = StoreConfig::load(&c, &StoreOptions::default(), None).unwrap_err().to_string();
         assert!(e.contains("unknown setting \"max_concurent\""), "{e}");
         let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
         for secret in [None, Some(String::new())] {
@@ -478,7 +561,7 @@ mod tests {
                 link_secret: secret,
                 ..Default::default()
             };
-            let e = Config::load(&ConfigFile::default(), &store, &agent).unwrap_err().to_string();
+            let e = Config::load(&ConfigFile::default(), &store, &agent, None).unwrap_err().to_string();
             assert!(e.starts_with("--listen needs --link-secret"), "{e}");
         }
         let (_s, secret_file) = file("s3cret\n");
@@ -487,10 +570,10 @@ mod tests {
             link_secret_file: secret_file.config.clone(),
             ..Default::default()
         };
-        let cfg = Config::load(&ConfigFile::default(), &store, &agent).unwrap();
+        let cfg = Config::load(&ConfigFile::default(), &store, &agent, None).unwrap();
         assert_eq!(cfg.listen.unwrap().secret, "s3cret");
         // A metrics token: only with --listen, never empty, given once.
-        let load = |agent: AgentOptions| Config::load(&ConfigFile::default(), &store, &agent);
+        let load = |agent: AgentOptions| Config::load(&ConfigFile::default(), &store, &agent, None);
         let listening = || AgentOptions {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             link_secret: Some("s".into()),
@@ -517,13 +600,13 @@ mod tests {
             "database_url = \"x\"\n[[webhook]]\nurl = \"https://hooks.example.com/T0?token=s\"\n\
              events = [\"failed\", \"completed\"]\n[[webhook]]\nurl = \"http://alerts.internal/pg\"\n",
         );
-        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default(), None).unwrap();
         assert_eq!(cfg.webhooks.len(), 2);
         assert_eq!(cfg.webhooks[0].events, [Status::Failed, Status::Completed]);
         assert_eq!(cfg.webhooks[1].events, [Status::Failed]);
         // A flag's URL alone: failures only; flags replace the file's list.
         let flagged = AgentOptions { webhook: vec!["https://x.example/h".parse().unwrap()], ..Default::default() };
-        let cfg = Config::load(&c, &StoreOptions::default(), &flagged).unwrap();
+        let cfg = Config::load(&c, &StoreOptions::default(), &flagged, None).unwrap();
         assert_eq!(cfg.webhooks.len(), 1);
         assert_eq!(
             (cfg.webhooks[0].url.as_str(), &cfg.webhooks[0].events[..]),
@@ -532,7 +615,7 @@ mod tests {
         let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
         for (url, why) in [("ftp://secret@x/y", "only http:// and https://"), ("not a url secret", "not a URL")] {
             let bad = AgentOptions { webhook: vec![url.parse().unwrap()], ..Default::default() };
-            let e = Config::load(&ConfigFile::default(), &store, &bad).unwrap_err().to_string();
+            let e = Config::load(&ConfigFile::default(), &store, &bad, None).unwrap_err().to_string();
             assert!(e.starts_with("webhook 1: ") && e.contains(why) && !e.contains("secret"), "{e}");
         }
         for (text, why) in [
@@ -541,7 +624,10 @@ mod tests {
             ("[[webhook]]\nurl = \"http://h/\"\nevent = [\"failed\"]\n", "unknown field"),
         ] {
             let (_g, c) = file(&format!("database_url = \"x\"\n{text}"));
-            let e = format!("{:#}", Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap_err());
+            let e = format!(
+                "{:#}",
+                Config::load(&c, &StoreOptions::default(), &AgentOptions::default(), None).unwrap_err()
+            );
             assert!(e.contains(why), "{e}");
         }
     }
@@ -557,18 +643,18 @@ mod tests {
             "database_url = \"x\"\nencrypt_to = \"{public}\"\nidentity_file = [{:?}]\n",
             key_path.display().to_string()
         ));
-        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default()).unwrap();
+        let cfg = Config::load(&c, &StoreOptions::default(), &AgentOptions::default(), None).unwrap();
         assert_eq!(cfg.encrypt_to.names(), [public]);
         assert!(format!("{:?}", cfg.store.identities).contains("1 age identities from"));
         // download reads the identities too.
-        assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default()).unwrap().identities)
+        assert!(format!("{:?}", StoreConfig::load(&c, &StoreOptions::default(), None).unwrap().identities)
             .contains("1 age identities from"));
         let store = StoreOptions { database_url: Some("x".into()), ..Default::default() };
         let bad = AgentOptions { encrypt_to: vec!["age1notakey".into()], ..Default::default() };
-        let e = Config::load(&ConfigFile::default(), &store, &bad).unwrap_err().to_string();
+        let e = Config::load(&ConfigFile::default(), &store, &bad, None).unwrap_err().to_string();
         assert!(e.contains("\"age1notakey\" is not an age X25519 recipient"), "{e}");
         let missing = StoreOptions { identity_file: vec!["/nonexistent/key.txt".into()], ..store };
-        let e = StoreConfig::load(&ConfigFile::default(), &missing).unwrap_err().to_string();
+        let e = StoreConfig::load(&ConfigFile::default(), &missing, None).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/key.txt"), "{e}");
     }
 }

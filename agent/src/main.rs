@@ -53,7 +53,7 @@ mod telemetry;
 mod transfer;
 mod webhook;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{AgentOptions, Config, ConfigFile, StoreConfig, StoreOptions};
 
@@ -92,15 +92,18 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // What the subcommand's flags and environment set, apart from defaults.
+    let given = matches.subcommand().map(|(_, m)| m);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGBACKUPS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Agent { file, store, agent } => Config::load(&file, &store, &agent)
+        Command::Agent { file, store, agent } => Config::load(&file, &store, &agent, given)
             .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
-        Command::Download { id, output, file, store } => StoreConfig::load(&file, &store)
+        Command::Download { id, output, file, store } => StoreConfig::load(&file, &store, given)
             .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(cli::download::run(cfg, id, output))),
     };
     if let Err(e) = result {

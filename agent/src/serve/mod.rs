@@ -43,9 +43,7 @@ pub async fn serve(
         .merge(status::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(Served {
-            downloads: Arc::new(tokio::sync::Semaphore::new(
-                ctx.cfg.listen.as_ref().map_or(crate::config::DEFAULT_MAX_DOWNLOADS, |l| l.max_downloads),
-            )),
+            downloads: Arc::new(tokio::sync::Semaphore::new(ctx.cfg.listen.as_ref().map_or(1, |l| l.max_downloads))),
             ctx,
             secret: Arc::new(secret),
         });
