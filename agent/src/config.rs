@@ -67,7 +67,7 @@ pub struct StoreOptions {
 pub struct AgentOptions {
     /// The connection for the control cluster's databases: what captures read,
     /// and restores and copies replace (default: --database-url). See the
-    /// README for the rights it needs.
+    /// docs/operations.md for the rights it needs.
     #[arg(long, env = "PGBACKUPS_DATA_URL")]
     pub data_url: Option<String>,
     /// How many transfers this agent runs at once.

@@ -22,23 +22,30 @@
 //!               back to staging, verified), remote (what a URL may fetch),
 //!               streamed (a restore loaded as it arrives), load, apply (an
 //!               archive as the owner), destination (shadow or in place, and the end)
-//! pg/           conn (connections), tls (libpq's sslmode and certificates over
-//!               rustls), bins (which major's pg_dump, pg_restore and psql a
-//!               transfer runs), tool (those as process groups), target (replacing
-//!               a database, applying an archive as its owner), applier (the
-//!               throwaway login that applies it), archive (the extensions an
-//!               archive names), teardown (what a transfer leaves to drop, in
-//!               order), leftovers (what killed agents left, swept at start)
-//! store/        storage, layout (every object key), upload, manifest, verify (the
-//!               one checksum-verifying reader), backups (finding and fetching), purge
+//! pg/           PostgreSQL as the agent touches it, by subsystem:
+//!               connections: conn (connections, the lock wait of its DDL), tls
+//!               (libpq's sslmode and certificates over rustls), quote;
+//!               tool processes: bins (which major's pg_dump, pg_restore and psql a
+//!               transfer runs), tool (those as process groups);
+//!               archive formats: archive (the extensions an archive names), custom
+//!               (pg_dump's custom format, read as it streams), copy_text (pg_dump's
+//!               COPY settings), contents (every table's rows and digest), size;
+//!               the cluster: target (replacing a database, applying an archive as
+//!               its owner), database (its properties), shadow, applier (the throwaway
+//!               login that applies it), scratch (a verification's database),
+//!               teardown (what a transfer leaves to drop, in order), leftovers (what
+//!               killed agents left, swept at start)
+//! store/        storage, layout (every object key), upload, manifest, crypt (age),
+//!               verify (the one checksum-verifying reader), backups (finding and
+//!               fetching), purge
 //! serve/        one listener (mod): links (signed download links), status (the
 //!               signed status page), chart (its SVG charts), metrics
 //!               (/metrics for Prometheus)
 //! cli/          download: `pgbackups download`
 //! ```
 //!
-//! Dependencies point one way: `agent` -> `transfer`/`serve`/`store`/`pg`
-//! -> `telemetry`/`webhook` -> `config`; no file imports one that imports it.
+//! No file imports one that imports it; `pg/`, `store/` and `config` never
+//! import `transfer/` or `serve/` (agent/tests/layout.rs checks both).
 
 mod agent;
 mod cli;

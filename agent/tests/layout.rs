@@ -110,3 +110,37 @@ fn every_file_says_why_it_exists() {
         assert!(code.starts_with("//! "), "{m:?} does not start with a //! line");
     }
 }
+
+/// The map at the top of main.rs names every module (the last part of its
+/// path, as a word), so that it never falls behind the tree.
+#[test]
+fn the_map_names_every_module() {
+    let files = modules();
+    let map: String = files[""].lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
+    let words: BTreeSet<&str> =
+        map.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
+    let missing: Vec<&String> =
+        files.keys().filter(|m| !m.is_empty()).filter(|m| !words.contains(m.rsplit("::").next().unwrap())).collect();
+    assert!(missing.is_empty(), "the map at the top of main.rs does not name {missing:?}");
+}
+
+/// The layers hold: what talks to PostgreSQL (`pg`) and to storage
+/// (`store`) never reaches up into transfers or what is served, and the
+/// settings (`config`) into neither.
+#[test]
+fn the_layers_hold() {
+    let files = modules();
+    let mut broken = Vec::new();
+    for (m, code) in &files {
+        let low = m.starts_with("pg") || m.starts_with("store") || m == "config";
+        if !low {
+            continue;
+        }
+        for t in imports(code, &files) {
+            if t.starts_with("transfer") || t.starts_with("serve") || t == "agent" {
+                broken.push(format!("{m} imports {t}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{broken:?}");
+}

@@ -56,7 +56,7 @@ impl Applier {
         .await
         .with_context(|| {
             format!(
-                "creating the login {role} that applies the archive as {} (see the README: the agent's roles)",
+                "creating the login {role} that applies the archive as {} (see docs/operations.md: the agent's roles)",
                 target.owner
             )
         })?;
@@ -73,7 +73,7 @@ impl Applier {
         conn::connect(&login.with_password()).await.with_context(|| {
             format!(
                 "logging in as {}, the login that applies the archive: pg_hba.conf must accept password logins for it \
-                 (see the README: the agent's roles)",
+                 (see docs/operations.md: the agent's roles)",
                 applier.role
             )
         })?;

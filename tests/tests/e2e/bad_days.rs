@@ -509,7 +509,7 @@ fn peak_memory(pid: i32) -> u64 {
     kb * 1024
 }
 
-/// What a streamed restore may hold, whatever its rows (README: "Memory").
+/// What a streamed restore may hold, whatever its rows (docs/architecture.md: "Memory").
 const RESTORE_MEMORY_BOUND: u64 = 128 << 20;
 
 #[test]
@@ -545,7 +545,7 @@ fn a_300_mb_value_restores_within_the_documented_memory_bound() {
 #[test]
 fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_start() {
     let c = Cluster::start_with(&["backups.agent_timeout = '3s'"]).unwrap();
-    // The documented data role for restores (README: "The agent's roles"),
+    // The documented data role for restores (docs/operations.md: "The agent's roles"),
     // no superuser, restoring into an ordinary owner's databases.
     c.sql(
         "postgres",

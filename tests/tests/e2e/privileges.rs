@@ -146,7 +146,7 @@ fn a_copy_subject_to_row_level_security_fails_instead_of_dropping_rows() {
 #[test]
 fn the_documented_capture_only_agent_captures_and_can_do_nothing_else() {
     let c = Cluster::start().unwrap();
-    // README, "The agent's roles": a control role that only calls the
+    // docs/operations.md, "The agent's roles": a control role that only calls the
     // lifecycle functions, and a data role that reads.
     c.sql(
         "postgres",
