@@ -18,7 +18,7 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::Config;
 use crate::ctx::Ctx;
-use crate::pg::bins::Bins;
+use crate::pg::tools::bins::Bins;
 use crate::pg::{self, conn};
 use crate::serve;
 use crate::shutdown::{self, Phase};
@@ -47,7 +47,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let sources: Vec<String> = ctx.cfg.sources.keys().cloned().collect();
     queue::announce(&control, &agent_id, &sources).await?;
     // What agents killed before left behind, whose transfers are over.
-    pg::leftovers::sweep(&ctx.cfg);
+    pg::cluster::leftovers::sweep(&ctx.cfg);
     let (trigger, shutdown) = shutdown::channel();
 
     let mut background = JoinSet::new();

@@ -3,7 +3,7 @@
 //! webhooks' queue.
 
 use crate::config::Config;
-use crate::pg::bins::Bins;
+use crate::pg::tools::bins::Bins;
 use crate::staging::StagingArea;
 use crate::store::storage::Storage;
 use crate::telemetry::Telemetry;

@@ -22,19 +22,19 @@
 //!               back to staging, verified), remote (what a URL may fetch),
 //!               streamed (a restore loaded as it arrives), load, apply (an
 //!               archive as the owner), destination (shadow or in place, and the end)
-//! pg/           PostgreSQL as the agent touches it, by subsystem:
-//!               connections: conn (connections, the lock wait of its DDL), tls
-//!               (libpq's sslmode and certificates over rustls), quote;
-//!               tool processes: bins (which major's pg_dump, pg_restore and psql a
-//!               transfer runs), tool (those as process groups);
-//!               archive formats: archive (the extensions an archive names), custom
-//!               (pg_dump's custom format, read as it streams), copy_text (pg_dump's
-//!               COPY settings), contents (every table's rows and digest), size;
-//!               the cluster: target (replacing a database, applying an archive as
-//!               its owner), database (its properties), shadow, applier (the throwaway
-//!               login that applies it), scratch (a verification's database),
-//!               teardown (what a transfer leaves to drop, in order), leftovers (what
-//!               killed agents left, swept at start)
+//! pg/           PostgreSQL as the agent touches it, a folder per subsystem:
+//!   conn/       connections (and the lock wait of the agent's DDL), tls (libpq's
+//!               sslmode and certificates over rustls), quote;
+//!   tools/      bins (which major's pg_dump, pg_restore and psql a transfer
+//!               runs), tool (those as process groups);
+//!   formats/    archive (the extensions an archive names), custom (pg_dump's
+//!               custom format, read as it streams), copy_text (pg_dump's COPY
+//!               settings), contents (every table's rows and digest);
+//!   cluster/    target (replacing a database, applying an archive as its owner),
+//!               database (its properties), shadow, applier (the throwaway login
+//!               that applies it), scratch (a verification's database), size,
+//!               teardown (what a transfer leaves to drop, in order), leftovers
+//!               (what killed agents left, swept at start)
 //! store/        storage, layout (every object key), upload, manifest, crypt (age),
 //!               verify (the one checksum-verifying reader), backups (finding and
 //!               fetching), purge

@@ -1,22 +1,11 @@
-//! PostgreSQL as the agent touches it: connections (and their TLS), the
-//! client programs it runs (pg_dump, pg_restore, psql) and which major's it
-//! runs, and the databases it restores into (through a shadow database swapped
-//! in at the end).
+//! PostgreSQL as the agent touches it, one folder per subsystem: its
+//! connections and their TLS (`conn`), the client programs it runs and
+//! which major's (`tools`), the archive formats it reads as they stream
+//! (`formats`), and the customer's cluster it changes: the databases it
+//! replaces, the shadows and scratch databases it makes, the throwaway
+//! logins that apply archives, and what it leaves to drop (`cluster`).
 
-pub mod applier;
-pub mod archive;
-pub mod bins;
+pub mod cluster;
 pub mod conn;
-pub mod contents;
-pub mod copy_text;
-pub mod custom;
-pub mod database;
-pub mod leftovers;
-pub mod quote;
-pub mod scratch;
-pub mod shadow;
-pub mod size;
-pub mod target;
-pub mod teardown;
-pub mod tls;
-pub mod tool;
+pub mod formats;
+pub mod tools;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::pg::contents::Contents;
+use crate::pg::formats::contents::Contents;
 use crate::store::layout::Format;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! supervisor records (`report`), counts (`telemetry`) and tells the
 //! webhooks of (`webhook`), each taking it by reference.
 
-use crate::pg::contents::Contents;
+use crate::pg::formats::contents::Contents;
 use crate::webhook;
 
 /// What a kind's work reports when it finished.

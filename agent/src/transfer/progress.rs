@@ -273,7 +273,7 @@ fn classify(line: &str) -> Level {
         "launching item",
     ];
     let body = l.split_once(": ").map(|x| x.1).unwrap_or(&l);
-    if crate::pg::tool::is_error(line) {
+    if crate::pg::tools::tool::is_error(line) {
         Level::Error
     } else if l.contains(": warning:") || l.starts_with("warning:") {
         Level::Warning

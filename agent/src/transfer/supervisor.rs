@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::ctx::Ctx;
-use crate::pg::teardown::Teardown;
+use crate::pg::cluster::teardown::Teardown;
 use crate::shutdown::{Phase, Shutdown};
 use crate::store::layout::Keys;
 use crate::transfer::job::Claimed;

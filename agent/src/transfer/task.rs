@@ -10,7 +10,7 @@ use anyhow::Result;
 use tokio_util::task::TaskTracker;
 
 use crate::ctx::Ctx;
-use crate::pg::teardown::Teardown;
+use crate::pg::cluster::teardown::Teardown;
 use crate::staging::Staging;
 use crate::transfer::progress::Progress;
 

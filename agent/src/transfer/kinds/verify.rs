@@ -12,11 +12,11 @@ use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use serde::Deserialize;
 
+use crate::pg::cluster::scratch::Scratch;
+use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self, Conn};
-use crate::pg::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
-use crate::pg::copy_text;
-use crate::pg::quote::ident;
-use crate::pg::scratch::Scratch;
+use crate::pg::formats::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
+use crate::pg::formats::copy_text;
 use crate::store::backups;
 use crate::transfer::kinds::{self, Kind, Row};
 use crate::transfer::outcome::Completion;

@@ -9,10 +9,10 @@ use std::path::Path as FsPath;
 
 use anyhow::{Context, Result};
 
-use crate::pg::archive::{self, Part, Toc};
-use crate::pg::bins::Tools;
+use crate::pg::cluster::target::{self, Target};
 use crate::pg::conn::Conn;
-use crate::pg::target::{self, Target};
+use crate::pg::formats::archive::{self, Part, Toc};
+use crate::pg::tools::bins::Tools;
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::human;
 use crate::transfer::progress::Level;

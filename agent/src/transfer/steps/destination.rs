@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::pg::applier::Applier;
+use crate::pg::cluster::applier::Applier;
+use crate::pg::cluster::shadow::{self, Shadow};
+use crate::pg::cluster::target::{self, Target};
+use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self, Conn};
-use crate::pg::quote::ident;
-use crate::pg::shadow::{self, Shadow};
-use crate::pg::target::{self, Target};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
 use crate::transfer::steps::apply;

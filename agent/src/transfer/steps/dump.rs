@@ -12,11 +12,11 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::pg::bins::{self, Tools};
+use crate::pg::cluster::size;
 use crate::pg::conn::{self, Conn};
-use crate::pg::contents::{self, Contents};
-use crate::pg::size;
-use crate::pg::tool::ToolCommand;
+use crate::pg::formats::contents::{self, Contents};
+use crate::pg::tools::bins::{self, Tools};
+use crate::pg::tools::tool::ToolCommand;
 use crate::store::layout::{Format, Keys};
 use crate::store::manifest::{FileEntry, Manifest};
 use crate::store::upload::{self, Pipe};

@@ -28,8 +28,8 @@ use futures::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::task::JoinHandle;
 
-use crate::pg::contents::{self, Contents, Tally};
-use crate::pg::tool::ToolCommand;
+use crate::pg::formats::contents::{self, Contents, Tally};
+use crate::pg::tools::tool::ToolCommand;
 use crate::store::layout::Keys;
 use crate::store::manifest::FileEntry;
 use crate::store::upload::{self, Pipe};

@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use pgbackups_core::pattern::{self, Kind};
 use tokio_postgres::{Client, Config as PgConfig};
 
+use crate::pg::conn::{quote, tls};
 use crate::pg::conn::{Conn, APPLICATION_NAME};
-use crate::pg::{quote, tls};
 
 /// pg_dump's arguments for the capture's patterns: each pattern one argv
 /// element, after `=`, so that it can never be read as another option.

@@ -6,9 +6,9 @@
 use anyhow::{anyhow, Result};
 
 use crate::config::Config;
-use crate::pg::bins::Tools;
 use crate::pg::conn::Conn;
-use crate::pg::tool::{Tool, ToolCommand};
+use crate::pg::tools::bins::Tools;
+use crate::pg::tools::tool::{Tool, ToolCommand};
 
 /// Where data is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,12 +30,12 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
-use crate::pg::archive::Toc;
-use crate::pg::bins::Tools;
+use crate::pg::cluster::target::{self, Target};
 use crate::pg::conn::Conn;
-use crate::pg::custom::{Framer, Head, Reader, BLK_DATA};
-use crate::pg::target::{self, Target};
-use crate::pg::tool::ToolProcess;
+use crate::pg::formats::archive::Toc;
+use crate::pg::formats::custom::{Framer, Head, Reader, BLK_DATA};
+use crate::pg::tools::bins::Tools;
+use crate::pg::tools::tool::ToolProcess;
 use crate::store::backups::Stored;
 use crate::store::verify;
 use crate::transfer::outcome::Completion;

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::pg::bins::Tools;
 use crate::pg::conn::{Conn, APPLICATION_NAME};
+use crate::pg::tools::bins::Tools;
 
 /// How many of a tool's last stderr lines are kept for its error message.
 const TAIL: usize = 20;

@@ -15,10 +15,10 @@
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
+use crate::pg::cluster::target::{self, Target};
+use crate::pg::cluster::teardown::Teardown;
+use crate::pg::conn::quote::{ident, literal};
 use crate::pg::conn::{self, LOCK_TIMEOUT};
-use crate::pg::quote::{ident, literal};
-use crate::pg::target::{self, Target};
-use crate::pg::teardown::Teardown;
 
 /// Comments on the databases the agent makes start with this.
 pub const MARK: &str = "pg_backups: ";

@@ -13,10 +13,10 @@
 use anyhow::{Context, Result};
 
 use crate::config::Config;
+use crate::pg::cluster::target::Target;
+use crate::pg::cluster::teardown::Teardown;
+use crate::pg::conn::quote::{ident, literal};
 use crate::pg::conn::{self, Conn};
-use crate::pg::quote::{ident, literal};
-use crate::pg::target::Target;
-use crate::pg::teardown::Teardown;
 
 /// Names of the throwaway roles start with this.
 const PREFIX: &str = "pgbackups_apply_";

@@ -3,7 +3,7 @@
 //! value unchanged) and a verification (which must read back the text its
 //! capture tallied).
 
-use crate::pg::quote;
+use crate::pg::conn::quote;
 
 /// pg_dump's session settings that shape COPY's text: `encoding` as the
 /// client encoding (pg_dump's is the database's by default), DateStyle

@@ -15,9 +15,9 @@ use std::collections::HashSet;
 use anyhow::Result;
 
 use crate::config::Config;
+use crate::pg::cluster::{applier, scratch, shadow};
 use crate::pg::conn;
-use crate::pg::quote::ident;
-use crate::pg::{applier, scratch, shadow};
+use crate::pg::conn::quote::ident;
 
 /// Sweep, in the background: it never holds up or fails the agent's start.
 pub fn sweep(cfg: &Config) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::pg::custom::{self, Head, BLK_BLOBS, BLK_DATA};
+use crate::pg::formats::custom::{self, Head, BLK_BLOBS, BLK_DATA};
 
 /// How digests are made: the sum, modulo 2^64, of the XXH3-64 of every
 /// row's COPY text (without its newline), as 16 hex digits. A sum does not

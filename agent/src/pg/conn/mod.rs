@@ -3,13 +3,14 @@
 //! string handed to pg_dump, pg_restore and psql, with its password kept
 //! apart for the environment.
 
+pub mod quote;
+pub mod tls;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 use tokio_postgres::{Client, Config as PgConfig, Connection, Socket};
-
-use crate::pg::tls;
 
 /// The agent's `application_name` on every connection it and its tools
 /// open (unless the connection string names one).

@@ -12,11 +12,11 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::pg::applier::take_role;
+use crate::pg::cluster::applier::take_role;
+use crate::pg::cluster::shadow::MARK;
+use crate::pg::cluster::teardown::Teardown;
 use crate::pg::conn;
-use crate::pg::quote::{ident, literal};
-use crate::pg::shadow::MARK;
-use crate::pg::teardown::Teardown;
+use crate::pg::conn::quote::{ident, literal};
 
 const PREFIX: &str = "pgbackups_verify_";
 

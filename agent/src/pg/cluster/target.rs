@@ -9,12 +9,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::pg::archive::Extension;
-use crate::pg::bins::{self, Tools};
+use crate::pg::cluster::database::{self, Properties};
+use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self, Conn};
-use crate::pg::database::{self, Properties};
-use crate::pg::quote::ident;
-use crate::pg::tool::{Exit, Tool, ToolCommand};
+use crate::pg::formats::archive::Extension;
+use crate::pg::tools::bins::{self, Tools};
+use crate::pg::tools::tool::{Exit, Tool, ToolCommand};
 
 /// A target database, and the role everything is applied as.
 #[derive(Debug, Clone)]
@@ -261,7 +261,7 @@ fn ignored_errors(text: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::quote::literal;
+    use crate::pg::conn::quote::literal;
 
     #[test]
     fn counts_errors_pg_restore_ignored() {

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::pg::quote::{ident, literal};
+use crate::pg::conn::quote::{ident, literal};
 
 /// A database's own properties, read from the catalogs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::pg::bins::{self, Tools};
-use crate::pg::tool::{Tool, ToolCommand};
+use crate::pg::tools::bins::{self, Tools};
+use crate::pg::tools::tool::{Tool, ToolCommand};
 
 /// `CREATE EXTENSION name WITH SCHEMA schema`, as the archive asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
