@@ -144,3 +144,19 @@ fn the_layers_hold() {
     }
     assert!(broken.is_empty(), "{broken:?}");
 }
+
+/// No statement that changes a customer's cluster is written outside
+/// `pg/cluster/` (its `Cluster` owns them): no DDL literal in `transfer/`.
+#[test]
+fn transfers_send_the_cluster_no_ddl_of_their_own() {
+    let files = modules();
+    let mut found = Vec::new();
+    for (m, code) in files.iter().filter(|(m, _)| m.starts_with("transfer")) {
+        for verb in ["CREATE ", "DROP ", "ALTER ", "GRANT ", "REVOKE ", "COMMENT ON"] {
+            if code.contains(&format!("\"{verb}")) {
+                found.push(format!("{m}: {verb}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "DDL outside pg/cluster: {found:?}");
+}

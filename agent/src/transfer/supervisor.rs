@@ -103,6 +103,7 @@ async fn run(
         tracker: tracker.clone(),
         teardown: Teardown::new(&tracker),
         committing: committing.clone(),
+        cluster: Default::default(),
     };
     let stored_by = job.stores(&ctx, &claimed);
     let mut work = tokio::spawn(async move { job.run(&task).await });

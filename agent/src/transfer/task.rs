@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ctx::Ctx;
 use crate::pg::cluster::teardown::Teardown;
+use crate::pg::cluster::Cluster;
 use crate::staging::Staging;
 use crate::transfer::progress::Progress;
 
@@ -29,9 +30,17 @@ pub struct Task {
     /// it, so that the transfer is never recorded as stopped when its
     /// target was in fact replaced.
     pub committing: Arc<AtomicBool>,
+    /// The customer's cluster, over the one admin connection this transfer
+    /// opens (when it first needs it).
+    pub cluster: tokio::sync::OnceCell<Cluster>,
 }
 
 impl Task {
+    /// The customer's cluster (opened at the first call).
+    pub async fn cluster(&self) -> Result<&Cluster> {
+        self.cluster.get_or_try_init(|| Cluster::open(&self.ctx.cfg)).await
+    }
+
     /// This attempt's own staging directory.
     pub fn staging(&self) -> Result<Staging> {
         self.ctx.staging.create(&self.name, self.attempt)

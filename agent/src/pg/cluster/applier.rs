@@ -12,9 +12,9 @@
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
 use crate::pg::cluster::target::Target;
 use crate::pg::cluster::teardown::Teardown;
+use crate::pg::cluster::Cluster;
 use crate::pg::conn::quote::{ident, literal};
 use crate::pg::conn::{self, Conn};
 
@@ -39,10 +39,16 @@ impl Applier {
     /// Create the role for attempt `attempt` of transfer `name` into
     /// `target`, and log in with it once. Dropping the `Applier` drops the
     /// role (a step of `teardown`, which the supervisor waits for).
-    pub async fn create(cfg: &Config, target: &Target, name: &str, attempt: i32, teardown: &Teardown) -> Result<Self> {
-        let c = conn::connect(&cfg.data_url).await?;
+    pub async fn create(
+        cluster: &Cluster,
+        target: &Target,
+        name: &str,
+        attempt: i32,
+        teardown: &Teardown,
+    ) -> Result<Self> {
+        let c = cluster.client();
         let transfer = format!("{PREFIX}{}_", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
-        sweep(&c, &transfer).await;
+        sweep(c, &transfer).await;
         let role = format!("{transfer}{attempt}");
         let password = hex::encode(random_bytes::<32>()?);
         let until = (chrono::Utc::now() + chrono::Duration::days(LIFETIME_DAYS)).to_rfc3339();
@@ -64,7 +70,7 @@ impl Applier {
             role,
             password,
             target: target.clone(),
-            data_url: cfg.data_url.clone(),
+            data_url: cluster.data_url.clone(),
             teardown: teardown.clone(),
             closed: false,
         };

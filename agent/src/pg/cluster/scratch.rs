@@ -11,10 +11,10 @@
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::config::Config;
 use crate::pg::cluster::applier::take_role;
 use crate::pg::cluster::shadow::MARK;
 use crate::pg::cluster::teardown::Teardown;
+use crate::pg::cluster::Cluster;
 use crate::pg::conn;
 use crate::pg::conn::quote::{ident, literal};
 
@@ -31,19 +31,19 @@ impl Scratch {
     /// Drop what earlier verifications left (all but the scratch databases
     /// of other verifications still pending or running), then make the
     /// scratch database of attempt `attempt` of verification `transfer`.
-    pub async fn create(cfg: &Config, transfer: &str, attempt: i32, teardown: &Teardown) -> Result<Scratch> {
-        let c = conn::connect(&cfg.data_url).await?;
+    pub async fn create(cluster: &Cluster, transfer: &str, attempt: i32, teardown: &Teardown) -> Result<Scratch> {
+        let c = cluster.client();
         // The attempt is in the name: an earlier attempt's agent, silent
         // but alive, that drops its own scratch when it stops must not
         // drop this one's.
         let name = format!("{PREFIX}{transfer}_{attempt}");
-        sweep(cfg, &c, transfer).await;
+        sweep(cluster, transfer).await;
         // The role first: a database owned by it is one of ours, marked or
         // not (an agent killed before the comment leaves it unmarked).
         let why = "creating the role that owns the scratch database (the agent needs CREATEROLE)";
         c.batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&name))).await.context(why)?;
-        take_role(&c, &name).await.context(why)?;
-        let scratch = Scratch { name: name.clone(), data_url: cfg.data_url.clone(), teardown: teardown.clone() };
+        take_role(c, &name).await.context(why)?;
+        let scratch = Scratch { name: name.clone(), data_url: cluster.data_url.clone(), teardown: teardown.clone() };
         c.batch_execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
             .await
             .context("creating the scratch database (the agent needs CREATEDB)")?;
@@ -88,7 +88,8 @@ pub fn transfer_of(name: &str) -> Option<&str> {
 /// verification claimed meanwhile is not listed, and one listed belongs to
 /// a verification already claimed. What cannot be dropped is a warning
 /// (the next verification tries again), never this one's failure.
-async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
+async fn sweep(cluster: &Cluster, transfer: &str) {
+    let c = cluster.client();
     let listed = async {
         let rows = c
             .query("SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname LIKE 'pgbackups\\_verify\\_%'", &[])
@@ -97,7 +98,7 @@ async fn sweep(cfg: &Config, c: &Client, transfer: &str) {
         if names.is_empty() {
             return Ok(names);
         }
-        let control = conn::connect(&cfg.store.database_url).await?;
+        let control = conn::connect(&cluster.control_url).await?;
         let going: Vec<String> =
             control.query("SELECT name FROM backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
         Ok::<_, anyhow::Error>(

@@ -14,9 +14,9 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::pg::cluster::target::{self, Target};
 use crate::pg::cluster::teardown::Teardown;
+use crate::pg::cluster::Cluster;
 use crate::pg::conn::quote::{ident, literal};
 use crate::pg::conn::{self, LOCK_TIMEOUT};
 
@@ -55,22 +55,22 @@ impl Shadow {
     /// Drop what an earlier attempt left for `target`, and create its
     /// shadow for transfer `transfer`, closed to everyone but its owner
     /// (PUBLIC may not connect) until it gets the target's grants.
-    pub async fn create(cfg: &Config, target: &Target, transfer: &str, teardown: &Teardown) -> Result<Shadow> {
-        let c = conn::connect(&cfg.data_url).await?;
-        c.batch_execute(LOCK_TIMEOUT).await?;
+    pub async fn create(cluster: &Cluster, target: &Target, transfer: &str, teardown: &Teardown) -> Result<Shadow> {
+        let c = cluster.client();
         let name = shadow_name(target.props.oid);
-        sweep(&c, target, &name).await?;
-        if let Err(e) = sweep(&c, target, &replaced_name(target.props.oid)).await {
+        sweep(c, target, &name).await?;
+        if let Err(e) = sweep(c, target, &replaced_name(target.props.oid)).await {
             tracing::warn!("{e:#}");
         }
         let shadow = target.renamed(&name);
-        target::create(&c, &shadow).await.context("creating the shadow database the archive goes into")?;
+        target::create(c, &shadow).await.context("creating the shadow database the archive goes into")?;
         let oid: u32 = c
             .query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
             .await
             .context("finding the shadow database")?
             .get(0);
-        let shadow = Shadow { shadow, oid, data_url: cfg.data_url.clone(), teardown: teardown.clone(), swapped: false };
+        let shadow =
+            Shadow { shadow, oid, data_url: cluster.data_url.clone(), teardown: teardown.clone(), swapped: false };
         c.batch_execute(&format!(
             "COMMENT ON DATABASE {s} IS {mark}; REVOKE ALL ON DATABASE {s} FROM PUBLIC",
             s = ident(&name),
@@ -223,6 +223,20 @@ pub fn transfer_of(comment: &str) -> Option<&str> {
         let name = rest.rsplit_once(k)?.1.split(',').next()?;
         pgbackups_core::naming::is_name(name).then_some(name)
     })
+}
+
+/// Drop database `name`, a shadow an earlier attempt made and did not swap
+/// in: the drop waits for a swap of it under way (both take its lock), so
+/// that what is read after it is final.
+pub async fn drop_unswapped(cluster: &Cluster, name: &str) -> Result<()> {
+    if !is_shadow_name(name) {
+        bail!("{name} is not a shadow's name: not dropping it");
+    }
+    cluster
+        .client()
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
+        .await
+        .with_context(|| format!("dropping {name}, which an earlier attempt left"))
 }
 
 /// Drop what the target held before shadow `shadow` (an oid) was swapped in

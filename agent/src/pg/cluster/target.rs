@@ -8,8 +8,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::pg::cluster::database::{self, Properties};
+use crate::pg::cluster::Cluster;
 use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self, Conn};
 use crate::pg::formats::archive::Extension;
@@ -39,11 +39,11 @@ impl Target {
 
 /// Refuse, before the target is touched, an archive whose extensions this
 /// server does not have.
-pub async fn check_extensions(cfg: &Config, extensions: &[Extension]) -> Result<()> {
+pub async fn check_extensions(cluster: &Cluster, extensions: &[Extension]) -> Result<()> {
     if extensions.is_empty() {
         return Ok(());
     }
-    let c = conn::connect(&cfg.data_url).await?;
+    let c = cluster.client();
     let names: Vec<&str> = extensions.iter().map(|e| e.name.as_str()).collect();
     let missing: Vec<String> = c
         .query(
@@ -68,14 +68,14 @@ pub async fn check_extensions(cfg: &Config, extensions: &[Extension]) -> Result<
 /// owner holds more than a database owner should (a superuser, or a role
 /// that can create roles or run programs on the server). Refuses the
 /// control database.
-pub async fn find(cfg: &Config, target: &str) -> Result<Target> {
-    let c = conn::connect(&cfg.data_url).await?;
-    let control = conn::connect(&cfg.store.database_url).await?;
+pub async fn find(cluster: &Cluster, target: &str) -> Result<Target> {
+    let c = cluster.client();
+    let control = conn::connect(&cluster.control_url).await?;
     let control: String = control.query_one("SELECT pg_catalog.current_database()", &[]).await?.get(0);
     if control == target {
         bail!("refusing to replace the control database {target:?}");
     }
-    let props = database::read(&c, bins::server_major(&c).await?, target)
+    let props = database::read(c, bins::server_major(c).await?, target)
         .await?
         .with_context(|| format!("target database {target:?} does not exist"))?;
     let privileged_owner: bool = c
@@ -96,13 +96,13 @@ pub async fn find(cfg: &Config, target: &str) -> Result<Target> {
 /// properties; connections to it are ended (WITH (FORCE)). What a failure
 /// after this leaves is a half-restored target: only `in_place => true`
 /// asks for it.
-pub async fn recreate(cfg: &Config, target: &Target) -> Result<()> {
-    let c = conn::connect(&cfg.data_url).await?;
+pub async fn recreate(cluster: &Cluster, target: &Target) -> Result<()> {
+    let c = cluster.client();
     let name = &target.name;
     c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
         .await
         .with_context(|| format!("dropping {name}"))?;
-    create(&c, target).await
+    create(c, target).await
 }
 
 /// Create database `target.name`, empty, with the target's properties.
@@ -118,8 +118,8 @@ pub async fn create(c: &tokio_postgres::Client, target: &Target) -> Result<()> {
 /// warning naming the statement to run; a grant or limit it cannot give
 /// fails the transfer, which would otherwise leave the database more open
 /// than the target was.
-pub async fn configure(cfg: &Config, target: &Target, into: &str) -> Result<Vec<String>> {
-    let c = conn::connect(&cfg.data_url).await?;
+pub async fn configure(cluster: &Cluster, target: &Target, into: &str) -> Result<Vec<String>> {
+    let c = cluster.client();
     let props = &target.props;
     for s in props.access_statements(into) {
         c.batch_execute(&s).await.with_context(|| format!("giving {into} the grants of {}: {s}", target.name))?;
@@ -140,8 +140,8 @@ pub async fn configure(cfg: &Config, target: &Target, into: &str) -> Result<Vec<
 /// Refuse a target that cannot be replaced: a template (its flag would be
 /// lost, and it cannot be dropped), or one that replication or a prepared
 /// transaction holds on to by its oid.
-pub async fn check_replaceable(cfg: &Config, target: &Target) -> Result<()> {
-    let c = conn::connect(&cfg.data_url).await?;
+pub async fn check_replaceable(cluster: &Cluster, target: &Target) -> Result<()> {
+    let c = cluster.client();
     let row = c
         .query_one(
             "SELECT d.datistemplate,
@@ -170,10 +170,39 @@ pub async fn check_replaceable(cfg: &Config, target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// Close database `db` to everyone but `role` (the throwaway login that
+/// applies the archive: NOINHERIT, so the owner's rights are not its own)
+/// until it gets the target's grants.
+pub async fn open_only_to(cluster: &Cluster, db: &str, role: &str) -> Result<()> {
+    cluster
+        .client()
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}",
+            db = ident(db),
+            role = ident(role)
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The name of the database with oid `oid`, if there is one.
+pub async fn database_named(cluster: &Cluster, oid: u32) -> Result<Option<String>> {
+    Ok(cluster
+        .client()
+        .query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid])
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// The oid of database `name`.
+pub async fn oid_of(cluster: &Cluster, name: &str) -> Result<u32> {
+    Ok(cluster.client().query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?.get(0))
+}
+
 /// Give database `target.name` the target's comment (a shadow gets it in
 /// the swap: until then its comment marks it as the agent's).
-pub async fn comment(cfg: &Config, target: &Target) -> Result<()> {
-    let c = conn::connect(&cfg.data_url).await?;
+pub async fn comment(cluster: &Cluster, target: &Target) -> Result<()> {
+    let c = cluster.client();
     c.batch_execute(&target.props.comment_statement(&target.name)).await?;
     Ok(())
 }
@@ -181,11 +210,11 @@ pub async fn comment(cfg: &Config, target: &Target) -> Result<()> {
 /// Create the archive's extensions in `target` as the agent, once the
 /// archive's schemas are in (a schema the archive does not create is
 /// created for the owner).
-pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Extension]) -> Result<()> {
+pub async fn create_extensions(cluster: &Cluster, target: &Target, extensions: &[Extension]) -> Result<()> {
     if extensions.is_empty() {
         return Ok(());
     }
-    let c = conn::connect(&Conn::new(&cfg.data_url, Some(&target.name))?.with_password()).await?;
+    let c = conn::connect(&Conn::new(&cluster.data_url, Some(&target.name))?.with_password()).await?;
     for e in extensions {
         c.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}",
@@ -207,9 +236,8 @@ pub async fn create_extensions(cfg: &Config, target: &Target, extensions: &[Exte
 
 /// The major of the control cluster's server, which every restore and
 /// copy target is on.
-pub async fn server_major(cfg: &Config) -> Result<u32> {
-    let c = conn::connect(&cfg.data_url).await?;
-    bins::server_major(&c).await
+pub async fn server_major(cluster: &Cluster) -> Result<u32> {
+    bins::server_major(cluster.client()).await
 }
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose

@@ -149,7 +149,8 @@ async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
         snap_conn.query_one("SELECT pg_catalog.current_setting('server_encoding')", &[]).await?.get(0);
     // The source side's tools fit the source; the target side's fit the
     // target and read what the source side's pg_dump writes.
-    let (source_tools, target_tools) = task.ctx.bins.for_copy(source_major, target::server_major(cfg).await?)?;
+    let (source_tools, target_tools) =
+        task.ctx.bins.for_copy(source_major, target::server_major(task.cluster().await?).await?)?;
     task.progress.say(Level::Info, format!("source: {}", source_tools.used()));
     task.progress.say(Level::Info, format!("target: {}", target_tools.used()));
     task.progress.say(
@@ -169,7 +170,7 @@ async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let pre = staging.path().join("pre-data.dump");
     dump.to_file(&pre, &["--section=pre-data"]).await.context("dumping the schema")?;
     let toc = archive::read(tools.target, &pre, staging.path()).await?;
-    target::check_extensions(cfg, &toc.extensions).await?;
+    target::check_extensions(task.cluster().await?, &toc.extensions).await?;
     let dest = Destination::prepare(task, &copy.target, copy.options.in_place).await?;
     let target = dest.target.clone();
     let target_conn = dest.conn()?;

@@ -62,7 +62,7 @@ async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
     drop(control);
 
-    let scratch = Scratch::create(cfg, &task.name, task.attempt, &task.teardown).await?;
+    let scratch = Scratch::create(task.cluster().await?, &task.name, task.attempt, &task.teardown).await?;
     task.progress.say(Level::Info, format!("restoring {} into the scratch database {}", backup.name, scratch.name));
     let restored = load::load(task, &BackupRef::Id(backup.name.clone()), &scratch.name, false)
         .await

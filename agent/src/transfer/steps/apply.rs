@@ -46,9 +46,10 @@ pub async fn read_archive<'a>(task: &'a Task, archive: &FsPath, scratch: &FsPath
     })?;
     let archive_major =
         toc.dumped_by().with_context(|| format!("no pg_dump version in the list of {}", archive.display()))?;
-    let tools = task.ctx.bins.for_restore(target::server_major(&task.ctx.cfg).await?, archive_major)?;
+    let cluster = task.cluster().await?;
+    let tools = task.ctx.bins.for_restore(target::server_major(cluster).await?, archive_major)?;
     task.progress.say(Level::Info, tools.used());
-    target::check_extensions(&task.ctx.cfg, &toc.extensions).await?;
+    target::check_extensions(cluster, &toc.extensions).await?;
     Ok((toc, tools))
 }
 
@@ -79,7 +80,6 @@ pub async fn apply(
     jobs: Option<usize>,
     only: Only<'_>,
 ) -> Result<i32> {
-    let cfg = &task.ctx.cfg;
     let mut warnings = 0;
     let with_extensions = !toc.extensions.is_empty();
     if !matches!(only, Only::AfterData { .. }) {
@@ -91,7 +91,7 @@ pub async fn apply(
         let mut cmd = target::pg_restore(tools, conn, target, None, Some(&list))?;
         cmd.arg(archive);
         warnings += target::restore_warnings(&cmd.spawn(task.progress.tool_output())?.wait().await?)?;
-        target::create_extensions(cfg, target, &toc.extensions).await?;
+        target::create_extensions(task.cluster().await?, target, &toc.extensions).await?;
     }
     let rest = Part::Rest { without_schemas: with_extensions };
     // Data that does not load fails the transfer on every path (the target

@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use crate::pg::cluster::applier::Applier;
 use crate::pg::cluster::shadow::{self, Shadow};
 use crate::pg::cluster::target::{self, Target};
-use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self, Conn};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
@@ -40,8 +39,8 @@ impl Destination {
     /// owner's rights: say so when they are more than a database owner's
     /// should be.
     pub async fn prepare(task: &Task, name: &str, in_place: bool) -> Result<Destination> {
-        let cfg = &task.ctx.cfg;
-        let target = target::find(cfg, name).await?;
+        let cluster = task.cluster().await?;
+        let target = target::find(cluster, name).await?;
         if target.privileged_owner {
             task.progress.say(
                 Level::Warning,
@@ -53,9 +52,9 @@ impl Destination {
                 ),
             );
         }
-        target::check_replaceable(cfg, &target).await?;
+        target::check_replaceable(cluster, &target).await?;
         let (into, applier, shadow) = if in_place {
-            let applier = Applier::create(cfg, &target, &task.name, task.attempt, &task.teardown).await?;
+            let applier = Applier::create(cluster, &target, &task.name, task.attempt, &task.teardown).await?;
             task.progress.say(
                 Level::Warning,
                 format!(
@@ -64,27 +63,21 @@ impl Destination {
                     target.name
                 ),
             );
-            target::recreate(cfg, &target).await?;
+            target::recreate(cluster, &target).await?;
             (target.clone(), applier, None)
         } else {
-            let shadow = Shadow::create(cfg, &target, &task.name, &task.teardown).await?;
+            let shadow = Shadow::create(cluster, &target, &task.name, &task.teardown).await?;
             let into = shadow.target().clone();
             task.progress.say(
                 Level::Info,
                 format!("applying into {}, which replaces {} once everything is in", into.name, target.name),
             );
-            let applier = Applier::create(cfg, &into, &task.name, task.attempt, &task.teardown).await?;
+            let applier = Applier::create(cluster, &into, &task.name, task.attempt, &task.teardown).await?;
             (into, applier, Some(shadow))
         };
         // Until it gets the target's grants, only the applier (NOINHERIT:
         // the owner's rights are not its own) may connect, not PUBLIC.
-        let c = conn::connect(&cfg.data_url).await?;
-        c.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}",
-            db = ident(&into.name),
-            role = ident(applier.role())
-        ))
-        .await?;
+        target::open_only_to(cluster, &into.name, applier.role()).await?;
         Ok(Destination { target: into, original: target, applier, shadow })
     }
 
@@ -98,17 +91,17 @@ impl Destination {
     /// settings the target has now, and swap the shadow in. The settings
     /// the agent could not keep, as warnings.
     pub async fn finish(self, task: &Task) -> Result<i32> {
-        let cfg = &task.ctx.cfg;
+        let cluster = task.cluster().await?;
         self.applier.close().await?;
         // As the target is now, not as it was when the restore began.
         let now = match &self.shadow {
-            Some(_) => target::find(cfg, &self.original.name).await?,
+            Some(_) => target::find(cluster, &self.original.name).await?,
             None => self.original.clone(),
         };
         if now.props.oid != self.original.props.oid {
             bail!("{} was replaced by another database during the restore: refusing to swap", now.name);
         }
-        let mut warnings = target::configure(cfg, &now, &self.target.name).await?;
+        let mut warnings = target::configure(cluster, &now, &self.target.name).await?;
         match self.shadow {
             Some(shadow) => {
                 task.commit_point();
@@ -124,13 +117,11 @@ impl Destination {
                 }
             }
             None => {
-                target::comment(cfg, &self.target).await?;
+                target::comment(cluster, &self.target).await?;
                 // In place, the target is now this transfer's: a later
                 // attempt must not drop and fill it again.
                 task.commit_point();
-                let c = conn::connect(&cfg.data_url).await?;
-                let oid = database_named_oid(&c, &self.target.name).await?;
-                record_swap(task, oid).await?;
+                record_swap(task, target::oid_of(cluster, &self.target.name).await?).await?;
             }
         }
         for w in &warnings {
@@ -171,15 +162,12 @@ async fn record_swap(task: &Task, oid: u32) -> Result<()> {
 /// take the database's lock), so that what is read after it is final.
 pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -> Result<Option<Completion>> {
     let Some(oid) = swapped else { return Ok(None) };
-    let c = conn::connect(&task.ctx.cfg.data_url).await?;
-    c.batch_execute(conn::LOCK_TIMEOUT).await?;
-    let mut now = database_named(&c, oid).await?;
+    let cluster = task.cluster().await?;
+    let mut now = target::database_named(cluster, oid).await?;
     if let Some(shadow) = now.as_deref().filter(|n| *n != target && shadow::is_shadow_name(n)) {
         task.progress.say(Level::Info, format!("dropping {shadow}, which an earlier attempt did not swap in"));
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(shadow)))
-            .await
-            .with_context(|| format!("dropping {shadow}, which an earlier attempt left"))?;
-        now = database_named(&c, oid).await?;
+        shadow::drop_unswapped(cluster, shadow).await?;
+        now = target::database_named(cluster, oid).await?;
     }
     if now.as_deref() != Some(target) {
         task.progress.say(Level::Info, "an earlier attempt stopped before its swap: restoring into a new shadow");
@@ -192,18 +180,8 @@ pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -
              and what was written to it since"
         ),
     );
-    if let Some(w) = shadow::drop_replaced(&c, oid).await {
+    if let Some(w) = shadow::drop_replaced(cluster.client(), oid).await {
         task.progress.say(Level::Warning, w);
     }
     Ok(Some(apply::completion(task, &format!("swapped into {target} by an earlier attempt"), "read", 0)))
-}
-
-/// The name of the database with oid `oid`, if there is one.
-async fn database_named(c: &tokio_postgres::Client, oid: u32) -> Result<Option<String>> {
-    Ok(c.query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid]).await?.map(|r| r.get(0)))
-}
-
-/// The oid of database `name`.
-async fn database_named_oid(c: &tokio_postgres::Client, name: &str) -> Result<u32> {
-    Ok(c.query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?.get(0))
 }
