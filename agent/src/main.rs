@@ -30,7 +30,9 @@
 //!   formats/    archive (the extensions an archive names), custom (pg_dump's
 //!               custom format, read as it streams), copy_text (pg_dump's COPY
 //!               settings), contents (every table's rows and digest);
-//!   cluster/    target (replacing a database, applying an archive as its owner),
+//!   cluster/    Cluster (mod: the one admin connection a transfer opens, which
+//!               every statement changing the cluster goes through), target
+//!               (replacing a database, applying an archive as its owner),
 //!               database (its properties), shadow, applier (the throwaway login
 //!               that applies it), scratch (a verification's database), size,
 //!               teardown (what a transfer leaves to drop, in order), leftovers
