@@ -174,8 +174,9 @@ async fn run(task: &Task, copy: &Copy) -> Result<Completion> {
     let dest = Destination::prepare(task, &copy.target, copy.options.in_place).await?;
     let target = dest.target.clone();
     let target_conn = dest.conn()?;
+    // (The dump holds the schema before the data alone: one pg_restore.)
     let warnings =
-        apply::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None, apply::Only::All)
+        apply::apply(task, tools.target, &target_conn, &target, &pre, &toc, staging.path(), None, apply::Only::PreData)
             .await?;
     if warnings > 0 {
         bail!("pg_restore reported {warnings} errors creating the schema");
