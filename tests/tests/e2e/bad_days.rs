@@ -17,7 +17,10 @@
 //!    stage nothing;
 //! 9. a 300 MB value restores within the documented memory bound;
 //! 10. no shadow is left after a failed restore, in 20 tries, and what a
-//!     killed agent left is dropped when an agent starts.
+//!     killed agent left is dropped when an agent starts;
+//! 11. (issue 21) a restore whose admin connection the server closed while
+//!     the archive loaded opens another and completes; an in-place one
+//!     waits out a tenant's lock on its target held longer than 5 s.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -590,4 +593,52 @@ fn no_shadow_is_left_after_a_failed_restore_and_a_killed_agents_are_swept_at_sta
         .unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbackups%'", "0", Duration::from_secs(30))
         .unwrap();
+}
+
+/// Issue 21's review: one admin connection now carries a transfer's
+/// statements to the cluster from start to end. The server may close it
+/// while the archive loads (an `idle_session_timeout`, a DBA's
+/// `pg_terminate_backend`): the restore opens another and completes. And
+/// as it sends more statements through it, a lock held a little longer
+/// than it waits for one fails none of them.
+#[test]
+fn a_restore_whose_admin_connection_the_server_closed_mid_load_completes() {
+    // Each row of `paced` takes 0.2 s to check: its load is a window.
+    let paced =
+        "CREATE FUNCTION public.slow_ok(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT pg_sleep(0.2) IS NOT NULL $$;
+                 CREATE TABLE paced (n int CHECK (public.slow_ok(n))); INSERT INTO paced SELECT generate_series(1, 30)";
+    let TestEnv { c, store: _store, agent, .. } =
+        TestEnv::new().db("shop", &format!("{SHOP}; {paced}")).db("staging", "CREATE TABLE old (x int)").start();
+    let b = capture(&c, "'shop'");
+    let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging')")).unwrap();
+    let loading =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'pgbackups_shadow_%' AND query ILIKE 'COPY%paced%'";
+    wait_for(&c, loading, "1", PATIENCE).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+    // The admin connection, idle since it opened the shadow to the login
+    // that applies the archive.
+    let admin = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE state = 'idle' AND query LIKE 'REVOKE ALL ON DATABASE %GRANT CONNECT, TEMPORARY%'";
+    assert_eq!(
+        c.sql("postgres", admin).unwrap(),
+        "1",
+        "{}",
+        c.sql("postgres", "SELECT string_agg(state || ': ' || query, E'\\n') FROM pg_stat_activity").unwrap()
+    );
+    assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", log_of(&c, &r));
+    assert_eq!(fingerprint(&c, "staging").unwrap(), fingerprint(&c, "shop").unwrap());
+    assert!(agent.log_text().contains("the connection to the cluster was closed"), "{}", agent.log_text());
+
+    // A tenant's open COMMENT ON DATABASE holds the target for 8 s, longer
+    // than the agent's statements wait for a lock (5 s): an in-place
+    // restore's DROP gives up waiting once, and is tried again.
+    let mut holder = client_as(&c, "postgres", "postgres");
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("COMMENT ON DATABASE staging IS 'held'").unwrap();
+    let r =
+        c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging', in_place => true)")).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    tx.rollback().unwrap();
+    assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", log_of(&c, &r));
+    assert_eq!(fingerprint(&c, "staging").unwrap(), fingerprint(&c, "shop").unwrap());
+    assert!(agent.log_text().contains("waited for a lock and gave up"), "{}", agent.log_text());
 }

@@ -46,26 +46,26 @@ impl Applier {
         attempt: i32,
         teardown: &Teardown,
     ) -> Result<Self> {
-        let c = cluster.client();
         let transfer = format!("{PREFIX}{}_", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "_"));
-        sweep(c, &transfer).await;
+        sweep(&*cluster.client().await?, &transfer).await;
         let role = format!("{transfer}{attempt}");
         let password = hex::encode(random_bytes::<32>()?);
         let until = (chrono::Utc::now() + chrono::Duration::days(LIFETIME_DAYS)).to_rfc3339();
-        c.batch_execute(&format!(
-            "CREATE ROLE {r} LOGIN NOINHERIT PASSWORD {pw} VALID UNTIL {until} IN ROLE {owner}",
-            r = ident(&role),
-            pw = literal(&scram_verifier(&password)?),
-            until = literal(&until),
-            owner = ident(&target.owner),
-        ))
-        .await
-        .with_context(|| {
-            format!(
+        cluster
+            .execute(&format!(
+                "CREATE ROLE {r} LOGIN NOINHERIT PASSWORD {pw} VALID UNTIL {until} IN ROLE {owner}",
+                r = ident(&role),
+                pw = literal(&scram_verifier(&password)?),
+                until = literal(&until),
+                owner = ident(&target.owner),
+            ))
+            .await
+            .with_context(|| {
+                format!(
                 "creating the login {role} that applies the archive as {} (see docs/operations.md: the agent's roles)",
                 target.owner
             )
-        })?;
+            })?;
         let applier = Applier {
             role,
             password,

@@ -17,18 +17,31 @@ pub mod size;
 pub mod target;
 pub mod teardown;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use anyhow::Result;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::pg::conn;
 
+/// How often a statement that waited `conn::LOCK_TIMEOUT` for a lock and
+/// gave up is tried again, a little later each time, before the transfer
+/// fails on it: a tenant's transaction that holds the lock for a moment
+/// (an open `COMMENT ON DATABASE`, a `GRANT` not yet committed) must not
+/// fail an hour's restore at its last step.
+const LOCK_TRIES: u32 = 6;
+
 /// The customer's cluster, over one admin connection (the data role's,
-/// `--data-url`) that waits at most `conn::LOCK_TIMEOUT` for a lock. A
+/// `--data-url`) that waits at most `conn::LOCK_TIMEOUT` for a lock, and is
+/// opened again if the server closed it (an `idle_session_timeout`, a
+/// DBA's `pg_terminate_backend`) while a long transfer did not use it. A
 /// swap's transaction, and what is left to drop after the transfer, have
 /// connections of their own.
 pub struct Cluster {
-    client: Client,
+    client: Mutex<Arc<Client>>,
     /// The data role's URL, for the connections to single databases.
     pub data_url: String,
     /// The control database's URL (a target is never it).
@@ -37,13 +50,44 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn open(cfg: &Config) -> Result<Cluster> {
-        let client = conn::connect(&cfg.data_url).await?;
-        client.batch_execute(conn::LOCK_TIMEOUT).await?;
+        let client = Mutex::new(admin(&cfg.data_url).await?);
         Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.store.database_url.clone() })
     }
 
-    /// The admin connection, for this folder's statements.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The admin connection, for this folder's queries; a new one if the
+    /// server closed the last.
+    pub async fn client(&self) -> Result<Arc<Client>> {
+        let current = self.client.lock().expect("cluster connection lock").clone();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        tracing::info!("the connection to the cluster was closed: opening another");
+        let fresh = admin(&self.data_url).await?;
+        *self.client.lock().expect("cluster connection lock") = fresh.clone();
+        Ok(fresh)
     }
+
+    /// Run `sql` (statements that change the cluster: one implicit
+    /// transaction, so a try that gave up changed nothing), trying again
+    /// while it only gave up waiting for a lock.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        let mut tries = 1;
+        loop {
+            match self.client().await?.batch_execute(sql).await {
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && tries < LOCK_TRIES => {
+                    tracing::info!("waited for a lock and gave up ({e}): trying again");
+                    tokio::time::sleep(Duration::from_secs(u64::from(tries))).await;
+                    tries += 1;
+                }
+                done => return Ok(done?),
+            }
+        }
+    }
+}
+
+/// An admin connection that waits at most `conn::LOCK_TIMEOUT` for a lock.
+async fn admin(url: &str) -> Result<Arc<Client>> {
+    let client = conn::connect(url).await?;
+    client.batch_execute(conn::LOCK_TIMEOUT).await?;
+    Ok(Arc::new(client))
 }

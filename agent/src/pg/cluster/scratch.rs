@@ -32,7 +32,6 @@ impl Scratch {
     /// of other verifications still pending or running), then make the
     /// scratch database of attempt `attempt` of verification `transfer`.
     pub async fn create(cluster: &Cluster, transfer: &str, attempt: i32, teardown: &Teardown) -> Result<Scratch> {
-        let c = cluster.client();
         // The attempt is in the name: an earlier attempt's agent, silent
         // but alive, that drops its own scratch when it stops must not
         // drop this one's.
@@ -41,18 +40,20 @@ impl Scratch {
         // The role first: a database owned by it is one of ours, marked or
         // not (an agent killed before the comment leaves it unmarked).
         let why = "creating the role that owns the scratch database (the agent needs CREATEROLE)";
-        c.batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&name))).await.context(why)?;
-        take_role(c, &name).await.context(why)?;
+        cluster.execute(&format!("CREATE ROLE {} NOLOGIN", ident(&name))).await.context(why)?;
+        take_role(&*cluster.client().await?, &name).await.context(why)?;
         let scratch = Scratch { name: name.clone(), data_url: cluster.data_url.clone(), teardown: teardown.clone() };
-        c.batch_execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
+        cluster
+            .execute(&format!("CREATE DATABASE {d} OWNER {d} TEMPLATE template0", d = ident(&name)))
             .await
             .context("creating the scratch database (the agent needs CREATEDB)")?;
-        c.batch_execute(&format!(
-            "COMMENT ON DATABASE {d} IS {mark}; REVOKE ALL ON DATABASE {d} FROM PUBLIC",
-            d = ident(&name),
-            mark = literal(&format!("{MARK}scratch database of verification {transfer}, dropped when it ends"))
-        ))
-        .await?;
+        cluster
+            .execute(&format!(
+                "COMMENT ON DATABASE {d} IS {mark}; REVOKE ALL ON DATABASE {d} FROM PUBLIC",
+                d = ident(&name),
+                mark = literal(&format!("{MARK}scratch database of verification {transfer}, dropped when it ends"))
+            ))
+            .await?;
         Ok(scratch)
     }
 }
@@ -89,19 +90,20 @@ pub fn transfer_of(name: &str) -> Option<&str> {
 /// a verification already claimed. What cannot be dropped is a warning
 /// (the next verification tries again), never this one's failure.
 async fn sweep(cluster: &Cluster, transfer: &str) {
-    let c = cluster.client();
     let listed = async {
+        let c = cluster.client().await?;
         let rows = c
             .query("SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname LIKE 'pgbackups\\_verify\\_%'", &[])
             .await?;
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         if names.is_empty() {
-            return Ok(names);
+            return Ok((c, names));
         }
         let control = conn::connect(&cluster.control_url).await?;
         let going: Vec<String> =
             control.query("SELECT name FROM backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
-        Ok::<_, anyhow::Error>(
+        Ok::<_, anyhow::Error>((
+            c,
             names
                 .into_iter()
                 .filter(|n| {
@@ -109,9 +111,9 @@ async fn sweep(cluster: &Cluster, transfer: &str) {
                     !of.is_some_and(|t| t != transfer && going.iter().any(|g| g == t))
                 })
                 .collect(),
-        )
+        ))
     };
-    let names = match listed.await {
+    let (c, names) = match listed.await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!("could not look for scratch databases earlier verifications left: {e:#}");
@@ -120,7 +122,7 @@ async fn sweep(cluster: &Cluster, transfer: &str) {
     };
     for name in names {
         tracing::info!("dropping {name}, left by an earlier verification");
-        if let Err(e) = drop_pair(c, &name).await {
+        if let Err(e) = drop_pair(&c, &name).await {
             tracing::warn!("could not drop {name}, left by an earlier verification: {e:#}");
         }
     }

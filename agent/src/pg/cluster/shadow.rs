@@ -56,14 +56,14 @@ impl Shadow {
     /// shadow for transfer `transfer`, closed to everyone but its owner
     /// (PUBLIC may not connect) until it gets the target's grants.
     pub async fn create(cluster: &Cluster, target: &Target, transfer: &str, teardown: &Teardown) -> Result<Shadow> {
-        let c = cluster.client();
+        let c = cluster.client().await?;
         let name = shadow_name(target.props.oid);
-        sweep(c, target, &name).await?;
-        if let Err(e) = sweep(c, target, &replaced_name(target.props.oid)).await {
+        sweep(&c, target, &name).await?;
+        if let Err(e) = sweep(&c, target, &replaced_name(target.props.oid)).await {
             tracing::warn!("{e:#}");
         }
         let shadow = target.renamed(&name);
-        target::create(c, &shadow).await.context("creating the shadow database the archive goes into")?;
+        target::create(cluster, &shadow).await.context("creating the shadow database the archive goes into")?;
         let oid: u32 = c
             .query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
             .await
@@ -71,12 +71,13 @@ impl Shadow {
             .get(0);
         let shadow =
             Shadow { shadow, oid, data_url: cluster.data_url.clone(), teardown: teardown.clone(), swapped: false };
-        c.batch_execute(&format!(
-            "COMMENT ON DATABASE {s} IS {mark}; REVOKE ALL ON DATABASE {s} FROM PUBLIC",
-            s = ident(&name),
-            mark = literal(&format!("{MARK}shadow of {:?} for {transfer}, dropped unless swapped in", target.name))
-        ))
-        .await?;
+        cluster
+            .execute(&format!(
+                "COMMENT ON DATABASE {s} IS {mark}; REVOKE ALL ON DATABASE {s} FROM PUBLIC",
+                s = ident(&name),
+                mark = literal(&format!("{MARK}shadow of {:?} for {transfer}, dropped unless swapped in", target.name))
+            ))
+            .await?;
         Ok(shadow)
     }
 
@@ -233,8 +234,7 @@ pub async fn drop_unswapped(cluster: &Cluster, name: &str) -> Result<()> {
         bail!("{name} is not a shadow's name: not dropping it");
     }
     cluster
-        .client()
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
+        .execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
         .await
         .with_context(|| format!("dropping {name}, which an earlier attempt left"))
 }

@@ -43,7 +43,7 @@ pub async fn check_extensions(cluster: &Cluster, extensions: &[Extension]) -> Re
     if extensions.is_empty() {
         return Ok(());
     }
-    let c = cluster.client();
+    let c = cluster.client().await?;
     let names: Vec<&str> = extensions.iter().map(|e| e.name.as_str()).collect();
     let missing: Vec<String> = c
         .query(
@@ -69,13 +69,13 @@ pub async fn check_extensions(cluster: &Cluster, extensions: &[Extension]) -> Re
 /// that can create roles or run programs on the server). Refuses the
 /// control database.
 pub async fn find(cluster: &Cluster, target: &str) -> Result<Target> {
-    let c = cluster.client();
+    let c = cluster.client().await?;
     let control = conn::connect(&cluster.control_url).await?;
     let control: String = control.query_one("SELECT pg_catalog.current_database()", &[]).await?.get(0);
     if control == target {
         bail!("refusing to replace the control database {target:?}");
     }
-    let props = database::read(c, bins::server_major(c).await?, target)
+    let props = database::read(&c, bins::server_major(&c).await?, target)
         .await?
         .with_context(|| format!("target database {target:?} does not exist"))?;
     let privileged_owner: bool = c
@@ -97,17 +97,18 @@ pub async fn find(cluster: &Cluster, target: &str) -> Result<Target> {
 /// after this leaves is a half-restored target: only `in_place => true`
 /// asks for it.
 pub async fn recreate(cluster: &Cluster, target: &Target) -> Result<()> {
-    let c = cluster.client();
     let name = &target.name;
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
+    cluster
+        .execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
         .await
         .with_context(|| format!("dropping {name}"))?;
-    create(c, target).await
+    create(cluster, target).await
 }
 
 /// Create database `target.name`, empty, with the target's properties.
-pub async fn create(c: &tokio_postgres::Client, target: &Target) -> Result<()> {
-    c.batch_execute(&target.props.create_statement(&target.name))
+pub async fn create(cluster: &Cluster, target: &Target) -> Result<()> {
+    cluster
+        .execute(&target.props.create_statement(&target.name))
         .await
         .with_context(|| format!("creating database {}", target.name))
 }
@@ -119,19 +120,14 @@ pub async fn create(c: &tokio_postgres::Client, target: &Target) -> Result<()> {
 /// fails the transfer, which would otherwise leave the database more open
 /// than the target was.
 pub async fn configure(cluster: &Cluster, target: &Target, into: &str) -> Result<Vec<String>> {
-    let c = cluster.client();
     let props = &target.props;
     for s in props.access_statements(into) {
-        c.batch_execute(&s).await.with_context(|| format!("giving {into} the grants of {}: {s}", target.name))?;
+        cluster.execute(&s).await.with_context(|| format!("giving {into} the grants of {}: {s}", target.name))?;
     }
     let mut warnings = Vec::new();
     for (s, shown) in props.setting_statements(into).into_iter().zip(props.setting_statements(&target.name)) {
-        if let Err(e) = c.batch_execute(&s).await {
-            warnings.push(format!(
-                "could not keep a setting of {} ({:#}): run {shown}",
-                target.name,
-                anyhow::Error::from(e)
-            ));
+        if let Err(e) = cluster.execute(&s).await {
+            warnings.push(format!("could not keep a setting of {} ({e:#}): run {shown}", target.name));
         }
     }
     Ok(warnings)
@@ -141,7 +137,7 @@ pub async fn configure(cluster: &Cluster, target: &Target, into: &str) -> Result
 /// lost, and it cannot be dropped), or one that replication or a prepared
 /// transaction holds on to by its oid.
 pub async fn check_replaceable(cluster: &Cluster, target: &Target) -> Result<()> {
-    let c = cluster.client();
+    let c = cluster.client().await?;
     let row = c
         .query_one(
             "SELECT d.datistemplate,
@@ -175,8 +171,7 @@ pub async fn check_replaceable(cluster: &Cluster, target: &Target) -> Result<()>
 /// until it gets the target's grants.
 pub async fn open_only_to(cluster: &Cluster, db: &str, role: &str) -> Result<()> {
     cluster
-        .client()
-        .batch_execute(&format!(
+        .execute(&format!(
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}",
             db = ident(db),
             role = ident(role)
@@ -189,6 +184,7 @@ pub async fn open_only_to(cluster: &Cluster, db: &str, role: &str) -> Result<()>
 pub async fn database_named(cluster: &Cluster, oid: u32) -> Result<Option<String>> {
     Ok(cluster
         .client()
+        .await?
         .query_opt("SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1", &[&oid])
         .await?
         .map(|r| r.get(0)))
@@ -196,15 +192,14 @@ pub async fn database_named(cluster: &Cluster, oid: u32) -> Result<Option<String
 
 /// The oid of database `name`.
 pub async fn oid_of(cluster: &Cluster, name: &str) -> Result<u32> {
-    Ok(cluster.client().query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?.get(0))
+    let c = cluster.client().await?;
+    Ok(c.query_one("SELECT oid FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?.get(0))
 }
 
 /// Give database `target.name` the target's comment (a shadow gets it in
 /// the swap: until then its comment marks it as the agent's).
 pub async fn comment(cluster: &Cluster, target: &Target) -> Result<()> {
-    let c = cluster.client();
-    c.batch_execute(&target.props.comment_statement(&target.name)).await?;
-    Ok(())
+    cluster.execute(&target.props.comment_statement(&target.name)).await
 }
 
 /// Create the archive's extensions in `target` as the agent, once the
@@ -237,7 +232,7 @@ pub async fn create_extensions(cluster: &Cluster, target: &Target, extensions: &
 /// The major of the control cluster's server, which every restore and
 /// copy target is on.
 pub async fn server_major(cluster: &Cluster) -> Result<u32> {
-    bins::server_major(cluster.client()).await
+    bins::server_major(&*cluster.client().await?).await
 }
 
 /// `pg_restore --clean --if-exists --no-acl --no-owner --verbose

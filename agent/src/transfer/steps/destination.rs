@@ -180,7 +180,7 @@ pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -
              and what was written to it since"
         ),
     );
-    if let Some(w) = shadow::drop_replaced(cluster.client(), oid).await {
+    if let Some(w) = shadow::drop_replaced(&*cluster.client().await?, oid).await {
         task.progress.say(Level::Warning, w);
     }
     Ok(Some(apply::completion(task, &format!("swapped into {target} by an earlier attempt"), "read", 0)))
