@@ -56,8 +56,9 @@ pub async fn run(cfg: Config) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", listen.addr))?;
         let (c, secret, s) = (ctx.clone(), listen.secret.clone().into_bytes(), shutdown.clone());
+        let downloads = listen.max_downloads;
         background.spawn(async move {
-            if let Err(e) = serve::serve(c, listener, secret, s).await {
+            if let Err(e) = serve::serve(c, listener, secret, downloads, s).await {
                 tracing::error!("the HTTP listener: {e:#}");
             }
         });

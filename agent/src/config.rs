@@ -416,7 +416,8 @@ fn merge<T: Args + FromArgMatches + Serialize + DeserializeOwned>(
     if let Some(m) = given {
         set.retain(|k, _| {
             matches!(
-                m.try_get_raw(k).ok().and(m.value_source(k)),
+                // (value_source panics on an id clap does not know.)
+                m.try_get_raw(k).ok().and_then(|_| m.value_source(k)),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             )
         });

@@ -11,12 +11,12 @@
 //! telemetry.rs  this process's counters for /metrics, in one registry
 //! webhook.rs    status changes POSTed to webhooks by one background task
 //! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
-//! transfer/     job (the kinds listed once: the `Job` dispatcher, decoded once),
-//!               outcome (how a transfer ended, one type), supervisor (heartbeat,
-//!               cancel, hand back, the one writer of final status), queue (claim),
-//!               report (the lifecycle calls), progress, task;
-//!   kinds/      one file per kind, its options and its run as named steps:
-//!               capture, restore, copy, verify;
+//! transfer/     job (a claimed transfer), outcome (how a transfer ended, one type),
+//!               supervisor (heartbeat, cancel, hand back, the one writer of final
+//!               status), queue (claim), report (the lifecycle calls), progress, task;
+//!   kinds/      the kinds listed once (mod: the `Job` dispatcher, decoded once at
+//!               the claim), one file per kind, its options and its run as named
+//!               steps: capture, restore, copy, verify;
 //!   steps/      what several kinds share: source (connection, pg_dump's flags),
 //!               dump and parallel_dump (a capture's), selective, fetch (a backup
 //!               back to staging, verified), remote (what a URL may fetch),

@@ -25,11 +25,14 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 pub const LINK_SECRET: &str = "e2e-link-secret-0123456789";
 
 /// A cluster with the extension, its databases, storage and an agent.
+/// Its fields drop in this order: the agent stops before the cluster it
+/// talks to, and the storage goes last. (Destructured, bindings drop in
+/// reverse: `let TestEnv { c, store, agent, .. }` keeps the same order.)
 pub struct TestEnv {
+    pub agent: Agent,
     pub c: Cluster,
     /// File storage (`store_url`).
     pub store: tempfile::TempDir,
-    pub agent: Agent,
     /// Where the agent serves links (`http://127.0.0.1:PORT`), if asked.
     pub base: Option<String>,
 }

@@ -29,11 +29,13 @@ pub struct Served {
 }
 
 /// Serve on `listener` (bound by the caller, so that a taken port is a
-/// start-up error) until the agent drains.
+/// start-up error), at most `max_downloads` downloads at once, until the
+/// agent drains.
 pub async fn serve(
     ctx: Arc<Ctx>,
     listener: tokio::net::TcpListener,
     secret: Vec<u8>,
+    max_downloads: usize,
     mut shutdown: Shutdown,
 ) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving download links");
@@ -43,7 +45,7 @@ pub async fn serve(
         .merge(status::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(Served {
-            downloads: Arc::new(tokio::sync::Semaphore::new(ctx.cfg.listen.as_ref().map_or(1, |l| l.max_downloads))),
+            downloads: Arc::new(tokio::sync::Semaphore::new(max_downloads)),
             ctx,
             secret: Arc::new(secret),
         });

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::transfer::job::{Claimed, Job, KINDS};
-use crate::transfer::kinds::Row;
+use crate::transfer::job::Claimed;
+use crate::transfer::kinds::{Job, Row, KINDS};
 
 /// `per_owner`: how many transfers of one database owner this agent runs
 /// at once (`--max-per-owner`).

@@ -105,7 +105,7 @@ async fn run(
         committing: committing.clone(),
         cluster: Default::default(),
     };
-    let stored_by = job.stores(&ctx, &claimed);
+    let stored_by = job.stores(&ctx, &claimed.name, claimed.attempt);
     let mut work = tokio::spawn(async move { job.run(&task).await });
 
     // 1 and 2: heartbeat until the work ends or must stop.

@@ -112,7 +112,7 @@ fn restore(c: &Cluster, from: &str, target: &str) -> String {
 
 #[test]
 fn a_restore_of_a_truncated_archive_leaves_the_target_as_it_was() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     c.sql("staging", SETTINGS).unwrap();
     let before = state(&c, "staging");
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +128,7 @@ fn a_restore_of_a_truncated_archive_leaves_the_target_as_it_was() {
 
 #[test]
 fn a_restore_needing_an_extension_the_server_lacks_leaves_the_target_as_it_was() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     create_db(&c, "ext", "CREATE EXTENSION citext; CREATE TABLE t (x int); INSERT INTO t VALUES (1)").unwrap();
     let before = state(&c, "staging");
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +151,7 @@ fn a_restore_needing_an_extension_the_server_lacks_leaves_the_target_as_it_was()
 
 #[test]
 fn a_restore_cancelled_mid_data_leaves_the_target_as_it_was() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     // Enough data that the restore is still loading when the cancel lands.
     create_db(&c, "big", &format!("{}; CREATE INDEX ON noise (data)", noise(150_000, 24))).unwrap();
     let b = capture(&c, "'big'");
@@ -180,7 +180,7 @@ fn a_restore_cancelled_mid_data_leaves_the_target_as_it_was() {
 
 #[test]
 fn settings_grants_and_limits_survive_a_restore_and_a_copy_in_place_or_not() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     c.sql("staging", SETTINGS).unwrap();
     let kept = settings(&c, "staging");
     assert!(kept.contains("reader=c*/") && kept.contains("B c") && kept.starts_with("7 "), "{kept}");

@@ -88,7 +88,7 @@ fn assert_streamed(log: &str, table: &str) {
 
 #[test]
 fn the_source_databases_session_settings_do_not_change_copied_values() {
-    let TestEnv { c, agent, store: _store, .. } = setup(&format!("CREATE TABLE vals AS {VALUES}"), &[]);
+    let TestEnv { c, store: _store, agent, .. } = setup(&format!("CREATE TABLE vals AS {VALUES}"), &[]);
     c.sql("postgres", SOURCE_SETTINGS).unwrap();
     let log = copy(&c, &agent);
     assert_streamed(&log, "public.vals");
@@ -109,7 +109,7 @@ fn an_inheritance_child_with_shifted_and_dropped_columns_copies_exactly() {
            SELECT id, t, iv, f, d, ts, 'tag ' || id, 'label ' || id FROM ({VALUES}) v;
          INSERT INTO parent (id, t, tag) VALUES (0, 'the parent''s own row', 'p')"
     );
-    let TestEnv { c, agent, store: _store, .. } = setup(&schema, &[]);
+    let TestEnv { c, store: _store, agent, .. } = setup(&schema, &[]);
     c.sql("postgres", SOURCE_SETTINGS).unwrap();
     let log = copy(&c, &agent);
     assert_streamed(&log, "public.child");
@@ -125,7 +125,7 @@ fn generated_columns_are_recomputed_by_the_target_not_copied() {
          ALTER TABLE gen DROP COLUMN gone;
          INSERT INTO gen (id, t, f) SELECT id, t, f FROM ({VALUES}) v"
     );
-    let TestEnv { c, agent, store: _store, .. } = setup(&schema, &[]);
+    let TestEnv { c, store: _store, agent, .. } = setup(&schema, &[]);
     let log = copy(&c, &agent);
     assert_streamed(&log, "public.gen");
     assert_same_rows(&c, "gen", "id, twice, t, n, f");
@@ -145,7 +145,7 @@ fn a_table_split_into_ctid_ranges_copies_exactly() {
          INSERT INTO big_kid SELECT id + 100000, t, iv, f, d, ts, 'kid' FROM ({VALUES}) v"
     );
     // 256 KiB: big is cut into several parts.
-    let TestEnv { c, agent, store: _store, .. } = setup(&schema, &["--split-tables-larger-than", "262144"]);
+    let TestEnv { c, store: _store, agent, .. } = setup(&schema, &["--split-tables-larger-than", "262144"]);
     let log = copy(&c, &agent);
     assert!(log.contains("splitting public.big"), "big was not split:\n{log}");
     let parts = log.lines().filter(|l| l.starts_with("copying table public.big part")).count();

@@ -20,7 +20,7 @@ fn setup() -> TestEnv {
 
 #[test]
 fn restore_of_a_backup_replaces_the_target_with_exactly_its_content() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = capture(&c, args);
         c.sql(

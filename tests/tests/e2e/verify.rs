@@ -108,7 +108,7 @@ fn stored_dump(store: &Path, id: &str) -> (std::path::PathBuf, Vec<u8>) {
 
 #[test]
 fn contents_match_every_table_and_a_good_backup_verifies() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     let expected = counts(&c, "rich");
     assert!(expected.len() >= 10, "{expected:?}");
     for args in ["'rich'", "'rich', jobs => 2"] {
@@ -209,7 +209,7 @@ fn a_backup_without_contents_still_proves_it_restores() {
 
 #[test]
 fn a_schedule_with_verify_verifies_each_capture() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     c.sql("postgres", "SELECT backups.schedule('daily 03:00', 'rich', verify => true)").unwrap();
     assert_eq!(c.sql("postgres", "SELECT verify FROM backups.schedules() WHERE database = 'rich'").unwrap(), "t");
     c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now()").unwrap();
@@ -249,7 +249,7 @@ fn an_agent_without_superuser_verifies_and_leaves_nothing() {
 /// the capture's `verified` column or info().
 #[test]
 fn a_database_with_its_own_bytea_output_verifies_and_admin_verifications_stay_hidden() {
-    let TestEnv { c, agent, store: _store, .. } = setup();
+    let TestEnv { c, store: _store, agent, .. } = setup();
     create_db(
         &c,
         "escaped",
