@@ -11,9 +11,10 @@
 //! telemetry.rs  this process's counters for /metrics, in one registry
 //! webhook.rs    status changes POSTed to webhooks by one background task
 //! agent.rs      the main loop: LISTEN/poll, claim, supervise; purge and links beside it
-//! transfer/     job (a claimed transfer), outcome (how a transfer ended, one type),
-//!               supervisor (heartbeat, cancel, hand back, the one writer of final
-//!               status), queue (claim), report (the lifecycle calls), progress, task;
+//! transfer/     job (a claimed transfer), kind (what every kind is: the `Kind` trait),
+//!               outcome (how a transfer ended, one type), supervisor (heartbeat,
+//!               cancel, hand back, the one writer of final status), queue (claim),
+//!               report (the lifecycle calls), progress, task;
 //!   kinds/      the kinds listed once (mod: the `Job` dispatcher, decoded once at
 //!               the claim), one file per kind, its options and its run as named
 //!               steps: capture, restore, copy, verify;

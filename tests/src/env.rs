@@ -26,8 +26,9 @@ pub const LINK_SECRET: &str = "e2e-link-secret-0123456789";
 
 /// A cluster with the extension, its databases, storage and an agent.
 /// Its fields drop in this order: the agent stops before the cluster it
-/// talks to, and the storage goes last. (Destructured, bindings drop in
-/// reverse: `let TestEnv { c, store, agent, .. }` keeps the same order.)
+/// talks to, and the storage goes last. Destructured, bindings drop in the
+/// reverse of their order in the pattern: `let TestEnv { c, store, agent,
+/// .. }` stops the agent first too (then the storage, then the cluster).
 pub struct TestEnv {
     pub agent: Agent,
     pub c: Cluster,

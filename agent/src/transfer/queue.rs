@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::transfer::job::Claimed;
-use crate::transfer::kinds::{Job, Row, KINDS};
+use crate::transfer::kind::Row;
+use crate::transfer::kinds::{Job, KINDS};
 
 /// `per_owner`: how many transfers of one database owner this agent runs
 /// at once (`--max-per-owner`).

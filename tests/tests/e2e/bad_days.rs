@@ -628,17 +628,25 @@ fn a_restore_whose_admin_connection_the_server_closed_mid_load_completes() {
     assert_eq!(fingerprint(&c, "staging").unwrap(), fingerprint(&c, "shop").unwrap());
     assert!(agent.log_text().contains("the connection to the cluster was closed"), "{}", agent.log_text());
 
-    // A tenant's open COMMENT ON DATABASE holds the target for 8 s, longer
-    // than the agent's statements wait for a lock (5 s): an in-place
-    // restore's DROP gives up waiting once, and is tried again.
+    // A tenant's open COMMENT ON DATABASE holds the target longer than the
+    // agent's statements wait for a lock (5 s): an in-place restore's DROP
+    // gives up waiting, and is tried again until the lock is let go.
     let mut holder = client_as(&c, "postgres", "postgres");
     let mut tx = holder.transaction().unwrap();
     tx.batch_execute("COMMENT ON DATABASE staging IS 'held'").unwrap();
+    let seen = agent.log_text().len();
     let r =
         c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging', in_place => true)")).unwrap();
-    std::thread::sleep(Duration::from_secs(8));
+    // The DROP waits for the lock, gives up, and is tried again.
+    let dropping =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%staging%'";
+    wait_for(&c, dropping, "1", PATIENCE).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+    let deadline = Instant::now() + PATIENCE;
+    while !agent.log_text()[seen..].contains("waited for a lock and gave up") {
+        assert!(Instant::now() < deadline, "the DROP never gave up waiting: {}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     tx.rollback().unwrap();
     assert_eq!(wait(&c, &r, PATIENCE).unwrap(), "completed", "{}", log_of(&c, &r));
     assert_eq!(fingerprint(&c, "staging").unwrap(), fingerprint(&c, "shop").unwrap());
-    assert!(agent.log_text().contains("waited for a lock and gave up"), "{}", agent.log_text());
 }

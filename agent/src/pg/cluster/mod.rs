@@ -27,11 +27,15 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::pg::conn;
 
-/// How often a statement that waited `conn::LOCK_TIMEOUT` for a lock and
-/// gave up is tried again, a little later each time, before the transfer
-/// fails on it: a tenant's transaction that holds the lock for a moment
-/// (an open `COMMENT ON DATABASE`, a `GRANT` not yet committed) must not
-/// fail an hour's restore at its last step.
+/// How long a closed admin connection is tried again (a server that
+/// restarted) before the transfer fails.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How many times, in all, a statement that waits `conn::LOCK_TIMEOUT`
+/// for a lock is tried before the transfer fails on it, 1 to 5 s apart:
+/// a lock held for less than about 45 s (a tenant's open `COMMENT ON
+/// DATABASE`, a `GRANT` not yet committed) must not fail an hour's
+/// restore at its last step.
 const LOCK_TRIES: u32 = 6;
 
 /// The customer's cluster, over one admin connection (the data role's,
@@ -50,7 +54,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn open(cfg: &Config) -> Result<Cluster> {
-        let client = Mutex::new(admin(&cfg.data_url).await?);
+        let client = Mutex::new(admin(conn::connect(&cfg.data_url).await?).await?);
         Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.store.database_url.clone() })
     }
 
@@ -62,7 +66,7 @@ impl Cluster {
             return Ok(current);
         }
         tracing::info!("the connection to the cluster was closed: opening another");
-        let fresh = admin(&self.data_url).await?;
+        let fresh = admin(conn::connect_with_retry(&self.data_url, REOPEN_PATIENCE).await?).await?;
         *self.client.lock().expect("cluster connection lock") = fresh.clone();
         Ok(fresh)
     }
@@ -85,9 +89,9 @@ impl Cluster {
     }
 }
 
-/// An admin connection that waits at most `conn::LOCK_TIMEOUT` for a lock.
-async fn admin(url: &str) -> Result<Arc<Client>> {
-    let client = conn::connect(url).await?;
+/// Connection `client` as an admin connection: it waits at most
+/// `conn::LOCK_TIMEOUT` for a lock.
+async fn admin(client: Client) -> Result<Arc<Client>> {
     client.batch_execute(conn::LOCK_TIMEOUT).await?;
     Ok(Arc::new(client))
 }

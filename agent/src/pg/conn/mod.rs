@@ -37,6 +37,14 @@ pub async fn open(url: &str) -> Result<(Client, Connection<Socket, tls::Stream>)
             None => PINNED_SEARCH_PATH.to_string(),
         };
         cfg.options(&options);
+        // A connection a firewall or NAT dropped while it sat idle (an
+        // admin connection through an hour's load) is found dead within
+        // about two minutes, not at the next statement's TCP timeout.
+        if !rest.contains("keepalives_idle") {
+            cfg.keepalives_idle(Duration::from_secs(60))
+                .keepalives_interval(Duration::from_secs(10))
+                .keepalives_retries(6);
+        }
         tls::connect(&cfg, &settings).await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)

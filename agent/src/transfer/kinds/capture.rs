@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::ctx::Ctx;
 use crate::store::layout::{Format, Keys};
 use crate::store::manifest::Manifest;
-use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::kind::{self, Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
 use crate::transfer::progress::{human, Facts};
@@ -72,7 +72,7 @@ impl Kind for Capture {
     const NAME: &'static str = "capture";
 
     fn decode(row: &Row) -> Result<Self> {
-        let options: Options = kinds::options(row)?;
+        let options: Options = kind::options(row)?;
         if options.jobs.is_some_and(|j| !(1..=64).contains(&j)) {
             bail!("invalid jobs option: not between 1 and 64");
         }

@@ -63,7 +63,7 @@ use crate::pg::formats::archive;
 use crate::pg::formats::copy_text;
 use crate::pg::tools::bins::{self, Tools};
 use crate::pg::tools::tool::{Tool, ToolCommand};
-use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::kind::{self, Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
 use crate::transfer::progress::{human, Progress};
@@ -114,7 +114,7 @@ impl Kind for Copy {
     const NAME: &'static str = "copy";
 
     fn decode(row: &Row) -> Result<Self> {
-        let options: Options = kinds::options(row)?;
+        let options: Options = kind::options(row)?;
         let source = row.source.clone().context("copy without a source")?;
         Ok(Copy {
             source: if options.named_source { Source::Named(source) } else { Source::Database(source) },

@@ -6,33 +6,14 @@
 //! that list: nothing else matches on a kind's name. (In the extension, it
 //! is one file of `sql/kinds/` and one line in `extension/src/lib.rs`.)
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures::future::BoxFuture;
-use serde::de::DeserializeOwned;
 
 use crate::ctx::Ctx;
 use crate::store::layout::Keys;
+use crate::transfer::kind::{Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::task::Task;
-
-/// What every kind is.
-pub trait Kind: Sized + std::fmt::Debug + Clone + Send + Sync + 'static {
-    /// Its name in `backups.kinds` (and `transfers.kind`).
-    const NAME: &'static str;
-
-    /// What a claimed row of this kind asks for, or why it cannot be run.
-    fn decode(row: &Row) -> Result<Self>;
-
-    /// The work, from the claim to its completion.
-    fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>>;
-
-    /// The keys attempt `attempt` of transfer `name` may write to in
-    /// storage, removed unless it completes; none for a kind that stores
-    /// nothing.
-    fn stores(&self, _ctx: &Ctx, _name: &str, _attempt: i32) -> Option<Keys> {
-        None
-    }
-}
 
 /// The kinds this agent runs, `module::Type` each: one line per kind.
 macro_rules! kinds {
@@ -82,33 +63,6 @@ kinds! {
     restore::Restore,
     copy::Copy,
     verify::Verify,
-}
-
-/// A claimed row of the transfers table, as the claim returns it.
-pub struct Row {
-    pub id: i64,
-    pub name: String,
-    pub kind: String,
-    pub database: String,
-    pub source: Option<String>,
-    pub target: Option<String>,
-    pub options: serde_json::Value,
-    pub attempt: i32,
-    /// `_record_swap`'s database, from an earlier attempt.
-    pub swapped: Option<u32>,
-}
-
-impl Row {
-    /// A restore's or copy's target (its database, when not set apart).
-    pub fn target(&self) -> String {
-        self.target.clone().unwrap_or_else(|| self.database.clone())
-    }
-}
-
-/// A row's options as a kind's options struct (`deny_unknown_fields`): an
-/// option this agent does not know is an error, never silently ignored.
-pub fn options<T: DeserializeOwned>(row: &Row) -> Result<T> {
-    serde_json::from_value(row.options.clone()).with_context(|| format!("invalid options {}", row.options))
 }
 
 #[cfg(test)]
@@ -195,7 +149,8 @@ mod tests {
 
     /// Each file of this folder is a kind this agent runs, under the name
     /// the file has, listed once; and the extension registers the same
-    /// kinds (one file of `sql/kinds/` each).
+    /// kinds (one file of `sql/kinds/` each, which `extension/src/lib.rs`
+    /// installs).
     #[test]
     fn every_kind_is_listed_once_and_registered() {
         let files = |dir: &str, ext: &str| -> std::collections::BTreeSet<String> {
@@ -213,5 +168,16 @@ mod tests {
         assert_eq!(listed.len(), KINDS.len(), "a kind listed twice: {KINDS:?}");
         assert_eq!(files("src/transfer/kinds", "rs"), listed, "a file of transfer/kinds/ not in kinds!, or renamed");
         assert_eq!(files("../sql/kinds", "sql"), listed, "the extension registers other kinds than the agent runs");
+        // Each SQL file registers its kind, and the extension installs it.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let lib = std::fs::read_to_string(root.join("extension/src/lib.rs")).unwrap();
+        for k in KINDS {
+            let sql = std::fs::read_to_string(root.join(format!("sql/kinds/{k}.sql"))).unwrap();
+            assert!(sql.contains(&format!("backups._register_kind('{k}',")), "sql/kinds/{k}.sql does not register {k}");
+            assert!(
+                lib.contains(&format!("extension_sql_file!(\"../../sql/kinds/{k}.sql\"")),
+                "extension/src/lib.rs does not install sql/kinds/{k}.sql"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::kind::{self, Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::steps::destination;
 use crate::transfer::steps::fetch::BackupRef;
@@ -41,7 +41,7 @@ impl Kind for Restore {
         Ok(Restore {
             from: BackupRef::parse(from)?,
             target: row.target(),
-            options: kinds::options(row)?,
+            options: kind::options(row)?,
             swapped: row.swapped,
         })
     }

@@ -18,7 +18,7 @@ use crate::pg::conn::{self, Conn};
 use crate::pg::formats::contents::{Contents, Table, Tally, ALGORITHM, SETTINGS};
 use crate::pg::formats::copy_text;
 use crate::store::backups;
-use crate::transfer::kinds::{self, Kind, Row};
+use crate::transfer::kind::{self, Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
 use crate::transfer::steps::fetch::BackupRef;
@@ -46,7 +46,7 @@ impl Kind for Verify {
     const NAME: &'static str = "verify";
 
     fn decode(row: &Row) -> Result<Self> {
-        let _: Options = kinds::options(row)?;
+        let _: Options = kind::options(row)?;
         Ok(Verify { backup: row.source.clone().context("verify without a backup")? })
     }
 
