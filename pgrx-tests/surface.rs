@@ -285,5 +285,33 @@ fn an_unknown_kind_is_never_queued() {
 
 #[pg_test(error = "the letter of kind vacuum is taken")]
 fn a_new_kind_takes_a_free_letter() {
-    run("SELECT backups._register_kind('vacuum', 'a', 'vacuum')");
+    run("SELECT backups._register_kind('vacuum', 'a', 'vacuum', 'backups_admin')");
+}
+
+/// `backups.kinds` says who may queue each kind: its entry function
+/// (`backups.<kind>`) is executable by members of that role, and by no
+/// one else of ours.
+#[pg_test]
+fn each_kinds_entry_function_is_granted_to_the_role_that_may_queue_it() {
+    assert_eq!(
+        one::<String>("SELECT string_agg(kind || ':' || queued_by, ' ' ORDER BY kind) FROM backups.kinds"),
+        "capture:backups_user copy:backups_admin restore:backups_admin verify:backups_user"
+    );
+    let wrong: Option<String> = Spi::get_one(
+        "SELECT string_agg(format('%s by %s', p.oid::regprocedure, r), ', ')
+           FROM backups.kinds k
+           JOIN pg_proc p ON p.proname = k.kind AND p.pronamespace = 'backups'::regnamespace
+          CROSS JOIN unnest(ARRAY['backups_user', 'backups_admin', 'backups_agent']) r
+          WHERE has_function_privilege(r, p.oid, 'EXECUTE') <> pg_has_role(r, k.queued_by, 'MEMBER')",
+    )
+    .unwrap();
+    assert_eq!(wrong, None);
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM backups.kinds k
+              WHERE NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = k.kind AND p.pronamespace = 'backups'::regnamespace)"
+        ),
+        0,
+        "a kind without an entry function named after it"
+    );
 }

@@ -12,12 +12,14 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_catalog.pg_notify('pg_backups', payload) $$;
 
 -- Register a kind of transfer (its file in sql/kinds/ does, once): its
--- row, and a name sequence for each of its letters. A sequence never
+-- row (with the role whose members may queue it, to whom the file grants
+-- its entry function), and a name sequence for each of its letters. A sequence never
 -- waits: a tenant who queues a transfer and leaves the transaction open
 -- holds up no one else's. Numbers are never reused, even after a backup is
 -- deleted; one drawn by a call that rolled back is skipped. The sequences
 -- are dumped with the control database's data.
-CREATE FUNCTION backups._register_kind(kind text, prefix text, description text, scheduled_prefix text DEFAULT NULL)
+CREATE FUNCTION backups._register_kind(kind text, prefix text, description text, queued_by name,
+                                       scheduled_prefix text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -29,8 +31,9 @@ BEGIN
                    OR _register_kind.scheduled_prefix IN (k.prefix, k.scheduled_prefix)) THEN
         RAISE EXCEPTION 'the letter of kind % is taken', _register_kind.kind;
     END IF;
-    INSERT INTO backups.kinds (kind, prefix, scheduled_prefix, description)
-    VALUES (_register_kind.kind, _register_kind.prefix, _register_kind.scheduled_prefix, _register_kind.description);
+    INSERT INTO backups.kinds (kind, prefix, scheduled_prefix, description, queued_by)
+    VALUES (_register_kind.kind, _register_kind.prefix, _register_kind.scheduled_prefix, _register_kind.description,
+            _register_kind.queued_by);
     FOREACH p IN ARRAY array_remove(ARRAY[_register_kind.prefix, _register_kind.scheduled_prefix], NULL) LOOP
         EXECUTE format('CREATE SEQUENCE backups.%I', 'names_' || p);
         EXECUTE format('REVOKE ALL ON SEQUENCE backups.%I FROM PUBLIC', 'names_' || p);

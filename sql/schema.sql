@@ -58,7 +58,10 @@ CREATE TABLE backups.kinds (
     kind             text PRIMARY KEY CHECK (kind ~ '^[a-z_]+$'),
     prefix           text NOT NULL UNIQUE CHECK (prefix ~ '^[a-z]$'),
     scheduled_prefix text UNIQUE CHECK (scheduled_prefix ~ '^[a-z]$'),   -- what a schedule queues of it, if any
-    description      text NOT NULL                                      -- "restore", as people say it
+    description      text NOT NULL,                                     -- "restore", as people say it
+    -- The least role whose members may queue it (EXECUTE on its entry
+    -- function, backups.<kind>, is granted to this role and no other).
+    queued_by        name NOT NULL CHECK (queued_by IN ('backups_user', 'backups_admin'))
 );
 
 -- One schedule per database. `cron` and `timezone` are the normalised form

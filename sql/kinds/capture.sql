@@ -2,7 +2,7 @@
 -- source of the agent's configuration, into storage (the agent:
 -- transfer/kinds/capture.rs). Named b001; a001 when a schedule queues it.
 
-SELECT backups._register_kind('capture', 'b', 'backup', scheduled_prefix => 'a');
+SELECT backups._register_kind('capture', 'b', 'backup', queued_by => 'backups_user', scheduled_prefix => 'a');
 
 CREATE FUNCTION backups.capture(database name DEFAULT current_database(), jobs integer DEFAULT NULL, source text DEFAULT NULL,
                                 exclude_table_data text[] DEFAULT NULL, exclude_schemas text[] DEFAULT NULL)

@@ -2,7 +2,7 @@
 -- another of this cluster, which it replaces, without going through
 -- storage (the agent: transfer/kinds/copy.rs). Named c001.
 
-SELECT backups._register_kind('copy', 'c', 'copy');
+SELECT backups._register_kind('copy', 'c', 'copy', queued_by => 'backups_admin');
 
 CREATE FUNCTION backups.copy(source text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

@@ -2,7 +2,7 @@
 -- into a database of this cluster, which it replaces (the agent:
 -- transfer/kinds/restore.rs). Named r001.
 
-SELECT backups._register_kind('restore', 'r', 'restore');
+SELECT backups._register_kind('restore', 'r', 'restore', queued_by => 'backups_admin');
 
 CREATE FUNCTION backups.restore(backup text, target name, confirm name, in_place boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

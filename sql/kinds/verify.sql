@@ -3,7 +3,7 @@
 -- transfer/kinds/verify.rs). Named v001; a schedule with verify => true
 -- queues one after each capture it makes (lifecycle.sql: _finish).
 
-SELECT backups._register_kind('verify', 'v', 'verification');
+SELECT backups._register_kind('verify', 'v', 'verification', queued_by => 'backups_user');
 
 -- Queue the verification of completed backup `backup_id` (verify(), or a
 -- schedule with verify => true once its capture completes); its name. Its
