@@ -40,5 +40,9 @@ GRANT EXECUTE ON FUNCTION
     backups._purged(bigint, integer, text),
     backups._stored(text),
     backups._unfinished(),
-    backups._overview(boolean)
+    backups._overview(boolean),
+    backups._manifest_facts(bigint),
+    backups._adopt(jsonb),
+    backups._pass_name(text),
+    backups._system_identifier()
 TO backups_agent;

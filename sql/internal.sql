@@ -42,6 +42,13 @@ BEGIN
 END
 $$;
 
+-- This cluster's system identifier (pg_control_system), as text: what
+-- tells its backups apart from another cluster's in shared storage, and
+-- the folder new captures are stored under.
+CREATE FUNCTION backups._system_identifier() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s $$;
+
 -- The next name with letter `prefix`: three digits, more when needed.
 -- (plpgsql, whose body is resolved when first called: _format_name is one of
 -- the Rust helpers, which the extension script may create after this file.)

@@ -37,10 +37,10 @@ BEGIN
     v_name := backups._next_name(CASE WHEN _enqueue.schedule_id IS NULL THEN k.prefix
                                       ELSE coalesce(k.scheduled_prefix, k.prefix) END);
     INSERT INTO backups.transfers (name, kind, database, database_oid, owner_role, source, source_url, target, options,
-                                   schedule_id, scheduled)
+                                   schedule_id, scheduled, stored_under)
     VALUES (v_name, _enqueue.kind, _enqueue.database, _enqueue.database_oid, _enqueue.owner_role, _enqueue.source,
             _enqueue.source_url, _enqueue.target, coalesce(_enqueue.options, '{}'), _enqueue.schedule_id,
-            _enqueue.schedule_id IS NOT NULL)
+            _enqueue.schedule_id IS NOT NULL, backups._system_identifier())
     RETURNING id INTO v_id;
     PERFORM backups._log(v_id, _enqueue.why);
     PERFORM backups._notify(v_name);
@@ -142,7 +142,7 @@ $$;
 -- or copy swapped in (or was about to) for its target.
 CREATE FUNCTION backups._claim(agent text, kinds text[], sources text[], per_owner integer DEFAULT NULL)
 RETURNS TABLE (id bigint, name text, kind text, database text, source text, target text, options jsonb,
-               attempt integer, lease double precision, swapped oid)
+               attempt integer, lease double precision, swapped oid, stored_under text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -171,7 +171,7 @@ BEGIN
     PERFORM backups._log(t.id, format('claimed by agent %s (attempt %s)', _claim.agent, t.attempts));
     RETURN QUERY SELECT t.id, t.name, t.kind, t.database::text, coalesce(t.source_url, t.source), t.target, t.options, t.attempts,
         extract(epoch FROM coalesce(nullif(current_setting('backups.agent_timeout', true), ''), '60s')::interval)::double precision,
-        t.swap_oid;
+        t.swap_oid, t.stored_under;
 END
 $$;
 
@@ -393,10 +393,10 @@ AS $$ SELECT coalesce(t.source, t.database::text) $$;
 -- `skip`: rows the agent could not purge lately, so that one stuck backup
 -- never holds up the others.
 CREATE FUNCTION backups._to_purge(max integer DEFAULT 50, skip bigint[] DEFAULT '{}')
-RETURNS TABLE (id bigint, name text, label text)
+RETURNS TABLE (id bigint, name text, label text, stored_under text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.id, t.name, backups._label(t)
+    SELECT t.id, t.name, backups._label(t), t.stored_under
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.purged_at IS NULL AND NOT t.id = ANY (_to_purge.skip)
        AND (t.status = 'expired' OR t.deleted_at IS NOT NULL
@@ -421,11 +421,11 @@ $$;
 -- needs it to read it back: where it is stored and what to check.
 CREATE FUNCTION backups._stored(id text DEFAULT NULL)
 RETURNS TABLE (name text, label text, attempt integer, format text, checksum text, stored_size bigint,
-               encrypted_to text[], contents jsonb, head_sha256 text)
+               encrypted_to text[], contents jsonb, head_sha256 text, stored_under text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents,
-           t.head_sha256
+           t.head_sha256, t.stored_under
       FROM backups.transfers t
      WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
        AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))

@@ -121,6 +121,10 @@ CREATE TABLE backups.transfers (
     current_object      text,                           -- the table being worked on, when known
     format              text CHECK (format IN ('custom', 'directory')),
     object_key          text,
+    stored_under        text,                           -- capture: the folder of the cluster whose catalog holds it,
+                                                        -- below the storage prefix (that cluster's system identifier;
+                                                        -- an adopted backup keeps its old cluster's); NULL: stored
+                                                        -- before backups had a cluster folder
     checksum            text,                           -- sha256 of the stored bytes, hex
     head_sha256         text,                           -- capture, custom format: sha256 of the archive's head (header
                                                         -- and table of contents, the schema's SQL), proven before a

@@ -40,7 +40,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let hooks_stop = tokio_util::sync::CancellationToken::new();
     let deliveries = hook_queue.map(|q| tokio::spawn(webhook::deliver(cfg.webhooks.clone(), q, hooks_stop.clone())));
     let ctx = Arc::new(Ctx { cfg, storage, staging, bins, telemetry, hooks });
-    let url = ctx.cfg.store.database_url.clone();
+    let url = ctx.cfg.control()?.to_string();
     let mut control =
         conn::connect_with_retry(&url, Duration::from_secs(10)).await.context("cannot reach the control database")?;
     let agent_id = ctx.cfg.agent_id.clone();

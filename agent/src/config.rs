@@ -82,6 +82,18 @@ pub struct AgentOptions {
     /// This agent's name in the queue (default: hostname-pid).
     #[arg(long, env = "PGBACKUPS_AGENT_ID")]
     pub agent_id: Option<String>,
+    /// A name for the control cluster, kept in every backup's manifest
+    /// beside its system identifier (default: the host the agent runs on):
+    /// what `pgbackups list --cluster` and `adopt --cluster` go by once a
+    /// rebuild gave the cluster a new identifier.
+    #[arg(long, env = "PGBACKUPS_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Keep the password verifiers of the roles a backup names in its
+    /// manifest, so that `pgbackups restore --create` recreates them with
+    /// their passwords (reading them needs a superuser data role).
+    #[arg(long, env = "PGBACKUPS_KEEP_ROLE_PASSWORDS")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_role_passwords: bool,
     /// Local directory for files in flight (parallel dumps, restores).
     #[arg(long, env = "PGBACKUPS_STAGING_DIR", default_value = "/var/tmp/pgbackups")]
     pub staging_dir: Option<PathBuf>,
@@ -176,7 +188,8 @@ pub struct SourceConfig {
 /// Where backups are, resolved: what `pgbackups download` runs with.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub database_url: String,
+    /// None: storage alone (the shell verbs that read manifests).
+    pub database_url: Option<String>,
     pub storage: String,
     pub storage_options: BTreeMap<String, String>,
     pub storage_retry_timeout: Duration,
@@ -207,6 +220,9 @@ pub struct UrlPolicy {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: StoreConfig,
+    /// The control database, where the extension lives (the agent always
+    /// has one; a restore from the shell with storage alone has none).
+    pub database_url: Option<String>,
     /// The control cluster's databases are reached through this.
     pub data_url: String,
     pub url_policy: UrlPolicy,
@@ -214,6 +230,9 @@ pub struct Config {
     /// At most this many of them of one database owner's.
     pub max_per_owner: usize,
     pub agent_id: String,
+    /// The control cluster's name in manifests.
+    pub cluster_name: String,
+    pub keep_role_passwords: bool,
     pub staging_dir: PathBuf,
     pub pg_bin_dir: Vec<PathBuf>,
     pub compression_level: i32,
@@ -245,14 +264,21 @@ impl StoreConfig {
 
     fn resolve(o: StoreOptions) -> Result<Self> {
         Ok(StoreConfig {
-            database_url: o.database_url.context(
-                "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
-            )?,
+            database_url: o.database_url,
             storage: defaulted(o.storage, "storage")?,
             storage_options: o.storage_options,
             storage_retry_timeout: Duration::from_secs(defaulted(o.storage_retry_timeout, "storage_retry_timeout")?),
             identities: Arc::new(Identities::load(&o.identity_file)?),
         })
+    }
+}
+
+impl StoreConfig {
+    /// The control database's URL, which this command needs.
+    pub fn control(&self) -> Result<&str> {
+        self.database_url.as_deref().context(
+            "no control database: pass --database-url or set PGBACKUPS_DATABASE_URL (postgres://user@host/postgres)",
+        )
     }
 }
 
@@ -263,6 +289,25 @@ fn defaulted<T>(value: Option<T>, name: &str) -> Result<T> {
 
 impl Config {
     pub fn load(file: &ConfigFile, store: &StoreOptions, agent: &AgentOptions, given: Given) -> Result<Self> {
+        Self::load_reaching(file, store, agent, given, None)
+    }
+
+    /// For a restore from the shell with storage alone: the agent's
+    /// settings (the file's and the defaults), reaching the cluster of
+    /// `data_url`, with no control database.
+    pub fn standalone(file: &ConfigFile, store: &StoreOptions, given: Given, data_url: String) -> Result<Self> {
+        let mut cfg = Self::load_reaching(file, store, &AgentOptions::default(), given, Some(data_url))?;
+        cfg.database_url = None;
+        Ok(cfg)
+    }
+
+    fn load_reaching(
+        file: &ConfigFile,
+        store: &StoreOptions,
+        agent: &AgentOptions,
+        given: Given,
+        reach: Option<String>,
+    ) -> Result<Self> {
         let table = read_file(file.config.as_deref())?;
         let store = StoreConfig::resolve(merge(store, &table, given)?)?;
         let o: AgentOptions = merge(agent, &table, given)?;
@@ -301,8 +346,15 @@ impl Config {
                 sources.insert(name.to_ascii_lowercase(), SourceConfig { url: v });
             }
         }
+        let database_url = store.database_url.clone();
+        let data_url = match (reach, o.data_url, &database_url) {
+            (Some(d), _, _) | (None, Some(d), _) => d,
+            (None, None, Some(c)) => c.clone(),
+            (None, None, None) => store.control()?.to_string(),
+        };
         Ok(Config {
-            data_url: o.data_url.unwrap_or_else(|| store.database_url.clone()),
+            data_url,
+            database_url,
             store,
             url_policy: UrlPolicy {
                 allow_private: o.allow_private_urls,
@@ -312,6 +364,8 @@ impl Config {
             max_concurrent,
             max_per_owner,
             agent_id: o.agent_id.unwrap_or_else(default_agent_id),
+            cluster_name: o.cluster_name.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
+            keep_role_passwords: o.keep_role_passwords,
             staging_dir: defaulted(o.staging_dir, "staging_dir")?,
             pg_bin_dir: o.pg_bin_dir,
             compression_level,
@@ -327,6 +381,13 @@ impl Config {
             sources,
             webhooks: o.webhook.iter().enumerate().map(|(i, w)| w.checked(i)).collect::<Result<_>>()?,
         })
+    }
+}
+
+impl Config {
+    /// The control database's URL.
+    pub fn control(&self) -> Result<&str> {
+        self.database_url.as_deref().context("no control database: pass --database-url or set PGBACKUPS_DATABASE_URL")
     }
 }
 
@@ -461,7 +522,7 @@ mod tests {
         let store = StoreOptions { database_url: Some("postgres://flag/postgres".into()), ..Default::default() };
         let agent = AgentOptions { max_concurrent: Some(1), ..Default::default() };
         let cfg = Config::load(&c, &store, &agent, None).unwrap();
-        assert_eq!(cfg.store.database_url, "postgres://flag/postgres");
+        assert_eq!(cfg.database_url.as_deref(), Some("postgres://flag/postgres"));
         assert_eq!(cfg.max_concurrent, 1);
         assert_eq!(cfg.compression_level, 7);
         // What neither sets takes the default declared on the option.
@@ -481,7 +542,7 @@ mod tests {
         assert_eq!(cfg.pg_bin_dir, [PathBuf::from("/usr/lib/postgresql/16/bin")]);
         // download reads the same file, taking only what it uses.
         let s = StoreConfig::load(&c, &StoreOptions::default(), None).unwrap();
-        assert_eq!(s.database_url, "postgres://file/postgres");
+        assert_eq!(s.database_url.as_deref(), Some("postgres://file/postgres"));
     }
 
     /// The reference of every option, as docs/configuration.md shows it

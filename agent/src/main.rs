@@ -3,7 +3,7 @@
 //! Layout, by concern (each file says why it exists in its first line):
 //!
 //! ```text
-//! main.rs       the command line: `agent`, `download`
+//! main.rs       the command line: `agent`, and the shell verbs (`cli/`)
 //! config.rs     every option, declared once (flags, environment, TOML file)
 //! ctx.rs        what a running agent shares: settings and storage
 //! shutdown.rs   the one shutdown signal: drain, then hand back
@@ -37,14 +37,20 @@
 //!               database (its properties), shadow, applier (the throwaway login
 //!               that applies it), scratch (a verification's database), size,
 //!               teardown (what a transfer leaves to drop, in order), leftovers
-//!               (what killed agents left, swept at start)
+//!               (what killed agents left, swept at start), roles (those a
+//!               database names, read at capture, created by restore --create)
 //! store/        storage, layout (every object key), upload, manifest, crypt (age),
 //!               verify (the one checksum-verifying reader), backups (finding and
-//!               fetching), purge
+//!               fetching), catalog (every backup storage holds, from the
+//!               manifests alone), purge
 //! serve/        one listener (mod): links (signed download links), status (the
 //!               signed status page), chart (its SVG charts), metrics
 //!               (/metrics for Prometheus)
-//! cli/          download: `pgbackups download`
+//! cli/          the shell verbs (mod: the list): control (the SQL functions'
+//!               verbs: capture, list, info, url, copy, cancel, delete,
+//!               schedule...), stored (list and info from storage alone),
+//!               download, restore (queued, or run here from storage alone,
+//!               --create), adopt, output (tables and --json)
 //! ```
 //!
 //! No file imports one that imports it; `pg/`, `store/` and `config` never
@@ -65,10 +71,15 @@ mod webhook;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{AgentOptions, Config, ConfigFile, StoreConfig, StoreOptions};
+use crate::config::{AgentOptions, Config, ConfigFile, StoreOptions};
 
 #[derive(Parser)]
-#[command(name = "pgbackups", version, about = "The pg_backups agent: runs the transfers queued from SQL")]
+#[command(
+    name = "pgbackups",
+    version,
+    about = "pg_backups from the shell: the agent that runs the transfers queued from SQL, and Heroku's \
+             pg:backups verbs (with a control database, or storage alone)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,18 +98,8 @@ enum Command {
         #[command(flatten)]
         agent: AgentOptions,
     },
-    /// Download a backup as a file pg_restore accepts (default: the latest, to latest.dump).
-    Download {
-        /// The backup (b001, a003...); default the latest completed one.
-        id: Option<String>,
-        /// Where to write it (default latest.dump, or latest.dump.1 if taken).
-        #[arg(short, long)]
-        output: Option<std::path::PathBuf>,
-        #[command(flatten)]
-        file: ConfigFile,
-        #[command(flatten)]
-        store: StoreOptions,
-    },
+    #[command(flatten)]
+    Verb(cli::Verb),
 }
 
 fn main() {
@@ -113,8 +114,9 @@ fn main() {
     let result = match cli.command {
         Command::Agent { file, store, agent } => Config::load(&file, &store, &agent, given)
             .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))),
-        Command::Download { id, output, file, store } => StoreConfig::load(&file, &store, given)
-            .and_then(|cfg| tokio::runtime::Runtime::new()?.block_on(cli::download::run(cfg, id, output))),
+        Command::Verb(verb) => {
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(verb.run(given)))
+        }
     };
     if let Err(e) = result {
         eprintln!("pgbackups: {e:#}");

@@ -27,6 +27,7 @@ mod tests {
     include!("../../pgrx-tests/tick.rs");
     include!("../../pgrx-tests/client.rs");
     include!("../../pgrx-tests/tenancy.rs");
+    include!("../../pgrx-tests/catalog.rs");
 }
 
 ::pgrx::pg_module_magic!(name, version);
@@ -44,6 +45,7 @@ extension_sql_file!("../../sql/transfers.sql", name = "transfers", requires = ["
 extension_sql_file!("../../sql/schedules.sql", name = "schedules", requires = ["internal"]);
 extension_sql_file!("../../sql/tick.sql", name = "tick", requires = ["lifecycle"]);
 extension_sql_file!("../../sql/keep.sql", name = "keep", requires = ["internal"]);
+extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["lifecycle"]);
 extension_sql_file!("../../sql/selective.sql", name = "selective", requires = ["internal"]);
 extension_sql_file!(
     "../../sql/health.sql",

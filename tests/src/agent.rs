@@ -18,6 +18,17 @@ pub fn binary() -> PathBuf {
     dir.join("pgbackups")
 }
 
+/// `pgbackups ARGS...` (a shell verb, not the agent) run to its end with
+/// extra environment: what it printed and how it exited.
+pub fn shell(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).stdin(Stdio::null()).env("PGBACKUPS_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running pgbackups")
+}
+
 pub struct Agent {
     pub child: Child,
     pub log: PathBuf,

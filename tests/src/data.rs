@@ -123,6 +123,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The folder cluster `c`'s backups are stored under, below the storage
+/// prefix: its system identifier.
+pub fn home(c: &Cluster) -> String {
+    c.sql("postgres", "SELECT system_identifier FROM pg_catalog.pg_control_system()").expect("the system identifier")
+}
+
+/// A manifest's bytes after an edit, its own checksum made to match again
+/// (as someone who can write storage could): what the checksum over its
+/// canonical form (keys sorted, no spaces) says.
+pub fn reseal(manifest: &mut serde_json::Value) -> Vec<u8> {
+    let o = manifest.as_object_mut().expect("a manifest is an object");
+    o.remove("manifest_sha256");
+    let sum = sha256_hex(&serde_json::to_vec(&manifest).unwrap());
+    manifest["manifest_sha256"] = serde_json::Value::String(sum);
+    serde_json::to_vec_pretty(&manifest).unwrap()
+}
+
 /// The manifest of attempt `attempt` of a backup stored under `root`
 /// (file:// storage): `manifest.json`, or `manifest-N.json` for a retry.
 pub fn manifest(root: &Path, key_folder: &str, attempt: u32) -> Result<serde_json::Value> {

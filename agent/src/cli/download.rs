@@ -3,7 +3,9 @@
 //! checksum verified, with a progress bar. A parallel (directory-format)
 //! backup becomes a directory (`latest.dir`) for `pg_restore -Fd`. It is
 //! written into a hidden sibling first and renamed only once every byte was
-//! verified; on any failure nothing is left and the exit code is 1.
+//! verified; on any failure nothing is left and the exit code is 1. With
+//! storage alone (no control database), the backup is found from the
+//! manifests: an id or `latest`, `--database`, `--cluster`.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +18,24 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::StoreConfig;
 use crate::pg::conn;
 use crate::store::backups;
+use crate::store::catalog::{self, Filter};
 use crate::store::layout::Format;
 use crate::store::storage::Storage;
 
-pub async fn run(cfg: StoreConfig, id: Option<String>, output: Option<PathBuf>) -> Result<()> {
+pub async fn run(cfg: StoreConfig, id: Option<String>, output: Option<PathBuf>, filter: Filter) -> Result<()> {
     let storage = Storage::open(&cfg)?;
-    let control = conn::connect_with_retry(&cfg.database_url, Duration::from_secs(10))
-        .await
-        .context("cannot reach the control database")?;
-    let b = backups::find(&control, id.as_deref()).await?;
+    let b = match &cfg.database_url {
+        Some(url) => {
+            let control = conn::connect_with_retry(url, Duration::from_secs(10))
+                .await
+                .context("cannot reach the control database")?;
+            backups::find(&control, id.as_deref().filter(|i| *i != "latest")).await?
+        }
+        None => {
+            let found = catalog::list(&storage).await?;
+            catalog::pick(&found, id.as_deref().unwrap_or("latest"), &filter)?.stored(&storage)?
+        }
+    };
     let out = match output {
         Some(p) => p,
         None => free_name(match b.format {

@@ -108,7 +108,7 @@ fn busy() -> Response {
 async fn respond(ctx: &Arc<Ctx>, name: &str, ext: &str, turn: OwnedSemaphorePermit) -> Result<Option<Response>> {
     // The control connection, only for the lookup.
     let found = {
-        let control = conn::connect(&ctx.cfg.store.database_url).await?;
+        let control = conn::connect(ctx.cfg.control()?).await?;
         backups::find(&control, Some(name)).await
     };
     let Ok(b) = found else {

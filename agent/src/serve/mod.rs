@@ -57,7 +57,7 @@ pub async fn serve(
 /// a connection of its own, within `patience` (connecting included).
 pub async fn overview(ctx: &Ctx, charts: bool, patience: Duration) -> Result<serde_json::Value> {
     let read = async {
-        let control = conn::connect(&ctx.cfg.store.database_url).await?;
+        let control = conn::connect(ctx.cfg.control()?).await?;
         let row = control
             .query_one("SELECT backups._overview($1)", &[&charts])
             .await

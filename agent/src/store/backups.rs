@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 
-use crate::store::layout::{Format, Keys};
+use crate::store::layout::{Format, Keys, Place};
 use crate::store::manifest::Manifest;
 use crate::store::storage::Storage;
 use crate::store::verify;
@@ -35,11 +35,18 @@ pub struct Stored {
     /// The SHA-256 of a custom-format archive's head, recorded at capture
     /// (none for backups taken before it was).
     pub head_sha256: Option<String>,
+    /// The cluster folder it is stored under (none: stored before
+    /// clusters had folders).
+    pub stored_under: Option<String>,
 }
 
 impl Stored {
+    pub fn place(&self) -> Place {
+        Place::new(self.stored_under.as_deref(), &self.label, &self.name)
+    }
+
     pub fn keys(&self, storage: &Storage) -> Keys {
-        storage.keys(&self.label, &self.name, self.attempt).sealed(!self.encrypted_to.is_empty())
+        storage.keys(&self.place(), self.attempt).sealed(!self.encrypted_to.is_empty())
     }
 }
 
@@ -47,8 +54,8 @@ impl Stored {
 pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
     let row = client
         .query_opt(
-            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to, contents, head_sha256 \
-             FROM backups._stored($1)",
+            "SELECT name, label, attempt, format, checksum, stored_size, encrypted_to, contents, head_sha256, \
+                    stored_under FROM backups._stored($1)",
             &[&name],
         )
         .await?;
@@ -70,6 +77,7 @@ pub async fn find(client: &Client, name: Option<&str>) -> Result<Stored> {
         encrypted_to: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
         contents: r.get(7),
         head_sha256: r.get(8),
+        stored_under: r.get(9),
         name,
     })
 }
@@ -92,7 +100,7 @@ pub async fn manifest(storage: &Storage, b: &Stored) -> Result<Manifest> {
     } else {
         storage.identities.open_bytes(&format!("{key} (of {})", b.name), &b.encrypted_to, &bytes)?
     };
-    Ok(serde_json::from_slice(&plain)?)
+    Manifest::parse(&plain).with_context(|| format!("the manifest of {}", b.name))
 }
 
 /// Bring a backup back under `dir`, verified: `dir/backup.dump` (custom) or

@@ -149,6 +149,11 @@ impl Identities {
         self.keys.is_empty()
     }
 
+    /// The recipients these keys are the identities of (`age1...`).
+    pub fn public_names(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.to_public().to_string()).collect()
+    }
+
     /// Whether one of these keys is the identity of `recipient` (`age1...`).
     fn holds_any(&self, recipients: &[String]) -> bool {
         self.keys.iter().any(|k| recipients.contains(&k.to_public().to_string()))
@@ -189,6 +194,24 @@ impl Identities {
             Ok(plain) => Ok(plain.compat()),
             Err(e) => Err(damaged(what, e)),
         }
+    }
+
+    /// A small object whose recipients are not known before it is read (a
+    /// manifest found in storage), whole: None when none of these keys
+    /// opens it (or there are none).
+    pub fn try_open_bytes(&self, what: &str, stored: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let d = age::Decryptor::new_buffered(stored).map_err(|e| unreadable(what, e))?;
+        let mut r = match d.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity)) {
+            Ok(r) => r,
+            Err(age::DecryptError::NoMatchingKeys) => return Ok(None),
+            Err(e) => return Err(damaged(what, e)),
+        };
+        let mut plain = Vec::new();
+        r.read_to_end(&mut plain).map_err(|e| anyhow!("{what} does not decrypt ({e}); the backup is corrupt"))?;
+        Ok(Some(plain))
     }
 
     /// A small object (the manifest), whole.

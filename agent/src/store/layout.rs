@@ -1,13 +1,19 @@
 //! Where a backup's objects are: every key is built here, from the storage
-//! prefix, the backup's label (its database, or its named source), its id
-//! and the attempt that wrote it.
+//! prefix, the folder of the cluster whose backup it is (its system
+//! identifier), the backup's label (its database, or its named source),
+//! its id and the attempt that wrote it.
 //!
 //! ```text
-//! <prefix>/<label>/<id>/backup.dump.zst        custom format (attempt 1)
-//! <prefix>/<label>/<id>/dump/<file>.zst        directory format, one object per file
-//! <prefix>/<label>/<id>/manifest.json
-//! <prefix>/<label>/<id>/backup-2.dump.zst ...  a retried attempt: `-<attempt>`
+//! <prefix>/<cluster>/<label>/<id>/backup.dump.zst        custom format (attempt 1)
+//! <prefix>/<cluster>/<label>/<id>/dump/<file>.zst        directory format, one object per file
+//! <prefix>/<cluster>/<label>/<id>/manifest.json          written last: without it, an unfinished attempt
+//! <prefix>/<cluster>/<label>/<id>/backup-2.dump.zst ...  a retried attempt: `-<attempt>`
 //! ```
+//!
+//! Several clusters may share one prefix: each writes under its own folder,
+//! so that two clusters' `shop/b001` never meet, and a rebuilt cluster (a
+//! new identifier) never overwrites the backups of the one it replaced.
+//! Backups stored before clusters had folders have no `<cluster>` part.
 //!
 //! An encrypted backup's objects end in `.age` (`backup.dump.zst.age`,
 //! `dump/toc.dat.zst.age`, `manifest.json.age`): `age -d -i KEY ... | zstd -d`
@@ -69,9 +75,77 @@ fn part(s: &str) -> PathPart<'static> {
     PathPart::from(s.to_string())
 }
 
+/// Which backup: the folder of the cluster it belongs to (None: stored
+/// before clusters had folders), its label and its id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Place {
+    pub under: Option<String>,
+    pub label: String,
+    pub id: String,
+}
+
+impl Place {
+    pub fn new(under: Option<&str>, label: &str, id: &str) -> Place {
+        Place { under: under.map(str::to_string), label: label.to_string(), id: id.to_string() }
+    }
+}
+
 /// Everything stored for one backup, every attempt: what a purge removes.
-pub fn backup_folder(prefix: &Path, label: &str, id: &str) -> Path {
-    prefix.child(part(&segment(label))).child(part(&segment(id)))
+pub fn backup_folder(prefix: &Path, place: &Place) -> Path {
+    let base = match &place.under {
+        Some(cluster) => prefix.child(part(&segment(cluster))),
+        None => prefix.clone(),
+    };
+    base.child(part(&segment(&place.label))).child(part(&segment(&place.id)))
+}
+
+/// A manifest's key, read back: which attempt of which backup it is, or
+/// None for any other key. What listing storage goes by (`store::catalog`).
+pub fn parse_manifest(prefix: &Path, key: &Path) -> Option<(Place, i32, bool)> {
+    let rel: Vec<String> = key.prefix_match(prefix)?.map(|p| p.as_ref().to_string()).collect();
+    let (under, label, id, file) = match rel.as_slice() {
+        [label, id, file] => (None, label, id, file),
+        [under, label, id, file] => (Some(unsegment(under)?), label, id, file),
+        _ => return None,
+    };
+    let (stem, sealed) = match file.strip_suffix(".age") {
+        Some(stem) => (stem, true),
+        None => (file.as_str(), false),
+    };
+    let attempt = match stem.strip_prefix("manifest")?.strip_suffix(".json")? {
+        "" => 1,
+        n => n.strip_prefix('-')?.parse().ok().filter(|a| *a > 1)?,
+    };
+    // A cluster folder is a system identifier; an id, a backup's name.
+    if under.as_deref().is_some_and(|u| u.is_empty() || !u.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let name = id.as_bytes();
+    if name.len() < 4 || !name[0].is_ascii_lowercase() || !name[1..].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let place = Place { under, label: unsegment(label)?, id: id.clone() };
+    // Only keys this module would build for what it read back.
+    (Keys::new(prefix, &place, attempt).sealed(sealed).manifest() == *key).then_some((place, attempt, sealed))
+}
+
+/// The name `segment` made `s` from, or None if it made no such segment.
+fn unsegment(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    (segment(&name) == s).then_some(name)
 }
 
 /// The keys of one attempt of one backup.
@@ -85,9 +159,9 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &Path, label: &str, id: &str, attempt: i32) -> Keys {
+    pub fn new(prefix: &Path, place: &Place, attempt: i32) -> Keys {
         let suffix = if attempt > 1 { format!("-{attempt}") } else { String::new() };
-        Keys { folder: backup_folder(prefix, label, id), suffix, sealed: "" }
+        Keys { folder: backup_folder(prefix, place), suffix, sealed: "" }
     }
 
     /// The same keys for objects encrypted with age (`true`), or not.
@@ -134,13 +208,17 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn legacy(label: &str, id: &str) -> Place {
+        Place::new(None, label, id)
+    }
+
     #[test]
     fn plain_names_read_as_before() {
-        let k = Keys::new(&Path::default(), "shop", "b001", 1);
+        let k = Keys::new(&Path::default(), &legacy("shop", "b001"), 1);
         assert_eq!(k.dump().as_ref(), "shop/b001/backup.dump.zst");
         assert_eq!(k.manifest().as_ref(), "shop/b001/manifest.json");
         assert_eq!(k.dir_file("toc.dat").unwrap().as_ref(), "shop/b001/dump/toc.dat.zst");
-        let k = Keys::new(&Path::from("pg"), "shop_2", "a012", 2);
+        let k = Keys::new(&Path::from("pg"), &legacy("shop_2", "a012"), 2);
         assert_eq!(k.dump().as_ref(), "pg/shop_2/a012/backup-2.dump.zst");
         assert_eq!(k.dir().as_ref(), "pg/shop_2/a012/dump-2");
         assert_eq!(k.manifest().as_ref(), "pg/shop_2/a012/manifest-2.json");
@@ -190,9 +268,49 @@ mod tests {
 
     #[test]
     fn dump_file_names_are_checked() {
-        let k = Keys::new(&Path::default(), "shop", "b001", 1);
+        let k = Keys::new(&Path::default(), &legacy("shop", "b001"), 1);
         for bad in ["", "../x", ".hidden", "a/b", "x y"] {
             assert!(k.dir_file(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_clusters_backups_are_in_its_folder_and_manifest_keys_read_back() {
+        let prefix = Path::from("pg");
+        let place = Place::new(Some("7301234567890123456"), "q3#sales", "b001");
+        let k = Keys::new(&prefix, &place, 1);
+        assert_eq!(k.dump().as_ref(), "pg/7301234567890123456/q3=23sales/b001/backup.dump.zst");
+        for (attempt, sealed) in [(1, false), (2, false), (1, true), (12, true)] {
+            let key = Keys::new(&prefix, &place, attempt).sealed(sealed).manifest();
+            assert_eq!(parse_manifest(&prefix, &key), Some((place.clone(), attempt, sealed)), "{key}");
+        }
+        let old = legacy("shop", "a012");
+        let key = Keys::new(&prefix, &old, 3).manifest();
+        assert_eq!(parse_manifest(&prefix, &key), Some((old, 3, false)));
+        for other in [
+            "pg/shop/b001/backup.dump.zst",
+            "pg/shop/b001/manifest-1.json",
+            "pg/shop/b001/manifest-x.json",
+            "pg/shop/b001/dump/manifest.json",
+            "pg/a/b/c/d/manifest.json",
+            "pg/shop/b=2/manifest.json",
+            "pg/shop/b=41/manifest.json",
+            "pg/shop/x/manifest.json",
+            "pg/x7/shop/b001/manifest.json",
+            "other/shop/b001/manifest.json",
+            "pg/shop/b001/manifest.json.age.age",
+        ] {
+            assert_eq!(parse_manifest(&prefix, &Path::from(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn segments_read_back_to_their_names() {
+        for n in ["q3#sales", "café", "..", "-x", "a=b", "plain"] {
+            assert_eq!(unsegment(&segment(n)).as_deref(), Some(n));
+        }
+        for bad in ["=4", "=ZZ", "=61", ".x"] {
+            assert_eq!(unsegment(bad), None, "{bad}");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! purging them.
 
 pub mod backups;
+pub mod catalog;
 pub mod crypt;
 pub mod layout;
 pub mod manifest;

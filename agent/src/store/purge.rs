@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::pg::conn;
 use crate::shutdown::{Phase, Shutdown};
+use crate::store::layout::Place;
 use crate::store::storage::Storage;
 
 const EVERY: Duration = Duration::from_secs(10);
@@ -70,11 +71,13 @@ impl Stuck {
 
 /// One round: up to `BATCH` backups; the number purged.
 pub async fn purge(client: &Client, storage: &Storage, stuck: &mut Stuck) -> Result<usize> {
-    let rows = client.query("SELECT id, name, label FROM backups._to_purge($1, $2)", &[&BATCH, &stuck.ids()]).await?;
+    let rows = client
+        .query("SELECT id, name, label, stored_under FROM backups._to_purge($1, $2)", &[&BATCH, &stuck.ids()])
+        .await?;
     let mut n = 0;
     for r in rows {
-        let (id, name, label): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
-        let folder = storage.backup_folder(&label, &name);
+        let (id, name, label, under): (i64, String, String, Option<String>) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let folder = storage.backup_folder(&Place::new(under.as_deref(), &label, &name));
         match storage.delete_all(&folder).await {
             Ok(removed) => {
                 stuck.0.remove(&id);

@@ -19,7 +19,7 @@ use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, RetryConfig
 
 use crate::config::StoreConfig;
 use crate::store::crypt::Identities;
-use crate::store::layout::{self, Keys};
+use crate::store::layout::{self, Keys, Place};
 
 /// A read that gets no byte for this long is resumed (`Storage::read`).
 const READ_IDLE: Duration = Duration::from_secs(60);
@@ -173,14 +173,19 @@ impl Storage {
         .boxed()
     }
 
+    /// Where this storage's backups are, below its root.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     /// The keys of one attempt of one backup.
-    pub fn keys(&self, label: &str, id: &str, attempt: i32) -> Keys {
-        Keys::new(&self.prefix, label, id, attempt)
+    pub fn keys(&self, place: &Place, attempt: i32) -> Keys {
+        Keys::new(&self.prefix, place, attempt)
     }
 
     /// Everything stored for one backup, every attempt.
-    pub fn backup_folder(&self, label: &str, id: &str) -> Path {
-        layout::backup_folder(&self.prefix, label, id)
+    pub fn backup_folder(&self, place: &Place) -> Path {
+        layout::backup_folder(&self.prefix, place)
     }
 
     /// A key below the storage prefix, as recorded (for people) in the
@@ -289,17 +294,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let s = Storage::open_url(&url, &BTreeMap::new(), Duration::from_secs(1)).unwrap();
-        let keys = s.keys("q3#sales", "b001", 1);
+        let keys = s.keys(&Place::new(Some("7"), "q3#sales", "b001"), 1);
         s.store.put(&keys.dump(), "x".into()).await.unwrap();
         s.store.put(&keys.dir_file("toc.dat").unwrap(), "y".into()).await.unwrap();
         s.sync(&[keys.dump()]).await.unwrap();
-        assert!(dir.path().join("q3=23sales/b001/backup.dump.zst").exists());
+        assert!(dir.path().join("7/q3=23sales/b001/backup.dump.zst").exists());
         // A staged multipart upload, as an agent killed mid-upload leaves it.
-        std::fs::write(dir.path().join("q3=23sales/b001/backup-2.dump.zst#1"), b"partial").unwrap();
-        let n = s.delete_all(&s.backup_folder("q3#sales", "b001")).await.unwrap();
+        std::fs::write(dir.path().join("7/q3=23sales/b001/backup-2.dump.zst#1"), b"partial").unwrap();
+        let n = s.delete_all(&s.backup_folder(&Place::new(Some("7"), "q3#sales", "b001"))).await.unwrap();
         assert_eq!(n, 2);
-        assert!(!dir.path().join("q3=23sales/b001").exists());
-        assert_eq!(s.delete_all(&s.backup_folder("q3#sales", "b001")).await.unwrap(), 0);
+        assert!(!dir.path().join("7/q3=23sales/b001").exists());
+        assert_eq!(s.delete_all(&s.backup_folder(&Place::new(Some("7"), "q3#sales", "b001"))).await.unwrap(), 0);
     }
 
     #[test]

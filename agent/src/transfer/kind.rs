@@ -42,6 +42,8 @@ pub struct Row {
     pub attempt: i32,
     /// `_record_swap`'s database, from an earlier attempt.
     pub swapped: Option<u32>,
+    /// The cluster folder a capture stores under (`layout::Place`).
+    pub stored_under: Option<String>,
 }
 
 impl Row {

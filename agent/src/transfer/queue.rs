@@ -18,7 +18,7 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String], per_owner: 
     let per_owner = i32::try_from(per_owner).unwrap_or(i32::MAX);
     let row = client
         .query_opt(
-            "SELECT id, name, kind, database, source, target, options, attempt, lease, swapped \
+            "SELECT id, name, kind, database, source, target, options, attempt, lease, swapped, stored_under \
                FROM backups._claim($1, $2, $3, $4)",
             &[&agent, &kinds, &sources, &per_owner],
         )
@@ -35,6 +35,7 @@ pub async fn claim(client: &Client, agent: &str, sources: &[String], per_owner: 
             options: r.get(6),
             attempt: r.get(7),
             swapped: r.get(9),
+            stored_under: r.get(10),
         };
         let job = Job::decode(&row).map_err(|e| format!("{e:#}"));
         let lease = Duration::from_secs_f64(r.get::<_, f64>(8).max(1.0));

@@ -69,7 +69,7 @@ pub async fn supervise(
     shutdown: Shutdown,
 ) {
     let span = tracing::info_span!("transfer", name = %claimed.name, attempt = claimed.attempt);
-    let rep = Reporter::new(&ctx.cfg.store.database_url, line, &claimed, &ctx.cfg.agent_id);
+    let rep = Reporter::new(ctx.cfg.control().unwrap_or_default(), line, &claimed, &ctx.cfg.agent_id);
     run(ctx, claimed, rep, events, shutdown).instrument(span).await
 }
 

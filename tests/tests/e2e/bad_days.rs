@@ -322,8 +322,8 @@ fn a_backup_replaced_in_storage_executes_nothing() {
     // Someone with write access to storage puts the other database's
     // backup where shop's is.
     std::fs::copy(
-        store.path().join(format!("other/{o}/backup.dump.zst")),
-        store.path().join(format!("shop/{b}/backup.dump.zst")),
+        store.path().join(pgbackups_e2e::data::home(&c)).join(format!("other/{o}/backup.dump.zst")),
+        store.path().join(pgbackups_e2e::data::home(&c)).join(format!("shop/{b}/backup.dump.zst")),
     )
     .unwrap();
     let before = state(&c, "staging");
@@ -388,7 +388,10 @@ fn a_name_recreated_by_another_owner_sees_and_expires_nothing_of_the_previous_ow
         c.sql("postgres", &format!("SELECT status FROM backups.transfers WHERE name = '{hers}'")).unwrap(),
         "completed"
     );
-    assert!(store.path().join(format!("shop/{hers}/backup.dump.zst")).exists(), "alice's backup was purged");
+    assert!(
+        store.path().join(pgbackups_e2e::data::home(&c)).join(format!("shop/{hers}/backup.dump.zst")).exists(),
+        "alice's backup was purged"
+    );
     let health_of_shop = "SELECT concat_ws(' ', status, last_backup, coalesce(last_failure, '-'))
                             FROM backups.health() WHERE database = 'shop'";
     let health = c.sql_as("bob", "postgres", health_of_shop).unwrap();

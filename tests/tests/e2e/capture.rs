@@ -71,12 +71,12 @@ fn capture_then_pg_restore_gives_identical_data() {
     ] {
         assert!(info.contains(want), "info lacks {want:?}:\n{info}");
     }
-    // Object keys are readable: <database>/<id>/...
+    // Object keys are readable: <cluster>/<database>/<id>/...
     assert_eq!(
         c.sql("postgres", "SELECT object_key FROM backups.transfers WHERE name = 'b001'").unwrap(),
-        "shop/b001/backup.dump.zst"
+        format!("{}/shop/b001/backup.dump.zst", data::home(&c))
     );
-    assert!(store.path().join("shop/b001/manifest.json").exists());
+    assert!(store.path().join(data::home(&c)).join("shop/b001/manifest.json").exists());
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn cancel_mid_capture_stops_it_and_leaves_no_object() {
         assert_eq!(c.sql("postgres", &format!("SELECT backups.cancel('{id}')")).unwrap(), "cancelling");
         assert_eq!(wait(&c, &id, Duration::from_secs(10)).unwrap(), "cancelled");
         locker.batch_execute("ROLLBACK").unwrap();
-        let folder = store.path().join("shop").join(&id);
+        let folder = store.path().join(data::home(&c)).join("shop").join(&id);
         let left: Vec<_> = walk(&folder);
         assert!(left.is_empty(), "{id} left {left:?} in storage");
     }
@@ -160,7 +160,7 @@ fn two_agents_share_the_queue_and_run_each_capture_exactly_once() {
     let agents = c.sql("postgres", "SELECT count(DISTINCT agent_id) FROM backups.transfers").unwrap();
     assert!(agents == "1" || agents == "2");
     for id in &ids {
-        assert!(store.path().join("shop").join(id).join("backup.dump.zst").exists(), "{id}");
+        assert!(store.path().join(data::home(&c)).join("shop").join(id).join("backup.dump.zst").exists(), "{id}");
     }
 }
 
@@ -199,10 +199,10 @@ fn agent_restarts_mid_queue_lose_nothing() {
     );
     // The retried capture's object is the second attempt's.
     let key = c.sql("postgres", &format!("SELECT object_key FROM backups.transfers WHERE name = '{victim}'")).unwrap();
-    assert_eq!(key, format!("shop/{victim}/backup-2.dump.zst"));
+    assert_eq!(key, format!("{}/shop/{victim}/backup-2.dump.zst", data::home(&c)));
     // The killed attempt left no visible object: only the second attempt's
     // (an interrupted multipart upload is staged as `<name>#<n>`, not an object).
-    let mut seen: Vec<String> = walk(&store.path().join("shop").join(&victim))
+    let mut seen: Vec<String> = walk(&store.path().join(data::home(&c)).join("shop").join(&victim))
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
         .filter(|n| !n.rsplit_once('#').is_some_and(|(_, d)| d.bytes().all(|b| b.is_ascii_digit())))
@@ -222,7 +222,7 @@ fn named_sources_come_from_the_agent_configuration() {
             .unwrap();
     let id = c.sql("postgres", "SELECT backups.capture(source => 'replica')").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed");
-    assert!(store.path().join("replica").join(&id).join("backup.dump.zst").exists());
+    assert!(store.path().join(data::home(&c)).join("replica").join(&id).join("backup.dump.zst").exists());
     // The secret-bearing URL is nowhere in the tables.
     assert_eq!(
         c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE source LIKE '%postgres://%'").unwrap(),
@@ -256,7 +256,7 @@ fn a_pg_dump_failure_fails_the_capture_with_pg_dumps_message() {
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed");
     let err = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{id}'")).unwrap();
     assert!(err.contains("pg_dump failed") && err.contains("permission denied"), "{err}");
-    assert!(walk(&store.path().join("weak")).is_empty(), "a failed capture left objects");
+    assert!(walk(&store.path().join(data::home(&c)).join("weak")).is_empty(), "a failed capture left objects");
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn delete_and_retention_remove_objects_from_storage() {
         PATIENCE,
     )
     .unwrap();
-    assert!(walk(&store.path().join("shop").join(&ids[0])).is_empty());
+    assert!(walk(&store.path().join(data::home(&c)).join("shop").join(&ids[0])).is_empty());
     // delete() removes one, and a second purge of a missing object is no error.
     c.sql("postgres", &format!("SELECT backups.delete('{}')", ids[1])).unwrap();
     wait_for(
@@ -292,8 +292,8 @@ fn delete_and_retention_remove_objects_from_storage() {
         PATIENCE,
     )
     .unwrap();
-    assert!(walk(&store.path().join("shop").join(&ids[1])).is_empty());
-    assert!(store.path().join("shop").join(&ids[2]).join("backup.dump.zst").exists());
+    assert!(walk(&store.path().join(data::home(&c)).join("shop").join(&ids[1])).is_empty());
+    assert!(store.path().join(data::home(&c)).join("shop").join(&ids[2]).join("backup.dump.zst").exists());
     assert_eq!(c.sql("postgres", "SELECT count(*) FROM backups.list()").unwrap(), "2");
 }
 

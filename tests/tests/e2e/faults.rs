@@ -63,7 +63,7 @@ fn the_control_cluster_restarting_under_the_agent() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE name LIKE 'a%'").unwrap(), "1");
     // The backup taken before the restart is intact.
-    let stored = std::fs::read(store.path().join(format!("shop/{b}/backup.dump.zst"))).unwrap();
+    let stored = std::fs::read(store.path().join(data::home(&c)).join(format!("shop/{b}/backup.dump.zst"))).unwrap();
     assert_eq!(
         data::sha256_hex(&stored),
         c.sql("postgres", &format!("SELECT checksum FROM backups.transfers WHERE name = '{b}'")).unwrap()
@@ -84,7 +84,7 @@ fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
     assert!(err.contains("pg_dump failed") && err.contains("statement timeout"), "{err}");
     assert!(err.contains("LOCK TABLE") && err.contains("orders"), "pg_dump's detail line is missing: {err}");
     locker.batch_execute("ROLLBACK").unwrap();
-    assert!(visible(&store.path().join("shop").join(&id)).is_empty());
+    assert!(visible(&store.path().join(data::home(&c)).join("shop").join(&id)).is_empty());
 
     // The source database dropped mid-capture (pg_dump waits on a lock, then loses its connection).
     let _slow = Agent::start(&c.url("postgres"), &store_url(store.path()), &["--agent-id", "patient"], &[]).unwrap();
@@ -100,7 +100,7 @@ fn pg_dump_failures_fail_the_capture_with_pg_dumps_message() {
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed");
     let err = error_of(&c, &id);
     assert!(err.contains("pg_dump failed") && err.contains("pg_dump: error:"), "{err}");
-    assert!(visible(&store.path().join("shop").join(&id)).is_empty());
+    assert!(visible(&store.path().join(data::home(&c)).join("shop").join(&id)).is_empty());
 
     // And the next capture works.
     create_db(&c, "shop2", SHOP).unwrap();
@@ -121,7 +121,7 @@ fn a_staging_directory_that_cannot_be_used_fails_cleanly() {
     let id = c.sql("postgres", "SELECT backups.capture('shop', jobs => 2)").unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed");
     assert!(error_of(&c, &id).contains("staging directory"), "{}", error_of(&c, &id));
-    assert!(visible(&store.path().join("shop").join(&id)).is_empty());
+    assert!(visible(&store.path().join(data::home(&c)).join("shop").join(&id)).is_empty());
     // A plain capture streams, so it needs no staging and works.
     let ok = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &ok, PATIENCE).unwrap(), "completed");
@@ -151,7 +151,7 @@ fn s3_stopped_mid_upload_is_retried_or_fails_cleanly() {
     std::thread::sleep(Duration::from_millis(1500));
     s3.resume().unwrap();
     let status = wait(&c, &id, PATIENCE).unwrap();
-    let object = s3.root.join("backups/pg/big").join(&id).join("backup.dump.zst");
+    let object = s3.root.join("backups/pg").join(data::home(&c)).join("big").join(&id).join("backup.dump.zst");
     match status.as_str() {
         "completed" => {
             let stored = std::fs::read(&object).unwrap();
@@ -160,7 +160,7 @@ fn s3_stopped_mid_upload_is_retried_or_fails_cleanly() {
                 c.sql("postgres", &format!("SELECT checksum FROM backups.transfers WHERE name = '{id}'")).unwrap()
             );
             let work = tempfile::tempdir().unwrap();
-            let m = data::manifest(&s3.root.join("backups/pg"), &format!("big/{id}"), 1).unwrap();
+            let m = data::manifest(&s3.root.join("backups/pg"), &format!("{}/big/{id}", data::home(&c)), 1).unwrap();
             let dump = data::materialise(&s3.root.join("backups/pg"), &m, work.path()).unwrap();
             c.sql("postgres", "CREATE DATABASE big_back").unwrap();
             data::pg_restore(&c, "big_back", &dump).unwrap();

@@ -59,7 +59,12 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(status(&c, &b2), "completed");
-    assert!(stored(store.path(), &b2) && !stored(store.path(), &b1), "{}", agent.log_text());
+    assert!(
+        stored(&store.path().join(pgbackups_e2e::data::home(&c)), &b2)
+            && !stored(&store.path().join(pgbackups_e2e::data::home(&c)), &b1),
+        "{}",
+        agent.log_text()
+    );
 
     // delete() refuses a kept backup, and says how to unkeep it.
     let e = error_of(&c, &format!("SELECT backups.delete('{b2}')"));

@@ -89,7 +89,7 @@ fn a_completion_whose_reply_is_lost_keeps_its_objects() {
     // The agent learns the outcome again and keeps what the table says is completed.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(field(&c, &id, "status"), "completed");
-    let object = store.path().join("shop").join(&id).join("backup.dump.zst");
+    let object = store.path().join(data::home(&c)).join("shop").join(&id).join("backup.dump.zst");
     assert!(object.exists(), "the objects of a completed backup were deleted: {}", agent.log_text());
     assert_eq!(data::sha256_hex(&std::fs::read(&object).unwrap()), field(&c, &id, "checksum"));
     c.sql("postgres", "CREATE DATABASE back").unwrap();
@@ -130,7 +130,7 @@ fn a_parallel_capture_whose_upload_outlasts_the_heartbeat_timeout_completes_once
         )
         .unwrap();
     assert_eq!(finished, "t", "the capture was too quick to outlast the timeout:\n{log}");
-    let m = data::manifest(store.path(), &format!("noise/{id}"), 1).unwrap();
+    let m = data::manifest(store.path(), &format!("{}/noise/{id}", data::home(&c)), 1).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = data::materialise(store.path(), &m, work.path()).unwrap();
     c.sql("postgres", "CREATE DATABASE noise_back").unwrap();
@@ -148,7 +148,7 @@ fn purging_while_storage_is_down_or_large_never_delays_claims() {
     let b = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &b, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
     // A thousand more objects in the backup's folder (s3s-fs serves files as objects).
-    let folder = s3.root.join("backups/pg/shop").join(&b).join("extra");
+    let folder = s3.root.join("backups/pg").join(data::home(&c)).join("shop").join(&b).join("extra");
     std::fs::create_dir_all(&folder).unwrap();
     for i in 0..1000 {
         std::fs::write(folder.join(format!("{i:04}")), b"x").unwrap();
@@ -168,7 +168,10 @@ fn purging_while_storage_is_down_or_large_never_delays_claims() {
     s3.resume().unwrap();
     wait_for(&c, &format!("SELECT purged_at IS NOT NULL FROM backups.transfers WHERE name = '{b}'"), "t", PATIENCE)
         .unwrap();
-    assert_eq!(files_under(&s3.root.join("backups/pg/shop").join(&b)), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        files_under(&s3.root.join("backups/pg").join(data::home(&c)).join("shop").join(&b)),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[test]
@@ -193,8 +196,8 @@ fn a_transfer_still_running_after_the_grace_period_is_handed_back_and_finished_b
     let second = Agent::start(&c.url("postgres"), &store_url(store.path()), &args, &[]).unwrap();
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", second.log_text());
     assert_eq!(field(&c, &id, "attempts"), "2");
-    assert_eq!(field(&c, &id, "object_key"), format!("shop/{id}/dump-2"));
-    let m = data::manifest(store.path(), &format!("shop/{id}"), 2).unwrap();
+    assert_eq!(field(&c, &id, "object_key"), format!("{}/shop/{id}/dump-2", data::home(&c)));
+    let m = data::manifest(store.path(), &format!("{}/shop/{id}", data::home(&c)), 2).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = data::materialise(store.path(), &m, work.path()).unwrap();
     c.sql("postgres", "CREATE DATABASE shop_back").unwrap();

@@ -221,7 +221,7 @@ fn a_flipped_byte_is_refused_by_link_download_and_restore() {
     for args in ["'shop'", "'shop', jobs => 2"] {
         let b = capture(&e.c, args);
         let url = e.c.sql("postgres", &format!("SELECT backups.url('{b}')")).unwrap();
-        let victim = biggest_object(&e.store.path().join("shop").join(&b));
+        let victim = biggest_object(&e.store.path().join(pgbackups_e2e::data::home(&e.c)).join("shop").join(&b));
         let mut bytes = std::fs::read(&victim).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x01;

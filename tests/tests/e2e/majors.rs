@@ -95,7 +95,7 @@ fn a_15_backup_restores_into_16_and_a_copy_goes_from_15_to_16() {
     let versions: serde_json::Value = serde_json::from_str(&field(&c, &b, "tool versions")).unwrap();
     assert!(versions["server"].as_str().unwrap().starts_with("15."), "{versions}");
     assert!(versions["pg_dump"].as_str().unwrap().starts_with("pg_dump (PostgreSQL) 15."), "{versions}");
-    assert!(store.path().join("old").join(&b).join("backup.dump.zst").exists());
+    assert!(store.path().join(pgbackups_e2e::data::home(&c)).join("old").join(&b).join("backup.dump.zst").exists());
 
     // Restored into 16 (by pg_restore 16: the target's major), the same data.
     let r = c.sql("postgres", &format!("SELECT backups.restore('{b}', 'staging', 'staging')")).unwrap();

@@ -72,7 +72,7 @@ fn a_corrupted_backup_fails_the_restore_before_the_target_is_touched() {
     for (args, in_place) in [("'shop'", false), ("'shop'", true), ("'shop', jobs => 2", false)] {
         let b = capture(&c, args);
         // Flip a byte in the middle of the biggest stored file.
-        let folder = store.path().join("shop").join(&b);
+        let folder = store.path().join(pgbackups_e2e::data::home(&c)).join("shop").join(&b);
         let victim = biggest_file(&folder);
         let mut bytes = std::fs::read(&victim).unwrap();
         let mid = bytes.len() / 2;

@@ -34,7 +34,7 @@ fn capture_to_s3_uses_multipart_and_restores() {
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
 
     // s3s-fs stores objects as plain files under <root>/<bucket>/<key>.
-    let object = s3.root.join("backups/pg/shop").join(&id).join("backup.dump.zst");
+    let object = s3.root.join("backups/pg").join(data::home(&c)).join("shop").join(&id).join("backup.dump.zst");
     let stored = std::fs::read(&object).unwrap();
     assert!(stored.len() > 2 * 8 * 1024 * 1024, "only {} bytes: not a multipart-sized object", stored.len());
     let size: usize = c
@@ -46,9 +46,9 @@ fn capture_to_s3_uses_multipart_and_restores() {
     let checksum = c.sql("postgres", &format!("SELECT checksum FROM backups.transfers WHERE name = '{id}'")).unwrap();
     assert_eq!(data::sha256_hex(&stored), checksum);
 
-    let manifest = data::manifest(&s3.root.join("backups/pg"), &format!("shop/{id}"), 1).unwrap();
+    let manifest = data::manifest(&s3.root.join("backups/pg"), &format!("{}/shop/{id}", data::home(&c)), 1).unwrap();
     // Manifest paths are relative to the storage URL's prefix.
-    assert_eq!(manifest["files"][0]["path"], format!("shop/{id}/backup.dump.zst"));
+    assert_eq!(manifest["files"][0]["path"], format!("{}/shop/{id}/backup.dump.zst", data::home(&c)));
     let work = tempfile::tempdir().unwrap();
     let path = data::materialise(&s3.root.join("backups/pg"), &manifest, work.path()).unwrap();
     c.sql("postgres", "CREATE DATABASE from_s3").unwrap();
@@ -74,8 +74,8 @@ fn a_capture_while_storage_is_down_fails_cleanly_and_the_next_one_works() {
     s3.resume().unwrap();
     let id2 = c.sql("postgres", "SELECT backups.capture('shop')").unwrap();
     assert_eq!(wait(&c, &id2, PATIENCE).unwrap(), "completed", "{}", agent.log_text());
-    assert!(!s3.root.join("backups/pg/shop").join(&id).join("backup.dump.zst").exists());
-    assert!(s3.root.join("backups/pg/shop").join(&id2).join("backup.dump.zst").exists());
+    assert!(!s3.root.join("backups/pg").join(data::home(&c)).join("shop").join(&id).join("backup.dump.zst").exists());
+    assert!(s3.root.join("backups/pg").join(data::home(&c)).join("shop").join(&id2).join("backup.dump.zst").exists());
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn a_pattern_that_matches_nothing_fails_the_capture_and_names_it() {
         "{error}"
     );
     assert!(!error.contains("'orders'"), "{error}");
-    assert!(files(&store.path().join("shop")).is_empty(), "a failed capture left objects");
+    assert!(files(&store.path().join(data::home(&c)).join("shop")).is_empty(), "a failed capture left objects");
     // Qualified, it matches; a parallel capture takes the same arguments.
     let id = c
         .sql("postgres", "SELECT backups.capture('shop', jobs => 2, exclude_table_data => ARRAY['hidden.secret'])")
@@ -253,7 +253,7 @@ fn excluding_a_partitioned_or_inherited_tables_data_covers_its_children_or_fails
     assert_eq!(wait(&c, &id, PATIENCE).unwrap(), "failed", "{}", agent.log_text());
     let error = field(&c, &id, "error");
     assert!(error.contains("pg_dump would still dump the rows of public.kid, public.part_a"), "{error}");
-    assert!(files(&store.path().join("shop")).is_empty(), "a failed capture left objects");
+    assert!(files(&store.path().join(data::home(&c)).join("shop")).is_empty(), "a failed capture left objects");
     // Named too (directly, or by a wildcard), their rows are left out.
     let id = c
         .sql(

@@ -134,14 +134,23 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     assert_eq!(status, "completed", "{}", log_of(&c, &b));
 
     // 1. The manifest's digest of one table altered (a custom-format
-    // backup's checksum covers its dump, not its manifest).
-    let manifest_path = store.path().join("rich").join(&b).join("manifest.json");
+    // backup's checksum covers its dump, not its manifest): the manifest's
+    // own checksum no longer matches.
+    let manifest_path = store.path().join(pgbackups_e2e::data::home(&c)).join("rich").join(&b).join("manifest.json");
     let original = std::fs::read(&manifest_path).unwrap();
     let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
     let tables = m["contents"]["tables"].as_array_mut().unwrap();
     let t = tables.iter_mut().find(|t| t["table"] == "plain").unwrap();
     t["digest"] = serde_json::json!("0123456789abcdef");
     std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
+    assert_eq!(status, "failed", "{}", log_of(&c, &v));
+    let error = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{v}'")).unwrap();
+    assert!(error.contains("does not match its own checksum") && error.contains("altered"), "{error}");
+    no_scratch_left(&c);
+    // And with its checksum made to match, as whoever can write storage
+    // could: what the control database recorded still tells.
+    std::fs::write(&manifest_path, pgbackups_e2e::data::reseal(&mut m)).unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
     assert_eq!(status, "failed", "{}", log_of(&c, &v));
     let error = c.sql("postgres", &format!("SELECT error FROM backups.transfers WHERE name = '{v}'")).unwrap();
@@ -160,7 +169,7 @@ fn verify_fails_naming_the_table_when_data_or_manifest_was_altered() {
     // 2. The stored data altered consistently: one value changed, the
     // object recompressed and its checksum recorded anew, so that only
     // the comparison of contents can tell.
-    let (path, mut dump) = stored_dump(store.path(), &b);
+    let (path, mut dump) = stored_dump(&store.path().join(pgbackups_e2e::data::home(&c)), &b);
     let needle = "ünïcødé ✓ 12345\n".as_bytes();
     let at = dump.windows(needle.len()).position(|w| w == needle).expect("the row is in the dump");
     dump[at + needle.len() - 2] = b'6';
@@ -196,10 +205,10 @@ fn a_backup_without_contents_still_proves_it_restores() {
     let (b, status) = run(&c, &agent, "SELECT backups.capture('rich')");
     assert_eq!(status, "completed");
     // As a backup taken before contents were recorded.
-    let manifest_path = store.path().join("rich").join(&b).join("manifest.json");
+    let manifest_path = store.path().join(pgbackups_e2e::data::home(&c)).join("rich").join(&b).join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     m.as_object_mut().unwrap().remove("contents");
-    std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    std::fs::write(&manifest_path, pgbackups_e2e::data::reseal(&mut m)).unwrap();
     c.sql("postgres", &format!("UPDATE backups.transfers SET contents = NULL WHERE name = '{b}'")).unwrap();
     let (v, status) = run(&c, &agent, &format!("SELECT backups.verify('{b}')"));
     assert_eq!(status, "completed", "{}", log_of(&c, &v));

@@ -7,11 +7,13 @@
 //! `--create`), and dropping the database loses them all.
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::pg::conn::quote::{ident, literal};
 
-/// A database's own properties, read from the catalogs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A database's own properties, read from the catalogs (and kept in a
+/// backup's manifest, for a restore into a cluster that lacks it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Properties {
     pub oid: u32,
     pub owner: String,
@@ -24,7 +26,7 @@ pub struct Properties {
     locale: Option<String>,
     /// ICU tailoring rules (PostgreSQL 16 and later).
     icu_rules: Option<String>,
-    tablespace: String,
+    pub tablespace: String,
     connection_limit: i32,
     /// `name=value` entries of `ALTER DATABASE ... SET`.
     settings: Vec<String>,
@@ -36,7 +38,7 @@ pub struct Properties {
     pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Grant {
     grantee: Option<String>,
     privilege: String,
@@ -126,6 +128,38 @@ pub async fn read(c: &tokio_postgres::Client, major: u32, name: &str) -> Result<
 }
 
 impl Properties {
+    /// The roles these properties name (owner, grantees, per-role
+    /// settings): a cluster receiving the database needs them.
+    pub fn roles(&self) -> Vec<String> {
+        let mut out = vec![self.owner.clone()];
+        out.extend(self.grants.iter().flatten().filter_map(|g| g.grantee.clone()));
+        out.extend(self.role_settings.iter().map(|(r, _)| r.clone()));
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A plain database owned by `owner`, for tests.
+    #[cfg(test)]
+    pub fn example(owner: &str) -> Properties {
+        Properties {
+            oid: 16384,
+            owner: owner.into(),
+            encoding: "UTF8".into(),
+            collate: "C".into(),
+            ctype: "C".into(),
+            provider: Some("c".into()),
+            locale: None,
+            icu_rules: None,
+            tablespace: "pg_default".into(),
+            connection_limit: -1,
+            settings: vec!["work_mem=8MB".into()],
+            role_settings: vec![],
+            grants: None,
+            comment: None,
+        }
+    }
+
     /// `CREATE DATABASE name` with this one's owner, encoding, locale and
     /// tablespace, empty (from template0).
     pub fn create_statement(&self, name: &str) -> String {
@@ -218,7 +252,7 @@ const LIST_SETTINGS: &[&str] = &[
 
 /// `PREFIX SET name TO value` for a stored `name=value`, as pg_dump's
 /// `makeAlterConfigCommand` writes it.
-fn set_statement(prefix: &str, entry: &str) -> String {
+pub fn set_statement(prefix: &str, entry: &str) -> String {
     let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
     let value = if LIST_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
         let items = split_list(value);

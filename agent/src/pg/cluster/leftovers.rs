@@ -62,7 +62,7 @@ async fn run(cfg: &Config) -> Result<usize> {
     if databases.is_empty() && roles.is_empty() {
         return Ok(0);
     }
-    let control = conn::connect(&cfg.store.database_url).await?;
+    let control = conn::connect(cfg.control()?).await?;
     let unfinished = control.query("SELECT name, database_oid FROM backups._unfinished()", &[]).await?;
     let going: HashSet<String> = unfinished.iter().map(|r| r.get(0)).collect();
     let targets: HashSet<String> = unfinished

@@ -5,12 +5,14 @@
 //! the throwaway login that applies an archive (`applier`), a
 //! verification's scratch database (`scratch`), the table sizes a progress
 //! estimate reads (`size`), what a transfer leaves to drop (`teardown`),
-//! and what killed agents left (`leftovers`). Nothing outside this folder
+//! what killed agents left (`leftovers`), and the roles a database names
+//! (`roles`). Nothing outside this folder
 //! sends the cluster DDL.
 
 pub mod applier;
 pub mod database;
 pub mod leftovers;
+pub mod roles;
 pub mod scratch;
 pub mod shadow;
 pub mod size;
@@ -48,14 +50,15 @@ pub struct Cluster {
     client: Mutex<Arc<Client>>,
     /// The data role's URL, for the connections to single databases.
     pub data_url: String,
-    /// The control database's URL (a target is never it).
-    pub control_url: String,
+    /// The control database's URL (a target is never it); none for a
+    /// restore from the shell with storage alone.
+    pub control_url: Option<String>,
 }
 
 impl Cluster {
     pub async fn open(cfg: &Config) -> Result<Cluster> {
         let client = Mutex::new(admin(conn::connect(&cfg.data_url).await?).await?);
-        Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.store.database_url.clone() })
+        Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.database_url.clone() })
     }
 
     /// The admin connection, for this folder's queries; a new one if the

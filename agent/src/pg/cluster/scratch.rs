@@ -99,7 +99,7 @@ async fn sweep(cluster: &Cluster, transfer: &str) {
         if names.is_empty() {
             return Ok((c, names));
         }
-        let control = conn::connect(&cluster.control_url).await?;
+        let control = conn::connect(cluster.control_url.as_deref().context("no control database")?).await?;
         let going: Vec<String> =
             control.query("SELECT name FROM backups._unfinished()", &[]).await?.iter().map(|r| r.get(0)).collect();
         Ok::<_, anyhow::Error>((

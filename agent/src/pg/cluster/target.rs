@@ -70,10 +70,12 @@ pub async fn check_extensions(cluster: &Cluster, extensions: &[Extension]) -> Re
 /// control database.
 pub async fn find(cluster: &Cluster, target: &str) -> Result<Target> {
     let c = cluster.client().await?;
-    let control = conn::connect(&cluster.control_url).await?;
-    let control: String = control.query_one("SELECT pg_catalog.current_database()", &[]).await?.get(0);
-    if control == target {
-        bail!("refusing to replace the control database {target:?}");
+    if let Some(url) = &cluster.control_url {
+        let control = conn::connect(url).await?;
+        let control: String = control.query_one("SELECT pg_catalog.current_database()", &[]).await?.get(0);
+        if control == target {
+            bail!("refusing to replace the control database {target:?}");
+        }
     }
     let props = database::read(&c, bins::server_major(&c).await?, target)
         .await?
@@ -111,6 +113,26 @@ pub async fn create(cluster: &Cluster, target: &Target) -> Result<()> {
         .execute(&target.props.create_statement(&target.name))
         .await
         .with_context(|| format!("creating database {}", target.name))
+}
+
+/// Create database `name`, which this cluster lacks, with the recorded
+/// properties `props` (of a backup's database: its owner, locale,
+/// settings, grants and comment); a tablespace this cluster lacks is left
+/// for the default. What could not be kept, as warnings.
+pub async fn receive(cluster: &Cluster, props: &Properties, name: &str) -> Result<Vec<String>> {
+    let c = cluster.client().await?;
+    let mut warnings = Vec::new();
+    let mut props = props.clone();
+    let tablespace = props.tablespace.clone();
+    if c.query_opt("SELECT 1 FROM pg_catalog.pg_tablespace WHERE spcname = $1", &[&tablespace]).await?.is_none() {
+        warnings.push(format!("tablespace {tablespace:?} is not in this cluster: {name} is in the default one"));
+        props.tablespace = "pg_default".into();
+    }
+    let target = Target { name: name.to_string(), owner: props.owner.clone(), privileged_owner: false, props };
+    create(cluster, &target).await?;
+    warnings.extend(configure(cluster, &target, name).await?);
+    comment(cluster, &target).await?;
+    Ok(warnings)
 }
 
 /// Give database `into` the grants, connection limit and settings of

@@ -186,6 +186,13 @@ fn quote(v: &str) -> String {
     }
 }
 
+/// The database a connection string names, if it names one.
+pub fn dbname(url: &str) -> Result<Option<String>> {
+    let (_, rest) = tls::split(url).with_context(|| format!("invalid connection string {}", redact(url)))?;
+    let cfg: PgConfig = rest.parse().with_context(|| format!("invalid connection string {}", redact(url)))?;
+    Ok(cfg.get_dbname().map(str::to_string))
+}
+
 /// A URL with any password replaced, for messages.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {

@@ -10,14 +10,15 @@
 //! durable, and only then does the work return its `Completion`; the
 //! supervisor records it, and removes this attempt's objects otherwise.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use futures::future::BoxFuture;
 use pgbackups_core::pattern;
 use serde::Deserialize;
 
 use crate::ctx::Ctx;
-use crate::store::layout::{Format, Keys};
-use crate::store::manifest::Manifest;
+use crate::pg::conn;
+use crate::store::layout::{Format, Keys, Place};
+use crate::store::manifest::{About, ClusterId, Manifest, Receiving};
 use crate::transfer::kind::{self, Kind, Row};
 use crate::transfer::outcome::Completion;
 use crate::transfer::progress::Level;
@@ -32,6 +33,8 @@ use crate::transfer::task::Task;
 pub struct Capture {
     pub source: Source,
     pub options: Options,
+    /// The cluster folder it is stored under (`layout::Place`).
+    pub stored_under: Option<String>,
 }
 
 /// What `backups.capture()` asked for (its row's `options`).
@@ -64,7 +67,8 @@ impl Capture {
     }
 
     fn keys(&self, ctx: &Ctx, name: &str, attempt: i32) -> Keys {
-        ctx.storage.keys(self.source.label(), name, attempt).sealed(!ctx.cfg.encrypt_to.is_empty())
+        let place = Place::new(self.stored_under.as_deref(), self.source.label(), name);
+        ctx.storage.keys(&place, attempt).sealed(!ctx.cfg.encrypt_to.is_empty())
     }
 }
 
@@ -83,7 +87,11 @@ impl Kind for Capture {
                 pattern::regexes(p, kind).map_err(|e| anyhow::anyhow!("invalid exclude pattern: {e}"))?;
             }
         }
-        Ok(Capture { source: Source::of(row.source.as_deref(), &row.database), options })
+        Ok(Capture {
+            source: Source::of(row.source.as_deref(), &row.database),
+            options,
+            stored_under: row.stored_under.clone(),
+        })
     }
 
     fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>> {
@@ -144,16 +152,10 @@ async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
     contents.settings = seen.settings;
     task.progress.say(Level::Info, dump::describe(&contents));
 
-    // 4. The manifest, last; everything durable.
-    let manifest = Manifest::new(
-        &task.name,
-        capture.source.label(),
-        format,
-        seen.size,
-        &seen.versions,
-        files,
-        Some(contents.clone()),
-    );
+    // 4. The manifest, last (the catalog's row, the cluster, what a new
+    //    cluster needs, the files); everything durable.
+    let about = about(task, seen.size, seen.versions, seen.receiving).await?;
+    let manifest = Manifest::new(&task.name, capture.source.label(), format, files, Some(contents.clone()), about);
     let checksum = dump::store_manifest(task, &keys, &manifest).await?;
     let (processed, stored) = manifest.sizes();
     task.progress.say(
@@ -161,4 +163,25 @@ async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
         format!("completed: {} processed, {} stored, sha256 {checksum}", human(processed), human(stored)),
     );
     Ok(Completion::Backup { processed, stored, checksum, contents: Some(contents) })
+}
+
+/// What the manifest says beside the files: the catalog's row, as the
+/// control database has it now, and which cluster's catalog that is, so
+/// that storage alone describes the backup once this cluster is gone.
+async fn about(task: &Task, source_size: i64, tool_versions: serde_json::Value, receiving: Receiving) -> Result<About> {
+    let cfg = &task.ctx.cfg;
+    let control = conn::connect(cfg.control()?).await.context("reading the backup's row for its manifest")?;
+    let row = control
+        .query_one("SELECT backups._manifest_facts($1), backups._system_identifier()", &[&task.id])
+        .await
+        .context("reading the backup's row for its manifest")?;
+    let catalog: Option<serde_json::Value> = row.get(0);
+    Ok(About {
+        source_size,
+        tool_versions,
+        catalog: catalog.context("the backup's row is gone")?,
+        cluster: ClusterId { system_identifier: row.get(1), name: cfg.cluster_name.clone() },
+        encrypted_to: cfg.encrypt_to.names(),
+        receiving,
+    })
 }

@@ -83,6 +83,7 @@ mod tests {
             options,
             attempt: 1,
             swapped: None,
+            stored_under: Some("7".into()),
         }
     }
 

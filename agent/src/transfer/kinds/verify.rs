@@ -57,7 +57,7 @@ impl Kind for Verify {
 
 async fn run(task: &Task, verify: &Verify) -> Result<Completion> {
     let cfg = &task.ctx.cfg;
-    let control = conn::connect(&cfg.store.database_url).await?;
+    let control = conn::connect(cfg.control()?).await?;
     let backup = backups::find(&control, Some(&verify.backup)).await?;
     let manifest = backups::manifest(&task.ctx.storage, &backup).await?;
     drop(control);

@@ -137,9 +137,11 @@ impl Destination {
 /// transfer is no longer this attempt's.
 async fn record_swap(task: &Task, oid: u32) -> Result<()> {
     let cfg = &task.ctx.cfg;
-    let control = conn::connect_with_retry(&cfg.store.database_url, RECORD_PATIENCE)
-        .await
-        .context("recording the swap in the control database")?;
+    // A restore from the shell with storage alone has no catalog to tell,
+    // and no later attempt to tell it to.
+    let Some(url) = &cfg.database_url else { return Ok(()) };
+    let control =
+        conn::connect_with_retry(url, RECORD_PATIENCE).await.context("recording the swap in the control database")?;
     let ours: bool = control
         .query_one("SELECT backups._record_swap($1, $2, $3, $4)", &[&task.id, &cfg.agent_id, &task.attempt, &oid])
         .await

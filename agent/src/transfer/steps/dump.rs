@@ -12,13 +12,13 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::pg::cluster::size;
+use crate::pg::cluster::{database, roles, size};
 use crate::pg::conn::{self, Conn};
 use crate::pg::formats::contents::{self, Contents};
 use crate::pg::tools::bins::{self, Tools};
 use crate::pg::tools::tool::ToolCommand;
 use crate::store::layout::{Format, Keys};
-use crate::store::manifest::{FileEntry, Manifest};
+use crate::store::manifest::{FileEntry, Manifest, Receiving};
 use crate::store::upload::{self, Pipe};
 use crate::transfer::progress::Level;
 use crate::transfer::task::Task;
@@ -31,6 +31,8 @@ pub struct Inspected<'t> {
     pub tools: &'t Tools,
     pub versions: serde_json::Value,
     pub settings: Vec<(String, String)>,
+    /// What a new cluster needs to receive the database (the manifest's).
+    pub receiving: Receiving,
 }
 
 /// The source's size, the tools that fit its server, the versions
@@ -55,7 +57,21 @@ pub async fn inspect<'t>(task: &'t Task, source: &Conn) -> Result<Inspected<'t>>
         let value: String = src.query_one("SELECT pg_catalog.current_setting($1)", &[&name]).await?.get(0);
         settings.push((name.to_string(), value));
     }
-    Ok(Inspected { size, tools, versions, settings })
+    let receiving = receiving(task, &src, major).await?;
+    Ok(Inspected { size, tools, versions, settings, receiving })
+}
+
+/// The source database's own properties and the roles its dump names, as
+/// a new cluster must create them (`store::manifest::Receiving`).
+async fn receiving(task: &Task, src: &tokio_postgres::Client, major: u32) -> Result<Receiving> {
+    let name: String = src.query_one("SELECT pg_catalog.current_database()::text", &[]).await?.get(0);
+    let database =
+        database::read(src, major, &name).await?.with_context(|| format!("database {name:?} is not in pg_database"))?;
+    let passwords = task.ctx.cfg.keep_role_passwords;
+    let roles = roles::read(src, database.oid, &database.roles(), passwords).await;
+    let roles =
+        if passwords { roles.context("--keep-role-passwords needs a superuser to read pg_authid")? } else { roles? };
+    Ok(Receiving { roles, database })
 }
 
 /// What the capture read, for its log.

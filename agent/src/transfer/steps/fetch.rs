@@ -29,6 +29,9 @@ pub enum BackupRef {
     Id(String),
     /// Any http(s) URL serving a pg_dump archive.
     Url(url::Url),
+    /// One of ours, found already (in storage, by its manifest: a restore
+    /// from the shell with storage alone).
+    Found(Box<Stored>),
 }
 
 impl BackupRef {
@@ -48,6 +51,7 @@ impl BackupRef {
         match self {
             BackupRef::Id(id) => id.clone(),
             BackupRef::Url(u) => remote::redact(u),
+            BackupRef::Found(b) => b.name.clone(),
         }
     }
 }
@@ -57,9 +61,10 @@ pub async fn fetch(task: &Task, from: &BackupRef, staging: &FsPath) -> Result<(P
     match from {
         BackupRef::Url(url) => fetch_url(&task.ctx.cfg.url_policy, url, staging, &task.progress, &task.tracker).await,
         BackupRef::Id(id) => {
-            let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
+            let control = conn::connect(task.ctx.cfg.control()?).await?;
             fetch_stored(task, &backups::find(&control, Some(id)).await?, staging).await
         }
+        BackupRef::Found(b) => fetch_stored(task, b, staging).await,
     }
 }
 

@@ -24,10 +24,14 @@ use crate::transfer::task::Task;
 /// through a shadow.
 pub async fn load(task: &Task, from: &BackupRef, target: &str, in_place: bool) -> Result<Completion> {
     let staging = task.staging()?;
-    let (archive, format) = match from {
-        BackupRef::Id(id) if !in_place => {
-            let control = conn::connect(&task.ctx.cfg.store.database_url).await?;
-            let b = backups::find(&control, Some(id)).await?;
+    let ours = match from {
+        _ if in_place => None,
+        BackupRef::Id(id) => Some(backups::find(&conn::connect(task.ctx.cfg.control()?).await?, Some(id)).await?),
+        BackupRef::Found(b) => Some((**b).clone()),
+        BackupRef::Url(_) => None,
+    };
+    let (archive, format) = match ours {
+        Some(b) => {
             task.progress.expect(b.stored_size.max(0) as u64);
             if b.format != Format::Custom {
                 fetch::fetch_stored(task, &b, staging.path()).await?
@@ -38,7 +42,7 @@ pub async fn load(task: &Task, from: &BackupRef, target: &str, in_place: bool) -
                 }
             }
         }
-        _ => fetch::fetch(task, from, staging.path()).await?,
+        None => fetch::fetch(task, from, staging.path()).await?,
     };
     let (toc, tools) = read_archive(task, &archive, staging.path()).await?;
     let jobs = jobs();

@@ -1,0 +1,65 @@
+// The catalog as storage keeps it (sql/catalog.sql): what a manifest says
+// of a backup's row, and adoption of backups found in storage.
+
+/// A backup as `pgbackups adopt` hands it over.
+#[allow(dead_code)]
+fn found(name: &str, checksum: &str) -> String {
+    format!(
+        r#"{{"name": "{name}", "database": "postgres", "owner": "postgres", "created_at": "2026-01-02T03:04:05Z",
+            "finished_at": "2026-01-02T03:05:00Z", "attempt": 2, "options": {{"jobs": 2}}, "scheduled": false,
+            "kept": true, "stored_under": "7301", "format": "directory", "object_key": "7301/postgres/{name}/dump-2",
+            "checksum": "{checksum}", "source_size": 100, "processed": 90, "stored_size": 40,
+            "tool_versions": {{"pg_dump": "15"}}, "encrypted_to": [],
+            "contents": [{{"schema": "public", "table": "t", "rows": 1, "bytes": 2, "digest": "d", "columns": 3}}],
+            "cluster": "prod (7301)"}}"#
+    )
+}
+
+#[pg_test]
+fn an_adopted_backup_is_a_completed_capture_once_and_moves_the_counter_past_it() {
+    run("DELETE FROM backups.transfers");
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "abc"))), "adopted");
+    assert_eq!(
+        one::<String>(
+            "SELECT concat_ws(' ', status, kind, database, attempts, format, object_key, stored_under, checksum,
+                               kept_at IS NOT NULL, contents::text, database_oid IS NOT NULL, owner_role::regrole)
+               FROM backups.transfers WHERE name = 'b041'"
+        ),
+        "completed capture postgres 2 directory 7301/postgres/b041/dump-2 7301 abc t \
+         [{\"rows\": 1, \"bytes\": 2, \"table\": \"t\", \"digest\": \"d\", \"schema\": \"public\"}] t postgres"
+    );
+    // Listed as any backup, and restorable by name.
+    assert_eq!(one::<String>("SELECT status FROM backups.list() WHERE id = 'b041'"), "completed");
+    assert_eq!(one::<String>("SELECT name FROM backups._stored('b041')"), "b041");
+    // Twice: nothing twice. Another backup under its name: not adopted.
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "abc"))), "present");
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "other"))), "taken");
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE name = 'b041'"), 1);
+    // The next capture cannot take an adopted name, nor one passed.
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b042");
+    run("SELECT backups._pass_name('b100')");
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b101");
+    // Passing a lower name never moves the counter back.
+    run("SELECT backups._pass_name('b007')");
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b102");
+}
+
+#[pg_test(error = "cannot adopt 'x001; DROP TABLE backups.transfers': not the name of a backup")]
+fn adoption_refuses_what_is_not_a_backups_name() {
+    run(&format!("SELECT backups._adopt('{}')", found("x001; DROP TABLE backups.transfers", "abc").replace('\'', "''")));
+}
+
+#[pg_test]
+fn a_manifest_says_what_the_catalog_knows_of_its_backup() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('daily 04:00', 'postgres')");
+    let name: String = one("SELECT backups._enqueue('capture', 'postgres', 'test', schedule_id => (SELECT id FROM backups.schedules))");
+    let facts: String = one(&format!(
+        "SELECT concat_ws(' ', f ->> 'name', f ->> 'database', f ->> 'owner', f ->> 'scheduled', f -> 'schedule' ->> 'spec',
+                          (f ->> 'stored_under') = backups._system_identifier())
+           FROM backups._manifest_facts((SELECT id FROM backups.transfers WHERE name = '{name}')) f"
+    ));
+    run("SELECT backups.unschedule('postgres')");
+    run("DELETE FROM backups.transfers");
+    assert_eq!(facts, format!("{name} postgres postgres true daily 04:00 t"));
+}
