@@ -327,7 +327,7 @@ fn a_half_written_backup_is_not_listed_and_an_altered_manifest_is_refused() {
     let out = run(&s3, &["adopt", "--database-url", &c.url("postgres"), "--storage", STORAGE]);
     assert!(!out.status.success(), "adopt exited 0 with refused backups");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains(&format!("{good}")) && said.contains("refused"), "{said}");
+    assert!(said.contains(good.as_str()) && said.contains("refused"), "{said}");
     assert!(said.contains("not in storage"), "the missing file is not named: {said}");
     assert_eq!(c.sql("postgres", "SELECT string_agg(name, ' ') FROM backups.transfers").unwrap(), good);
     // The counters moved past every name found: the next capture
