@@ -63,3 +63,27 @@ fn a_manifest_says_what_the_catalog_knows_of_its_backup() {
     run("DELETE FROM backups.transfers");
     assert_eq!(facts, format!("{name} postgres postgres true daily 04:00 t"));
 }
+
+#[pg_test]
+fn an_adopted_backup_of_an_unknown_owner_is_an_admins_and_its_facts_are_tamed() {
+    run("DELETE FROM backups.transfers");
+    let b = found("b050", "abc")
+        .replace("\"owner\": \"postgres\"", "\"owner\": \"nobody_here\"")
+        .replace("\"options\": {\"jobs\": 2}", "\"options\": {\"jobs\": 2, \"role\": \"postgres\"}")
+        .replace("2026-01-02T03:05:00Z", "2999-01-01T00:00:00Z");
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{b}')")), "adopted");
+    // No role of that name here: nobody's but an admin's (not the owner of
+    // whatever database has its name now), dumped with no one's rights,
+    // and never in the future.
+    assert_eq!(
+        one::<String>(
+            "SELECT concat_ws(' ', owner_role, options::text, finished_at <= now(), created_at <= finished_at)
+               FROM backups.transfers WHERE name = 'b050'"
+        ),
+        "0 {\"jobs\": 2} t t"
+    );
+    // Adoption is an admin's act: not the agent's role.
+    assert!(!one::<bool>("SELECT has_function_privilege('backups_agent', 'backups._adopt(jsonb)', 'EXECUTE')"));
+    assert!(!one::<bool>("SELECT has_function_privilege('backups_user', 'backups._pass_name(text)', 'EXECUTE')"));
+    assert!(one::<bool>("SELECT has_function_privilege('backups_admin', 'backups._adopt(jsonb)', 'EXECUTE')"));
+}

@@ -33,7 +33,8 @@ $$;
 -- adopting twice adopts nothing twice; 'taken' when another backup has its
 -- name here (this catalog captured before it adopted).
 -- `b` has: name, database, owner, source, created_at, created_by,
--- started_at, finished_at, attempt, options, scheduled, kept, stored_under,
+-- started_at, finished_at, attempt, options, scheduled, kept (kept_at,
+-- kept_by), stored_under,
 -- format, object_key, checksum, head_sha256, source_size, processed,
 -- stored_size, tool_versions, encrypted_to, contents, cluster (a label for
 -- the log).
@@ -45,8 +46,12 @@ DECLARE
     v_prefix text := left(v_name, 1);
     v_db     pg_catalog.pg_database;
     v_owner  oid;
-    v_id     bigint;
-    v_sched  boolean := coalesce((b ->> 'scheduled')::boolean, false);
+    v_id       bigint;
+    v_sched    boolean := coalesce((b ->> 'scheduled')::boolean, false);
+    v_options  jsonb;
+    v_created  timestamptz;
+    v_started  timestamptz;
+    v_finished timestamptz;
 BEGIN
     IF v_name IS NULL OR v_name !~ '^[a-z][0-9]{3,18}$'
        OR NOT EXISTS (SELECT 1 FROM backups.kinds k
@@ -66,24 +71,38 @@ BEGIN
         RETURN 'taken';
     END IF;
     SELECT * INTO v_db FROM pg_catalog.pg_database d WHERE d.datname = b ->> 'database';
+    -- Its owner by name (a rebuilt cluster's roles are made again with
+    -- their names). Unknown here: an admin's alone (oid 0, no role), never
+    -- whoever owns a database of that name now.
     SELECT r.oid INTO v_owner FROM pg_catalog.pg_roles r WHERE r.rolname = b ->> 'owner';
+    v_owner := coalesce(v_owner, 0);
+    -- Options as a capture has them; `role` (dumped with its owner's
+    -- rights, so its owner may read it) only when it names that owner.
+    v_options := CASE WHEN jsonb_typeof(b -> 'options') = 'object' THEN b -> 'options' ELSE '{}' END;
+    IF v_options ? 'role' AND (jsonb_typeof(v_options -> 'role') <> 'string' OR v_options ->> 'role' IS DISTINCT FROM b ->> 'owner') THEN
+        v_options := v_options - 'role';
+    END IF;
+    -- Times as they were, never in the future.
+    v_finished := least(coalesce((b ->> 'finished_at')::timestamptz, now()), now());
+    v_created := least(coalesce((b ->> 'created_at')::timestamptz, v_finished), v_finished);
+    v_started := greatest(least((b ->> 'started_at')::timestamptz, v_finished), v_created);
     INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, source, options,
                                    schedule_id, scheduled, created_at, created_by, started_at, finished_at,
                                    attempts, source_size, processed_bytes, stored_size, format, object_key,
                                    stored_under, checksum, head_sha256, tool_versions, encrypted_to, contents,
-                                   kept_at, kept_by)
+                                   kept_at, kept_by, kept_stored)
     VALUES (v_name, 'capture', 'completed', b ->> 'database', v_db.oid, v_owner, b ->> 'source',
-            coalesce(b -> 'options', '{}'),
+            v_options,
             CASE WHEN v_sched THEN (SELECT s.id FROM backups.schedules s WHERE s.database = b ->> 'database') END,
-            v_sched, coalesce((b ->> 'created_at')::timestamptz, now()), coalesce(b ->> 'created_by', session_user),
-            (b ->> 'started_at')::timestamptz, coalesce((b ->> 'finished_at')::timestamptz, now()),
+            v_sched, v_created, coalesce(b ->> 'created_by', session_user), v_started, v_finished,
             greatest(coalesce((b ->> 'attempt')::integer, 1), 1), (b ->> 'source_size')::bigint,
             coalesce((b ->> 'processed')::bigint, 0), (b ->> 'stored_size')::bigint, b ->> 'format',
             b ->> 'object_key', b ->> 'stored_under', b ->> 'checksum', b ->> 'head_sha256', b -> 'tool_versions',
             nullif(ARRAY(SELECT jsonb_array_elements_text(coalesce(b -> 'encrypted_to', '[]'))), '{}'),
             (SELECT jsonb_agg(e - 'columns') FROM jsonb_array_elements(coalesce(b -> 'contents', '[]')) e),
-            CASE WHEN (b ->> 'kept')::boolean THEN now() END,
-            CASE WHEN (b ->> 'kept')::boolean THEN session_user END)
+            CASE WHEN (b ->> 'kept')::boolean THEN least(coalesce((b ->> 'kept_at')::timestamptz, now()), now()) END,
+            CASE WHEN (b ->> 'kept')::boolean THEN coalesce(b ->> 'kept_by', session_user) END,
+            coalesce((b ->> 'kept')::boolean, false))
     RETURNING id INTO v_id;
     PERFORM backups._log(v_id, format('adopted from storage (a backup of cluster %s, stored under %s)',
                                       coalesce(b ->> 'cluster', 'unknown'), b ->> 'object_key'));
@@ -117,4 +136,26 @@ BEGIN
         PERFORM pg_catalog.setval(v_seq, v_number, true);
     END IF;
 END
+$$;
+
+-- Pins storage does not know of yet: backups kept or unkept since the
+-- agent last wrote their `kept.json` (so that adoption brings a pin back).
+CREATE FUNCTION backups._pins_to_write(max integer DEFAULT 50)
+RETURNS TABLE (id bigint, name text, label text, stored_under text, kept boolean, kept_at timestamptz, kept_by name)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.id, t.name, backups._label(t), t.stored_under, t.kept_at IS NOT NULL, t.kept_at, t.kept_by
+      FROM backups.transfers t
+     WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL AND t.purged_at IS NULL
+       AND (t.kept_at IS NOT NULL) <> t.kept_stored
+     ORDER BY t.id LIMIT _pins_to_write.max
+$$;
+
+-- Storage now says `kept` of this backup: unless the pin changed again
+-- meanwhile, it is written.
+CREATE FUNCTION backups._pin_written(transfer_id bigint, kept boolean) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE backups.transfers t SET kept_stored = _pin_written.kept
+     WHERE t.id = _pin_written.transfer_id AND (t.kept_at IS NOT NULL) = _pin_written.kept
 $$;

@@ -24,6 +24,8 @@ GRANT EXECUTE ON FUNCTION
     backups.unschedule(name),
     backups.status_url(interval)
 TO backups_admin;
+-- Adoption (`pgbackups adopt`) writes catalog rows: an admin's act.
+GRANT EXECUTE ON FUNCTION backups._adopt(jsonb), backups._pass_name(text), backups._system_identifier() TO backups_admin;
 -- The agent's role: the lifecycle calls (claim, heartbeat, log, finish, hand
 -- back), announcing itself, purging, and reading back what it stored.
 GRANT EXECUTE ON FUNCTION
@@ -42,7 +44,7 @@ GRANT EXECUTE ON FUNCTION
     backups._unfinished(),
     backups._overview(boolean),
     backups._manifest_facts(bigint),
-    backups._adopt(jsonb),
-    backups._pass_name(text),
+    backups._pins_to_write(integer),
+    backups._pin_written(bigint, boolean),
     backups._system_identifier()
 TO backups_agent;

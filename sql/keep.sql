@@ -29,6 +29,7 @@ BEGIN
         IF t.kept_at IS NULL THEN
             UPDATE backups.transfers x SET kept_at = now(), kept_by = session_user WHERE x.id = t.id;
             PERFORM backups._log(t.id, format('kept by %s: exempt from retention and delete() until unkept', session_user));
+            PERFORM backups._notify('keep ' || t.name);
         END IF;
         RETURN 'kept';
     END IF;
@@ -36,6 +37,7 @@ BEGIN
         UPDATE backups.transfers x SET kept_at = NULL, kept_by = NULL WHERE x.id = t.id;
         PERFORM backups._log(t.id, format('unkept by %s (kept since %s by %s): retention applies to it again',
                                           session_user, t.kept_at, t.kept_by));
+        PERFORM backups._notify('keep ' || t.name);
     END IF;
     RETURN 'not kept';
 END

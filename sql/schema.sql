@@ -138,6 +138,8 @@ CREATE TABLE backups.transfers (
     warnings            integer NOT NULL DEFAULT 0,
     contents            jsonb,                          -- capture: every table's rows, bytes and digest, as read at capture
                                                         -- ([{schema, table, rows, bytes, digest}])
+    kept_stored         boolean NOT NULL DEFAULT false, -- what storage says of the pin (a `kept.json` beside the
+                                                        -- manifest, for adoption), written by the agent after keep()
     kept_at             timestamptz,                    -- backups.keep(): pinned, exempt from retention and from
     kept_by             name,                           -- delete() until unkept; and who pinned it
     deleted_at          timestamptz,                    -- backups.delete(): hidden from list(), the agent removes the objects

@@ -88,7 +88,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = &mut stop => break,
             ev = heard.recv() => {
                 if let Ok(ev) = ev {
-                    if ev.starts_with("delete ") || ev == "expire" {
+                    if ev.starts_with("delete ") || ev.starts_with("keep ") || ev == "expire" {
                         let _ = purge_wake.send(());
                     }
                 }

@@ -315,6 +315,9 @@ impl Config {
         if !(1..=19).contains(&compression_level) {
             bail!("compression level must be between 1 and 19, not {compression_level}");
         }
+        if o.keep_role_passwords && o.encrypt_to.is_empty() {
+            bail!("--keep-role-passwords needs --encrypt-to: password verifiers are not kept in plain text");
+        }
         let max_concurrent = defaulted(o.max_concurrent, "max_concurrent")?;
         if max_concurrent == 0 {
             bail!("--max-concurrent must be at least 1");

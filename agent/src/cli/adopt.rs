@@ -26,9 +26,12 @@ pub async fn run(cfg: &StoreConfig, cluster: Option<String>, json: bool) -> Resu
         .await
         .context("reading this cluster's identifier (is pg_backups installed in the control database?)")?
         .get(0);
-    let cluster = cluster.unwrap_or(here);
     let storage = Storage::open(cfg)?;
     let found = catalog::list(&storage).await?;
+    let cluster = match cluster {
+        Some(c) => catalog::resolve(&found, &c)?,
+        None => here.clone(),
+    };
     let mut rows = Vec::new();
     let mut refused = 0;
     // Oldest first: names and counters come out as they were made.
@@ -37,9 +40,12 @@ pub async fn run(cfg: &StoreConfig, cluster: Option<String>, json: bool) -> Resu
             Ok(result) => result,
             Err(e) => {
                 refused += 1;
-                // Its objects keep its name: no later capture takes it.
-                if let Err(e) = control.execute("SELECT backups._pass_name($1)", &[&f.id()]).await {
-                    tracing::warn!("cannot move the counters past {}: {e}", f.id());
+                // In this cluster's own folder its objects keep its name:
+                // no later capture may take it (and write over them).
+                if f.of_cluster(&here) {
+                    if let Err(e) = control.execute("SELECT backups._pass_name($1)", &[&f.id()]).await {
+                        tracing::warn!("cannot move the counters past {}: {e}", f.id());
+                    }
                 }
                 format!("refused: {e:#}")
             }
@@ -67,14 +73,18 @@ async fn adopt(control: &tokio_postgres::Client, storage: &Storage, f: &Found) -
         "database": f.database(),
         "owner": fact("owner"),
         "source": fact("source"),
-        "created_at": fact("created_at"),
+        // (A backup from before manifests said when it was queued: when
+        // it was written.)
+        "created_at": m.fact("created_at").cloned().unwrap_or_else(|| m.created_at.clone().into()),
         "created_by": fact("created_by"),
         "started_at": fact("started_at"),
         "finished_at": m.created_at,
         "attempt": f.attempt,
         "options": fact("options"),
         "scheduled": fact("scheduled"),
-        "kept": fact("kept"),
+        "kept": f.kept.is_some() || fact("kept") == serde_json::Value::Bool(true),
+        "kept_at": f.kept.as_ref().and_then(|k| k.get("kept_at")).cloned(),
+        "kept_by": f.kept.as_ref().and_then(|k| k.get("kept_by")).cloned(),
         "stored_under": f.place.under,
         "format": m.format.as_str(),
         "object_key": storage.relative(&keys.object(m.format)),

@@ -20,7 +20,7 @@ use crate::cli::{control, Common, Which};
 use crate::config::{Config, Given};
 use crate::ctx::Ctx;
 use crate::pg::cluster::teardown::Teardown;
-use crate::pg::cluster::{roles, target, Cluster};
+use crate::pg::cluster::{applier, roles, target, Cluster};
 use crate::pg::conn::{self, Conn};
 use crate::pg::tools::bins::Bins;
 use crate::staging::StagingArea;
@@ -56,6 +56,11 @@ pub struct RestoreArgs {
     /// cluster lacks them.
     #[arg(long)]
     pub create: bool,
+    /// With --create: give the roles the password verifiers their capture
+    /// kept (--keep-role-passwords). Trust the storage first: whoever can
+    /// write it chooses them.
+    #[arg(long)]
+    pub role_passwords: bool,
     #[command(flatten)]
     pub which: Which,
     #[command(flatten)]
@@ -92,12 +97,22 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     cfg.agent_id = format!("restore-{}", std::process::id());
     let storage = Storage::open(&cfg.store)?;
     let found = catalog::list(&storage).await?;
-    let found = catalog::pick(&found, &args.backup, &args.which.filter())?;
+    // `latest` is the target's own latest backup unless told otherwise.
+    let mut filter = args.which.filter();
+    if args.backup == "latest" && filter.database.is_none() {
+        filter.database = Some(target.clone());
+    }
+    let found = catalog::pick(&found, &args.backup, &filter)?;
     let stored = found.stored(&storage)?;
     let manifest = found.readable()?;
+    // Every object is there before anything is created.
+    found.check_objects(&storage).await?;
     eprintln!("restoring {} (database {}, {}) into {target}", found.id(), found.database(), manifest.created_at);
 
-    let scratch = tempfile::Builder::new().prefix("pgbackups-restore-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pgbackups-restore-")
+        .tempdir_in(&cfg.staging_dir)
+        .or_else(|_| tempfile::Builder::new().prefix("pgbackups-restore-").tempdir())?;
     let bins = Bins::discover(&cfg.pg_bin_dir).await?;
     let staging = StagingArea::claim(scratch.path(), &cfg.agent_id);
     let telemetry = Telemetry::new(&cfg.agent_id);
@@ -113,17 +128,22 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
         .await?
         .is_some();
     let receiving = manifest.receiving.as_ref();
+    let mut created_database = false;
     if args.create {
         let r = receiving.with_context(|| {
             format!("{} was taken before backups recorded their roles and database: create them by hand", found.id())
         })?;
-        let created = roles::create_missing(&cluster, &r.roles).await?;
+        let done = roles::create_missing(&cluster, &r.roles, args.role_passwords).await?;
+        for why in &done.refused {
+            eprintln!("warning: {why}");
+        }
+        let created = done.roles;
         if !created.is_empty() {
             eprintln!("created roles: {}", created.join(", "));
             let bare: Vec<&str> = r
                 .roles
                 .iter()
-                .filter(|x| x.login && x.password.is_none() && created.contains(&x.name))
+                .filter(|x| x.login && (x.password.is_none() || !args.role_passwords) && created.contains(&x.name))
                 .map(|x| x.name.as_str())
                 .collect();
             if !bare.is_empty() {
@@ -134,9 +154,10 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
             }
         }
         if !exists {
-            for w in target::receive(&cluster, &r.database, &target).await? {
+            for w in target::receive(&cluster, &r.database, &target, &created).await? {
                 eprintln!("warning: {w}");
             }
+            created_database = true;
             eprintln!("created database {target} (owner {})", r.database.owner);
         }
     } else if !exists {
@@ -149,7 +170,8 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     let task = Task {
         ctx: ctx.clone(),
         id: 0,
-        name: format!("shell{}", std::process::id()),
+        // Its shadow and login are named after it: unique to this run.
+        name: format!("shell{}", hex::encode(applier::random_bytes::<8>()?)),
         attempt: 1,
         progress,
         tracker: tracker.clone(),
@@ -172,7 +194,7 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
                 }
                 work.abort();
                 let _ = (&mut work).await;
-                break Err(anyhow::anyhow!("interrupted: {target} was not changed"));
+                break Err(anyhow::anyhow!("interrupted: {target} was not replaced"));
             }
         }
     };
@@ -183,6 +205,13 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     }
     printer.abort();
     let _ = printer.await;
+    if result.is_err() && created_database {
+        // Still empty: what --create made for it goes, but the roles.
+        match target::drop_received(&ctx_cluster(&ctx).await?, &target).await {
+            Ok(()) => eprintln!("dropped database {target}, which --create made for this restore (its roles stay)"),
+            Err(e) => eprintln!("warning: could not drop {target}, which --create made: {e:#}"),
+        }
+    }
     let done = result?;
     let warnings = match done {
         crate::transfer::outcome::Completion::Applied { warnings, .. } => warnings,
@@ -190,6 +219,11 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     };
     eprintln!("{} restored into {target}{}", found.id(), if warnings > 0 { " with warnings (above)" } else { "" });
     Ok(())
+}
+
+/// A connection to the target's cluster again (the restore's went with it).
+async fn ctx_cluster(ctx: &Ctx) -> Result<Cluster> {
+    Cluster::open(&ctx.cfg).await
 }
 
 /// The restore's log lines, to standard error, as they come.

@@ -13,8 +13,9 @@ use crate::transfer::progress::human;
 pub async fn list(cfg: &StoreConfig, filter: &Filter, json: bool) -> Result<()> {
     let storage = Storage::open(cfg)?;
     let found = catalog::list(&storage).await?;
+    let filter = &filter.clone().resolved(&found)?;
     let columns: Vec<String> =
-        ["id", "database", "cluster", "kind", "finished_at", "format", "stored_size", "encrypted", "readable"]
+        ["id", "database", "cluster", "kind", "finished_at", "format", "stored_size", "encrypted", "kept", "readable"]
             .map(String::from)
             .to_vec();
     let rows: Vec<Vec<Option<String>>> = found.iter().filter(|f| filter.keeps(f)).map(|f| row(f, json)).collect();
@@ -34,6 +35,7 @@ fn row(f: &Found, json: bool) -> Vec<Option<String>> {
         m.map(|m| m.format.as_str().to_string()),
         size.map(|s| if json { s.to_string() } else { human(s) }),
         Some(f.sealed.to_string()),
+        Some(f.kept.is_some().to_string()),
         Some(match &f.manifest {
             Ok(_) => "yes".to_string(),
             Err(why) => why.clone(),
@@ -95,7 +97,7 @@ pub async fn info(cfg: &StoreConfig, id: &str, filter: &Filter, json: bool) -> R
             Some(if f.sealed { format!("age, to {}", m.encrypted_to.join(", ")) } else { "none".into() }),
         ),
         ("tool versions".into(), Some(m.tool_versions.to_string())),
-        ("kept".into(), text(m.fact("kept"))),
+        ("kept".into(), Some(f.kept.is_some().to_string())),
         ("tables".into(), m.contents.as_ref().map(|c| c.tables.len().to_string())),
     ];
     if let Some(r) = &m.receiving {

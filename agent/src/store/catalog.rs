@@ -32,6 +32,8 @@ pub struct Found {
     pub manifest: std::result::Result<Manifest, String>,
     /// The SHA-256 of the manifest as stored.
     manifest_sha256: String,
+    /// Its pin, as storage says (`kept.json`: when and by whom).
+    pub kept: Option<serde_json::Value>,
 }
 
 impl Found {
@@ -44,14 +46,15 @@ impl Found {
         self.manifest.as_ref().ok().and_then(|m| m.fact_str("database")).unwrap_or(&self.place.label)
     }
 
-    /// Whether it belongs to cluster `cluster` (its name or its system
-    /// identifier).
+    /// Whether it belongs to the cluster with system identifier
+    /// `cluster` (its folder's, which its manifest agrees with).
     pub fn of_cluster(&self, cluster: &str) -> bool {
-        let recorded = self.manifest.as_ref().ok().and_then(|m| m.cluster.as_ref());
-        match recorded {
-            Some(c) => c.name == cluster || c.system_identifier == cluster,
-            None => self.place.under.as_deref() == Some(cluster),
-        }
+        self.place.under.as_deref() == Some(cluster)
+    }
+
+    /// The name its cluster was given, if its manifest reads.
+    fn cluster_name(&self) -> Option<&str> {
+        Some(self.manifest.as_ref().ok()?.cluster.as_ref()?.name.as_str())
     }
 
     /// The readable manifest, or why there is none.
@@ -138,7 +141,12 @@ pub async fn list(storage: &Storage) -> Result<Vec<Found>> {
         Err(e) => return Err(e).with_context(|| format!("listing {}", storage.url)),
     };
     let mut last: BTreeMap<Place, (i32, bool, object_store::ObjectMeta)> = BTreeMap::new();
+    let mut kept = std::collections::BTreeSet::new();
     for o in objects {
+        if let Some(place) = layout::parse_kept(prefix, &o.location) {
+            kept.insert(place);
+            continue;
+        }
         let Some((place, attempt, sealed)) = layout::parse_manifest(prefix, &o.location) else { continue };
         if last.get(&place).is_none_or(|(a, _, _)| *a < attempt) {
             last.insert(place, (attempt, sealed, o));
@@ -146,11 +154,82 @@ pub async fn list(storage: &Storage) -> Result<Vec<Found>> {
     }
     let mut found = Vec::with_capacity(last.len());
     for (place, (attempt, sealed, meta)) in last {
-        let (manifest, manifest_sha256) = read(storage, &meta.location, sealed).await?;
-        found.push(Found { place, attempt, sealed, modified: meta.last_modified, manifest, manifest_sha256 });
+        // One removed since the listing (a purge) is not there.
+        let (manifest, manifest_sha256) = match read(storage, &meta.location, sealed).await {
+            Ok(read) => read,
+            Err(e)
+                if e.downcast_ref::<object_store::Error>()
+                    .is_some_and(|e| matches!(e, object_store::Error::NotFound { .. })) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest = manifest.and_then(|m| belongs(&m, &place).map(|()| m));
+        let kept = match kept.contains(&place) {
+            true => Some(pin(storage, &place).await?),
+            false => None,
+        };
+        found.push(Found { place, attempt, sealed, modified: meta.last_modified, manifest, manifest_sha256, kept });
     }
-    found.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| b.place.id.cmp(&a.place.id)));
+    // Newest first, by when the manifest says it was taken (an object's
+    // time changes when a bucket is copied), then by number.
+    found.sort_by_cached_key(|f| {
+        let taken = f
+            .manifest
+            .as_ref()
+            .ok()
+            .and_then(|m| DateTime::parse_from_rfc3339(&m.created_at).ok())
+            .map_or(f.modified, |t| t.with_timezone(&Utc));
+        let number: u64 = f.place.id[1..].parse().unwrap_or(0);
+        std::cmp::Reverse((taken, number))
+    });
     Ok(found)
+}
+
+/// A manifest says it is the backup its folder holds: the same id,
+/// database (or source) and cluster. One copied or moved into another
+/// backup's folder is refused as altered.
+fn belongs(m: &Manifest, place: &Place) -> std::result::Result<(), String> {
+    let cluster = m.cluster.as_ref().map(|c| c.system_identifier.as_str());
+    if m.id != place.id || m.database != place.label || (place.under.is_some() && cluster != place.under.as_deref()) {
+        return Err(format!(
+            "its manifest describes {} of {} (cluster {}), not what its folder holds: it was altered or moved",
+            m.id,
+            m.database,
+            cluster.unwrap_or("none")
+        ));
+    }
+    Ok(())
+}
+
+/// The system identifier `cluster` means: an identifier, or the name
+/// given to exactly one cluster among `found`.
+pub fn resolve(found: &[Found], cluster: &str) -> Result<String> {
+    if !cluster.is_empty() && cluster.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(cluster.to_string());
+    }
+    let ids: std::collections::BTreeSet<&str> =
+        found.iter().filter(|f| f.cluster_name() == Some(cluster)).filter_map(|f| f.place.under.as_deref()).collect();
+    match ids.len() {
+        0 => bail!(
+            "no readable backup in storage is of a cluster named {cluster:?} (see pgbackups list; --identity-file)"
+        ),
+        1 => Ok(ids.into_iter().next().expect("one").to_string()),
+        _ => bail!(
+            "{} clusters are named {cluster:?} in storage ({}): say which by its system identifier",
+            ids.len(),
+            ids.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// A pin marker's facts (when, by whom); a marker that does not parse is
+/// still a pin.
+async fn pin(storage: &Storage, place: &Place) -> Result<serde_json::Value> {
+    let key = layout::kept_marker(storage.prefix(), place);
+    let bytes = storage.store.get(&key).await.with_context(|| format!("reading {key}"))?.bytes().await?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::json!({})))
 }
 
 /// A manifest and the SHA-256 of its stored bytes; a manifest that cannot
@@ -171,7 +250,8 @@ async fn read(storage: &Storage, key: &Path, sealed: bool) -> Result<(std::resul
     Ok((manifest, sum))
 }
 
-/// Which backups a command means: `--database`, `--cluster`.
+/// Which backups a command means: `--database`, `--cluster` (a name or an
+/// identifier; `resolved` makes it an identifier).
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub database: Option<String>,
@@ -179,6 +259,14 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The same filter, its cluster an identifier.
+    pub fn resolved(mut self, found: &[Found]) -> Result<Filter> {
+        if let Some(c) = &self.cluster {
+            self.cluster = Some(resolve(found, c)?);
+        }
+        Ok(self)
+    }
+
     pub fn keeps(&self, f: &Found) -> bool {
         self.database.as_deref().is_none_or(|d| f.database() == d)
             && self.cluster.as_deref().is_none_or(|c| f.of_cluster(c))
@@ -187,6 +275,7 @@ impl Filter {
 
 /// Backup `id` (or the newest readable one for `latest`) among `found`.
 pub fn pick<'a>(found: &'a [Found], id: &str, filter: &Filter) -> Result<&'a Found> {
+    let filter = &filter.clone().resolved(found)?;
     let kept: Vec<&Found> = found.iter().filter(|f| filter.keeps(f)).collect();
     if id == "latest" {
         // The newest, readable or not: never an older one in its place.

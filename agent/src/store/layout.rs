@@ -8,6 +8,7 @@
 //! <prefix>/<cluster>/<label>/<id>/dump/<file>.zst        directory format, one object per file
 //! <prefix>/<cluster>/<label>/<id>/manifest.json          written last: without it, an unfinished attempt
 //! <prefix>/<cluster>/<label>/<id>/backup-2.dump.zst ...  a retried attempt: `-<attempt>`
+//! <prefix>/<cluster>/<label>/<id>/kept.json              pinned (backups.keep()), for adoption
 //! ```
 //!
 //! Several clusters may share one prefix: each writes under its own folder,
@@ -99,22 +100,20 @@ pub fn backup_folder(prefix: &Path, place: &Place) -> Path {
     base.child(part(&segment(&place.label))).child(part(&segment(&place.id)))
 }
 
-/// A manifest's key, read back: which attempt of which backup it is, or
-/// None for any other key. What listing storage goes by (`store::catalog`).
-pub fn parse_manifest(prefix: &Path, key: &Path) -> Option<(Place, i32, bool)> {
+/// The marker of a pinned backup (`backups.keep()`), whatever its attempt:
+/// never encrypted, it says only when and by whom.
+pub fn kept_marker(prefix: &Path, place: &Place) -> Path {
+    backup_folder(prefix, place).child(part("kept.json"))
+}
+
+/// A key read back as a backup's file: its place and the file's name (the
+/// last part), or None for a key no backup of ours has.
+fn parse_place(prefix: &Path, key: &Path) -> Option<(Place, String)> {
     let rel: Vec<String> = key.prefix_match(prefix)?.map(|p| p.as_ref().to_string()).collect();
     let (under, label, id, file) = match rel.as_slice() {
         [label, id, file] => (None, label, id, file),
         [under, label, id, file] => (Some(unsegment(under)?), label, id, file),
         _ => return None,
-    };
-    let (stem, sealed) = match file.strip_suffix(".age") {
-        Some(stem) => (stem, true),
-        None => (file.as_str(), false),
-    };
-    let attempt = match stem.strip_prefix("manifest")?.strip_suffix(".json")? {
-        "" => 1,
-        n => n.strip_prefix('-')?.parse().ok().filter(|a| *a > 1)?,
     };
     // A cluster folder is a system identifier; an id, a backup's name.
     if under.as_deref().is_some_and(|u| u.is_empty() || !u.bytes().all(|b| b.is_ascii_digit())) {
@@ -124,7 +123,27 @@ pub fn parse_manifest(prefix: &Path, key: &Path) -> Option<(Place, i32, bool)> {
     if name.len() < 4 || !name[0].is_ascii_lowercase() || !name[1..].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let place = Place { under, label: unsegment(label)?, id: id.clone() };
+    Some((Place { under, label: unsegment(label)?, id: id.clone() }, file.clone()))
+}
+
+/// A pin marker's key, read back: whose it is.
+pub fn parse_kept(prefix: &Path, key: &Path) -> Option<Place> {
+    let (place, file) = parse_place(prefix, key)?;
+    (file == "kept.json" && kept_marker(prefix, &place) == *key).then_some(place)
+}
+
+/// A manifest's key, read back: which attempt of which backup it is, or
+/// None for any other key. What listing storage goes by (`store::catalog`).
+pub fn parse_manifest(prefix: &Path, key: &Path) -> Option<(Place, i32, bool)> {
+    let (place, file) = parse_place(prefix, key)?;
+    let (stem, sealed) = match file.strip_suffix(".age") {
+        Some(stem) => (stem, true),
+        None => (file.as_str(), false),
+    };
+    let attempt = match stem.strip_prefix("manifest")?.strip_suffix(".json")? {
+        "" => 1,
+        n => n.strip_prefix('-')?.parse().ok().filter(|a| *a > 1)?,
+    };
     // Only keys this module would build for what it read back.
     (Keys::new(prefix, &place, attempt).sealed(sealed).manifest() == *key).then_some((place, attempt, sealed))
 }
@@ -284,6 +303,8 @@ mod tests {
             let key = Keys::new(&prefix, &place, attempt).sealed(sealed).manifest();
             assert_eq!(parse_manifest(&prefix, &key), Some((place.clone(), attempt, sealed)), "{key}");
         }
+        assert_eq!(parse_kept(&prefix, &kept_marker(&prefix, &place)), Some(place.clone()));
+        assert_eq!(parse_kept(&prefix, &Keys::new(&prefix, &place, 1).manifest()), None);
         let old = legacy("shop", "a012");
         let key = Keys::new(&prefix, &old, 3).manifest();
         assert_eq!(parse_manifest(&prefix, &key), Some((old, 3, false)));

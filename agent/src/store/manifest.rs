@@ -154,7 +154,9 @@ impl Manifest {
                 manifest.manifest_version
             );
         }
+        let later = manifest.catalog.is_some() || manifest.cluster.is_some() || manifest.receiving.is_some();
         match (&manifest.manifest_sha256, manifest.manifest_version) {
+            (None, 1) if later => bail!("a version 1 manifest with later fields and no checksum: it was altered"),
             (None, 1) => {}
             (None, _) => bail!("the manifest has no checksum of its own: it was altered"),
             (Some(recorded), _) => {
@@ -167,6 +169,9 @@ impl Manifest {
                     bail!("the manifest does not match its own checksum (sha256 {actual}, recorded {recorded}): it was altered or damaged");
                 }
             }
+        }
+        if let Some(r) = &manifest.receiving {
+            r.database.check().context("the manifest's database properties were altered")?;
         }
         Ok(manifest)
     }

@@ -1,6 +1,8 @@
 //! Retention and `backups.delete()`: remove every stored object of backups
 //! that were deleted or expired (all their attempts' folders), check that
-//! nothing is left, then mark them purged. It runs beside the claim loop on
+//! nothing is left, then mark them purged. And pins: a backup kept or
+//! unkept gets its `kept.json` written or removed, so that storage says
+//! what adoption must bring back. It runs beside the claim loop on
 //! its own connection, so a backup of thousands of objects, or storage being
 //! down, never delays a claim.
 
@@ -12,7 +14,7 @@ use tokio_postgres::Client;
 
 use crate::pg::conn;
 use crate::shutdown::{Phase, Shutdown};
-use crate::store::layout::Place;
+use crate::store::layout::{self, Place};
 use crate::store::storage::Storage;
 
 const EVERY: Duration = Duration::from_secs(10);
@@ -33,7 +35,7 @@ pub async fn run(url: String, storage: Storage, mut wake: tokio::sync::watch::Re
         }
         if let Some(c) = &client {
             let round = tokio::select! {
-                r = purge(c, &storage, &mut stuck) => r,
+                r = async { purge(c, &storage, &mut stuck).await?; pins(c, &storage).await } => r,
                 _ = shutdown.reached(Phase::Draining) => return,
             };
             if let Err(e) = round {
@@ -67,6 +69,34 @@ impl Stuck {
         self.0.insert(id, (Instant::now() + delay, delay));
         delay
     }
+}
+
+/// Write (or remove) the pin markers of the backups kept (or unkept)
+/// since; the number written.
+pub async fn pins(client: &Client, storage: &Storage) -> Result<usize> {
+    let rows = client
+        .query(
+            "SELECT id, name, label, stored_under, kept, kept_at::text, kept_by::text FROM backups._pins_to_write($1)",
+            &[&BATCH],
+        )
+        .await?;
+    for r in &rows {
+        let (id, name, label, under, kept): (i64, String, String, Option<String>, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let key = layout::kept_marker(storage.prefix(), &Place::new(under.as_deref(), &label, &name));
+        if kept {
+            let marker = serde_json::json!({ "kept_at": r.get::<_, Option<String>>(5), "kept_by": r.get::<_, Option<String>>(6) });
+            storage.store.put(&key, serde_json::to_vec(&marker)?.into()).await?;
+            storage.sync(std::slice::from_ref(&key)).await?;
+        } else {
+            match storage.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        client.execute("SELECT backups._pin_written($1, $2)", &[&id, &kept]).await?;
+    }
+    Ok(rows.len())
 }
 
 /// One round: up to `BATCH` backups; the number purged.

@@ -206,7 +206,17 @@ impl Storage {
             Err(e) => return Err(e).with_context(|| format!("listing {dir}")),
         };
         let n = objects.len();
-        let locations = futures::stream::iter(objects.into_iter().map(Ok)).boxed();
+        // Manifests first: a purge cut short leaves no manifest whose
+        // objects are gone (a backup listed whole that is not).
+        let (manifests, rest): (Vec<Path>, Vec<Path>) =
+            objects.into_iter().partition(|p| p.filename().is_some_and(|f| f.starts_with("manifest")));
+        for m in &manifests {
+            match self.store.delete(m).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {m}")),
+            }
+        }
+        let locations = futures::stream::iter(rest.into_iter().map(Ok)).boxed();
         let mut deleted = self.store.delete_stream(locations);
         while let Some(r) = deleted.next().await {
             match r {
@@ -233,10 +243,19 @@ impl Storage {
     /// Remove the objects one attempt may have written: what a failed,
     /// cancelled or lost attempt leaves behind.
     pub async fn delete_attempt(&self, keys: &Keys) -> Result<usize> {
-        let mut n = self.delete_all(&keys.dir()).await?;
-        // Encrypted or not: whichever this attempt wrote.
+        // Encrypted or not: whichever this attempt wrote. The manifest
+        // first: a removal cut short never leaves one whose objects are gone.
         let (plain, sealed) = (keys.clone().sealed(false), keys.clone().sealed(true));
-        for key in [plain.dump(), plain.manifest(), sealed.dump(), sealed.manifest()] {
+        let mut n = 0;
+        for key in [plain.manifest(), sealed.manifest()] {
+            match self.store.delete(&key).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {key}")),
+            }
+        }
+        n += self.delete_all(&keys.dir()).await?;
+        for key in [plain.dump(), sealed.dump()] {
             match self.store.delete(&key).await {
                 Ok(()) => n += 1,
                 Err(object_store::Error::NotFound { .. }) => {}

@@ -46,6 +46,11 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
         .unwrap();
     assert!(info.contains("kept: since ") && info.contains("by postgres"), "{info}");
     assert_eq!(info.matches("kept by postgres").count(), 1, "{info}");
+    // Storage says so too (kept.json beside the manifest), for adoption.
+    let marker = |id: &str| store.path().join(pgbackups_e2e::data::home(&c)).join("shop").join(id).join("kept.json");
+    wait_for(&c, &format!("SELECT kept_stored FROM backups.transfers WHERE name = '{b2}'"), "t", PATIENCE).unwrap();
+    let said: serde_json::Value = serde_json::from_slice(&std::fs::read(marker(&b2)).unwrap()).unwrap();
+    assert_eq!(said["kept_by"], "postgres", "{said}");
 
     // b3 makes two unkept backups (b1, b3) and one kept: keep_manual = 2
     // leaves all three, since the kept one takes no slot.
@@ -97,6 +102,13 @@ fn a_kept_backup_survives_manual_retention_takes_no_slot_and_cannot_be_deleted_u
     assert!(log.contains("kept by postgres") && log.contains("unkept by postgres") && log.contains("expired"), "{log}");
     assert_eq!(status(&c, &b3), "completed");
     assert_eq!(status(&c, &b4), "completed");
+    // Unkept, its marker goes.
+    c.sql("postgres", &format!("SELECT backups.keep('{b4}')")).unwrap();
+    wait_for(&c, &format!("SELECT kept_stored FROM backups.transfers WHERE name = '{b4}'"), "t", PATIENCE).unwrap();
+    assert!(marker(&b4).exists());
+    c.sql("postgres", &format!("SELECT backups.keep('{b4}', false)")).unwrap();
+    wait_for(&c, &format!("SELECT kept_stored FROM backups.transfers WHERE name = '{b4}'"), "f", PATIENCE).unwrap();
+    assert!(!marker(&b4).exists());
 }
 
 #[test]

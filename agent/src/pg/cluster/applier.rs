@@ -251,7 +251,7 @@ fn scram_verifier(password: &str) -> Result<String> {
 }
 
 /// `N` random bytes from the kernel.
-fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(bytes)

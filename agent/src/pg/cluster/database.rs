@@ -139,6 +139,37 @@ impl Properties {
         out
     }
 
+    /// Properties read back from a manifest (whatever storage holds) are
+    /// only statements' parts: a grant's privilege is one of a database's,
+    /// never text to run.
+    pub fn check(&self) -> Result<()> {
+        for g in self.grants.iter().flatten() {
+            if !["CONNECT", "CREATE", "TEMPORARY", "TEMP"].contains(&g.privilege.as_str()) {
+                anyhow::bail!("{:?} is not a privilege on a database", g.privilege);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the per-role settings of roles not in `roles` (those a
+    /// restore did not create: their settings are the cluster's own).
+    pub fn keep_role_settings_of(&mut self, roles: &[String]) -> Vec<String> {
+        let (kept, dropped): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.role_settings).into_iter().partition(|(r, _)| roles.contains(r));
+        self.role_settings = kept;
+        dropped.into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// Forget the database settings named in `names`; those forgotten.
+    pub fn drop_settings(&mut self, names: &[String]) -> Vec<String> {
+        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.settings).into_iter().partition(|s| {
+            let name = s.split_once('=').map_or(s.as_str(), |(n, _)| n);
+            names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        });
+        self.settings = kept;
+        dropped
+    }
+
     /// A plain database owned by `owner`, for tests.
     #[cfg(test)]
     pub fn example(owner: &str) -> Properties {
@@ -315,6 +346,19 @@ fn split_list(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_from_a_manifest_is_a_privilege_or_refused() {
+        let mut p = Properties::example("alice");
+        p.grants = Some(vec![Grant { grantee: None, privilege: "CONNECT".into(), grantable: false }]);
+        p.check().unwrap();
+        p.grants = Some(vec![Grant {
+            grantee: None,
+            privilege: "CONNECT ON DATABASE d TO PUBLIC; ALTER ROLE x SUPERUSER; --".into(),
+            grantable: false,
+        }]);
+        assert!(p.check().is_err());
+    }
 
     #[test]
     fn list_settings_are_quoted_name_by_name() {

@@ -7,7 +7,7 @@
 //! itself; the roles those are members of come along, with memberships
 //! among them. Passwords only when asked (`--keep-role-passwords`).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::cluster::Cluster;
@@ -43,7 +43,8 @@ pub struct Role {
 /// `extra`: roles named elsewhere (the database's own properties).
 /// `passwords`: read pg_authid (a superuser only) for their verifiers.
 pub async fn read(c: &tokio_postgres::Client, database: u32, extra: &[String], passwords: bool) -> Result<Vec<Role>> {
-    let password = if passwords { "a.rolpassword" } else { "NULL::text" };
+    // Never a superuser's: a restore does not make superusers.
+    let password = if passwords { "CASE WHEN a.rolsuper THEN NULL ELSE a.rolpassword END" } else { "NULL::text" };
     let from = if passwords { "pg_catalog.pg_authid" } else { "pg_catalog.pg_roles" };
     let rows = c
         .query(
@@ -147,9 +148,23 @@ impl Role {
     }
 }
 
+/// What `create_missing` did: the roles created, and what of the
+/// manifest it would not do, for the person to do by hand.
+#[derive(Debug, Default)]
+pub struct Created {
+    pub roles: Vec<String>,
+    pub refused: Vec<String>,
+}
+
 /// Create those of `roles` this cluster lacks (a role it has is left as
-/// it is), then their settings and memberships; the names created.
-pub async fn create_missing(cluster: &Cluster, roles: &[Role]) -> Result<Vec<String>> {
+/// it is), then their settings and memberships; with their recorded
+/// password verifiers only when `passwords`. A manifest is whatever
+/// storage holds, and this runs with the rights of whoever restores, so
+/// it never creates a role with powers beyond a database's (SUPERUSER,
+/// CREATEROLE, REPLICATION, BYPASSRLS: created without them, and said so),
+/// grants membership only in roles it created itself, and sets no
+/// setting that loads a library.
+pub async fn create_missing(cluster: &Cluster, roles: &[Role], passwords: bool) -> Result<Created> {
     let c = cluster.client().await?;
     let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
     let existing: Vec<String> = c
@@ -158,16 +173,56 @@ pub async fn create_missing(cluster: &Cluster, roles: &[Role]) -> Result<Vec<Str
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let missing: Vec<&Role> = roles.iter().filter(|r| !existing.contains(&r.name)).collect();
+    let mut done = Created::default();
+    let missing: Vec<Role> = roles
+        .iter()
+        .filter(|r| !existing.contains(&r.name))
+        .map(|r| {
+            let mut tamed = r.clone();
+            if r.superuser || r.create_role || r.replication || r.bypass_rls {
+                done.refused.push(format!(
+                    "{} was created without SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS: grant what it needs yourself",
+                    r.name
+                ));
+                (tamed.superuser, tamed.create_role, tamed.replication, tamed.bypass_rls) = (false, false, false, false);
+            }
+            if !passwords {
+                tamed.password = None;
+            }
+            tamed.settings.retain(|s| {
+                let name = s.split_once('=').map_or(s.as_str(), |(n, _)| n).to_ascii_lowercase();
+                let loads = name.ends_with("preload_libraries");
+                if loads {
+                    done.refused.push(format!("{}: not set: ALTER ROLE ... SET {s}", r.name));
+                }
+                !loads
+            });
+            tamed
+        })
+        .collect();
     for r in &missing {
+        if r.name.starts_with("pg_") {
+            bail!("the backup names role {:?}: a name reserved for PostgreSQL's own roles", r.name);
+        }
         cluster.execute(&r.create_statement()).await.with_context(|| format!("creating role {}", r.name))?;
+        done.roles.push(r.name.clone());
     }
-    for r in &missing {
+    // Groups it may join: those created here (of the backup's, tamed). A
+    // role this cluster had is its own: joining it is the person's call.
+    for r in &mut missing.clone() {
+        r.member_of.retain(|(group, _)| {
+            let ok = done.roles.contains(group);
+            if !ok {
+                done.refused
+                    .push(format!("{} was not made a member of {group}: GRANT it yourself if it should be", r.name));
+            }
+            ok
+        });
         for s in r.after_statements() {
             cluster.execute(&s).await.with_context(|| format!("role {}: {s}", r.name))?;
         }
     }
-    Ok(missing.iter().map(|r| r.name.clone()).collect())
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -118,11 +118,25 @@ pub async fn create(cluster: &Cluster, target: &Target) -> Result<()> {
 /// Create database `name`, which this cluster lacks, with the recorded
 /// properties `props` (of a backup's database: its owner, locale,
 /// settings, grants and comment); a tablespace this cluster lacks is left
-/// for the default. What could not be kept, as warnings.
-pub async fn receive(cluster: &Cluster, props: &Properties, name: &str) -> Result<Vec<String>> {
+/// for the default. Only the roles `created` (by this restore) get their
+/// recorded settings in it; a setting only a superuser may make is not
+/// made. What could not be kept, as warnings.
+pub async fn receive(cluster: &Cluster, props: &Properties, name: &str, created: &[String]) -> Result<Vec<String>> {
     let c = cluster.client().await?;
     let mut warnings = Vec::new();
     let mut props = props.clone();
+    for role in props.keep_role_settings_of(created) {
+        warnings.push(format!("the settings {role} had in {name} were not made: {role} is this cluster's own role"));
+    }
+    let privileged: Vec<String> = c
+        .query("SELECT name FROM pg_catalog.pg_settings WHERE context NOT IN ('user', 'backend') OR name LIKE '%preload_libraries'", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in props.drop_settings(&privileged) {
+        warnings.push(format!("not made (a superuser's setting): ALTER DATABASE {name} SET {s}"));
+    }
     let tablespace = props.tablespace.clone();
     if c.query_opt("SELECT 1 FROM pg_catalog.pg_tablespace WHERE spcname = $1", &[&tablespace]).await?.is_none() {
         warnings.push(format!("tablespace {tablespace:?} is not in this cluster: {name} is in the default one"));
@@ -133,6 +147,12 @@ pub async fn receive(cluster: &Cluster, props: &Properties, name: &str) -> Resul
     warnings.extend(configure(cluster, &target, name).await?);
     comment(cluster, &target).await?;
     Ok(warnings)
+}
+
+/// Drop database `name`, which this restore created empty (`receive`) and
+/// then could not fill.
+pub async fn drop_received(cluster: &Cluster, name: &str) -> Result<()> {
+    cluster.execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name))).await
 }
 
 /// Give database `into` the grants, connection limit and settings of

@@ -170,7 +170,9 @@ async fn run(task: &Task, capture: &Capture) -> Result<Completion> {
 /// that storage alone describes the backup once this cluster is gone.
 async fn about(task: &Task, source_size: i64, tool_versions: serde_json::Value, receiving: Receiving) -> Result<About> {
     let cfg = &task.ctx.cfg;
-    let control = conn::connect(cfg.control()?).await.context("reading the backup's row for its manifest")?;
+    let control = conn::connect_with_retry(cfg.control()?, std::time::Duration::from_secs(30))
+        .await
+        .context("reading the backup's row for its manifest")?;
     let row = control
         .query_one("SELECT backups._manifest_facts($1), backups._system_identifier()", &[&task.id])
         .await
