@@ -43,7 +43,7 @@ chmod 600 "$DEMO_DIR/metrics_token"
 if agent_running; then kill "$(cat "$PIDFILE")"; sleep 1; fi
 PGBACKUPS_LINK_SECRET="$SECRET" PGBACKUPS_LOG=info nohup "$AGENT" agent --database-url "$URL" \
     --storage "file://$STORE" --staging-dir "$DEMO_DIR/staging" --listen "127.0.0.1:$LINK_PORT" \
-    --metrics-token-file "$DEMO_DIR/metrics_token" >"$DEMO_DIR/agent.log" 2>&1 &
+    --metrics-token-file "$DEMO_DIR/metrics_token" --cluster-name demo >"$DEMO_DIR/agent.log" 2>&1 &
 echo $! >"$PIDFILE"
 sleep 1
 agent_running || { cat "$DEMO_DIR/agent.log"; exit 1; }
@@ -126,6 +126,9 @@ Try it:
 From the shell:
   curl -H "Authorization: Bearer \$(cat $DEMO_DIR/metrics_token)" http://127.0.0.1:$LINK_PORT/metrics
   PGBACKUPS_DATABASE_URL=$URL PGBACKUPS_STORAGE=file://$STORE pgbackups download   # -> latest.dump
+
+The day the server is gone (docs/disaster-recovery.md):
+  pgbackups list --storage file://$STORE                 # storage alone
 
 Stop everything with: make demo-stop
 EOT

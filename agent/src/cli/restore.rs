@@ -226,11 +226,15 @@ async fn ctx_cluster(ctx: &Ctx) -> Result<Cluster> {
     Cluster::open(&ctx.cfg).await
 }
 
-/// The restore's log lines, to standard error, as they come.
+/// The restore's log lines, to standard error, as they come: the agent's
+/// steps, and what the tools warn of (not each item pg_restore makes).
 async fn print(mut journal: Journal) {
     loop {
         for (level, line) in journal.drain() {
+            let tool = line.starts_with("pg_restore: ") || line.starts_with("psql:");
             match level {
+                Level::Debug => {}
+                Level::Info if tool => {}
                 Level::Info => eprintln!("{line}"),
                 other => eprintln!("{}: {line}", other.as_str()),
             }

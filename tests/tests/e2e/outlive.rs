@@ -202,39 +202,23 @@ fn the_drill_a_lost_cluster_is_listed_restored_into_a_new_one_and_adopted() {
 
     // The new cluster adopts the old one's history.
     let control = new.url("postgres");
-    let adopted = ok(
-        &s3,
-        &[
-            "adopt",
-            "--database-url",
-            &control,
-            "--storage",
-            STORAGE,
-            "--cluster",
-            "prod",
-            "--identity-file",
-            &identity,
-            "--json",
-        ],
-    );
+    let adopt = [
+        "adopt",
+        "--database-url",
+        &control,
+        "--storage",
+        STORAGE,
+        "--cluster",
+        "prod",
+        "--identity-file",
+        &identity,
+        "--json",
+    ];
+    let adopted = ok(&s3, &adopt);
     let adopted: serde_json::Value = serde_json::from_str(&adopted).unwrap();
     assert_eq!(adopted.as_array().unwrap().len(), 4, "{adopted}");
     assert!(adopted.as_array().unwrap().iter().all(|r| r["result"] == "adopted"), "{adopted}");
-    let again = ok(
-        &s3,
-        &[
-            "adopt",
-            "--database-url",
-            &control,
-            "--storage",
-            STORAGE,
-            "--cluster",
-            "prod",
-            "--identity-file",
-            &identity,
-            "--json",
-        ],
-    );
+    let again = ok(&s3, &adopt);
     assert!(!again.contains("\"adopted\""), "adopted twice: {again}");
     assert_eq!(new.sql("postgres", "SELECT string_agg(id, ' ' ORDER BY id) FROM backups.list()").unwrap(), history);
     assert_eq!(new.sql("postgres", "SELECT database FROM backups.list() WHERE id = 'a001'").unwrap(), "books");
