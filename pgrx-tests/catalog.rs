@@ -18,30 +18,30 @@ fn found(name: &str, checksum: &str) -> String {
 #[pg_test]
 fn an_adopted_backup_is_a_completed_capture_once_and_moves_the_counter_past_it() {
     run("DELETE FROM backups.transfers");
-    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "abc"))), "adopted");
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b90041", "abc"))), "adopted");
     assert_eq!(
         one::<String>(
             "SELECT concat_ws(' ', status, kind, database, attempts, format, object_key, stored_under, checksum,
                                kept_at IS NOT NULL, contents::text, database_oid IS NOT NULL, owner_role::regrole)
-               FROM backups.transfers WHERE name = 'b041'"
+               FROM backups.transfers WHERE name = 'b90041'"
         ),
-        "completed capture postgres 2 directory 7301/postgres/b041/dump-2 7301 abc t \
+        "completed capture postgres 2 directory 7301/postgres/b90041/dump-2 7301 abc t \
          [{\"rows\": 1, \"bytes\": 2, \"table\": \"t\", \"digest\": \"d\", \"schema\": \"public\"}] t postgres"
     );
     // Listed as any backup, and restorable by name.
-    assert_eq!(one::<String>("SELECT status FROM backups.list() WHERE id = 'b041'"), "completed");
-    assert_eq!(one::<String>("SELECT name FROM backups._stored('b041')"), "b041");
+    assert_eq!(one::<String>("SELECT status FROM backups.list() WHERE id = 'b90041'"), "completed");
+    assert_eq!(one::<String>("SELECT name FROM backups._stored('b90041')"), "b90041");
     // Twice: nothing twice. Another backup under its name: not adopted.
-    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "abc"))), "present");
-    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b041", "other"))), "taken");
-    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE name = 'b041'"), 1);
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b90041", "abc"))), "present");
+    assert_eq!(one::<String>(&format!("SELECT backups._adopt('{}')", found("b90041", "other"))), "taken");
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.transfers WHERE name = 'b90041'"), 1);
     // The next capture cannot take an adopted name, nor one passed.
-    assert_eq!(one::<String>("SELECT backups.capture()"), "b042");
-    run("SELECT backups._pass_name('b100')");
-    assert_eq!(one::<String>("SELECT backups.capture()"), "b101");
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b90042");
+    run("SELECT backups._pass_name('b90100')");
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b90101");
     // Passing a lower name never moves the counter back.
     run("SELECT backups._pass_name('b007')");
-    assert_eq!(one::<String>("SELECT backups.capture()"), "b102");
+    assert_eq!(one::<String>("SELECT backups.capture()"), "b90102");
 }
 
 #[pg_test(error = "cannot adopt 'x001; DROP TABLE backups.transfers': not the name of a backup")]

@@ -130,10 +130,10 @@ fn the_tables_are_closed_to_public_and_functions_to_unprivileged_roles() {
     run("CREATE ROLE pgrx_admin IN ROLE backups_admin");
     for (role, func, allowed) in [
         ("pgrx_nobody", "backups.capture(name,integer,text,text[],text[])", false),
-        ("pgrx_nobody", "backups.list()", false),
+        ("pgrx_nobody", "backups.list(integer,text,name,text,text)", false),
         ("pgrx_nobody", "backups.url(text,interval)", false),
         ("pgrx_user", "backups.capture(name,integer,text,text[],text[])", true),
-        ("pgrx_user", "backups.list()", true),
+        ("pgrx_user", "backups.list(integer,text,name,text,text)", true),
         ("pgrx_user", "backups.info(text)", true),
         ("pgrx_user", "backups.wait(text,interval)", true),
         ("pgrx_user", "backups.url(text,interval)", true),

@@ -8,7 +8,7 @@ REVOKE ALL ON ALL PROCEDURES IN SCHEMA backups FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA backups FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     backups.wait(text, interval),
-    backups.list(),
+    backups.list(integer, text, name, text, text),
     backups.info(text),
     backups.url(text, interval),
     backups.database_info(name),

@@ -424,12 +424,19 @@ RETURNS TABLE (name text, label text, attempt integer, format text, checksum tex
                encrypted_to text[], contents jsonb, head_sha256 text, stored_under text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents,
-           t.head_sha256, t.stored_under
-      FROM backups.transfers t
-     WHERE t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
-       AND (_stored.id IS NULL OR t.name = lower(btrim(_stored.id)))
-     ORDER BY t.finished_at DESC, t.id DESC LIMIT 1
+    -- Two branches, each with its index (by name; the latest), rather
+    -- than one `id IS NULL OR name = ...` that can use neither.
+    (SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents,
+            t.head_sha256, t.stored_under
+       FROM backups.transfers t
+      WHERE _stored.id IS NOT NULL AND t.name = lower(btrim(_stored.id))
+        AND t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL)
+    UNION ALL
+    (SELECT t.name, backups._label(t), t.attempts, t.format, t.checksum, t.stored_size, t.encrypted_to, t.contents,
+            t.head_sha256, t.stored_under
+       FROM backups.transfers t
+      WHERE _stored.id IS NULL AND t.kind = 'capture' AND t.status = 'completed' AND t.deleted_at IS NULL
+      ORDER BY t.finished_at DESC, t.id DESC LIMIT 1)
 $$;
 
 -- The transfers still pending or running, and their databases' oids (a

@@ -168,6 +168,13 @@ CREATE INDEX transfers_pending_idx ON backups.transfers (id) WHERE status = 'pen
 CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE status = 'running';
 CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);
 CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind = 'verify';
+-- list(), newest first: every row (an admin), and an owner's (a tenant).
+CREATE INDEX transfers_newest_idx ON backups.transfers (created_at DESC, id DESC) WHERE deleted_at IS NULL;
+CREATE INDEX transfers_owner_newest_idx ON backups.transfers (owner_role, created_at DESC, id DESC)
+    WHERE deleted_at IS NULL;
+-- _stored(): the latest completed backup.
+CREATE INDEX transfers_latest_backup_idx ON backups.transfers (finished_at DESC, id DESC)
+    WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
 
 -- What the agent and the worker say about a transfer; backups.info() shows it.
 CREATE TABLE backups.transfer_logs (

@@ -46,18 +46,62 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION backups.list()
+-- History, newest first, a page at a time: at most `page_size` rows
+-- (default 100) created before transfer `before` (the last id of the
+-- previous page), of database `of_database`, kind `of_kind` and status
+-- `of_status` if given (named apart from the columns they filter). Whom the
+-- caller may see is worked out once, not per row; each page reads only its
+-- rows (an index serves "newest first" for an admin, and per owner for a
+-- tenant), and a backup's latest verification is looked up only for the
+-- rows returned. Paging by `before` returns every row once, however many
+-- transfers are queued meanwhile (they are newer than any page read).
+CREATE FUNCTION backups.list(page_size integer DEFAULT 100, before text DEFAULT NULL, of_database name DEFAULT NULL,
+                             of_kind text DEFAULT NULL, of_status text DEFAULT NULL)
 RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
                finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text,
                kept boolean, verified text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_admin  boolean := backups._is_admin();
+    v_roles  oid[];
+    v_cursor backups.transfers;
+BEGIN
+    IF page_size IS NULL OR page_size < 1 THEN
+        RAISE EXCEPTION 'page_size must be at least 1, not %', coalesce(page_size::text, 'NULL')
+            USING HINT = 'SELECT * FROM backups.list(20); then backups.list(20, before => ''<the last id shown>'')';
+    END IF;
+    IF before IS NOT NULL THEN
+        SELECT * INTO v_cursor FROM backups.transfers x WHERE x.name = lower(btrim(list.before));
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'no transfer is called %', before
+                USING HINT = 'before => takes the last id of the previous page.';
+        END IF;
+    END IF;
+    IF NOT v_admin THEN
+        -- The roles whose transfers the caller sees (_may_see), once.
+        v_roles := ARRAY(SELECT r.oid FROM pg_catalog.pg_roles r WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+    END IF;
+    RETURN QUERY
+    WITH page AS MATERIALIZED (
+        SELECT t.* FROM backups.transfers t
+         WHERE t.deleted_at IS NULL
+           AND (v_admin OR (t.owner_role = ANY (v_roles)
+                            AND (t.kind <> 'capture' OR t.source IS NULL)
+                            AND NOT (t.kind = 'verify' AND t.options ? 'admins_only')))
+           AND (list.of_database IS NULL OR t.database = list.of_database)
+           AND (list.of_kind IS NULL OR t.kind = list.of_kind)
+           AND (list.of_status IS NULL OR t.status = list.of_status)
+           AND (list.before IS NULL OR (t.created_at, t.id) < (v_cursor.created_at, v_cursor.id))
+         ORDER BY t.created_at DESC, t.id DESC
+         LIMIT list.page_size
+    )
     SELECT t.name, t.kind, t.status, t.created_at, t.started_at, t.finished_at, t.database,
            t.source_size, t.stored_size,
            CASE t.status
                WHEN 'pending' THEN CASE WHEN t.attempts > 0 THEN 'requeued, waiting for an agent'
                                         ELSE 'waiting for an agent' END
-               WHEN 'running' THEN backups._progress(t)
+               WHEN 'running' THEN backups._progress(t::backups.transfers)
                WHEN 'completed' THEN 'done' || coalesce(' in ' || backups._duration(t.started_at, t.finished_at), '')
                                      || CASE WHEN t.warnings > 0 THEN format(' with %s warnings', t.warnings) ELSE '' END
                WHEN 'failed' THEN split_part(coalesce(t.error, 'failed'), E'\n', 1)
@@ -74,9 +118,9 @@ AS $$
                  WHERE v.kind = 'verify' AND v.source = t.name AND backups._may_see(v)
                  ORDER BY v.id DESC LIMIT 1)
            END
-    FROM backups.transfers t
-    WHERE t.deleted_at IS NULL AND backups._may_see(t)
-    ORDER BY t.created_at DESC, t.id DESC
+      FROM page t
+     ORDER BY t.created_at DESC, t.id DESC;
+END
 $$;
 
 CREATE FUNCTION backups.info(id text DEFAULT NULL)

@@ -28,6 +28,7 @@ mod tests {
     include!("../../pgrx-tests/client.rs");
     include!("../../pgrx-tests/tenancy.rs");
     include!("../../pgrx-tests/catalog.rs");
+    include!("../../pgrx-tests/history.rs");
 }
 
 ::pgrx::pg_module_magic!(name, version);

@@ -75,8 +75,9 @@ BEGIN
     RAISE NOTICE '% queued', id;
     v_deadline := pg_catalog.clock_timestamp() + coalesce(capture_and_wait.timeout, interval '1 hour');
     LOOP
-        SELECT l.status, l.progress INTO status, v_progress
-        FROM backups.list() l WHERE l.id = capture_and_wait.id;
+        SELECT max(i.value) FILTER (WHERE i.field = 'status'), max(i.value) FILTER (WHERE i.field = 'progress')
+          INTO status, v_progress
+          FROM backups.info(capture_and_wait.id) i;
         IF status || ': ' || coalesce(v_progress, '') IS DISTINCT FROM v_last THEN
             v_last := status || ': ' || coalesce(v_progress, '');
             RAISE NOTICE '% %', id, v_last;

@@ -167,7 +167,11 @@ pub async fn queue(cfg: &StoreConfig, call: Call, wait: bool, json: bool) -> Res
 async fn follow(client: &Client, id: &str, quiet: bool) -> Result<(String, Option<String>)> {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
-    let sql = format!("SELECT status, progress FROM backups.list() WHERE id = {}", literal(id));
+    let sql = format!(
+        "SELECT max(value) FILTER (WHERE field = 'status'), max(value) FILTER (WHERE field = 'progress') \
+           FROM backups.info({})",
+        literal(id)
+    );
     loop {
         let (_, rows) = query(client, &sql).await?;
         let Some(row) = rows.into_iter().next() else { bail!("{id} is no longer listed") };
