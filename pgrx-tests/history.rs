@@ -57,3 +57,44 @@ fn a_tenants_page_shows_only_its_rows() {
         10
     );
 }
+
+#[pg_test]
+fn pruning_forgets_only_ended_rows_older_than_the_setting_and_never_a_backup_that_exists() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.capture() FROM generate_series(1, 7)");
+    // b1..b7 by id: each made to be one of the cases, ended 500 days ago
+    // but the last.
+    run("WITH n AS (SELECT id, row_number() OVER (ORDER BY id) AS i FROM backups.transfers)
+         UPDATE backups.transfers t SET finished_at = now() - interval '500 days',
+                status = CASE n.i WHEN 1 THEN 'completed' WHEN 2 THEN 'expired' WHEN 3 THEN 'failed'
+                                  WHEN 4 THEN 'completed' WHEN 5 THEN 'failed' WHEN 6 THEN 'running' ELSE 'completed' END,
+                kind = CASE n.i WHEN 4 THEN 'verify' ELSE 'capture' END,
+                purged_at = CASE WHEN n.i IN (2, 3) THEN now() END
+           FROM n WHERE n.id = t.id");
+    run("UPDATE backups.transfers SET finished_at = now() - interval '1 day'
+          WHERE id = (SELECT max(id) FROM backups.transfers)");
+    run("SELECT backups._log(id, 'a line') FROM backups.transfers");
+    let before: Vec<i64> = (0..7).map(|k| one::<i64>(&format!("SELECT id FROM backups.transfers ORDER BY id OFFSET {k} LIMIT 1"))).collect();
+    assert_eq!(one::<i32>("SELECT backups._prune('400 days', 2)"), 2, "a batch at a time");
+    assert_eq!(one::<i32>("SELECT backups._prune('400 days')"), 1);
+    assert_eq!(one::<i32>("SELECT backups._prune('400 days')"), 0);
+    let left: String = one("SELECT string_agg(id::text, ' ' ORDER BY id) FROM backups.transfers");
+    // Gone: the expired and the failed backups whose objects were removed,
+    // and the old verification. Kept: a completed backup (it exists), a
+    // failed one not yet purged, a running one, and the recent one.
+    let kept: Vec<String> = [0, 4, 5, 6].iter().map(|&k| before[k].to_string()).collect();
+    assert_eq!(left, kept.join(" "));
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.transfer_logs WHERE transfer_id IN ({}, {}, {})", before[1], before[2], before[3])), 0);
+    // Zero keeps everything; so does a tick by default (400 days).
+    assert_eq!(one::<i32>("SELECT backups._prune('0')"), 0);
+    assert_eq!(one::<i32>("SELECT (backups._tick(false) ->> 'pruned')::int"), 0);
+}
+
+#[pg_test]
+fn an_expired_backup_drops_its_contents() {
+    run("DELETE FROM backups.transfers");
+    let b: String = one("SELECT backups.capture()");
+    run(&format!("UPDATE backups.transfers SET status = 'completed', contents = '[{{\"table\": \"t\"}}]' WHERE name = '{b}'"));
+    run(&format!("SELECT backups._expire_backup((SELECT id FROM backups.transfers WHERE name = '{b}'), 'test')"));
+    assert!(one::<bool>(&format!("SELECT contents IS NULL AND status = 'expired' FROM backups.transfers WHERE name = '{b}'")));
+}

@@ -83,7 +83,9 @@ CREATE FUNCTION backups._expire_backup(transfer_id bigint, why text) RETURNS voi
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE backups.transfers x SET status = 'expired'
+    -- Its per-table contents go with it (nothing reads an expired
+    -- backup's): most of what a row weighs.
+    UPDATE backups.transfers x SET status = 'expired', contents = NULL
      WHERE x.id = _expire_backup.transfer_id AND x.status = 'completed' AND x.kind = 'capture';
     IF FOUND THEN
         PERFORM backups._log(_expire_backup.transfer_id, _expire_backup.why);

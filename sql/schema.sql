@@ -172,6 +172,9 @@ CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind
 CREATE INDEX transfers_newest_idx ON backups.transfers (created_at DESC, id DESC) WHERE deleted_at IS NULL;
 CREATE INDEX transfers_owner_newest_idx ON backups.transfers (owner_role, created_at DESC, id DESC)
     WHERE deleted_at IS NULL;
+-- _prune(): ended transfers, oldest first.
+CREATE INDEX transfers_ended_idx ON backups.transfers (finished_at)
+    WHERE status IN ('completed', 'failed', 'cancelled', 'expired');
 -- _stored(): the latest completed backup.
 CREATE INDEX transfers_latest_backup_idx ON backups.transfers (finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;

@@ -143,6 +143,31 @@ BEGIN
 END
 $$;
 
+-- History retention: ended transfers older than `retention` (by when
+-- they ended) go, with their logs, `batch` at a time; a backup's row only
+-- once its objects were removed from storage (expired, deleted, failed or
+-- cancelled, and purged): a completed backup is never forgotten while it
+-- exists. NULL or zero keeps everything.
+CREATE FUNCTION backups._prune(retention interval, batch integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_before timestamptz := now() - retention;
+    v_ids    bigint[];
+BEGIN
+    IF retention IS NULL OR retention <= interval '0' THEN
+        RETURN 0;
+    END IF;
+    -- The ids first, then the delete: planned on an array, never per row.
+    v_ids := ARRAY(SELECT t.id FROM backups.transfers t
+                    WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired') AND t.finished_at < v_before
+                      AND (t.kind <> 'capture' OR t.purged_at IS NOT NULL)
+                    ORDER BY t.finished_at LIMIT batch);
+    DELETE FROM backups.transfers t WHERE t.id = ANY (v_ids);
+    RETURN cardinality(v_ids);
+END
+$$;
+
 -- A NOTIFY sent while no agent listened is lost: say again that work waits.
 CREATE FUNCTION backups._renotify() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -155,7 +180,7 @@ END
 $$;
 
 CREATE FUNCTION backups._tick(renotify boolean DEFAULT true, agent_timeout interval DEFAULT NULL,
-                              keep_manual integer DEFAULT NULL)
+                              keep_manual integer DEFAULT NULL, history_retention interval DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -167,14 +192,18 @@ DECLARE
     v_fired   integer;
     v_reaped  jsonb;
     v_expired integer;
+    v_history interval := coalesce(history_retention,
+                                   coalesce(nullif(current_setting('backups.history_retention', true), ''), '400d')::interval);
+    v_pruned  integer;
 BEGIN
     v_fired := backups._fire_schedules();
     v_reaped := backups._reap_silent(v_timeout);
     v_expired := backups._expire(v_keep);
+    v_pruned := backups._prune(v_history);
     IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
         PERFORM backups._renotify();
     END IF;
     RETURN jsonb_build_object('fired', v_fired, 'requeued', (v_reaped ->> 'requeued')::integer,
-                              'failed', (v_reaped ->> 'failed')::integer, 'expired', v_expired);
+                              'failed', (v_reaped ->> 'failed')::integer, 'expired', v_expired, 'pruned', v_pruned);
 END
 $$;

@@ -11,6 +11,9 @@ pub static DATABASE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 pub static AGENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// How many manual backups to keep per database.
 pub static KEEP_MANUAL: GucSetting<i32> = GucSetting::<i32>::new(25);
+/// How long ended transfers are kept in the history, in minutes (0: for
+/// ever); a backup's row stays as long as the backup.
+pub static HISTORY_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(400 * 24 * 60);
 /// The agent's public base URL, e.g. `https://backups.example.com`.
 pub static LINK_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// The key download links are signed with; the agent has the same one.
@@ -44,6 +47,16 @@ pub fn register() {
         100_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backups.history_retention",
+        c"How long ended transfers and their logs stay in the history (e.g. 400d; 0 keeps them for ever).",
+        c"The scheduler deletes older ones a batch at a time; a backup's row stays as long as the backup is in storage.",
+        &HISTORY_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
     );
     GucRegistry::define_string_guc(
         c"backups.link_base_url",

@@ -59,7 +59,9 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
                 if renotify {
                     last_notify = Instant::now();
                 }
-                if let Some(s) = summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "expired": 0, "requeued": 0}"#) {
+                if let Some(s) =
+                    summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "pruned": 0, "expired": 0, "requeued": 0}"#)
+                {
                     log!("pg_backups scheduler: {s}");
                 }
             }
@@ -80,8 +82,13 @@ fn tick(renotify: bool) -> Option<Option<String>> {
         return None;
     }
     let summary = Spi::get_one_with_args::<String>(
-        "SELECT backups._tick($1, make_interval(secs => $2), $3)::text",
-        &[renotify.into(), f64::from(gucs::AGENT_TIMEOUT.get()).into(), gucs::KEEP_MANUAL.get().into()],
+        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
+        &[
+            renotify.into(),
+            f64::from(gucs::AGENT_TIMEOUT.get()).into(),
+            gucs::KEEP_MANUAL.get().into(),
+            gucs::HISTORY_RETENTION.get().into(),
+        ],
     )
     .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
     Some(summary)
