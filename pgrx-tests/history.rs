@@ -98,3 +98,20 @@ fn an_expired_backup_drops_its_contents() {
     run(&format!("SELECT backups._expire_backup((SELECT id FROM backups.transfers WHERE name = '{b}'), 'test')"));
     assert!(one::<bool>(&format!("SELECT contents IS NULL AND status = 'expired' FROM backups.transfers WHERE name = '{b}'")));
 }
+
+#[pg_test]
+fn an_idle_tick_leaves_retention_alone_until_something_changes() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.capture() FROM generate_series(1, 3)");
+    run("UPDATE backups.transfers SET status = 'completed', finished_at = now()");
+    // Rows changed behind the lifecycle's back: nothing said retention is due.
+    run("UPDATE backups.worker_state SET retention_due = false, keep_manual = 1, expired_at = now()");
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 0);
+    // A change says so (a capture's end, a schedule, an unkeep...).
+    run("SELECT backups._retention_due()");
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 2);
+    assert!(!one::<bool>("SELECT retention_due FROM backups.worker_state"));
+    // So does a new keep_manual.
+    run("UPDATE backups.transfers SET status = 'completed' WHERE status = 'expired'");
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 2) ->> 'expired')::int"), 1);
+}

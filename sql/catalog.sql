@@ -107,6 +107,7 @@ BEGIN
     PERFORM backups._log(v_id, format('adopted from storage (a backup of cluster %s, stored under %s)',
                                       coalesce(b ->> 'cluster', 'unknown'), b ->> 'object_key'));
     PERFORM backups._pass_name(v_name);
+    PERFORM backups._retention_due();
     RETURN 'adopted';
 END
 $$;

@@ -38,6 +38,8 @@ BEGIN
         PERFORM backups._log(t.id, format('unkept by %s (kept since %s by %s): retention applies to it again',
                                           session_user, t.kept_at, t.kept_by));
         PERFORM backups._notify('keep ' || t.name);
+        -- Unkept, retention may take it now.
+        PERFORM backups._retention_due();
     END IF;
     RETURN 'not kept';
 END

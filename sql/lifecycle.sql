@@ -67,6 +67,9 @@ BEGIN
            error = coalesce(_end.error, x.error), source_url = NULL
      WHERE x.id = _end.transfer_id
     RETURNING x.* INTO t;
+    IF _end.status = 'completed' THEN
+        PERFORM backups._retention_due();
+    END IF;
     IF _end.status = 'completed' AND t.kind IN ('restore', 'copy') AND t.database_oid IS NOT NULL THEN
         SELECT d.oid INTO v_now FROM pg_catalog.pg_database d
          WHERE d.datname = t.database AND d.datdba = t.owner_role;

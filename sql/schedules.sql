@@ -28,6 +28,7 @@ BEGIN
                   HINT = 'Keep at least one: retain_daily => 1 keeps the newest scheduled backup.';
     END IF;
     v_next := backups._next_run(p.cron, p.timezone, now());
+    PERFORM backups._retention_due();
     INSERT INTO backups.schedules AS s (database, spec, cron, timezone, retain_daily, retain_weekly, retain_monthly,
                                         verify, next_run_at)
     VALUES (v_db, btrim(schedule.at), p.cron, p.timezone, retain_daily, retain_weekly, retain_monthly,
@@ -65,5 +66,6 @@ BEGIN
             USING ERRCODE = 'no_data_found',
                   HINT = 'SELECT * FROM backups.schedules(); lists the schedules.';
     END IF;
+    PERFORM backups._retention_due();
 END
 $$;

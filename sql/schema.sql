@@ -172,12 +172,27 @@ CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind
 CREATE INDEX transfers_newest_idx ON backups.transfers (created_at DESC, id DESC) WHERE deleted_at IS NULL;
 CREATE INDEX transfers_owner_newest_idx ON backups.transfers (owner_role, created_at DESC, id DESC)
     WHERE deleted_at IS NULL;
+-- Retention, per database: its live backups.
+CREATE INDEX transfers_live_backups_idx ON backups.transfers (database_oid, id)
+    WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
 -- _prune(): ended transfers, oldest first.
 CREATE INDEX transfers_ended_idx ON backups.transfers (finished_at)
     WHERE status IN ('completed', 'failed', 'cancelled', 'expired');
 -- _stored(): the latest completed backup.
 CREATE INDEX transfers_latest_backup_idx ON backups.transfers (finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
+
+-- The worker's memory between ticks (one row): whether retention has
+-- anything new to look at (a capture completed, a schedule, pin or
+-- database changed hands), so that an idle tick does not walk every
+-- backup; it also runs when keep_manual changed, and hourly.
+CREATE TABLE backups.worker_state (
+    one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+    retention_due boolean NOT NULL DEFAULT true,
+    keep_manual   integer,
+    expired_at    timestamptz
+);
+INSERT INTO backups.worker_state DEFAULT VALUES;
 
 -- What the agent and the worker say about a transfer; backups.info() shows it.
 CREATE TABLE backups.transfer_logs (

@@ -108,9 +108,12 @@ BEGIN
              WHERE y.kind = 'capture' AND y.scheduled AND y.database_oid = d.oid AND y.owner_role = d.datdba
                AND y.status = 'completed' AND y.deleted_at IS NULL AND y.kept_at IS NULL;
             CONTINUE WHEN v_ids IS NULL;
+            -- Bound first: a function in the WHERE clause could be planned
+            -- to run once per row of history.
+            v_ids := backups._retention_expired(v_ids, v_created, s.timezone,
+                                                s.retain_daily, s.retain_weekly, s.retain_monthly);
             FOR t IN SELECT x.* FROM backups.transfers x
-                     WHERE x.id = ANY (backups._retention_expired(v_ids, v_created, s.timezone,
-                                                                  s.retain_daily, s.retain_weekly, s.retain_monthly))
+                     WHERE x.id = ANY (v_ids)
                        AND x.kept_at IS NULL
                      FOR UPDATE SKIP LOCKED LOOP
                 PERFORM backups._expire_backup(t.id, format('expired by the retention of the schedule of %s (daily %s, weekly %s, monthly %s)',
@@ -198,7 +201,11 @@ DECLARE
 BEGIN
     v_fired := backups._fire_schedules();
     v_reaped := backups._reap_silent(v_timeout);
-    v_expired := backups._expire(v_keep);
+    -- Retention only when it has something new to look at, or hourly.
+    UPDATE backups.worker_state w SET retention_due = false, keep_manual = v_keep, expired_at = now()
+     WHERE w.retention_due OR w.keep_manual IS DISTINCT FROM v_keep OR w.expired_at IS NULL
+        OR w.expired_at < now() - interval '1 hour';
+    v_expired := CASE WHEN FOUND THEN backups._expire(v_keep) ELSE 0 END;
     v_pruned := backups._prune(v_history);
     IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
         PERFORM backups._renotify();

@@ -32,12 +32,27 @@ pub fn register() {
         .load();
 }
 
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own SIGTERM handler for backends (postgres.c), the C
+    /// symbol itself (`pg_sys::die` is a Rust wrapper, not a handler).
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM as every backend takes it (PostgreSQL's `die`): a query of a
+    // tick stops at its next interrupt check, a lock wait included, and
+    // the worker exits; so `pg_ctl stop -m fast` does not wait for a tick.
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
     let database = gucs::string(&gucs::DATABASE_NAME);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // No step of a tick may run for long: one that does fails (and the
+    // worker starts again) rather than hold its snapshot for minutes.
+    BackgroundWorker::transaction(|| Spi::run("SET statement_timeout = '30s'"))
+        .unwrap_or_else(|e| error!("pg_backups scheduler: {e}"));
     log!("pg_backups scheduler started on database \"{database}\"");
 
     let mut last_notify = Instant::now() - RENOTIFY_EVERY;

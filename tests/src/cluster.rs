@@ -240,16 +240,18 @@ impl Cluster {
 
     /// Stop the server (`mode`: smart, fast or immediate).
     pub fn stop_server(&self, mode: &str) -> Result<()> {
-        check(
-            "pg_ctl stop",
-            command(&self.program("pg_ctl"))
-                .arg("-D")
-                .arg(self.data())
-                .args(["-m", mode, "-w", "stop"])
-                .stdout(Stdio::null())
-                .output()?,
-        )?;
+        check("pg_ctl stop", self.pg_ctl_stop(mode, 60)?)?;
         Ok(())
+    }
+
+    /// `pg_ctl stop -m MODE -w -t SECONDS`, as the cluster's user: how it went.
+    pub fn pg_ctl_stop(&self, mode: &str, seconds: u32) -> Result<std::process::Output> {
+        Ok(command(&self.program("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", mode, "-w", "-t", &seconds.to_string(), "stop"])
+            .stdout(Stdio::null())
+            .output()?)
     }
 
     pub fn restart(&self) -> Result<()> {

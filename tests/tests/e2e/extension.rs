@@ -79,3 +79,39 @@ fn create_extension_outside_the_control_database_is_refused() {
     assert!(err.contains("backups.database_name"), "{err}");
     assert_eq!(c.sql("elsewhere", "SELECT count(*) FROM pg_extension WHERE extname = 'pg_backups'").unwrap(), "0");
 }
+
+#[test]
+fn a_fast_shutdown_does_not_wait_for_a_tick_stuck_mid_step() {
+    let c = Cluster::start_with(&["max_prepared_transactions = 2"]).unwrap();
+    // A lock no session holds and no shutdown releases: a prepared
+    // transaction's. The worker's next tick waits on it.
+    c.sql(
+        "postgres",
+        "BEGIN; LOCK TABLE backups.schedules IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_schedules'",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler' AND wait_event_type = 'Lock'",
+        )
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the worker is not waiting on the lock; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // pg_ctl stop -m fast: the worker stops mid-step, at once.
+    let began = Instant::now();
+    let out = c.pg_ctl_stop("fast", 10).unwrap();
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "pg_ctl stop -m fast failed after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "the fast shutdown took {took:?}");
+    c.start_server().unwrap();
+    c.sql("postgres", "ROLLBACK PREPARED 'hold_schedules'").unwrap();
+}
