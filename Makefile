@@ -15,7 +15,7 @@ PGRX_DATA  ?= /tmp/pgrx-data
 PGRX_DATA16 ?= /tmp/pgrx-data16
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench bench-capture-cost clean
+.PHONY: all deps build install test unit pgrx-test check-majors e2e lint demo demo-stop bench bench-scale bench-capture-cost clean
 
 all: build
 
@@ -68,6 +68,12 @@ SCALE ?= 1
 RUNS  ?= 3
 bench: install
 	SCALE=$(SCALE) RUNS=$(RUNS) PGBACKUPS_BIN=/usr/local/bin/pgbackups target/release/pgbackups-bench
+
+# The control database after years of service: DATABASES (default 1000)
+# databases with a schedule each and SCALE x 1M transfers of history, every
+# user, agent and worker call timed (median of 5). See bench/scale.sh.
+bench-scale: install
+	SCALE=$(SCALE) bash bench/scale.sh
 
 # What recording contents and encrypting cost a capture: this agent, with
 # and without --encrypt-to, against one built from BASELINE_REV (before

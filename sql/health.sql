@@ -20,12 +20,13 @@ AS $$ SELECT backups._next_run(s.cron, s.timezone, s.next_run_at) - s.next_run_a
 CREATE FUNCTION backups._health(everyone boolean)
 RETURNS TABLE (database name, status text, last_backup text, last_backup_at timestamptz, backup_age interval,
                schedule text, last_failure text, last_failure_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
     -- A database is one database, not a name: its backups are those of
     -- its oid, taken while its owner now owned it. One dropped and its name
     -- taken by another owner's starts afresh (`never`), and shows nothing
-    -- of the first one's backups or failures.
+    -- of the first one's backups or failures. Each fact is one index probe
+    -- per database (a LATERAL join: read once, not once per field).
     WITH dbs AS (
         SELECT s.database, d.oid, d.datdba FROM backups.schedules s
           LEFT JOIN pg_catalog.pg_database d ON d.datname = s.database
@@ -34,33 +35,30 @@ AS $$
         SELECT d.datname, d.oid, d.datdba FROM pg_catalog.pg_database d
          WHERE EXISTS (SELECT 1 FROM backups.transfers t
                         WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid)
-    ), facts AS (
-        SELECT d.database, s AS sched,
-               (SELECT t FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid AND t.owner_role = d.datdba
-                   AND t.status = 'completed' AND t.deleted_at IS NULL
-                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS good,
-               (SELECT t FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid AND t.owner_role = d.datdba
-                   AND t.status = 'failed'
-                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS bad,
-               (SELECT t.status FROM backups.transfers t
-                 WHERE t.kind = 'capture' AND t.database_oid = d.oid AND t.owner_role = d.datdba AND t.scheduled
-                   AND t.status IN ('completed', 'failed', 'expired')
-                 ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS last_scheduled
-          FROM dbs d LEFT JOIN backups.schedules s ON s.database = d.database
-         WHERE _health.everyone OR backups._may_act_on(d.database)
     )
-    SELECT f.database,
-           CASE WHEN f.last_scheduled = 'failed' THEN 'failing'
-                WHEN (f.good).id IS NULL THEN 'never'
-                WHEN (f.good).finished_at < now() - CASE WHEN (f.sched).id IS NULL THEN interval '25 hours'
-                                                         ELSE 1.5 * backups._period(f.sched) END THEN 'late'
+    SELECT d.database,
+           CASE WHEN l.status = 'failed' THEN 'failing'
+                WHEN g.id IS NULL THEN 'never'
+                WHEN g.finished_at < now() - CASE WHEN s.id IS NULL THEN interval '25 hours'
+                                                  ELSE 1.5 * backups._period(s) END THEN 'late'
                 ELSE 'ok' END,
-           (f.good).name, (f.good).finished_at, date_trunc('second', now() - (f.good).finished_at),
-           (f.sched).spec, (f.bad).name || ': ' || split_part(coalesce((f.bad).error, 'failed'), E'\n', 1),
-           (f.bad).finished_at
-      FROM facts f
+           g.name, g.finished_at, date_trunc('second', now() - g.finished_at),
+           s.spec, b.name || ': ' || split_part(coalesce(b.error, 'failed'), E'\n', 1), b.finished_at
+      FROM dbs d
+      LEFT JOIN backups.schedules s ON s.database = d.database
+      LEFT JOIN LATERAL (SELECT t.id, t.name, t.finished_at FROM backups.transfers t
+                          WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid
+                            AND t.owner_role = d.datdba AND t.status = 'completed' AND t.deleted_at IS NULL
+                          ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) g ON true
+      LEFT JOIN LATERAL (SELECT t.name, t.error, t.finished_at FROM backups.transfers t
+                          WHERE t.kind = 'capture' AND t.status = 'failed' AND t.source IS NULL
+                            AND t.database_oid = d.oid AND t.owner_role = d.datdba
+                          ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) b ON true
+      LEFT JOIN LATERAL (SELECT t.status FROM backups.transfers t
+                          WHERE t.kind = 'capture' AND t.database_oid = d.oid AND t.owner_role = d.datdba AND t.scheduled
+                            AND t.status IN ('completed', 'failed', 'expired')
+                          ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) l ON true
+     WHERE _health.everyone OR backups._may_act_on(d.database)
      ORDER BY 1
 $$;
 
@@ -77,12 +75,15 @@ AS $$ SELECT * FROM backups._health(false) $$;
 -- behind a signed link (status_url()).
 -- (Without `charts`, for /metrics: no history, and the running transfers
 -- by id only.)
+-- Each part reads per database through an index, never the whole history:
+-- the charts take each watched database's latest 100 captures.
 CREATE FUNCTION backups._overview(charts boolean DEFAULT true) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
+    WITH health AS MATERIALIZED (SELECT * FROM backups._health(true))
     SELECT jsonb_build_object(
         'at', now(),
-        'health', coalesce((SELECT jsonb_agg(to_jsonb(h) ORDER BY h.database) FROM backups._health(true) h), '[]'),
+        'health', coalesce((SELECT jsonb_agg(to_jsonb(h) ORDER BY h.database) FROM health h), '[]'),
         'pending', (SELECT count(*) FROM backups.transfers t WHERE t.status = 'pending' AND t.deleted_at IS NULL),
         'running', coalesce((SELECT jsonb_agg(CASE WHEN NOT _overview.charts THEN jsonb_build_object('id', t.name) ELSE jsonb_build_object(
                                  'id', t.name, 'kind', t.kind, 'database', t.database, 'agent', t.agent_id,
@@ -95,11 +96,14 @@ AS $$
                                  'seconds', extract(epoch FROM h.finished_at - h.started_at),
                                  'stored', h.stored_size, 'processed', h.processed_bytes)
                                  ORDER BY h.database, h.finished_at)
-                               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.database ORDER BY t.finished_at DESC) AS n
-                                       FROM backups.transfers t
-                                      WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
-                                        AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL) h
-                              WHERE h.n <= 100 AND _overview.charts), '[]'))
+                               FROM health w
+                              CROSS JOIN LATERAL (
+                                    SELECT t.* FROM backups.transfers t
+                                     WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
+                                       AND t.database = w.database
+                                       AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL
+                                     ORDER BY t.finished_at DESC LIMIT 100) h
+                              WHERE _overview.charts), '[]'))
 $$;
 
 -- A signed link to the agent's status page, like url()'s: the page shows

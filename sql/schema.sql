@@ -172,9 +172,22 @@ CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind
 CREATE INDEX transfers_newest_idx ON backups.transfers (created_at DESC, id DESC) WHERE deleted_at IS NULL;
 CREATE INDEX transfers_owner_newest_idx ON backups.transfers (owner_role, created_at DESC, id DESC)
     WHERE deleted_at IS NULL;
--- Retention, per database: its live backups.
+-- health() and retention: a database's captures, latest first.
+CREATE INDEX transfers_db_captures_idx ON backups.transfers (database_oid, finished_at DESC, id DESC)
+    WHERE kind = 'capture';
+-- Retention, per database: its live backups (few, among many expired).
 CREATE INDEX transfers_live_backups_idx ON backups.transfers (database_oid, id)
     WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
+-- health(): a database's latest failed capture (rare: its own index).
+CREATE INDEX transfers_db_failures_idx ON backups.transfers (database_oid, finished_at DESC, id DESC)
+    WHERE kind = 'capture' AND status = 'failed';
+-- _to_purge(): captures whose objects are still to remove.
+CREATE INDEX transfers_to_purge_idx ON backups.transfers (id)
+    WHERE kind = 'capture' AND purged_at IS NULL
+      AND (status IN ('expired', 'failed', 'cancelled') OR deleted_at IS NOT NULL);
+-- The status page's charts: a database's latest captures, by name.
+CREATE INDEX transfers_db_charts_idx ON backups.transfers (database, finished_at DESC)
+    WHERE kind = 'capture' AND status IN ('completed', 'expired');
 -- _prune(): ended transfers, oldest first.
 CREATE INDEX transfers_ended_idx ON backups.transfers (finished_at)
     WHERE status IN ('completed', 'failed', 'cancelled', 'expired');

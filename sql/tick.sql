@@ -89,7 +89,7 @@ $$;
 -- `x.kept_at IS NULL` on the locked row too: a keep() that commits while
 -- this runs is seen when the row is locked.
 CREATE FUNCTION backups._expire(keep_manual integer) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
 DECLARE
     s         backups.schedules;

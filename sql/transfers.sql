@@ -60,7 +60,7 @@ CREATE FUNCTION backups.list(page_size integer DEFAULT 100, before text DEFAULT 
 RETURNS TABLE (id text, kind text, status text, created_at timestamptz, started_at timestamptz,
                finished_at timestamptz, database name, source_size bigint, stored_size bigint, progress text,
                kept boolean, verified text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
 DECLARE
     v_admin  boolean := backups._is_admin();

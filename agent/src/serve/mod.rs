@@ -54,10 +54,13 @@ pub async fn serve(
 }
 
 /// `backups._overview(charts)`, what the status page and /metrics show, on
-/// a connection of its own, within `patience` (connecting included).
+/// a connection of its own, within `patience` (connecting included). The
+/// server gives up on the query when this side does (its own
+/// statement_timeout): an abandoned query never runs on.
 pub async fn overview(ctx: &Ctx, charts: bool, patience: Duration) -> Result<serde_json::Value> {
     let read = async {
         let control = conn::connect(ctx.cfg.control()?).await?;
+        control.batch_execute(&format!("SET statement_timeout = {}", patience.as_millis().max(1))).await?;
         let row = control
             .query_one("SELECT backups._overview($1)", &[&charts])
             .await

@@ -346,3 +346,28 @@ fn a_webhook_that_never_answers_delays_neither_transfers_nor_shutdown() {
     assert!(log.contains("webhook deliveries still under way"), "{log}");
     assert!(!log.contains("s3cr3t") && !log.contains("user:pw") && !log.contains("/never"), "{log}");
 }
+
+#[test]
+fn a_scrape_that_timed_out_leaves_no_query_running_on_the_server() {
+    let (c, store) = TestEnv::new().conf("max_prepared_transactions = 2").db("shop", SHOP).without_agent();
+    let (_agent, addr) = start_listening_agent(&c, &store, &[]);
+    // The history locked by a transaction no shutdown or cancel ends.
+    c.sql(
+        "postgres",
+        "BEGIN; LOCK TABLE backups.transfers IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_history'",
+    )
+    .unwrap();
+    let down = scrape(&addr);
+    assert_eq!(value(&down, "pgbackups_control_up", &[]), Some(0.0), "{down:?}");
+    // The scrape gave up: so did its query, on the server.
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%backups._overview%' \
+                   AND pid <> pg_backend_pid()";
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut left = c.sql("postgres", running).unwrap();
+    while left != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        left = c.sql("postgres", running).unwrap();
+    }
+    c.sql("postgres", "ROLLBACK PREPARED 'hold_history'").unwrap();
+    assert_eq!(left, "0", "an abandoned _overview() still runs");
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `make bench-scale`: the control database after years of service. A
+# throwaway cluster with DATABASES databases (TENANTS owner roles), a
+# schedule each, and ROWS transfers of history (SCALE x 1,000,000; five
+# log lines each), as a database-per-tenant service leaves them; then the
+# median of 5 timings of every user call (as an admin and as a tenant),
+# the agent's calls and the worker's tick, on durable settings. Prints a
+# Markdown table (for BENCHMARKS.md) and the table and index sizes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE="${SCALE:-1}"
+DATABASES="${DATABASES:-1000}"
+TENANTS="${TENANTS:-100}"
+ROWS=$(python3 -c "print(int(float('$SCALE') * 1000000))")
+DIR=$(mktemp -d /var/tmp/pgbackups-scale-XXXXXX)
+HARNESS=target/release/pgbackups-cluster
+PORT=$("$HARNESS" start "$DIR" "${SCALE_PORT:-54519}")
+# KEEP=1 leaves the cluster running, to look into a plan.
+[ "${KEEP:-0}" = 1 ] || trap '"$HARNESS" stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+# Durable: the harness turns fsync off for tests; back on for this.
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+"${PSQL[@]}" -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" \
+             -c "ALTER SYSTEM SET full_page_writes = on" -c "SELECT pg_reload_conf()" >/dev/null
+
+echo "building in $DIR (port $PORT): $DATABASES databases, $TENANTS tenants, $ROWS transfers" >&2
+for t in $(seq 1 "$TENANTS"); do echo "CREATE ROLE tenant$t LOGIN IN ROLE backups_user;"; done | "${PSQL[@]}" postgres
+for d in $(seq 1 "$DATABASES"); do
+    echo "CREATE DATABASE db$d OWNER tenant$(( (d - 1) % TENANTS + 1 ));"
+done | "${PSQL[@]}" postgres
+"${PSQL[@]}" postgres <<SQL
+SET client_min_messages = warning;
+SELECT count(*) AS schedules FROM (SELECT backups.schedule(CASE d % 4 WHEN 0 THEN 'hourly' WHEN 1 THEN 'daily 0' || (d % 10) || ':00'
+                                   WHEN 2 THEN 'weekly sunday 03:00' ELSE 'daily 07:00 Europe/Paris' END, 'db' || d)
+  FROM generate_series(1, $DATABASES) d) x;
+-- A year of history: mostly captures (completed, expired, failed), some
+-- restores and verifications, spread over the databases.
+INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, options, scheduled,
+                               created_at, started_at, finished_at, attempts, source_size, processed_bytes,
+                               stored_size, format, object_key, stored_under, checksum, purged_at, contents)
+SELECT CASE WHEN k = 'capture' THEN 'b' ELSE left(k, 1) END || lpad(g::text, 7, '0'), k,
+       CASE WHEN g % 50 = 0 THEN 'failed' WHEN k = 'capture' AND g < $ROWS * 0.97 THEN 'expired' ELSE 'completed' END,
+       'db' || db, d.oid, d.datdba, '{}', k = 'capture' AND g % 3 > 0,
+       at, at + interval '1 minute', at + interval '3 minutes', 1, 1000000, 1000000, 300000, 'custom',
+       'x/db' || db || '/' || g, '7', md5(g::text),
+       CASE WHEN k = 'capture' AND g < $ROWS * 0.97 THEN at + interval '1 day' END,
+       CASE WHEN k = 'capture' AND g >= $ROWS * 0.97 THEN '[{"schema": "public", "table": "t", "rows": 1, "bytes": 1, "digest": "d"}]'::jsonb END
+  FROM generate_series(1, $ROWS) g,
+       LATERAL (SELECT CASE WHEN g % 20 = 0 THEN 'restore' WHEN g % 20 = 1 THEN 'verify' ELSE 'capture' END AS k,
+                       1 + g % $DATABASES AS db,
+                       now() - interval '365 days' + (g::float / $ROWS) * interval '365 days' AS at) x
+  JOIN pg_database d ON d.datname = 'db' || x.db;
+INSERT INTO backups.transfer_logs (transfer_id, level, message)
+SELECT t.id, 'info', 'line ' || n FROM backups.transfers t, generate_series(1, 5) n;
+SELECT setval('backups.names_b', $ROWS + 1) \\g /dev/null
+ANALYZE;
+SQL
+
+# Median of 5, in milliseconds, of `sql` run as `role`.
+time_ms() {
+    local role=$1 sql=$2 times=()
+    for _ in 1 2 3 4 5; do
+        local t
+        t=$("${PSQL[@]}" -U "$role" postgres -Atc "\\timing on" -c "$sql" 2>&1 | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1)
+        times+=("$t")
+    done
+    printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
+}
+
+# Names in the history: one half way, one near the end (captures end in 5).
+MID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 5 )))
+LATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 5 )))
+echo "| call | as | median ms |"
+echo "|---|---|---|"
+for role in postgres tenant7; do
+    for sql in "SELECT * FROM backups.list()" "SELECT * FROM backups.list(20)" \
+               "SELECT * FROM backups.list(20, before => '$MID')" "SELECT * FROM backups.health()" \
+               "SELECT * FROM backups.info('$LATE')" "SELECT * FROM backups.database_info('db7')"; do
+        echo "| \`$sql\` | $role | $(time_ms "$role" "$sql") |"
+    done
+done
+for sql in "SELECT backups._overview(true)" "SELECT backups._overview(false)" "SELECT * FROM backups._stored(NULL)" \
+           "SELECT * FROM backups._stored('$LATE')" "SELECT * FROM backups._to_purge(50, '{}')" \
+           "SELECT backups._tick(false)" "SELECT backups._expire(25)" "SELECT backups._prune('400 days')"; do
+    echo "| \`$sql\` | postgres | $(time_ms postgres "$sql") |"
+done
+"${PSQL[@]}" postgres -Atc "SELECT 'transfers: ' || pg_size_pretty(pg_table_size('backups.transfers')) || ' table, '
+                                   || pg_size_pretty(pg_indexes_size('backups.transfers')) || ' indexes; logs: '
+                                   || pg_size_pretty(pg_total_relation_size('backups.transfer_logs'))"
