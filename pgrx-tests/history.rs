@@ -14,7 +14,8 @@ fn list_pages_return_every_row_once_while_transfers_arrive() {
     let mut before: Option<String> = None;
     loop {
         let page: Option<String> = Spi::get_one(&format!(
-            "SELECT string_agg(id, ' ' ORDER BY created_at DESC, id DESC) FROM backups.list(40, {})",
+            "SELECT string_agg(l.id, ' ' ORDER BY l.n) FROM backups.list(40, {}) WITH ORDINALITY l(id, kind, status,
+                    created_at, started_at, finished_at, database, source_size, stored_size, progress, kept, verified, n)",
             before.as_deref().map_or("NULL".into(), |b| format!("'{b}'"))
         ))
         .unwrap();
@@ -104,14 +105,21 @@ fn an_idle_tick_leaves_retention_alone_until_something_changes() {
     run("DELETE FROM backups.transfers");
     run("SELECT backups.capture() FROM generate_series(1, 3)");
     run("UPDATE backups.transfers SET status = 'completed', finished_at = now()");
+    let oldest: String = one("SELECT name FROM backups.transfers ORDER BY id LIMIT 1");
     // Rows changed behind the lifecycle's back: nothing said retention is due.
-    run("UPDATE backups.worker_state SET retention_due = false, keep_manual = 1, expired_at = now()");
+    run("UPDATE backups.worker_state SET seen_changes = (SELECT last_value FROM backups.retention_changes),
+                rerun = false, keep_manual = 1, expired_at = now()");
     assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 0);
-    // A change says so (a capture's end, a schedule, an unkeep...).
-    run("SELECT backups._retention_due()");
+    // A change says so: here, a backup unkept.
+    run(&format!("SELECT backups.keep('{oldest}')"));
+    run(&format!("SELECT backups.keep('{oldest}', false)"));
     assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 2);
-    assert!(!one::<bool>("SELECT retention_due FROM backups.worker_state"));
-    // So does a new keep_manual.
+    // It looks once more (a change may have committed after it read), then rests.
+    assert!(one::<bool>("SELECT rerun FROM backups.worker_state"));
     run("UPDATE backups.transfers SET status = 'completed' WHERE status = 'expired'");
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 2);
+    run("UPDATE backups.transfers SET status = 'completed' WHERE status = 'expired'");
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 1) ->> 'expired')::int"), 0);
+    // So does a new keep_manual.
     assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 2) ->> 'expired')::int"), 1);
 }

@@ -49,11 +49,11 @@ CREATE FUNCTION backups._system_identifier() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s $$;
 
--- Retention has something new to look at (tick.sql: _tick). Takes no
--- lock when someone said so already.
+-- Retention has something new to look at (tick.sql: _tick). A sequence:
+-- never waits, whatever transaction calls it.
 CREATE FUNCTION backups._retention_due() RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ UPDATE backups.worker_state SET retention_due = true WHERE NOT retention_due $$;
+AS $$ SELECT FROM pg_catalog.nextval('backups.retention_changes') $$;
 
 -- The next name with letter `prefix`: three digits, more when needed.
 -- (plpgsql, whose body is resolved when first called: _format_name is one of

@@ -28,7 +28,6 @@ BEGIN
                   HINT = 'Keep at least one: retain_daily => 1 keeps the newest scheduled backup.';
     END IF;
     v_next := backups._next_run(p.cron, p.timezone, now());
-    PERFORM backups._retention_due();
     INSERT INTO backups.schedules AS s (database, spec, cron, timezone, retain_daily, retain_weekly, retain_monthly,
                                         verify, next_run_at)
     VALUES (v_db, btrim(schedule.at), p.cron, p.timezone, retain_daily, retain_weekly, retain_monthly,
@@ -37,6 +36,7 @@ BEGIN
     SET spec = excluded.spec, cron = excluded.cron, timezone = excluded.timezone,
         retain_daily = excluded.retain_daily, retain_weekly = excluded.retain_weekly,
         retain_monthly = excluded.retain_monthly, verify = excluded.verify, next_run_at = excluded.next_run_at;
+    PERFORM backups._retention_due();
     RAISE NOTICE 'database % backed up %; next run %', v_db,
         p.description || CASE WHEN schedule.verify THEN ', each backup then verified' ELSE '' END,
         to_char(v_next AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"');

@@ -190,20 +190,26 @@ CREATE INDEX transfers_db_charts_idx ON backups.transfers (database, finished_at
     WHERE kind = 'capture' AND status IN ('completed', 'expired');
 -- _prune(): ended transfers, oldest first.
 CREATE INDEX transfers_ended_idx ON backups.transfers (finished_at)
-    WHERE status IN ('completed', 'failed', 'cancelled', 'expired');
+    WHERE status IN ('completed', 'failed', 'cancelled', 'expired') AND (kind <> 'capture' OR purged_at IS NOT NULL);
 -- _stored(): the latest completed backup.
 CREATE INDEX transfers_latest_backup_idx ON backups.transfers (finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
 
--- The worker's memory between ticks (one row): whether retention has
--- anything new to look at (a capture completed, a schedule, pin or
--- database changed hands), so that an idle tick does not walk every
--- backup; it also runs when keep_manual changed, and hourly.
+-- Changes retention has to look at (a transfer completed, a schedule
+-- changed, a backup unkept or adopted): counted by a sequence, which no
+-- writer ever waits on (backups._retention_due()).
+CREATE SEQUENCE backups.retention_changes;
+-- The worker's memory between ticks (one row, only the worker writes it):
+-- the changes its last retention run saw, so that an idle tick does not
+-- walk every backup. Retention also runs when keep_manual changed, and
+-- hourly.
 CREATE TABLE backups.worker_state (
-    one           boolean PRIMARY KEY DEFAULT true CHECK (one),
-    retention_due boolean NOT NULL DEFAULT true,
-    keep_manual   integer,
-    expired_at    timestamptz
+    one          boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seen_changes bigint,
+    rerun        boolean NOT NULL DEFAULT false,  -- a change was seen: look once more next tick (a transaction that
+                                                  -- counted its change may have committed after the run read)
+    keep_manual  integer,
+    expired_at   timestamptz
 );
 INSERT INTO backups.worker_state DEFAULT VALUES;
 

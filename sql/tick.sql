@@ -150,7 +150,8 @@ $$;
 -- they ended) go, with their logs, `batch` at a time; a backup's row only
 -- once its objects were removed from storage (expired, deleted, failed or
 -- cancelled, and purged): a completed backup is never forgotten while it
--- exists. NULL or zero keeps everything.
+-- exists, nor its latest verification (what `verified` shows). NULL or
+-- zero keeps everything.
 CREATE FUNCTION backups._prune(retention interval, batch integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -165,6 +166,10 @@ BEGIN
     v_ids := ARRAY(SELECT t.id FROM backups.transfers t
                     WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired') AND t.finished_at < v_before
                       AND (t.kind <> 'capture' OR t.purged_at IS NOT NULL)
+                      AND NOT (t.kind = 'verify' AND t.id = (SELECT max(v.id) FROM backups.transfers v
+                                                              WHERE v.kind = 'verify' AND v.source = t.source)
+                               AND EXISTS (SELECT 1 FROM backups.transfers c
+                                            WHERE c.name = t.source AND c.kind = 'capture' AND c.purged_at IS NULL))
                     ORDER BY t.finished_at LIMIT batch);
     DELETE FROM backups.transfers t WHERE t.id = ANY (v_ids);
     RETURN cardinality(v_ids);
@@ -198,14 +203,23 @@ DECLARE
     v_history interval := coalesce(history_retention,
                                    coalesce(nullif(current_setting('backups.history_retention', true), ''), '400d')::interval);
     v_pruned  integer;
+    v_changes bigint;
+    w         backups.worker_state;
 BEGIN
     v_fired := backups._fire_schedules();
     v_reaped := backups._reap_silent(v_timeout);
     -- Retention only when it has something new to look at, or hourly.
-    UPDATE backups.worker_state w SET retention_due = false, keep_manual = v_keep, expired_at = now()
-     WHERE w.retention_due OR w.keep_manual IS DISTINCT FROM v_keep OR w.expired_at IS NULL
-        OR w.expired_at < now() - interval '1 hour';
-    v_expired := CASE WHEN FOUND THEN backups._expire(v_keep) ELSE 0 END;
+    SELECT s.last_value INTO v_changes FROM backups.retention_changes s;
+    SELECT * INTO w FROM backups.worker_state FOR UPDATE SKIP LOCKED;
+    IF FOUND AND (w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
+                  OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour') THEN
+        UPDATE backups.worker_state x
+           SET seen_changes = v_changes, rerun = w.seen_changes IS DISTINCT FROM v_changes, keep_manual = v_keep,
+               expired_at = now();
+        v_expired := backups._expire(v_keep);
+    ELSE
+        v_expired := 0;
+    END IF;
     v_pruned := backups._prune(v_history);
     IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
         PERFORM backups._renotify();

@@ -71,16 +71,17 @@ BEGIN
         RAISE EXCEPTION 'page_size must be at least 1, not %', coalesce(page_size::text, 'NULL')
             USING HINT = 'SELECT * FROM backups.list(20); then backups.list(20, before => ''<the last id shown>'')';
     END IF;
-    IF before IS NOT NULL THEN
-        SELECT * INTO v_cursor FROM backups.transfers x WHERE x.name = lower(btrim(list.before));
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'no transfer is called %', before
-                USING HINT = 'before => takes the last id of the previous page.';
-        END IF;
-    END IF;
     IF NOT v_admin THEN
         -- The roles whose transfers the caller sees (_may_see), once.
         v_roles := ARRAY(SELECT r.oid FROM pg_catalog.pg_roles r WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+    END IF;
+    IF before IS NOT NULL THEN
+        -- Only a row the caller may see (deleted ones too) marks a place.
+        SELECT * INTO v_cursor FROM backups.transfers x WHERE x.name = lower(btrim(list.before));
+        IF NOT FOUND OR NOT backups._may_see(v_cursor) THEN
+            RAISE EXCEPTION 'no transfer is called %', before
+                USING HINT = 'before => takes the last id of the previous page (one the history has not pruned since).';
+        END IF;
     END IF;
     RETURN QUERY
     WITH page AS MATERIALIZED (
@@ -334,6 +335,8 @@ BEGIN
     IF b.status = 'completed' AND b.contents IS NULL THEN
         RAISE NOTICE 'backup % was captured before pg_backups recorded contents: there is nothing to show', b.name
             USING HINT = 'Capture again to record them; backups.verify() still proves it restores.';
+    ELSIF b.status = 'expired' THEN
+        RAISE NOTICE 'backup % expired: its contents went with it', b.name;
     END IF;
     RETURN QUERY
     SELECT e->>'schema', e->>'table', (e->>'rows')::bigint, (e->>'bytes')::bigint, e->>'digest'

@@ -49,9 +49,11 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
     let database = gucs::string(&gucs::DATABASE_NAME);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // No step of a tick may run for long: one that does fails (and the
+    // No step of a tick waits long on someone's lock: it fails (and the
     // worker starts again) rather than hold its snapshot for minutes.
-    BackgroundWorker::transaction(|| Spi::run("SET statement_timeout = '30s'"))
+    // (statement_timeout would not: its timer is started only for client
+    // statements, never around a background worker's SPI calls.)
+    BackgroundWorker::transaction(|| Spi::run("SET lock_timeout = '30s'"))
         .unwrap_or_else(|e| error!("pg_backups scheduler: {e}"));
     log!("pg_backups scheduler started on database \"{database}\"");
 

@@ -76,6 +76,12 @@ pub enum Verb {
     /// Backups, restores and copies: from the control database, or with
     /// storage alone every backup storage holds.
     List {
+        /// At most this many rows (with a control database; default 100).
+        #[arg(long)]
+        limit: Option<i32>,
+        /// Rows older than this one: the last id of the previous page.
+        #[arg(long)]
+        before: Option<String>,
         #[command(flatten)]
         which: Which,
         #[command(flatten)]
@@ -190,10 +196,17 @@ impl Verb {
             Verb::Capture { database, jobs, wait, common } => {
                 control::capture(&common.load(given)?, database, jobs, wait, common.json).await
             }
-            Verb::List { which, common } => {
+            Verb::List { limit, before, which, common } => {
                 let cfg = common.load(given)?;
                 match cfg.database_url.is_some() {
-                    true => control::table(&cfg, "SELECT * FROM backups.list()", common.json).await,
+                    true => {
+                        let sql = format!(
+                            "SELECT * FROM backups.list({}, {})",
+                            limit.unwrap_or(100),
+                            before.as_deref().map(crate::pg::conn::quote::literal).unwrap_or_else(|| "NULL".into())
+                        );
+                        control::table(&cfg, &sql, common.json).await
+                    }
                     false => stored::list(&cfg, &which.filter(), common.json).await,
                 }
             }

@@ -63,6 +63,9 @@ fn every_verb_calls_the_control_database_and_failures_exit_non_zero() {
     let list = sh.json(&["list"]);
     assert!(["b001", "b002", "b003"].iter().all(|id| ids(&list).contains(&id.to_string())), "{list}");
     assert!(sh.ok(&["list"]).contains("b001"));
+    // A page at a time.
+    assert_eq!(ids(&sh.json(&["list", "--limit", "1"])), vec!["b003".to_string()]);
+    assert_eq!(ids(&sh.json(&["list", "--limit", "1", "--before", "b003"])), vec!["b002".to_string()]);
     let info = sh.json(&["info", "b001"]);
     assert_eq!(info["status"], "completed");
     assert_eq!(info["database"], "shop");
