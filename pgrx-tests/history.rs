@@ -123,3 +123,37 @@ fn an_idle_tick_leaves_retention_alone_until_something_changes() {
     // So does a new keep_manual.
     assert_eq!(one::<i32>("SELECT (backups._tick(false, keep_manual => 2) ->> 'expired')::int"), 1);
 }
+
+#[pg_test]
+fn a_tick_right_after_a_bulk_load_of_history_takes_bounded_time() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('daily 03:00', current_database(), retain_daily => 7, retain_weekly => 0, retain_monthly => 0)");
+    // The worker's plans made while the history is tiny (as after CREATE
+    // EXTENSION), then a history loaded in bulk (a restored control
+    // database) without new statistics.
+    run("INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, scheduled, created_at,
+                                        started_at, finished_at)
+         SELECT 'a9999999', 'capture', 'completed', d.datname, d.oid, d.datdba, true, now(), now(), now()
+           FROM pg_database d WHERE d.datname = current_database()");
+    run("ANALYZE backups.transfers");
+    for _ in 0..8 {
+        run("SELECT backups._retention_due(); SELECT backups._tick(false)");
+    }
+    run("INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, scheduled, created_at,
+                                        started_at, finished_at)
+         SELECT 'a' || lpad(g::text, 7, '0'), 'capture', 'completed', d.datname, d.oid, d.datdba, true,
+                now() - g * interval '1 hour', now() - g * interval '1 hour', now() - g * interval '1 hour'
+           FROM generate_series(1, 5000) g, pg_database d WHERE d.datname = current_database()");
+    run("SELECT backups._retention_due()");
+    run("DO $$ DECLARE t timestamptz := clock_timestamp(); r jsonb; BEGIN
+             r := backups._tick(false);
+             PERFORM set_config('pgrx.tick_ms', (extract(epoch FROM clock_timestamp() - t) * 1000)::int::text, true);
+             PERFORM set_config('pgrx.tick_expired', r ->> 'expired', true);
+         END $$");
+    let ms: i64 = one::<String>("SELECT current_setting('pgrx.tick_ms')").parse().unwrap();
+    // Seven days kept, one each: every other one expired, in one tick.
+    assert_eq!(one::<String>("SELECT current_setting('pgrx.tick_expired')"), "4994");
+    assert!(ms < 5000, "the tick took {ms} ms");
+    run("SELECT backups.unschedule(current_database())");
+    run("DELETE FROM backups.transfers");
+}
