@@ -219,10 +219,10 @@ pub struct UrlPolicy {
 /// Everything the agent runs with, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Storage, and the control database where the extension lives (the
+    /// agent always has one; a restore from the shell with storage alone
+    /// has none).
     pub store: StoreConfig,
-    /// The control database, where the extension lives (the agent always
-    /// has one; a restore from the shell with storage alone has none).
-    pub database_url: Option<String>,
     /// The control cluster's databases are reached through this.
     pub data_url: String,
     pub url_policy: UrlPolicy,
@@ -297,7 +297,7 @@ impl Config {
     /// `data_url`, with no control database.
     pub fn standalone(file: &ConfigFile, store: &StoreOptions, given: Given, data_url: String) -> Result<Self> {
         let mut cfg = Self::load_reaching(file, store, &AgentOptions::default(), given, Some(data_url))?;
-        cfg.database_url = None;
+        cfg.store.database_url = None;
         Ok(cfg)
     }
 
@@ -349,15 +349,12 @@ impl Config {
                 sources.insert(name.to_ascii_lowercase(), SourceConfig { url: v });
             }
         }
-        let database_url = store.database_url.clone();
-        let data_url = match (reach, o.data_url, &database_url) {
-            (Some(d), _, _) | (None, Some(d), _) => d,
-            (None, None, Some(c)) => c.clone(),
-            (None, None, None) => store.control()?.to_string(),
+        let data_url = match (reach, o.data_url) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => store.control()?.to_string(),
         };
         Ok(Config {
             data_url,
-            database_url,
             store,
             url_policy: UrlPolicy {
                 allow_private: o.allow_private_urls,
@@ -390,7 +387,7 @@ impl Config {
 impl Config {
     /// The control database's URL.
     pub fn control(&self) -> Result<&str> {
-        self.database_url.as_deref().context("no control database: pass --database-url or set PGBACKUPS_DATABASE_URL")
+        self.store.control()
     }
 }
 
@@ -525,7 +522,7 @@ mod tests {
         let store = StoreOptions { database_url: Some("postgres://flag/postgres".into()), ..Default::default() };
         let agent = AgentOptions { max_concurrent: Some(1), ..Default::default() };
         let cfg = Config::load(&c, &store, &agent, None).unwrap();
-        assert_eq!(cfg.database_url.as_deref(), Some("postgres://flag/postgres"));
+        assert_eq!(cfg.store.database_url.as_deref(), Some("postgres://flag/postgres"));
         assert_eq!(cfg.max_concurrent, 1);
         assert_eq!(cfg.compression_level, 7);
         // What neither sets takes the default declared on the option.

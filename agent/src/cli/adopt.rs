@@ -96,7 +96,7 @@ async fn adopt(control: &tokio_postgres::Client, storage: &Storage, f: &Found) -
         "tool_versions": m.tool_versions,
         "encrypted_to": stored.encrypted_to,
         "contents": stored.contents,
-        "cluster": m.cluster.as_ref().map(|c| format!("{} ({})", c.name, c.system_identifier)),
+        "cluster": m.cluster.as_ref().map(ToString::to_string),
     });
     let result: String = control
         .query_one("SELECT backups._adopt($1)", &[&b])

@@ -207,7 +207,7 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     let _ = printer.await;
     if result.is_err() && created_database {
         // Still empty: what --create made for it goes, but the roles.
-        match target::drop_received(&ctx_cluster(&ctx).await?, &target).await {
+        match target::drop_received(&Cluster::open(&ctx.cfg).await?, &target).await {
             Ok(()) => eprintln!("dropped database {target}, which --create made for this restore (its roles stay)"),
             Err(e) => eprintln!("warning: could not drop {target}, which --create made: {e:#}"),
         }
@@ -219,11 +219,6 @@ async fn standalone(args: &RestoreArgs, to: &str, given: Given<'_>) -> Result<()
     };
     eprintln!("{} restored into {target}{}", found.id(), if warnings > 0 { " with warnings (above)" } else { "" });
     Ok(())
-}
-
-/// A connection to the target's cluster again (the restore's went with it).
-async fn ctx_cluster(ctx: &Ctx) -> Result<Cluster> {
-    Cluster::open(&ctx.cfg).await
 }
 
 /// The restore's log lines, to standard error, as they come: the agent's

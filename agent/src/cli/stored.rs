@@ -45,7 +45,7 @@ fn row(f: &Found, json: bool) -> Vec<Option<String>> {
 
 fn cluster(f: &Found) -> Option<String> {
     match f.manifest.as_ref().ok().and_then(|m| m.cluster.as_ref()) {
-        Some(c) => Some(format!("{} ({})", c.name, c.system_identifier)),
+        Some(c) => Some(c.to_string()),
         None => f.place.under.clone(),
     }
 }

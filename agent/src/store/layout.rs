@@ -119,8 +119,7 @@ fn parse_place(prefix: &Path, key: &Path) -> Option<(Place, String)> {
     if under.as_deref().is_some_and(|u| u.is_empty() || !u.bytes().all(|b| b.is_ascii_digit())) {
         return None;
     }
-    let name = id.as_bytes();
-    if name.len() < 4 || !name[0].is_ascii_lowercase() || !name[1..].iter().all(u8::is_ascii_digit) {
+    if !pgbackups_core::naming::is_name(id) {
         return None;
     }
     Some((Place { under, label: unsegment(label)?, id: id.clone() }, file.clone()))

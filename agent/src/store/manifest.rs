@@ -42,6 +42,13 @@ pub struct ClusterId {
     pub name: String,
 }
 
+impl std::fmt::Display for ClusterId {
+    /// `prod (7301234567890123456)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.system_identifier)
+    }
+}
+
 /// What a new cluster needs to receive the database: the roles the dump
 /// names, and the database's own properties (pg_dump writes neither).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -89,10 +89,7 @@ pub async fn pins(client: &Client, storage: &Storage) -> Result<usize> {
             storage.store.put(&key, serde_json::to_vec(&marker)?.into()).await?;
             storage.sync(std::slice::from_ref(&key)).await?;
         } else {
-            match storage.store.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            storage.delete_if_there(&key).await?;
         }
         client.execute("SELECT backups._pin_written($1, $2)", &[&id, &kept]).await?;
     }

@@ -211,10 +211,7 @@ impl Storage {
         let (manifests, rest): (Vec<Path>, Vec<Path>) =
             objects.into_iter().partition(|p| p.filename().is_some_and(|f| f.starts_with("manifest")));
         for m in &manifests {
-            match self.store.delete(m).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting {m}")),
-            }
+            self.delete_if_there(m).await?;
         }
         let locations = futures::stream::iter(rest.into_iter().map(Ok)).boxed();
         let mut deleted = self.store.delete_stream(locations);
@@ -248,21 +245,22 @@ impl Storage {
         let (plain, sealed) = (keys.clone().sealed(false), keys.clone().sealed(true));
         let mut n = 0;
         for key in [plain.manifest(), sealed.manifest()] {
-            match self.store.delete(&key).await {
-                Ok(()) => n += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting {key}")),
-            }
+            n += usize::from(self.delete_if_there(&key).await?);
         }
         n += self.delete_all(&keys.dir()).await?;
         for key in [plain.dump(), sealed.dump()] {
-            match self.store.delete(&key).await {
-                Ok(()) => n += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting {key}")),
-            }
+            n += usize::from(self.delete_if_there(&key).await?);
         }
         Ok(n)
+    }
+
+    /// Delete `key`; whether it was there.
+    pub async fn delete_if_there(&self, key: &Path) -> Result<bool> {
+        match self.store.delete(key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("deleting {key}")),
+        }
     }
 
     /// Make `keys` durable on file storage: fsync each file, then every

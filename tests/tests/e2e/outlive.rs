@@ -139,45 +139,26 @@ fn the_drill_a_lost_cluster_is_listed_restored_into_a_new_one_and_adopted() {
     // A brand-new cluster: the latest backup of books, with --create.
     let new = Cluster::start().unwrap();
     let to = format!("{}/books", new.url("postgres").rsplit_once('/').unwrap().0);
-    let out = run(
-        &s3,
-        &[
-            "restore",
-            "latest",
-            "--database",
-            "books",
-            "--to",
-            &to,
-            "--confirm",
-            "books",
-            "--create",
-            "--storage",
-            STORAGE,
-        ],
-    );
+    let restore = [
+        "restore",
+        "latest",
+        "--database",
+        "books",
+        "--to",
+        &to,
+        "--confirm",
+        "books",
+        "--create",
+        "--storage",
+        STORAGE,
+    ];
+    let out = run(&s3, &restore);
     // Without the key, the latest (encrypted) backup cannot be read.
     assert!(!out.status.success(), "restored an encrypted backup without its key");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("identity-file"), "{said}");
     assert!(new.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'books'").unwrap() == "0");
-    let said = run(
-        &s3,
-        &[
-            "restore",
-            "latest",
-            "--database",
-            "books",
-            "--to",
-            &to,
-            "--confirm",
-            "books",
-            "--create",
-            "--identity-file",
-            &identity,
-            "--storage",
-            STORAGE,
-        ],
-    );
+    let said = run(&s3, &[&restore[..], &["--identity-file", &identity]].concat());
     assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
     let said = String::from_utf8_lossy(&said.stderr).to_string();
     assert!(

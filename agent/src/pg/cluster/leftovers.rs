@@ -72,11 +72,7 @@ async fn run(cfg: &Config) -> Result<usize> {
         .collect();
     // A transfer's name (b001), not a shell restore's (`pgbackups restore
     // --to` names its own `shell<random>`: no agent knows of it), over.
-    let ours = |t: &str| {
-        let b = t.as_bytes();
-        b.len() >= 4 && b[0].is_ascii_lowercase() && b[1..].iter().all(u8::is_ascii_digit)
-    };
-    let over = |t: Option<&str>| t.is_some_and(|t| ours(t) && !going.contains(t));
+    let over = |t: Option<&str>| t.is_some_and(|t| pgbackups_core::naming::is_name(t) && !going.contains(t));
     let mut dropped = 0;
     // One after another: databases first (a scratch database's shadow
     // before the scratch database), then the roles that owned them.

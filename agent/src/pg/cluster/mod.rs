@@ -58,7 +58,7 @@ pub struct Cluster {
 impl Cluster {
     pub async fn open(cfg: &Config) -> Result<Cluster> {
         let client = Mutex::new(admin(conn::connect(&cfg.data_url).await?).await?);
-        Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.database_url.clone() })
+        Ok(Cluster { client, data_url: cfg.data_url.clone(), control_url: cfg.store.database_url.clone() })
     }
 
     /// The admin connection, for this folder's queries; a new one if the

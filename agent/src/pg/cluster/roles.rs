@@ -209,7 +209,7 @@ pub async fn create_missing(cluster: &Cluster, roles: &[Role], passwords: bool) 
     }
     // Groups it may join: those created here (of the backup's, tamed). A
     // role this cluster had is its own: joining it is the person's call.
-    for r in &mut missing.clone() {
+    for mut r in missing {
         r.member_of.retain(|(group, _)| {
             let ok = done.roles.contains(group);
             if !ok {

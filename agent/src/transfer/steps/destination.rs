@@ -139,7 +139,7 @@ async fn record_swap(task: &Task, oid: u32) -> Result<()> {
     let cfg = &task.ctx.cfg;
     // A restore from the shell with storage alone has no catalog to tell,
     // and no later attempt to tell it to.
-    let Some(url) = &cfg.database_url else { return Ok(()) };
+    let Some(url) = &cfg.store.database_url else { return Ok(()) };
     let control =
         conn::connect_with_retry(url, RECORD_PATIENCE).await.context("recording the swap in the control database")?;
     let ours: bool = control
