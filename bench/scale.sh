@@ -4,8 +4,10 @@
 # schedule each, and ROWS transfers of history (SCALE x 1,000,000; five
 # log lines each), as a database-per-tenant service leaves them; then the
 # median of 5 timings of every user call (as an admin and as a tenant),
-# the agent's calls and the worker's tick, on durable settings. Prints a
-# Markdown table (for BENCHMARKS.md) and the table and index sizes.
+# the agent's calls, the worker's tick (idle, and with every schedule due),
+# the worker's CPU at rest, and a real agent's /metrics and status page
+# over HTTP, on durable settings. Prints a Markdown table (for
+# BENCHMARKS.md) and the table and index sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,12 @@ DIR=$(mktemp -d /var/tmp/pgbackups-scale-XXXXXX)
 HARNESS=target/release/pgbackups-cluster
 PORT=$("$HARNESS" start "$DIR" "${SCALE_PORT:-54519}")
 # KEEP=1 leaves the cluster running, to look into a plan.
-[ "${KEEP:-0}" = 1 ] || trap '"$HARNESS" stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+AGENT=
+cleanup() {
+    [ -z "$AGENT" ] || kill "$AGENT" 2>/dev/null || true
+    [ "${KEEP:-0}" = 1 ] || { "$HARNESS" stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+}
+trap cleanup EXIT
 # Durable: the harness turns fsync off for tests; back on for this.
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" \
@@ -79,11 +86,61 @@ for role in postgres tenant7; do
         echo "| \`$sql\` | $role | $(time_ms "$role" "$sql") |"
     done
 done
+KINDS="ARRAY['capture', 'copy', 'restore', 'verify']"
 for sql in "SELECT backups._overview(true)" "SELECT backups._overview(false)" "SELECT * FROM backups._stored(NULL)" \
            "SELECT * FROM backups._stored('$LATE')" "SELECT * FROM backups._to_purge(50, '{}')" \
+           "SELECT * FROM backups._pins_to_write(50)" "SELECT * FROM backups._unfinished()" \
+           "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" \
            "SELECT backups._tick(false)" "SELECT backups._expire(25)" "SELECT backups._prune('400 days')"; do
     echo "| \`$sql\` | postgres | $(time_ms postgres "$sql") |"
 done
+
+# Every schedule due at once: the tick that fires them all, and a claim
+# with the 1,000 captures it queued; in a transaction rolled back each time.
+step_ms() {  # step_ms N SQL...: median of 5 of the Nth statement's time
+    local n=$1 times=() args=()
+    shift
+    for sql in "$@"; do args+=(-c "$sql"); done
+    for _ in 1 2 3 4 5; do
+        times+=("$("${PSQL[@]}" postgres -At -c "\\timing on" "${args[@]}" 2>&1 | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | sed -n "${n}p")")
+    done
+    printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
+}
+DUE="UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'"
+echo "| \`SELECT backups._tick(false)\`, all $DATABASES schedules due | postgres | $(step_ms 3 BEGIN "$DUE" "SELECT backups._tick(false)" ROLLBACK) |"
+echo "| \`SELECT * FROM backups._claim(...)\`, $DATABASES queued | postgres | $(step_ms 4 BEGIN "$DUE" "SELECT backups._tick(false)" \
+    "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK) |"
+
+# The worker at rest: its CPU over a minute (no schedule due, nothing new).
+WORKER=$("${PSQL[@]}" postgres -Atc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$WORKER/stat"; }
+before=$(cpu_ticks); sleep 60; after=$(cpu_ticks)
+echo "| the worker at rest, CPU over 60 s | | $(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) / 60 * 100:.2f}% of a core')") |"
+
+# The agent's /metrics and status page, over HTTP, with no schedule due
+# while they are timed (an agent capturing 250 databases at the top of
+# the hour would be timed too).
+"${PSQL[@]}" postgres -c "UPDATE backups.schedules SET next_run_at = now() + interval '1 day'" >/dev/null
+SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+LINK_PORT=$((PORT + 1))
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/metrics_token"
+"${PSQL[@]}" postgres -c "ALTER SYSTEM SET backups.link_base_url = 'http://127.0.0.1:$LINK_PORT'" \
+    -c "ALTER SYSTEM SET backups.link_secret = '$SECRET'" -c "SELECT pg_reload_conf()" >/dev/null
+PGBACKUPS_LINK_SECRET="$SECRET" target/release/pgbackups agent --database-url "postgres://postgres@127.0.0.1:$PORT/postgres" \
+    --storage "file://$DIR/store" --staging-dir "$DIR/staging" --listen "127.0.0.1:$LINK_PORT" \
+    --metrics-token-file "$DIR/metrics_token" --cluster-name scale >"$DIR/agent.log" 2>&1 &
+AGENT=$!
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$LINK_PORT/" && break; sleep 0.2; done
+http_ms() {  # median of 5 GETs of a URL, in ms, and the size of the answer
+    local times=() code
+    for _ in 1 2 3 4 5; do
+        times+=("$(curl -s -o "$DIR/answer" -w '%{time_total}' "$@" | awk '{print $1 * 1000}')")
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$@")
+    echo "$(printf '%s\n' "${times[@]}" | sort -n | sed -n 3p) (HTTP $code, $(wc -c <"$DIR/answer") bytes)"
+}
+echo "| \`GET /metrics\` | agent | $(http_ms -H "Authorization: Bearer $(cat "$DIR/metrics_token")" "http://127.0.0.1:$LINK_PORT/metrics") |"
+echo "| the status page (\`status_url()\`) | agent | $(http_ms "$("${PSQL[@]}" postgres -Atc "SELECT backups.status_url()")") |"
 "${PSQL[@]}" postgres -Atc "SELECT 'transfers: ' || pg_size_pretty(pg_table_size('backups.transfers')) || ' table, '
                                    || pg_size_pretty(pg_indexes_size('backups.transfers')) || ' indexes; logs: '
                                    || pg_size_pretty(pg_total_relation_size('backups.transfer_logs'))"

@@ -214,9 +214,13 @@ fn transfers_stay_with_the_owner_they_were_queued_under() {
 fn scheduled_captures_run_with_the_owners_rights_so_tenants_may_download_them() {
     tenants();
     run("SELECT backups.schedule('daily 03:00', database => 'postgres')");
-    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
-    assert_eq!(one::<i32>("SELECT backups._fire_schedules()"), 1);
-    let role: String = one("SELECT options ->> 'role' FROM backups.transfers WHERE schedule_id IS NOT NULL");
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute' WHERE database = 'postgres'");
+    // (At least this one: the client tests' schedule may be due too.)
+    assert!(one::<i32>("SELECT backups._fire_schedules()") >= 1);
+    let role: String = one(
+        "SELECT t.options ->> 'role' FROM backups.transfers t JOIN backups.schedules s ON s.id = t.schedule_id
+          WHERE s.database = 'postgres'",
+    );
     assert_eq!(role, "shop_owners");
 }
 

@@ -25,18 +25,13 @@ AS $$
     -- A database is one database, not a name: its backups are those of
     -- its oid, taken while its owner now owned it. One dropped and its name
     -- taken by another owner's starts afresh (`never`), and shows nothing
-    -- of the first one's backups or failures. Each fact is one index probe
-    -- per database (a LATERAL join: read once, not once per field).
-    WITH dbs AS (
-        SELECT s.database, d.oid, d.datdba FROM backups.schedules s
-          LEFT JOIN pg_catalog.pg_database d ON d.datname = s.database
-        UNION
-        -- (A database dropped since is no longer watched; its backups stay in list().)
-        SELECT d.datname, d.oid, d.datdba FROM pg_catalog.pg_database d
-         WHERE EXISTS (SELECT 1 FROM backups.transfers t
-                        WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid)
-    )
-    SELECT d.database,
+    -- of the first one's backups or failures. The databases: every one
+    -- with a schedule (even one that no longer exists), and every other
+    -- one with a capture (a database dropped since is no longer watched;
+    -- its backups stay in list()). Each fact is one index entry per
+    -- database (a LATERAL join: read once, not once per field), and the
+    -- caller's rights are looked up once, not per database.
+    SELECT coalesce(d.datname, s.database),
            CASE WHEN l.status = 'failed' THEN 'failing'
                 WHEN g.id IS NULL THEN 'never'
                 WHEN g.finished_at < now() - CASE WHEN s.id IS NULL THEN interval '25 hours'
@@ -44,8 +39,9 @@ AS $$
                 ELSE 'ok' END,
            g.name, g.finished_at, date_trunc('second', now() - g.finished_at),
            s.spec, b.name || ': ' || split_part(coalesce(b.error, 'failed'), E'\n', 1), b.finished_at
-      FROM dbs d
-      LEFT JOIN backups.schedules s ON s.database = d.database
+      FROM pg_catalog.pg_database d
+      FULL JOIN backups.schedules s ON s.database = d.datname
+     CROSS JOIN (SELECT _health.everyone OR backups._is_admin() AS all_of_them) caller
       LEFT JOIN LATERAL (SELECT t.id, t.name, t.finished_at FROM backups.transfers t
                           WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid
                             AND t.owner_role = d.datdba AND t.status = 'completed' AND t.deleted_at IS NULL
@@ -58,7 +54,10 @@ AS $$
                           WHERE t.kind = 'capture' AND t.database_oid = d.oid AND t.owner_role = d.datdba AND t.scheduled
                             AND t.status IN ('completed', 'failed', 'expired')
                           ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) l ON true
-     WHERE _health.everyone OR backups._may_act_on(d.database)
+     WHERE (s.id IS NOT NULL
+            OR EXISTS (SELECT 1 FROM backups.transfers t
+                        WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid))
+       AND (caller.all_of_them OR pg_catalog.pg_has_role(session_user, d.datdba, 'MEMBER'))
      ORDER BY 1
 $$;
 
@@ -70,13 +69,14 @@ AS $$ SELECT * FROM backups._health(false) $$;
 
 -- What the agent's status page and /metrics show, in one read: every
 -- database's health, the queue, the running transfers with their
--- progress, and each database's completed captures (the latest 100) for
--- the charts. Every database: the agent's role only, and the page is
+-- progress, and each database's completed captures (the latest 50) for
+-- the charts, as one set of arrays per database. Every database: the agent's role only, and the page is
 -- behind a signed link (status_url()).
 -- (Without `charts`, for /metrics: no history, and the running transfers
 -- by id only.)
 -- Each part reads per database through an index, never the whole history:
--- the charts take each watched database's latest 100 captures.
+-- the charts take each watched database's latest 50 captures (a page of
+-- a thousand databases stays a few MB).
 CREATE FUNCTION backups._overview(charts boolean DEFAULT true) RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
@@ -91,19 +91,23 @@ AS $$
                                  'expected', backups._expected(t), 'progress', backups._progress(t),
                                  'current', t.current_object) END ORDER BY t.id)
                                FROM backups.transfers t WHERE t.status = 'running'), '[]'),
-        'history', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                 'database', h.database, 'id', h.name, 'finished_at', h.finished_at,
-                                 'seconds', extract(epoch FROM h.finished_at - h.started_at),
-                                 'stored', h.stored_size, 'processed', h.processed_bytes)
-                                 ORDER BY h.database, h.finished_at)
-                               FROM health w
-                              CROSS JOIN LATERAL (
-                                    SELECT t.* FROM backups.transfers t
-                                     WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
-                                       AND t.database = w.database
-                                       AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL
-                                     ORDER BY t.finished_at DESC LIMIT 100) h
-                              WHERE _overview.charts), '[]'))
+        -- A chart per database, as arrays (oldest first): one JSON
+        -- object per database, not one per capture.
+        'charts', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'database', w.database, 'ids', c.ids, 'finished_at', c.finished_at,
+                                'seconds', c.seconds, 'stored', c.stored) ORDER BY w.database)
+                              FROM health w
+                             CROSS JOIN LATERAL (
+                                   SELECT array_agg(h.name ORDER BY h.finished_at) AS ids,
+                                          array_agg(h.finished_at ORDER BY h.finished_at) AS finished_at,
+                                          array_agg(extract(epoch FROM h.finished_at - h.started_at) ORDER BY h.finished_at) AS seconds,
+                                          array_agg(h.stored_size ORDER BY h.finished_at) AS stored
+                                     FROM (SELECT t.name, t.finished_at, t.started_at, t.stored_size FROM backups.transfers t
+                                            WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
+                                              AND t.database = w.database
+                                              AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL
+                                            ORDER BY t.finished_at DESC LIMIT 50) h) c
+                             WHERE _overview.charts AND c.ids IS NOT NULL), '[]'))
 $$;
 
 -- A signed link to the agent's status page, like url()'s: the page shows

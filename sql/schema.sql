@@ -166,6 +166,10 @@ CREATE TRIGGER transfers_record_owner BEFORE INSERT ON backups.transfers
 
 CREATE INDEX transfers_pending_idx ON backups.transfers (id) WHERE status = 'pending';
 CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE status = 'running';
+-- A schedule that falls due: is its database's previous capture still
+-- queued or running? (A thousand schedules due at once: a thousand probes
+-- of this small index, not of each database's whole history.)
+CREATE INDEX transfers_unfinished_idx ON backups.transfers (database) WHERE status IN ('pending', 'running');
 CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);
 CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind = 'verify';
 -- list(), newest first: every row (an admin), and an owner's (a tenant).
@@ -175,11 +179,13 @@ CREATE INDEX transfers_owner_newest_idx ON backups.transfers (owner_role, create
 -- health() and retention: a database's captures, latest first.
 CREATE INDEX transfers_db_captures_idx ON backups.transfers (database_oid, finished_at DESC, id DESC)
     WHERE kind = 'capture';
--- Retention, per database: its live backups (few, among many expired).
-CREATE INDEX transfers_live_backups_idx ON backups.transfers (database_oid, id)
+-- Retention and health(), per database and owner: its live backups (few,
+-- among many expired), latest first, so that health()'s "last backup" is
+-- one index entry (with the owner in the key: no heap row to filter on).
+CREATE INDEX transfers_live_backups_idx ON backups.transfers (database_oid, owner_role, finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL;
 -- health(): a database's latest failed capture (rare: its own index).
-CREATE INDEX transfers_db_failures_idx ON backups.transfers (database_oid, finished_at DESC, id DESC)
+CREATE INDEX transfers_db_failures_idx ON backups.transfers (database_oid, owner_role, finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status = 'failed';
 -- _to_purge(): captures whose objects are still to remove.
 CREATE INDEX transfers_to_purge_idx ON backups.transfers (id)

@@ -14,6 +14,8 @@ pub static KEEP_MANUAL: GucSetting<i32> = GucSetting::<i32>::new(25);
 /// How long ended transfers are kept in the history, in minutes (0: for
 /// ever); a backup's row stays as long as the backup.
 pub static HISTORY_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(400 * 24 * 60);
+/// Seconds one tick of the worker may run before it is cancelled.
+pub static TICK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// The agent's public base URL, e.g. `https://backups.example.com`.
 pub static LINK_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// The key download links are signed with; the agent has the same one.
@@ -57,6 +59,16 @@ pub fn register() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MIN,
+    );
+    GucRegistry::define_int_guc(
+        c"backups.tick_timeout",
+        c"How long one tick of the scheduler worker may run before it is cancelled.",
+        c"A cancelled tick is logged, its work rolled back, and the worker starts again a few seconds later.",
+        &TICK_TIMEOUT,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_string_guc(
         c"backups.link_base_url",

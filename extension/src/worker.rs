@@ -37,7 +37,16 @@ unsafe extern "C-unwind" {
     /// symbol itself (`pg_sys::die` is a Rust wrapper, not a handler).
     #[link_name = "die"]
     fn postgres_die(signal: std::ffi::c_int);
+    /// utils/timeout.h, which pgrx does not bind: arm and disarm one of
+    /// the backend's timers (`TimeoutId` is a C enum, an int).
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
 }
+
+/// `STATEMENT_TIMEOUT` in utils/timeout.h's `TimeoutId`, the same in
+/// PostgreSQL 13 to 18. Its handler (installed for every backend with a
+/// database connection) cancels the running query.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -51,8 +60,7 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // No step of a tick waits long on someone's lock: it fails (and the
     // worker starts again) rather than hold its snapshot for minutes.
-    // (statement_timeout would not: its timer is started only for client
-    // statements, never around a background worker's SPI calls.)
+    // (A tick as a whole is bounded by backups.tick_timeout: see tick().)
     BackgroundWorker::transaction(|| Spi::run("SET lock_timeout = '30s'"))
         .unwrap_or_else(|e| error!("pg_backups scheduler: {e}"));
     log!("pg_backups scheduler started on database \"{database}\"");
@@ -98,6 +106,13 @@ fn tick(renotify: bool) -> Option<Option<String>> {
     if !installed {
         return None;
     }
+    // A statement timeout of our own around the tick: PostgreSQL's
+    // statement_timeout timer is only started for client statements. When
+    // it fires, the tick's query is cancelled (SIGINT, as
+    // pg_cancel_backend() would), the tick rolls back and the worker
+    // starts again: nothing a tick runs holds its snapshot for long.
+    let timeout_ms = gucs::TICK_TIMEOUT.get().saturating_mul(1000);
+    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms) };
     let summary = Spi::get_one_with_args::<String>(
         "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
         &[
@@ -108,5 +123,6 @@ fn tick(renotify: bool) -> Option<Option<String>> {
         ],
     )
     .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
+    unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
     Some(summary)
 }

@@ -11,6 +11,7 @@
 //! from `backups._overview()` in the control database, within a timeout;
 //! the control database not answering is a 503.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -87,7 +88,7 @@ pub struct Overview {
     #[serde(default)]
     pub running: Vec<Running>,
     #[serde(default)]
-    pub history: Vec<Capture>,
+    pub charts: Vec<Charted>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,13 +115,27 @@ pub struct Running {
     pub current: Option<String>,
 }
 
+/// One database's completed captures (its latest 50), oldest first: one
+/// array per field, the same length each.
 #[derive(Debug, Deserialize)]
-pub struct Capture {
+pub struct Charted {
     pub database: String,
-    pub id: String,
-    pub finished_at: DateTime<Utc>,
-    pub seconds: Option<f64>,
-    pub stored: Option<f64>,
+    pub ids: Vec<String>,
+    pub finished_at: Vec<DateTime<Utc>>,
+    pub seconds: Vec<Option<f64>>,
+    pub stored: Vec<Option<f64>>,
+}
+
+impl Charted {
+    /// The points of one field, skipping captures without a value.
+    fn points(&self, values: &[Option<f64>]) -> Vec<Point> {
+        self.ids
+            .iter()
+            .zip(&self.finished_at)
+            .zip(values)
+            .filter_map(|((id, at), v)| Some(Point { label: id.clone(), at: *at, value: (*v)? }))
+            .collect()
+    }
 }
 
 /// `3 d 4 h`, `2 h 5 min`, `12 min`, `40 s`: the two largest units.
@@ -169,12 +184,12 @@ code { font-size: 12px; } .nowrap { white-space: nowrap; }
 /// The whole page.
 pub fn render(o: &Overview) -> Markup {
     let ago = |t: &DateTime<Utc>| age((o.at - *t).num_seconds());
+    // Every database with its chart (if it has captures): a thousand
+    // databases are a thousand lookups, not a scan of every capture each.
+    let charts: HashMap<&str, &Charted> = o.charts.iter().map(|c| (c.database.as_str(), c)).collect();
     let mut databases: Vec<&str> = o.health.iter().map(|h| h.database.as_str()).collect();
-    for c in &o.history {
-        if !databases.contains(&c.database.as_str()) {
-            databases.push(&c.database);
-        }
-    }
+    let watched: HashSet<&str> = databases.iter().copied().collect();
+    databases.extend(o.charts.iter().map(|c| c.database.as_str()).filter(|d| !watched.contains(d)));
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -252,20 +267,19 @@ pub fn render(o: &Overview) -> Markup {
                 }
                 @for db in &databases {
                     h3 { (db) }
-                    @let caps: Vec<&Capture> = o.history.iter().filter(|c| c.database == *db).collect();
-                    @if caps.is_empty() {
-                        p.empty { "No completed captures yet." }
-                    } @else {
+                    @if let Some(c) = charts.get(db).filter(|c| !c.ids.is_empty()) {
                         div.charts {
                             figure {
-                                (chart::chart(&format!("{db}: stored size"), &points(&caps, |c| c.stored), size))
-                                figcaption { "Stored size of each completed capture (" (caps.len()) ")" }
+                                (chart::chart(&format!("{db}: stored size"), &c.points(&c.stored), size))
+                                figcaption { "Stored size of each completed capture (" (c.ids.len()) ")" }
                             }
                             figure {
-                                (chart::chart(&format!("{db}: duration"), &points(&caps, |c| c.seconds), duration))
+                                (chart::chart(&format!("{db}: duration"), &c.points(&c.seconds), duration))
                                 figcaption { "Duration of each completed capture" }
                             }
                         }
+                    } @else {
+                        p.empty { "No completed captures yet." }
                     }
                 }
             }
@@ -299,10 +313,6 @@ fn fraction(processed: Option<f64>, expected: Option<f64>) -> Option<f64> {
     (e > 0.0).then(|| (p / e).clamp(0.0, 1.0))
 }
 
-fn points(caps: &[&Capture], value: impl Fn(&Capture) -> Option<f64>) -> Vec<Point> {
-    caps.iter().filter_map(|c| Some(Point { label: c.id.clone(), at: c.finished_at, value: value(c)? })).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,10 +335,12 @@ mod tests {
             "running": [{"id": "b004", "kind": "capture", "database": odd, "agent": "host-1",
                          "started_at": "2026-11-22T07:58:00+00:00", "processed": 430, "expected": 1000,
                          "progress": "43%, 430 B of ~1000 B", "current": "\"public\".\"<t>\""}],
-            "history": [
-                {"database": "shop", "id": "b001", "finished_at": "2026-11-22T05:00:00+00:00", "seconds": 2.5, "stored": 1000, "processed": 5000},
-                {"database": "shop", "id": "b003", "finished_at": "2026-11-22T07:00:00+00:00", "seconds": 3.25, "stored": 1200, "processed": 5000},
-                {"database": odd, "id": "b005", "finished_at": "2026-11-22T07:30:00+00:00", "seconds": 1, "stored": 10, "processed": 50}
+            "charts": [
+                {"database": "shop", "ids": ["b001", "b003"],
+                 "finished_at": ["2026-11-22T05:00:00+00:00", "2026-11-22T07:00:00+00:00"],
+                 "seconds": [2.5, 3.25], "stored": [1000, 1200]},
+                {"database": odd, "ids": ["b005"], "finished_at": ["2026-11-22T07:30:00+00:00"],
+                 "seconds": [1], "stored": [10]}
             ]
         }))
         .unwrap()
@@ -365,7 +377,7 @@ mod tests {
     #[test]
     fn an_empty_overview_says_so() {
         let o: Overview = serde_json::from_value(serde_json::json!({
-            "at": "2026-11-22T08:00:00+00:00", "health": [], "pending": 0, "running": [], "history": []
+            "at": "2026-11-22T08:00:00+00:00", "health": [], "pending": 0, "running": [], "charts": []
         }))
         .unwrap();
         let page = render(&o).into_string();

@@ -115,3 +115,38 @@ fn a_fast_shutdown_does_not_wait_for_a_tick_stuck_mid_step() {
     c.start_server().unwrap();
     c.sql("postgres", "ROLLBACK PREPARED 'hold_schedules'").unwrap();
 }
+
+#[test]
+fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_on() {
+    let c = Cluster::start_with(&["max_prepared_transactions = 2", "backups.tick_timeout = 2s"]).unwrap();
+    let scheduler = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'";
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", c.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the worker never started", &|| !c.sql("postgres", scheduler).unwrap().is_empty());
+    let first = c.sql("postgres", scheduler).unwrap();
+    // A step that would run for as long as the lock is held (30 s of
+    // lock_timeout at least): the tick is cancelled after 2 s instead.
+    c.sql(
+        "postgres",
+        "BEGIN; LOCK TABLE backups.schedules IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_schedules'",
+    )
+    .unwrap();
+    let held = Instant::now();
+    wait_for("no tick was cancelled by backups.tick_timeout", &|| {
+        c.log_text().contains("canceling statement due to statement timeout")
+    });
+    assert!(held.elapsed() < Duration::from_secs(15), "the tick was cancelled only after {:?}", held.elapsed());
+    c.sql("postgres", "ROLLBACK PREPARED 'hold_schedules'").unwrap();
+    // The worker starts again and ticks: a due schedule fires.
+    c.sql("postgres", "SELECT backups.schedule('hourly', 'postgres')").unwrap();
+    c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'").unwrap();
+    wait_for("the worker did not carry on after the cancelled tick", &|| {
+        c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
+    });
+    assert_ne!(c.sql("postgres", scheduler).unwrap(), first, "the worker was not started again");
+}
