@@ -80,6 +80,8 @@ CREATE TABLE backups.schedules (
     last_run_at    timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now()
 );
+-- The tick's first question, every second: is a schedule due?
+CREATE INDEX schedules_next_run_idx ON backups.schedules (next_run_at);
 
 -- Captures, restores and copies.
 CREATE TABLE backups.transfers (
@@ -194,6 +196,11 @@ CREATE INDEX transfers_to_purge_idx ON backups.transfers (id)
 -- The status page's charts: a database's latest captures, by name.
 CREATE INDEX transfers_db_charts_idx ON backups.transfers (database, finished_at DESC)
     WHERE kind = 'capture' AND status IN ('completed', 'expired');
+-- _pins_to_write(): backups whose pin (kept.json) storage has yet to
+-- follow; usually none (the purge loop asks every few seconds).
+CREATE INDEX transfers_pins_to_write_idx ON backups.transfers (id)
+    WHERE kind = 'capture' AND status = 'completed' AND deleted_at IS NULL AND purged_at IS NULL
+      AND (kept_at IS NOT NULL) <> kept_stored;
 -- _prune(): ended transfers, oldest first.
 CREATE INDEX transfers_ended_idx ON backups.transfers (finished_at)
     WHERE status IN ('completed', 'failed', 'cancelled', 'expired') AND (kind <> 'capture' OR purged_at IS NOT NULL);
@@ -215,7 +222,8 @@ CREATE TABLE backups.worker_state (
     rerun        boolean NOT NULL DEFAULT false,  -- a change was seen: look once more next tick (a transaction that
                                                   -- counted its change may have committed after the run read)
     keep_manual  integer,
-    expired_at   timestamptz
+    expired_at   timestamptz,
+    pruned_at    timestamptz                      -- history retention runs once a minute (NULL: at the next tick)
 );
 INSERT INTO backups.worker_state DEFAULT VALUES;
 

@@ -203,24 +203,39 @@ DECLARE
     v_history interval := coalesce(history_retention,
                                    coalesce(nullif(current_setting('backups.history_retention', true), ''), '400d')::interval);
     v_pruned  integer;
+    c_prune_batch constant integer := 1000;
     v_changes bigint;
     w         backups.worker_state;
 BEGIN
     v_fired := backups._fire_schedules();
     v_reaped := backups._reap_silent(v_timeout);
-    -- Retention only when it has something new to look at, or hourly.
+    -- Retention only when it has something new to look at, or hourly;
+    -- history retention once a minute, or at once after a full batch. An
+    -- idle tick reads the state row and locks nothing.
     SELECT s.last_value INTO v_changes FROM backups.retention_changes s;
-    SELECT * INTO w FROM backups.worker_state FOR UPDATE SKIP LOCKED;
-    IF FOUND AND (w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
-                  OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour') THEN
-        UPDATE backups.worker_state x
-           SET seen_changes = v_changes, rerun = w.seen_changes IS DISTINCT FROM v_changes, keep_manual = v_keep,
-               expired_at = now();
-        v_expired := backups._expire(v_keep);
+    SELECT * INTO w FROM backups.worker_state;
+    IF w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
+       OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour'
+       OR w.pruned_at IS NULL OR w.pruned_at < now() - interval '1 minute' THEN
+        SELECT * INTO w FROM backups.worker_state FOR UPDATE SKIP LOCKED;
     ELSE
-        v_expired := 0;
+        w := NULL;
     END IF;
-    v_pruned := backups._prune(v_history);
+    v_expired := 0;
+    v_pruned := 0;
+    IF w.one THEN
+        IF w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
+           OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour' THEN
+            UPDATE backups.worker_state x
+               SET seen_changes = v_changes, rerun = w.seen_changes IS DISTINCT FROM v_changes, keep_manual = v_keep,
+                   expired_at = now();
+            v_expired := backups._expire(v_keep);
+        END IF;
+        IF w.pruned_at IS NULL OR w.pruned_at < now() - interval '1 minute' THEN
+            v_pruned := backups._prune(v_history, c_prune_batch);
+            UPDATE backups.worker_state x SET pruned_at = CASE WHEN v_pruned < c_prune_batch THEN now() END;
+        END IF;
+    END IF;
     IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
         PERFORM backups._renotify();
     END IF;

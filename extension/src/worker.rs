@@ -10,10 +10,13 @@
 //! FATAL and the postmaster starts the worker again after RESTART_AFTER;
 //! after a crash, likewise.
 
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgBuiltInOids, PgOid};
 
 use crate::gucs;
 
@@ -98,12 +101,7 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
 /// One tick. `None` while the extension is not installed; otherwise what
 /// `_tick()` did, as JSON text.
 fn tick(renotify: bool) -> Option<Option<String>> {
-    let installed =
-        Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_backups')")
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-    if !installed {
+    if !installed() {
         return None;
     }
     // A statement timeout of our own around the tick: PostgreSQL's
@@ -113,16 +111,68 @@ fn tick(renotify: bool) -> Option<Option<String>> {
     // starts again: nothing a tick runs holds its snapshot for long.
     let timeout_ms = gucs::TICK_TIMEOUT.get().saturating_mul(1000);
     unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms) };
-    let summary = Spi::get_one_with_args::<String>(
-        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
-        &[
-            renotify.into(),
-            f64::from(gucs::AGENT_TIMEOUT.get()).into(),
-            gucs::KEEP_MANUAL.get().into(),
-            gucs::HISTORY_RETENTION.get().into(),
-        ],
-    )
+    // Run as a client's SELECT runs: under a snapshot of its own, and
+    // without a transaction id until _tick() writes something (pgrx's
+    // Spi::get_one takes one first: a commit record, and a WAL flush on
+    // durable settings, every second of an idle worker). The statement is
+    // parsed and planned once per process (PostgreSQL replans it if the
+    // extension is dropped and created again).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let summary = Spi::connect(|client| {
+        TICK_STATEMENT.with_borrow_mut(|kept| {
+            if kept.is_none() {
+                let types =
+                    [PgBuiltInOids::BOOLOID, PgBuiltInOids::FLOAT8OID, PgBuiltInOids::INT4OID, PgBuiltInOids::INT4OID]
+                        .map(PgOid::BuiltIn);
+                *kept = Some(
+                    client
+                        .prepare(
+                            "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
+                            &types,
+                        )?
+                        .keep(),
+                );
+            }
+            let statement = kept.as_ref().expect("prepared above");
+            client
+                .select(
+                    statement,
+                    Some(1),
+                    &[
+                        renotify.into(),
+                        f64::from(gucs::AGENT_TIMEOUT.get()).into(),
+                        gucs::KEEP_MANUAL.get().into(),
+                        gucs::HISTORY_RETENTION.get().into(),
+                    ],
+                )?
+                .first()
+                .get_one::<String>()
+        })
+    })
     .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
+    unsafe { pg_sys::PopActiveSnapshot() };
     unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
     Some(summary)
+}
+
+thread_local! {
+    /// The tick's statement, prepared once (SPI_keepplan).
+    static TICK_STATEMENT: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// pg_extension has been seen to hold pg_backups, by this process.
+    static CONFIRMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the extension is installed, for the price of a syscache lookup
+/// (its schema) once pg_extension has said so: a DROP EXTENSION drops the
+/// schema. (A schema of that name created by hand afterwards makes the
+/// next tick fail, and the worker, started again, reads pg_extension.)
+fn installed() -> bool {
+    if unsafe { pg_sys::get_namespace_oid(c"backups".as_ptr(), true) } == pg_sys::InvalidOid {
+        CONFIRMED.set(false);
+        return false;
+    }
+    if !CONFIRMED.get() {
+        CONFIRMED.set(unsafe { pg_sys::get_extension_oid(c"pg_backups".as_ptr(), true) } != pg_sys::InvalidOid);
+    }
+    CONFIRMED.get()
 }

@@ -150,3 +150,25 @@ fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_
     });
     assert_ne!(c.sql("postgres", scheduler).unwrap(), first, "the worker was not started again");
 }
+
+#[test]
+fn an_idle_worker_takes_no_transaction_ids() {
+    // (No autovacuum: its ANALYZE of the catalogs would take ids too.)
+    let c = Cluster::start_with(&["autovacuum = off"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "no scheduler worker; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its first ticks note when history was last pruned; then nothing to do.
+    std::thread::sleep(Duration::from_secs(3));
+    let xid = || c.sql("postgres", "SELECT txid_current()").unwrap().parse::<i64>().unwrap();
+    let before = xid();
+    std::thread::sleep(Duration::from_secs(6));
+    // Six idle ticks and one renotify: only this test's own second id.
+    assert_eq!(xid() - before, 1, "an idle worker took transaction ids (a commit record, a WAL flush each)");
+}
