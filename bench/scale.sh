@@ -68,7 +68,9 @@ time_ms() {
     local role=$1 sql=$2 times=()
     for _ in 1 2 3 4 5; do
         local t
-        t=$("${PSQL[@]}" -U "$role" postgres -Atc "\\timing on" -c "$sql" 2>&1 | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1)
+        # A call that fails is not a timing: stop the run.
+        t=$("${PSQL[@]}" -U "$role" postgres -Atc "\\timing on" -c "$sql" 2>&1) || { echo "$sql as $role: $t" >&2; exit 1; }
+        t=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$t" | tail -1)
         times+=("$t")
     done
     printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
@@ -77,13 +79,17 @@ time_ms() {
 # Names in the history: one half way, one near the end (captures end in 5).
 MID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 5 )))
 LATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 5 )))
+# (and one of db7's, which tenant7 owns, for its info())
+TLATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 6 )))
 echo "| call | as | median ms |"
 echo "|---|---|---|"
 for role in postgres tenant7; do
+    [ "$role" = postgres ] && name=$LATE || name=$TLATE
     for sql in "SELECT * FROM backups.list()" "SELECT * FROM backups.list(20)" \
                "SELECT * FROM backups.list(20, before => '$MID')" "SELECT * FROM backups.health()" \
-               "SELECT * FROM backups.info('$LATE')" "SELECT * FROM backups.database_info('db7')"; do
-        echo "| \`$sql\` | $role | $(time_ms "$role" "$sql") |"
+               "SELECT * FROM backups.info('$name')" "SELECT * FROM backups.database_info('db7')"; do
+        ms=$(time_ms "$role" "$sql")  # (an assignment: a failed call stops the run)
+        echo "| \`$sql\` | $role | $ms |"
     done
 done
 KINDS="ARRAY['capture', 'copy', 'restore', 'verify']"
@@ -92,7 +98,8 @@ for sql in "SELECT backups._overview(true)" "SELECT backups._overview(false)" "S
            "SELECT * FROM backups._pins_to_write(50)" "SELECT * FROM backups._unfinished()" \
            "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" \
            "SELECT backups._tick(false)" "SELECT backups._expire(25)" "SELECT backups._prune('400 days')"; do
-    echo "| \`$sql\` | postgres | $(time_ms postgres "$sql") |"
+    ms=$(time_ms postgres "$sql")
+    echo "| \`$sql\` | postgres | $ms |"
 done
 
 # Every schedule due at once: the tick that fires them all, and a claim
