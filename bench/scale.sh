@@ -78,15 +78,16 @@ time_ms() {
 
 # Names in the history: one half way, one near the end (captures end in 5).
 MID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 5 )))
+TMID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 6 )))
 LATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 5 )))
-# (and one of db7's, which tenant7 owns, for its info())
+# (and db7's, which tenant7 owns, for its own calls)
 TLATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 6 )))
 echo "| call | as | median ms |"
 echo "|---|---|---|"
 for role in postgres tenant7; do
-    [ "$role" = postgres ] && name=$LATE || name=$TLATE
+    if [ "$role" = postgres ]; then name=$LATE mid=$MID; else name=$TLATE mid=$TMID; fi
     for sql in "SELECT * FROM backups.list()" "SELECT * FROM backups.list(20)" \
-               "SELECT * FROM backups.list(20, before => '$MID')" "SELECT * FROM backups.health()" \
+               "SELECT * FROM backups.list(20, before => '$mid')" "SELECT * FROM backups.health()" \
                "SELECT * FROM backups.info('$name')" "SELECT * FROM backups.database_info('db7')"; do
         ms=$(time_ms "$role" "$sql")  # (an assignment: a failed call stops the run)
         echo "| \`$sql\` | $role | $ms |"
@@ -109,14 +110,17 @@ step_ms() {  # step_ms N SQL...: median of 5 of the Nth statement's time
     shift
     for sql in "$@"; do args+=(-c "$sql"); done
     for _ in 1 2 3 4 5; do
-        times+=("$("${PSQL[@]}" postgres -At -c "\\timing on" "${args[@]}" 2>&1 | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | sed -n "${n}p")")
+        local out
+        out=$("${PSQL[@]}" postgres -At -c "\\timing on" "${args[@]}" 2>&1) || { echo "$*: $out" >&2; exit 1; }
+        times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | sed -n "${n}p")")
     done
     printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
 }
 DUE="UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'"
-echo "| \`SELECT backups._tick(false)\`, all $DATABASES schedules due | postgres | $(step_ms 3 BEGIN "$DUE" "SELECT backups._tick(false)" ROLLBACK) |"
-echo "| \`SELECT * FROM backups._claim(...)\`, $DATABASES queued | postgres | $(step_ms 4 BEGIN "$DUE" "SELECT backups._tick(false)" \
-    "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK) |"
+ms=$(step_ms 3 BEGIN "$DUE" "SELECT backups._tick(false)" ROLLBACK)
+echo "| \`SELECT backups._tick(false)\`, all $DATABASES schedules due | postgres | $ms |"
+ms=$(step_ms 4 BEGIN "$DUE" "SELECT backups._tick(false)" "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK)
+echo "| \`SELECT * FROM backups._claim(...)\`, $DATABASES queued | postgres | $ms |"
 
 # The worker at rest: its CPU over a minute (no schedule due, nothing new).
 WORKER=$("${PSQL[@]}" postgres -Atc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")

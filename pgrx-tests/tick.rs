@@ -227,9 +227,12 @@ fn health_says_ok_late_failing_or_never_for_each_database() {
         "SELECT last_backup IS NULL AND backup_age IS NULL FROM backups.health() WHERE database = 'template1'"
     ));
     // Databases with neither a schedule nor a backup are not listed, nor
-    // is one that was dropped since its backups were taken.
-    assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 2);
+    // is one that was dropped since its backups were taken. (This
+    // database aside: the client tests' stand-in agent completes captures
+    // of it while this runs.)
+    let listed = "SELECT count(*) FROM backups.health() WHERE database <> current_database()";
+    assert_eq!(one::<i64>(listed), 2);
     run("UPDATE backups.transfers SET database = 'dropped_long_ago', database_oid = 1 WHERE database = 'postgres'");
     run("SELECT backups.unschedule('postgres')");
-    assert_eq!(one::<i64>("SELECT count(*) FROM backups.health()"), 1);
+    assert_eq!(one::<i64>(listed), 1);
 }

@@ -41,7 +41,7 @@ AS $$
            s.spec, b.name || ': ' || split_part(coalesce(b.error, 'failed'), E'\n', 1), b.finished_at
       FROM pg_catalog.pg_database d
       FULL JOIN backups.schedules s ON s.database = d.datname
-     CROSS JOIN (SELECT _health.everyone OR backups._is_admin() AS all_of_them) caller
+     CROSS JOIN (SELECT _health.everyone OR backups._is_admin() AS all_of_them OFFSET 0) caller
       LEFT JOIN LATERAL (SELECT t.id, t.name, t.finished_at FROM backups.transfers t
                           WHERE t.kind = 'capture' AND t.source IS NULL AND t.database_oid = d.oid
                             AND t.owner_role = d.datdba AND t.status = 'completed' AND t.deleted_at IS NULL
@@ -98,15 +98,15 @@ AS $$
                                 'seconds', c.seconds, 'stored', c.stored) ORDER BY w.database)
                               FROM health w
                              CROSS JOIN LATERAL (
-                                   SELECT array_agg(h.name ORDER BY h.finished_at) AS ids,
-                                          array_agg(h.finished_at ORDER BY h.finished_at) AS finished_at,
-                                          array_agg(extract(epoch FROM h.finished_at - h.started_at) ORDER BY h.finished_at) AS seconds,
-                                          array_agg(h.stored_size ORDER BY h.finished_at) AS stored
-                                     FROM (SELECT t.name, t.finished_at, t.started_at, t.stored_size FROM backups.transfers t
+                                   SELECT array_agg(h.name ORDER BY h.finished_at, h.id) AS ids,
+                                          array_agg(h.finished_at ORDER BY h.finished_at, h.id) AS finished_at,
+                                          array_agg(extract(epoch FROM h.finished_at - h.started_at) ORDER BY h.finished_at, h.id) AS seconds,
+                                          array_agg(h.stored_size ORDER BY h.finished_at, h.id) AS stored
+                                     FROM (SELECT t.id, t.name, t.finished_at, t.started_at, t.stored_size FROM backups.transfers t
                                             WHERE t.kind = 'capture' AND t.status IN ('completed', 'expired')
                                               AND t.database = w.database
                                               AND t.finished_at IS NOT NULL AND t.started_at IS NOT NULL
-                                            ORDER BY t.finished_at DESC LIMIT 50) h) c
+                                            ORDER BY t.finished_at DESC, t.id DESC LIMIT 50) h) c
                              WHERE _overview.charts AND c.ids IS NOT NULL), '[]'))
 $$;
 

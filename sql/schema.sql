@@ -194,7 +194,7 @@ CREATE INDEX transfers_to_purge_idx ON backups.transfers (id)
     WHERE kind = 'capture' AND purged_at IS NULL
       AND (status IN ('expired', 'failed', 'cancelled') OR deleted_at IS NOT NULL);
 -- The status page's charts: a database's latest captures, by name.
-CREATE INDEX transfers_db_charts_idx ON backups.transfers (database, finished_at DESC)
+CREATE INDEX transfers_db_charts_idx ON backups.transfers (database, finished_at DESC, id DESC)
     WHERE kind = 'capture' AND status IN ('completed', 'expired');
 -- _pins_to_write(): backups whose pin (kept.json) storage has yet to
 -- follow; usually none (the purge loop asks every few seconds).

@@ -10,7 +10,7 @@
 //! FATAL and the postmaster starts the worker again after RESTART_AFTER;
 //! after a crash, likewise.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -111,29 +111,30 @@ fn tick(renotify: bool) -> Option<Option<String>> {
     // starts again: nothing a tick runs holds its snapshot for long.
     let timeout_ms = gucs::TICK_TIMEOUT.get().saturating_mul(1000);
     unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms) };
-    // Run as a client's SELECT runs: under a snapshot of its own, and
-    // without a transaction id until _tick() writes something (pgrx's
-    // Spi::get_one takes one first: a commit record, and a WAL flush on
-    // durable settings, every second of an idle worker). The statement is
-    // parsed and planned once per process (PostgreSQL replans it if the
-    // extension is dropped and created again).
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    // Run as a client's SELECT runs: under the transaction's snapshot
+    // (BackgroundWorker::transaction pushes one), and without a transaction
+    // id until _tick() writes something (pgrx's Spi::get_one takes one
+    // first: a commit record, and a WAL flush on durable settings, every
+    // second of an idle worker). The statement is parsed and planned once
+    // per process (PostgreSQL replans it if the extension is dropped and
+    // created again).
     let summary = Spi::connect(|client| {
-        TICK_STATEMENT.with_borrow_mut(|kept| {
-            if kept.is_none() {
+        TICK_STATEMENT.with(|kept| {
+            if kept.get().is_none() {
                 let types =
                     [PgBuiltInOids::BOOLOID, PgBuiltInOids::FLOAT8OID, PgBuiltInOids::INT4OID, PgBuiltInOids::INT4OID]
                         .map(PgOid::BuiltIn);
-                *kept = Some(
-                    client
-                        .prepare(
-                            "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
-                            &types,
-                        )?
-                        .keep(),
-                );
+                // Leaked: never freed by a destructor during exit(), after
+                // PostgreSQL's own exit callbacks.
+                let statement = client
+                    .prepare(
+                        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
+                        &types,
+                    )?
+                    .keep();
+                kept.set(Some(Box::leak(Box::new(statement))));
             }
-            let statement = kept.as_ref().expect("prepared above");
+            let statement: &OwnedPreparedStatement = kept.get().expect("prepared above");
             client
                 .select(
                     statement,
@@ -150,24 +151,29 @@ fn tick(renotify: bool) -> Option<Option<String>> {
         })
     })
     .unwrap_or_else(|e| error!("pg_backups scheduler tick failed: {e}"));
-    unsafe { pg_sys::PopActiveSnapshot() };
+    // (Should the timer fire between the tick's end and this line, the
+    // pending cancel ends this transaction: the worker starts again.)
     unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
     Some(summary)
 }
 
 thread_local! {
     /// The tick's statement, prepared once (SPI_keepplan).
-    static TICK_STATEMENT: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static TICK_STATEMENT: Cell<Option<&'static OwnedPreparedStatement>> = const { Cell::new(None) };
     /// pg_extension has been seen to hold pg_backups, by this process.
     static CONFIRMED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether the extension is installed, for the price of a syscache lookup
-/// (its schema) once pg_extension has said so: a DROP EXTENSION drops the
-/// schema. (A schema of that name created by hand afterwards makes the
-/// next tick fail, and the worker, started again, reads pg_extension.)
+/// Whether the extension is installed, for the price of two syscache
+/// lookups once pg_extension has said so: its schema, and in it its
+/// `worker_state` table, which DROP EXTENSION drops (the schema itself
+/// stays: CREATE EXTENSION made it, as the control file's `schema`, but it
+/// is not a member).
 fn installed() -> bool {
-    if unsafe { pg_sys::get_namespace_oid(c"backups".as_ptr(), true) } == pg_sys::InvalidOid {
+    let schema = unsafe { pg_sys::get_namespace_oid(c"backups".as_ptr(), true) };
+    if schema == pg_sys::InvalidOid
+        || unsafe { pg_sys::get_relname_relid(c"worker_state".as_ptr(), schema) } == pg_sys::InvalidOid
+    {
         CONFIRMED.set(false);
         return false;
     }

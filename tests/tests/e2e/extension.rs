@@ -164,11 +164,52 @@ fn an_idle_worker_takes_no_transaction_ids() {
         assert!(Instant::now() < deadline, "no scheduler worker; log:\n{}", c.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Its first ticks note when history was last pruned; then nothing to do.
-    std::thread::sleep(Duration::from_secs(3));
+    // Its first ticks run retention and note when history was pruned;
+    // then nothing is left to do.
+    while c
+        .sql("postgres", "SELECT count(*) FROM backups.worker_state WHERE NOT rerun AND pruned_at IS NOT NULL")
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the worker's first ticks did not end; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let xid = || c.sql("postgres", "SELECT txid_current()").unwrap().parse::<i64>().unwrap();
     let before = xid();
     std::thread::sleep(Duration::from_secs(6));
     // Six idle ticks and one renotify: only this test's own second id.
     assert_eq!(xid() - before, 1, "an idle worker took transaction ids (a commit record, a WAL flush each)");
+}
+
+#[test]
+fn the_worker_waits_through_drop_extension_and_resumes_after_create() {
+    let c = Cluster::start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", c.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the worker never ticked", &|| {
+        c.sql("postgres", "SELECT count(*) FROM backups.worker_state WHERE pruned_at IS NOT NULL").unwrap() == "1"
+    });
+    // The schema stays after DROP EXTENSION (it is not a member): the
+    // worker must not take it for the extension.
+    let waits = || c.log_text().matches("waiting for CREATE EXTENSION pg_backups").count();
+    let before = waits();
+    c.sql("postgres", "DROP EXTENSION pg_backups CASCADE").unwrap();
+    wait_for("the worker did not notice the extension went", &|| waits() > before);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = c.log_text();
+    assert!(
+        !log.contains("tick failed") && !log.contains("does not exist"),
+        "a tick ran without the extension; log:\n{log}"
+    );
+    c.sql("postgres", "CREATE EXTENSION pg_backups").unwrap();
+    c.sql("postgres", "SELECT backups.schedule('hourly', 'postgres')").unwrap();
+    c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'").unwrap();
+    wait_for("the worker did not resume after CREATE EXTENSION", &|| {
+        c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
+    });
 }
