@@ -6,18 +6,21 @@ use std::time::{Duration, Instant};
 
 use pgbackups_e2e::cluster::Cluster;
 
+const SCHEDULERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'";
+
+/// Waits up to `secs` for `done`; fails saying `what`, with the server log.
+fn wait_until(c: &Cluster, secs: u64, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn extension_loads_and_the_worker_runs() {
     let c = Cluster::start().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")
-        .unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "no scheduler worker; log:\n{}", c.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(&c, 20, "no scheduler worker", || c.sql("postgres", SCHEDULERS).unwrap() == "1");
     assert_eq!(c.sql("postgres", "SELECT backups.capture()").unwrap(), "b001");
     assert_eq!(c.sql("postgres", "SELECT status FROM backups.list() WHERE id = 'b001'").unwrap(), "pending");
 
@@ -120,14 +123,7 @@ fn a_fast_shutdown_does_not_wait_for_a_tick_stuck_mid_step() {
 fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_on() {
     let c = Cluster::start_with(&["max_prepared_transactions = 2", "backups.tick_timeout = 2s"]).unwrap();
     let scheduler = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'";
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}; log:\n{}", c.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait_for("the worker never started", &|| !c.sql("postgres", scheduler).unwrap().is_empty());
+    wait_until(&c, 20, "the worker never started", || !c.sql("postgres", scheduler).unwrap().is_empty());
     let first = c.sql("postgres", scheduler).unwrap();
     // A step that would run for as long as the lock is held (30 s of
     // lock_timeout at least): the tick is cancelled after 2 s instead.
@@ -137,7 +133,7 @@ fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_
     )
     .unwrap();
     let held = Instant::now();
-    wait_for("no tick was cancelled by backups.tick_timeout", &|| {
+    wait_until(&c, 20, "no tick was cancelled by backups.tick_timeout", || {
         c.log_text().contains("canceling statement due to statement timeout")
     });
     assert!(held.elapsed() < Duration::from_secs(15), "the tick was cancelled only after {:?}", held.elapsed());
@@ -145,7 +141,7 @@ fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_
     // The worker starts again and ticks: a due schedule fires.
     c.sql("postgres", "SELECT backups.schedule('hourly', 'postgres')").unwrap();
     c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'").unwrap();
-    wait_for("the worker did not carry on after the cancelled tick", &|| {
+    wait_until(&c, 20, "the worker did not carry on after the cancelled tick", || {
         c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
     });
     assert_ne!(c.sql("postgres", scheduler).unwrap(), first, "the worker was not started again");
@@ -155,25 +151,11 @@ fn a_tick_running_past_backups_tick_timeout_is_cancelled_and_the_worker_carries_
 fn an_idle_worker_takes_no_transaction_ids() {
     // (No autovacuum: its ANALYZE of the catalogs would take ids too.)
     let c = Cluster::start_with(&["autovacuum = off"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_backups scheduler'")
-        .unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "no scheduler worker; log:\n{}", c.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(&c, 20, "no scheduler worker", || c.sql("postgres", SCHEDULERS).unwrap() == "1");
     // Its first ticks run retention and note when history was pruned;
     // then nothing is left to do.
-    while c
-        .sql("postgres", "SELECT count(*) FROM backups.worker_state WHERE NOT rerun AND pruned_at IS NOT NULL")
-        .unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "the worker's first ticks did not end; log:\n{}", c.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let caught_up = "SELECT count(*) FROM backups.worker_state WHERE NOT rerun AND pruned_at IS NOT NULL";
+    wait_until(&c, 20, "the worker's first ticks did not end", || c.sql("postgres", caught_up).unwrap() == "1");
     let xid = || c.sql("postgres", "SELECT txid_current()").unwrap().parse::<i64>().unwrap();
     let before = xid();
     std::thread::sleep(Duration::from_secs(6));
@@ -184,14 +166,7 @@ fn an_idle_worker_takes_no_transaction_ids() {
 #[test]
 fn the_worker_waits_through_drop_extension_and_resumes_after_create() {
     let c = Cluster::start().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}; log:\n{}", c.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait_for("the worker never ticked", &|| {
+    wait_until(&c, 20, "the worker never ticked", || {
         c.sql("postgres", "SELECT count(*) FROM backups.worker_state WHERE pruned_at IS NOT NULL").unwrap() == "1"
     });
     // The schema stays after DROP EXTENSION (it is not a member): the
@@ -199,7 +174,7 @@ fn the_worker_waits_through_drop_extension_and_resumes_after_create() {
     let waits = || c.log_text().matches("waiting for CREATE EXTENSION pg_backups").count();
     let before = waits();
     c.sql("postgres", "DROP EXTENSION pg_backups CASCADE").unwrap();
-    wait_for("the worker did not notice the extension went", &|| waits() > before);
+    wait_until(&c, 20, "the worker did not notice the extension went", || waits() > before);
     std::thread::sleep(Duration::from_secs(2));
     let log = c.log_text();
     assert!(
@@ -209,7 +184,7 @@ fn the_worker_waits_through_drop_extension_and_resumes_after_create() {
     c.sql("postgres", "CREATE EXTENSION pg_backups").unwrap();
     c.sql("postgres", "SELECT backups.schedule('hourly', 'postgres')").unwrap();
     c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'").unwrap();
-    wait_for("the worker did not resume after CREATE EXTENSION", &|| {
+    wait_until(&c, 20, "the worker did not resume after CREATE EXTENSION", || {
         c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
     });
 }
