@@ -15,6 +15,7 @@ SCALE="${SCALE:-1}"
 DATABASES="${DATABASES:-1000}"
 TENANTS="${TENANTS:-100}"
 ROWS=$(python3 -c "print(int(float('$SCALE') * 1000000))")
+DIGITS=$(( ${#ROWS} > 7 ? ${#ROWS} : 7 ))  # b0000001 .. b9999999, then one more digit
 DIR=$(mktemp -d /var/tmp/pgbackups-scale-XXXXXX)
 HARNESS=target/release/pgbackups-cluster
 PORT=$("$HARNESS" start "$DIR" "${SCALE_PORT:-54519}")
@@ -45,7 +46,7 @@ SELECT count(*) AS schedules FROM (SELECT backups.schedule(CASE d % 4 WHEN 0 THE
 INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, options, scheduled,
                                created_at, started_at, finished_at, attempts, source_size, processed_bytes,
                                stored_size, format, object_key, stored_under, checksum, purged_at, contents)
-SELECT CASE WHEN k = 'capture' THEN 'b' ELSE left(k, 1) END || lpad(g::text, 7, '0'), k,
+SELECT CASE WHEN k = 'capture' THEN 'b' ELSE left(k, 1) END || lpad(g::text, $DIGITS, '0'), k,
        CASE WHEN g % 50 = 0 THEN 'failed' WHEN k = 'capture' AND g < $ROWS * 0.97 THEN 'expired' ELSE 'completed' END,
        'db' || db, d.oid, d.datdba, '{}', k = 'capture' AND g % 3 > 0,
        at, at + interval '1 minute', at + interval '3 minutes', 1, 1000000, 1000000, 300000, 'custom',
@@ -77,11 +78,11 @@ time_ms() {
 }
 
 # Names in the history: one half way, one near the end (captures end in 5).
-MID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 5 )))
-TMID=$(printf 'b%07d' $(( ROWS / 2 / 20 * 20 + 6 )))
-LATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 5 )))
+MID=$(printf "b%0${DIGITS}d" $(( ROWS / 2 / 20 * 20 + 5 )))
+TMID=$(printf "b%0${DIGITS}d" $(( ROWS / 2 / 20 * 20 + 6 )))
+LATE=$(printf "b%0${DIGITS}d" $(( (ROWS - 1000) / 20 * 20 + 5 )))
 # (and db7's, which tenant7 owns, for its own calls)
-TLATE=$(printf 'b%07d' $(( (ROWS - 1000) / 20 * 20 + 6 )))
+TLATE=$(printf "b%0${DIGITS}d" $(( (ROWS - 1000) / 20 * 20 + 6 )))
 echo "| call | as | median ms |"
 echo "|---|---|---|"
 for role in postgres tenant7; do
