@@ -206,35 +206,39 @@ DECLARE
     c_prune_batch constant integer := 1000;
     v_changes bigint;
     w         backups.worker_state;
+    v_retain  boolean;
+    v_prune   boolean;
 BEGIN
     v_fired := backups._fire_schedules();
     v_reaped := backups._reap_silent(v_timeout);
     -- Retention only when it has something new to look at, or hourly;
-    -- history retention once a minute, or at once after a full batch. An
-    -- idle tick reads the state row and locks nothing.
+    -- history retention once a minute, or at once after a full batch. What
+    -- is due is read without a lock; only if something is, the state row
+    -- is locked and read again (an idle tick locks nothing).
     SELECT s.last_value INTO v_changes FROM backups.retention_changes s;
-    SELECT * INTO w FROM backups.worker_state;
-    IF w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
-       OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour'
-       OR w.pruned_at IS NULL OR w.pruned_at < now() - interval '1 minute' THEN
-        SELECT * INTO w FROM backups.worker_state FOR UPDATE SKIP LOCKED;
-    ELSE
-        w := NULL;
-    END IF;
+    FOR v_pass IN 1..2 LOOP
+        IF v_pass = 1 THEN
+            SELECT * INTO w FROM backups.worker_state;
+        ELSE
+            SELECT * INTO w FROM backups.worker_state FOR UPDATE SKIP LOCKED;
+        END IF;
+        v_retain := coalesce(w.one, false)
+                    AND (w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
+                         OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour');
+        v_prune := coalesce(w.one, false) AND (w.pruned_at IS NULL OR w.pruned_at < now() - interval '1 minute');
+        EXIT WHEN NOT (v_retain OR v_prune);
+    END LOOP;
     v_expired := 0;
     v_pruned := 0;
-    IF w.one THEN
-        IF w.seen_changes IS DISTINCT FROM v_changes OR w.rerun OR w.keep_manual IS DISTINCT FROM v_keep
-           OR w.expired_at IS NULL OR w.expired_at < now() - interval '1 hour' THEN
-            UPDATE backups.worker_state x
-               SET seen_changes = v_changes, rerun = w.seen_changes IS DISTINCT FROM v_changes, keep_manual = v_keep,
-                   expired_at = now();
-            v_expired := backups._expire(v_keep);
-        END IF;
-        IF w.pruned_at IS NULL OR w.pruned_at < now() - interval '1 minute' THEN
-            v_pruned := backups._prune(v_history, c_prune_batch);
-            UPDATE backups.worker_state x SET pruned_at = CASE WHEN v_pruned < c_prune_batch THEN now() END;
-        END IF;
+    IF v_retain THEN
+        UPDATE backups.worker_state x
+           SET seen_changes = v_changes, rerun = w.seen_changes IS DISTINCT FROM v_changes, keep_manual = v_keep,
+               expired_at = now();
+        v_expired := backups._expire(v_keep);
+    END IF;
+    IF v_prune THEN
+        v_pruned := backups._prune(v_history, c_prune_batch);
+        UPDATE backups.worker_state x SET pruned_at = CASE WHEN v_pruned < c_prune_batch THEN now() END;
     END IF;
     IF renotify AND v_fired = 0 AND (v_reaped ->> 'requeued')::integer = 0 THEN
         PERFORM backups._renotify();
