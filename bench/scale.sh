@@ -64,15 +64,16 @@ SELECT setval('backups.names_b', $ROWS + 1) \\g /dev/null
 ANALYZE;
 SQL
 
-# Median of 5, in milliseconds, of `sql` run as `role`.
-time_ms() {
-    local role=$1 sql=$2 times=()
+# Median of 5, in milliseconds, of the Nth of the statements SQL..., run
+# in one session as ROLE. A call that fails is not a timing: stop the run.
+median_ms() {  # median_ms ROLE N SQL...
+    local role=$1 n=$2 times=() args=()
+    shift 2
+    for sql in "$@"; do args+=(-c "$sql"); done
     for _ in 1 2 3 4 5; do
-        local t
-        # A call that fails is not a timing: stop the run.
-        t=$("${PSQL[@]}" -U "$role" postgres -Atc "\\timing on" -c "$sql" 2>&1) || { echo "$sql as $role: $t" >&2; exit 1; }
-        t=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$t" | tail -1)
-        times+=("$t")
+        local out
+        out=$("${PSQL[@]}" -U "$role" postgres -At -c "\\timing on" "${args[@]}" 2>&1) || { echo "$* as $role: $out" >&2; exit 1; }
+        times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | sed -n "${n}p")")
     done
     printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
 }
@@ -90,7 +91,7 @@ for role in postgres tenant7; do
     for sql in "SELECT * FROM backups.list()" "SELECT * FROM backups.list(20)" \
                "SELECT * FROM backups.list(20, before => '$mid')" "SELECT * FROM backups.health()" \
                "SELECT * FROM backups.info('$name')" "SELECT * FROM backups.database_info('db7')"; do
-        ms=$(time_ms "$role" "$sql")  # (an assignment: a failed call stops the run)
+        ms=$(median_ms "$role" 1 "$sql")  # (an assignment: a failed call stops the run)
         echo "| \`$sql\` | $role | $ms |"
     done
 done
@@ -100,27 +101,16 @@ for sql in "SELECT backups._overview(true)" "SELECT backups._overview(false)" "S
            "SELECT * FROM backups._pins_to_write(50)" "SELECT * FROM backups._unfinished()" \
            "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" \
            "SELECT backups._tick(false)" "SELECT backups._expire(25)" "SELECT backups._prune('400 days')"; do
-    ms=$(time_ms postgres "$sql")
+    ms=$(median_ms postgres 1 "$sql")
     echo "| \`$sql\` | postgres | $ms |"
 done
 
 # Every schedule due at once: the tick that fires them all, and a claim
 # with the 1,000 captures it queued; in a transaction rolled back each time.
-step_ms() {  # step_ms N SQL...: median of 5 of the Nth statement's time
-    local n=$1 times=() args=()
-    shift
-    for sql in "$@"; do args+=(-c "$sql"); done
-    for _ in 1 2 3 4 5; do
-        local out
-        out=$("${PSQL[@]}" postgres -At -c "\\timing on" "${args[@]}" 2>&1) || { echo "$*: $out" >&2; exit 1; }
-        times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | sed -n "${n}p")")
-    done
-    printf '%s\n' "${times[@]}" | sort -n | sed -n 3p
-}
 DUE="UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'"
-ms=$(step_ms 3 BEGIN "$DUE" "SELECT backups._tick(false)" ROLLBACK)
+ms=$(median_ms postgres 3 BEGIN "$DUE" "SELECT backups._tick(false)" ROLLBACK)
 echo "| \`SELECT backups._tick(false)\`, all $DATABASES schedules due | postgres | $ms |"
-ms=$(step_ms 4 BEGIN "$DUE" "SELECT backups._tick(false)" "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK)
+ms=$(median_ms postgres 4 BEGIN "$DUE" "SELECT backups._tick(false)" "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK)
 echo "| \`SELECT * FROM backups._claim(...)\`, $DATABASES queued | postgres | $ms |"
 
 # The worker at rest: its CPU over a minute (no schedule due, nothing new),
