@@ -11,7 +11,7 @@
 //! from `backups._overview()` in the control database, within a timeout;
 //! the control database not answering is a 503.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -184,12 +184,11 @@ code { font-size: 12px; } .nowrap { white-space: nowrap; }
 /// The whole page.
 pub fn render(o: &Overview) -> Markup {
     let ago = |t: &DateTime<Utc>| age((o.at - *t).num_seconds());
-    // Every database with its chart (if it has captures): a thousand
-    // databases are a thousand lookups, not a scan of every capture each.
+    // Every database health() lists, with its chart if it has captures
+    // (_overview() charts only those): a thousand databases are a
+    // thousand lookups, not a scan of every capture each.
     let charts: HashMap<&str, &Charted> = o.charts.iter().map(|c| (c.database.as_str(), c)).collect();
-    let mut databases: Vec<&str> = o.health.iter().map(|h| h.database.as_str()).collect();
-    let watched: HashSet<&str> = databases.iter().copied().collect();
-    databases.extend(o.charts.iter().map(|c| c.database.as_str()).filter(|d| !watched.contains(d)));
+    let databases: Vec<&str> = o.health.iter().map(|h| h.database.as_str()).collect();
     html! {
         (DOCTYPE)
         html lang="en" {
