@@ -62,8 +62,8 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"backups.tick_timeout",
-        c"How long one tick of the scheduler worker may run before it is cancelled.",
-        c"A cancelled tick is logged, its work rolled back, and the worker starts again a few seconds later.",
+        c"How long each of the two transactions of a scheduler tick may run before it is cancelled.",
+        c"A cancelled transaction is logged, its work rolled back, and the worker starts again a few seconds later.",
         &TICK_TIMEOUT,
         1,
         86_400,

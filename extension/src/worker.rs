@@ -2,10 +2,11 @@
 //!
 //! Started by the postmaster from `shared_preload_libraries`, connected to
 //! the control database (`backups.database_name`). Every second it runs
-//! `backups._tick()` in its own transaction: fire due schedules, re-notify
-//! pending work every few seconds (a NOTIFY sent while no agent listened is
-//! lost), requeue or fail transfers whose agent went silent, and expire
-//! backups past retention. Until `CREATE EXTENSION pg_backups` has run it
+//! `backups._tick()` in two transactions of its own: first fire due
+//! schedules, re-notify pending work every few seconds (a NOTIFY sent while
+//! no agent listened is lost), and requeue or fail transfers whose agent
+//! went silent; then expire backups past retention and prune old history.
+//! Until `CREATE EXTENSION pg_backups` has run it
 //! only waits. If the control database does not exist yet, connecting is
 //! FATAL and the postmaster starts the worker again after RESTART_AFTER;
 //! after a crash, likewise.
@@ -63,7 +64,7 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // No step of a tick waits long on someone's lock: it fails (and the
     // worker starts again) rather than hold its snapshot for minutes.
-    // (A tick as a whole is bounded by backups.tick_timeout: see tick().)
+    // (Each transaction of a tick is bounded by backups.tick_timeout: see tick().)
     BackgroundWorker::transaction(|| Spi::run("SET lock_timeout = '30s'"))
         .unwrap_or_else(|e| error!("pg_backups scheduler: {e}"));
     log!("pg_backups scheduler started on database \"{database}\"");
@@ -75,22 +76,27 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let renotify = last_notify.elapsed() >= RENOTIFY_EVERY;
-        match BackgroundWorker::transaction(|| tick(renotify)) {
-            None => {
-                if !waiting_logged {
-                    log!("pg_backups scheduler: waiting for CREATE EXTENSION pg_backups in \"{database}\"");
-                    waiting_logged = true;
+        // Two transactions: what is due now, then history (which may be
+        // slow, or wait on a lock, without holding back what fired).
+        for (steps, renotify) in [(URGENT_STEPS, renotify), (HISTORY_STEPS, false)] {
+            match BackgroundWorker::transaction(|| tick(steps, renotify)) {
+                None => {
+                    if !waiting_logged {
+                        log!("pg_backups scheduler: waiting for CREATE EXTENSION pg_backups in \"{database}\"");
+                        waiting_logged = true;
+                    }
+                    break;
                 }
-            }
-            Some(summary) => {
-                waiting_logged = false;
-                if renotify {
-                    last_notify = Instant::now();
-                }
-                if let Some(s) =
-                    summary.filter(|s| s != r#"{"fired": 0, "failed": 0, "pruned": 0, "expired": 0, "requeued": 0}"#)
-                {
-                    log!("pg_backups scheduler: {s}");
+                Some(summary) => {
+                    waiting_logged = false;
+                    if renotify {
+                        last_notify = Instant::now();
+                    }
+                    if let Some(s) = summary
+                        .filter(|s| s != r#"{"fired": 0, "failed": 0, "pruned": 0, "expired": 0, "requeued": 0}"#)
+                    {
+                        log!("pg_backups scheduler: {s}");
+                    }
                 }
             }
         }
@@ -98,16 +104,20 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
     log!("pg_backups scheduler stopping");
 }
 
-/// One tick. `None` while the extension is not installed; otherwise what
-/// `_tick()` did, as JSON text.
-fn tick(renotify: bool) -> Option<Option<String>> {
+/// `_tick()`'s steps, in the two transactions of a tick.
+const URGENT_STEPS: &[&str] = &["schedules", "reap"];
+const HISTORY_STEPS: &[&str] = &["retention", "prune"];
+
+/// One transaction of a tick: `_tick()` with these steps. `None` while the
+/// extension is not installed; otherwise what `_tick()` did, as JSON text.
+fn tick(steps: &[&str], renotify: bool) -> Option<Option<String>> {
     if !installed() {
         return None;
     }
     // A statement timeout of our own around the tick: PostgreSQL's
     // statement_timeout timer is only started for client statements. When
     // it fires, the tick's query is cancelled (SIGINT, as
-    // pg_cancel_backend() would), the tick rolls back and the worker
+    // pg_cancel_backend() would), the transaction rolls back and the worker
     // starts again: nothing a tick runs holds its snapshot for long.
     let timeout_ms = gucs::TICK_TIMEOUT.get().saturating_mul(1000);
     unsafe { enable_timeout_after(STATEMENT_TIMEOUT, timeout_ms) };
@@ -122,13 +132,19 @@ fn tick(renotify: bool) -> Option<Option<String>> {
         TICK_STATEMENT.with(|kept| {
             if kept.get().is_none() {
                 let types =
-                    [PgBuiltInOids::BOOLOID, PgBuiltInOids::FLOAT8OID, PgBuiltInOids::INT4OID, PgBuiltInOids::INT4OID]
+                    [
+                    PgBuiltInOids::BOOLOID,
+                    PgBuiltInOids::FLOAT8OID,
+                    PgBuiltInOids::INT4OID,
+                    PgBuiltInOids::INT4OID,
+                    PgBuiltInOids::TEXTARRAYOID,
+                ]
                         .map(PgOid::BuiltIn);
                 // Leaked: never freed by a destructor during exit(), after
                 // PostgreSQL's own exit callbacks.
                 let statement = client
                     .prepare(
-                        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4))::text",
+                        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4), $5)::text",
                         &types,
                     )?
                     .keep();
@@ -144,6 +160,7 @@ fn tick(renotify: bool) -> Option<Option<String>> {
                         f64::from(gucs::AGENT_TIMEOUT.get()).into(),
                         gucs::KEEP_MANUAL.get().into(),
                         gucs::HISTORY_RETENTION.get().into(),
+                        steps.to_vec().into(),
                     ],
                 )?
                 .first()

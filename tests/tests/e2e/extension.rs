@@ -188,3 +188,56 @@ fn the_worker_waits_through_drop_extension_and_resumes_after_create() {
         c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
     });
 }
+
+#[test]
+fn history_stuck_on_a_lock_does_not_hold_back_a_schedule() {
+    let c = Cluster::start_with(&["max_prepared_transactions = 2", "backups.tick_timeout = 2s"]).unwrap();
+    wait_until(&c, 20, "no scheduler worker", || c.sql("postgres", SCHEDULERS).unwrap() == "1");
+    // Retention due, and its state row behind a lock no session releases:
+    // the history half of every tick waits, and is cancelled at 2 s.
+    c.sql("postgres", "SELECT backups._retention_due()").unwrap();
+    c.sql(
+        "postgres",
+        "BEGIN; LOCK TABLE backups.worker_state IN EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_history'",
+    )
+    .unwrap();
+    wait_until(&c, 20, "the history step was not cancelled", || {
+        c.log_text().contains("canceling statement due to statement timeout")
+    });
+    // A schedule due meanwhile still fires: its transaction is its own.
+    c.sql("postgres", "SELECT backups.schedule('hourly', 'postgres')").unwrap();
+    c.sql("postgres", "UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'").unwrap();
+    wait_until(&c, 20, "a due schedule waited for the history step", || {
+        c.sql("postgres", "SELECT count(*) FROM backups.transfers WHERE schedule_id IS NOT NULL").unwrap() == "1"
+    });
+    c.sql("postgres", "ROLLBACK PREPARED 'hold_history'").unwrap();
+}
+
+#[test]
+fn pruning_skips_a_row_someone_holds_and_never_waits() {
+    // (The worker prunes nothing: only this test's call does.)
+    let c = Cluster::start_with(&["max_prepared_transactions = 2", "backups.history_retention = 0"]).unwrap();
+    // Three restores that ended two years ago; someone holds the first.
+    c.sql(
+        "postgres",
+        "INSERT INTO backups.transfers (name, kind, status, database, database_oid, owner_role, created_at, started_at, finished_at)
+         SELECT 'r90' || g, 'restore', 'completed', d.datname, d.oid, d.datdba, x.at, x.at, x.at
+           FROM generate_series(1, 3) g, pg_database d, LATERAL (SELECT now() - interval '2 years' AS at) x
+          WHERE d.datname = 'postgres'",
+    )
+    .unwrap();
+    c.sql(
+        "postgres",
+        "BEGIN; SELECT 1 FROM backups.transfers WHERE name = 'r901' FOR UPDATE; PREPARE TRANSACTION 'hold_row'",
+    )
+    .unwrap();
+    // (A client's statement_timeout: were it to wait, it would fail.)
+    let pruned = c.sql("postgres", "SET statement_timeout = '5s'; SELECT backups._prune('400 days')").unwrap();
+    assert_eq!(pruned, "2");
+    assert_eq!(
+        c.sql("postgres", "SELECT string_agg(name, ' ') FROM backups.transfers WHERE name LIKE 'r90%'").unwrap(),
+        "r901"
+    );
+    c.sql("postgres", "ROLLBACK PREPARED 'hold_row'").unwrap();
+    assert_eq!(c.sql("postgres", "SELECT backups._prune('400 days')").unwrap(), "1");
+}
