@@ -99,11 +99,14 @@ KINDS="ARRAY['capture', 'copy', 'restore', 'verify']"
 for sql in "SELECT backups._overview(true)" "SELECT backups._overview(false)" "SELECT * FROM backups._stored(NULL)" \
            "SELECT * FROM backups._stored('$LATE')" "SELECT * FROM backups._to_purge(50, '{}')" \
            "SELECT * FROM backups._pins_to_write(50)" "SELECT * FROM backups._unfinished()" \
-           "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" \
            "SELECT backups._tick(false)" "SELECT backups._expire(25)" "SELECT backups._prune('400 days')"; do
     ms=$(median_ms postgres 1 "$sql")
     echo "| \`$sql\` | postgres | $ms |"
 done
+# (Rolled back: transfers claimed by an agent that never runs them would
+# be requeued a minute later, and run by the agent timed below.)
+ms=$(median_ms postgres 2 BEGIN "SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)" ROLLBACK)
+echo "| \`SELECT * FROM backups._claim('bench', $KINDS, '{}', 2)\` | postgres | $ms |"
 
 # Every schedule due at once: the tick that fires them all, and a claim
 # with the 1,000 captures it queued; in a transaction rolled back each time.
@@ -133,7 +136,9 @@ echo "| the worker at rest, CPU over 60 s | | $(python3 -c "print(f'{($after - $
 # The agent's /metrics and status page, over HTTP, with no schedule due
 # while they are timed (an agent capturing 250 databases at the top of
 # the hour would be timed too).
-"${PSQL[@]}" postgres -c "UPDATE backups.schedules SET next_run_at = now() + interval '1 day'" >/dev/null
+# Nor any capture the schedules queued while the calls above were timed.
+"${PSQL[@]}" postgres -c "UPDATE backups.schedules SET next_run_at = now() + interval '1 day'" \
+    -c "SELECT backups.cancel(t.name) FROM backups.transfers t WHERE t.status = 'pending'" >/dev/null
 SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 LINK_PORT=$((PORT + 1))
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/metrics_token"
