@@ -236,3 +236,20 @@ fn health_says_ok_late_failing_or_never_for_each_database() {
     run("SELECT backups.unschedule('postgres')");
     assert_eq!(one::<i64>(listed), 1);
 }
+
+#[pg_test(error = "unknown tick step in '{}'")]
+fn a_tick_of_no_steps_is_refused() {
+    run("SELECT backups._tick(false, steps => '{}')");
+}
+
+#[pg_test]
+fn a_tick_runs_only_the_steps_it_is_given() {
+    run("DELETE FROM backups.transfers");
+    run("SELECT backups.schedule('daily 03:00', current_database())");
+    run("UPDATE backups.schedules SET next_run_at = now() - interval '1 minute'");
+    // History only: the due schedule waits for its own step.
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, steps => '{retention,prune}') ->> 'fired')::int"), 0);
+    assert_eq!(one::<i32>("SELECT (backups._tick(false, steps => '{schedules}') ->> 'fired')::int"), 1);
+    run("SELECT backups.unschedule(current_database())");
+    run("DELETE FROM backups.transfers");
+}

@@ -171,7 +171,7 @@ CREATE INDEX transfers_running_idx ON backups.transfers (heartbeat_at) WHERE sta
 -- A schedule that falls due: is its database's previous capture still
 -- queued or running? (A thousand schedules due at once: a thousand probes
 -- of this small index, not of each database's whole history.)
-CREATE INDEX transfers_unfinished_idx ON backups.transfers (database) WHERE status IN ('pending', 'running');
+CREATE INDEX transfers_unfinished_idx ON backups.transfers (database, id) WHERE status IN ('pending', 'running');
 CREATE INDEX transfers_database_idx ON backups.transfers (database, created_at);
 CREATE INDEX transfers_verified_idx ON backups.transfers (source, id) WHERE kind = 'verify';
 -- list(), newest first: every row (an admin), and an owner's (a tenant).

@@ -10,7 +10,8 @@
 -- and planning against transfers' many indexes cost a worker at rest up to
 -- 4% of a core, and retention 0.5 ms per schedule (84 µs when generic).
 -- Generic where the plan does not depend on the value; _prune's cutoff
--- and batch do change its plan, and it runs once a minute: custom.
+-- and batch do change its plan, and it runs once a minute: its query is
+-- planned afresh each time (EXECUTE).
 
 -- Due schedules fire once, however many slots passed while the server was
 -- down: the next run is computed from now, not from the missed slot. A
@@ -171,31 +172,31 @@ $$;
 -- zero keeps everything.
 CREATE FUNCTION backups._prune(retention interval, batch integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v_before  timestamptz := now() - retention;
-    v_ids     bigint[];
-    v_deleted integer;
+    v_ids bigint[];
 BEGIN
     IF retention IS NULL OR retention <= interval '0' THEN
         RETURN 0;
     END IF;
     -- The ids first, then the delete: planned on an array, never per row.
-    v_ids := ARRAY(SELECT t.id FROM backups.transfers t
-                    WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired') AND t.finished_at < v_before
-                      AND (t.kind <> 'capture' OR t.purged_at IS NOT NULL)
-                      AND NOT (t.kind = 'verify' AND t.id = (SELECT max(v.id) FROM backups.transfers v
-                                                              WHERE v.kind = 'verify' AND v.source = t.source)
-                               AND EXISTS (SELECT 1 FROM backups.transfers c
-                                            WHERE c.name = t.source AND c.kind = 'capture' AND c.purged_at IS NULL))
-                    ORDER BY t.finished_at LIMIT batch);
-    -- Rows someone holds a lock on (a session reading them FOR UPDATE, a
-    -- log line being added) wait for the next round: pruning never waits.
-    DELETE FROM backups.transfers t
-     WHERE t.id IN (SELECT x.id FROM backups.transfers x WHERE x.id = ANY (v_ids) FOR UPDATE SKIP LOCKED);
-    GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    RETURN v_deleted;
+    -- Planned afresh with the cutoff and batch each time (EXECUTE): they
+    -- decide the plan. Rows someone holds a lock on (a session reading
+    -- them FOR UPDATE, a log line being added) are skipped while choosing,
+    -- so they neither make pruning wait nor take a place in the batch.
+    EXECUTE $q$
+        SELECT ARRAY(SELECT t.id FROM backups.transfers t
+                      WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired') AND t.finished_at < $1
+                        AND (t.kind <> 'capture' OR t.purged_at IS NOT NULL)
+                        AND NOT (t.kind = 'verify' AND t.id = (SELECT max(v.id) FROM backups.transfers v
+                                                                WHERE v.kind = 'verify' AND v.source = t.source)
+                                 AND EXISTS (SELECT 1 FROM backups.transfers c
+                                              WHERE c.name = t.source AND c.kind = 'capture' AND c.purged_at IS NULL))
+                      ORDER BY t.finished_at LIMIT $2
+                      FOR UPDATE OF t SKIP LOCKED)
+    $q$ INTO v_ids USING now() - retention, batch;
+    DELETE FROM backups.transfers t WHERE t.id = ANY (v_ids);
+    RETURN cardinality(v_ids);
 END
 $$;
 
@@ -215,7 +216,9 @@ $$;
 -- re-notify waiting work if `renotify`), `reap` (silent agents), `retention`
 -- and `prune` (history). The worker runs the first two and the last two in
 -- transactions of their own, so that retention stuck on a lock or slow
--- never rolls back, nor holds back, a schedule that fired.
+-- never rolls back a schedule that fired (it delays the next tick by at
+-- most backups.tick_timeout; then it is cancelled, and the worker starts
+-- again with fresh plans).
 CREATE FUNCTION backups._tick(renotify boolean DEFAULT true, agent_timeout interval DEFAULT NULL,
                               keep_manual integer DEFAULT NULL, history_retention interval DEFAULT NULL,
                               steps text[] DEFAULT '{schedules,reap,retention,prune}')
@@ -239,7 +242,8 @@ DECLARE
     v_retain  boolean := false;
     v_prune   boolean := false;
 BEGIN
-    IF steps IS NULL OR NOT steps <@ '{schedules,reap,retention,prune}'::text[] THEN
+    IF steps IS NULL OR cardinality(steps) = 0 OR array_position(steps, NULL) IS NOT NULL
+       OR NOT steps <@ '{schedules,reap,retention,prune}'::text[] THEN
         RAISE EXCEPTION 'unknown tick step in %', quote_nullable(steps::text)
             USING HINT = 'The steps are schedules, reap, retention and prune.';
     END IF;

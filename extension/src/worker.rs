@@ -131,15 +131,14 @@ fn tick(steps: &[&str], renotify: bool) -> Option<Option<String>> {
     let summary = Spi::connect(|client| {
         TICK_STATEMENT.with(|kept| {
             if kept.get().is_none() {
-                let types =
-                    [
+                let types = [
                     PgBuiltInOids::BOOLOID,
                     PgBuiltInOids::FLOAT8OID,
                     PgBuiltInOids::INT4OID,
                     PgBuiltInOids::INT4OID,
                     PgBuiltInOids::TEXTARRAYOID,
                 ]
-                        .map(PgOid::BuiltIn);
+                .map(PgOid::BuiltIn);
                 // Leaked: never freed by a destructor during exit(), after
                 // PostgreSQL's own exit callbacks.
                 let statement = client

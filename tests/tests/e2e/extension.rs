@@ -196,11 +196,8 @@ fn history_stuck_on_a_lock_does_not_hold_back_a_schedule() {
     // Retention due, and its state row behind a lock no session releases:
     // the history half of every tick waits, and is cancelled at 2 s.
     c.sql("postgres", "SELECT backups._retention_due()").unwrap();
-    c.sql(
-        "postgres",
-        "BEGIN; LOCK TABLE backups.worker_state IN EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_history'",
-    )
-    .unwrap();
+    c.sql("postgres", "BEGIN; LOCK TABLE backups.worker_state IN EXCLUSIVE MODE; PREPARE TRANSACTION 'hold_history'")
+        .unwrap();
     wait_until(&c, 20, "the history step was not cancelled", || {
         c.log_text().contains("canceling statement due to statement timeout")
     });
@@ -231,8 +228,10 @@ fn pruning_skips_a_row_someone_holds_and_never_waits() {
         "BEGIN; SELECT 1 FROM backups.transfers WHERE name = 'r901' FOR UPDATE; PREPARE TRANSACTION 'hold_row'",
     )
     .unwrap();
-    // (A client's statement_timeout: were it to wait, it would fail.)
-    let pruned = c.sql("postgres", "SET statement_timeout = '5s'; SELECT backups._prune('400 days')").unwrap();
+    // (A client's statement_timeout: were it to wait, it would fail.) A
+    // batch of two: the held row takes no place in it, so a full batch
+    // still says that more may remain.
+    let pruned = c.sql("postgres", "SET statement_timeout = '5s'; SELECT backups._prune('400 days', 2)").unwrap();
     assert_eq!(pruned, "2");
     assert_eq!(
         c.sql("postgres", "SELECT string_agg(name, ' ') FROM backups.transfers WHERE name LIKE 'r90%'").unwrap(),
