@@ -24,6 +24,11 @@ use crate::gucs;
 const TICK: Duration = Duration::from_secs(1);
 const RENOTIFY_EVERY: Duration = Duration::from_secs(5);
 const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// How long the tick's plans are kept before they are made again: the
+/// steps plan generically (sql/tick.sql), and a plan made while history
+/// was tiny (after CREATE EXTENSION, or before a bulk load) must not
+/// outlive the statistics it was made from, with or without autovacuum.
+const REPLAN_EVERY: Duration = Duration::from_secs(600);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("pg_backups scheduler")
@@ -70,10 +75,17 @@ pub extern "C-unwind" fn pg_backups_worker_main(_arg: pg_sys::Datum) {
     log!("pg_backups scheduler started on database \"{database}\"");
 
     let mut last_notify = Instant::now() - RENOTIFY_EVERY;
+    let mut last_replan = Instant::now();
     let mut waiting_logged = false;
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if last_replan.elapsed() >= REPLAN_EVERY {
+            // Marks every cached plan of this process stale (no catalog
+            // access, outside a transaction): each is made again when next used.
+            unsafe { pg_sys::ResetPlanCache() };
+            last_replan = Instant::now();
         }
         let renotify = last_notify.elapsed() >= RENOTIFY_EVERY;
         // Two transactions: what is due now, then history (which may be
