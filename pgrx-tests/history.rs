@@ -185,3 +185,16 @@ fn the_overviews_charts_hold_each_databases_latest_50_captures_oldest_first() {
     assert_eq!(one::<String>("SELECT (backups._overview(false) -> 'charts')::text"), "[]");
     run("DELETE FROM backups.transfers WHERE database = 'postgres'");
 }
+
+#[pg_test]
+fn health_inlines_the_schedule_period_instead_of_calling_it_per_database() {
+    // No SET clause on _period(): the planner puts its body in the query.
+    run("CREATE TEMP TABLE plan_lines (line text)");
+    run("DO $$ DECLARE l text; BEGIN
+             FOR l IN EXECUTE 'EXPLAIN (VERBOSE) SELECT backups._period(s) FROM backups.schedules s' LOOP
+                 INSERT INTO plan_lines VALUES (l);
+             END LOOP;
+         END $$");
+    let text: String = one("SELECT string_agg(line, E'\\n') FROM plan_lines");
+    assert!(text.contains("_next_run(") && !text.contains("_period("), "not inlined:\n{text}");
+}

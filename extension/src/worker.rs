@@ -155,7 +155,7 @@ fn tick(steps: &[&str], renotify: bool) -> Option<Option<String>> {
                 // PostgreSQL's own exit callbacks.
                 let statement = client
                     .prepare(
-                        "SELECT backups._tick($1, make_interval(secs => $2), $3, make_interval(mins => $4), $5)::text",
+                        "SELECT backups._tick($1, pg_catalog.make_interval(secs => $2), $3, pg_catalog.make_interval(mins => $4), $5)::pg_catalog.text",
                         &types,
                     )?
                     .keep();
