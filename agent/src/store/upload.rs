@@ -113,9 +113,26 @@ async fn upload(
     Ok(Stored { size, sha256: hex::encode(hasher.finalize()) })
 }
 
-/// Read `input` to the end, compress it into `tx` with `threads` zstd
-/// workers, encrypted to `seal`'s recipients if any. Blocking: run it on a
-/// blocking thread. Adds the uncompressed bytes to `processed` as it goes.
+/// The uncompressed size of each zstd frame. Frames are compressed
+/// independently (on all cores at once), so that any of them can be
+/// decompressed alone: a table's data is read back from the frames that
+/// hold it, without the rest of the backup (`store::ranges`).
+pub const FRAME: usize = 2 << 20;
+
+/// What `compress` wrote: the bytes it read, and each frame's size
+/// (uncompressed, compressed), in order.
+#[derive(Debug, Default)]
+pub struct Compressed {
+    pub size: u64,
+    pub frames: Vec<(u64, u64)>,
+}
+
+/// Read `input` to the end, compress it into `tx` as independent zstd
+/// frames of `FRAME` bytes on `threads` threads, followed by a seek table
+/// (zstd's seekable format: a skippable frame that `zstd -d` and every
+/// decoder pass over), encrypted to `seal`'s recipients if any. Blocking:
+/// run it on a blocking thread. Adds the uncompressed bytes to `processed`
+/// as it goes.
 pub fn compress(
     mut input: impl Read,
     tx: mpsc::Sender<Bytes>,
@@ -123,27 +140,133 @@ pub fn compress(
     threads: u32,
     seal: &Recipients,
     processed: &AtomicU64,
-) -> Result<u64> {
-    let mut enc = zstd::stream::write::Encoder::new(seal.seal(ChannelWriter::new(tx))?, level)?;
-    enc.include_checksum(true)?;
-    if threads > 1 {
-        enc.multithread(threads)?;
-    }
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("reading the dump"),
-        };
-        enc.write_all(&buf[..n]).context("compressing")?;
-        total += n as u64;
+) -> Result<Compressed> {
+    let mut sink = Frames { out: seal.seal(ChannelWriter::new(tx))?, done: Compressed::default() };
+    let mut read = || -> Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; FRAME];
+        let mut n = 0;
+        while n < FRAME {
+            match input.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("reading the dump"),
+            }
+        }
         processed.fetch_add(n as u64, Ordering::Relaxed);
+        buf.truncate(n);
+        Ok((n > 0).then_some(buf))
+    };
+    if threads <= 1 {
+        let mut z = frame_compressor(level)?;
+        while let Some(plain) = read()? {
+            let frame = z.compress(&plain).context("compressing")?;
+            sink.frame(plain.len(), frame)?;
+        }
+    } else {
+        sink = std::thread::scope(|s| -> Result<Frames> {
+            let (work, jobs) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(threads as usize);
+            let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+            let (finished, results) = std::sync::mpsc::sync_channel::<(u64, usize, Result<Vec<u8>>)>(threads as usize);
+            for _ in 0..threads {
+                let (jobs, finished) = (jobs.clone(), finished.clone());
+                s.spawn(move || {
+                    let mut z = frame_compressor(level);
+                    loop {
+                        let job = jobs.lock().expect("the job queue").recv();
+                        let Ok((seq, plain)) = job else { break };
+                        let frame = match &mut z {
+                            Ok(z) => z.compress(&plain).context("compressing"),
+                            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                        };
+                        if finished.send((seq, plain.len(), frame)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop((jobs, finished));
+            let writer = s.spawn(move || -> Result<Frames> {
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0u64;
+                for (seq, plain, frame) in results {
+                    waiting.insert(seq, (plain, frame));
+                    while let Some((plain, frame)) = waiting.remove(&next) {
+                        sink.frame(plain, frame?)?;
+                        next += 1;
+                    }
+                }
+                Ok(sink)
+            });
+            let mut seq = 0u64;
+            let reading = loop {
+                match read() {
+                    Ok(Some(plain)) => {
+                        if work.send((seq, plain)).is_err() {
+                            break Ok(()); // the writer stopped: its error says why
+                        }
+                        seq += 1;
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(work);
+            let written = writer.join().map_err(|_| anyhow::anyhow!("the compressor's writer panicked"))?;
+            reading?;
+            written
+        })?;
     }
-    enc.finish()?.finish()?.flush()?;
-    Ok(total)
+    if sink.done.frames.is_empty() {
+        // An empty input is still one (empty) frame, as zstd writes it.
+        let frame = frame_compressor(level)?.compress(&[]).context("compressing")?;
+        sink.frame(0, frame)?;
+    }
+    let Frames { mut out, done } = sink;
+    out.write_all(&seek_table(&done.frames)).context("compressing")?;
+    out.finish()?.flush()?;
+    Ok(done)
+}
+
+/// Where compressed frames go, in order, and what was written.
+struct Frames {
+    out: crate::store::crypt::Sealed<ChannelWriter>,
+    done: Compressed,
+}
+
+impl Frames {
+    fn frame(&mut self, plain: usize, frame: Vec<u8>) -> Result<()> {
+        self.out.write_all(&frame).context("compressing")?;
+        self.done.size += plain as u64;
+        self.done.frames.push((plain as u64, frame.len() as u64));
+        Ok(())
+    }
+}
+
+/// One frame's compressor: zstd at `level`, each frame with its content
+/// checksum.
+fn frame_compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
+    let mut z = zstd::bulk::Compressor::new(level).context("starting zstd")?;
+    z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).context("starting zstd")?;
+    Ok(z)
+}
+
+/// zstd's seek table (contrib/seekable_format): a skippable frame listing
+/// each frame's compressed and uncompressed size, then their number, a
+/// descriptor (no checksums) and the seekable format's magic number.
+pub fn seek_table(frames: &[(u64, u64)]) -> Vec<u8> {
+    let body = frames.len() * 8 + 9;
+    let mut t = Vec::with_capacity(8 + body);
+    t.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+    t.extend_from_slice(&(body as u32).to_le_bytes());
+    for &(plain, stored) in frames {
+        t.extend_from_slice(&(stored as u32).to_le_bytes());
+        t.extend_from_slice(&(plain as u32).to_le_bytes());
+    }
+    t.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    t.push(0);
+    t.extend_from_slice(&0x8F92_EAB1u32.to_le_bytes());
+    t
 }
 
 /// `Write` into a channel of `Bytes`, in chunks of about `CHUNK`.
@@ -196,7 +319,7 @@ mod tests {
         let p = processed.clone();
         let none = Recipients::default();
         let n = tokio::task::spawn_blocking(move || compress(&data[..], tx, 3, 2, &none, &p)).await.unwrap().unwrap();
-        assert_eq!(n, processed.load(Ordering::Relaxed));
+        assert_eq!(n.size, processed.load(Ordering::Relaxed));
         let stored = pipe.finish(commit).await;
         (stored, store)
     }
@@ -210,6 +333,34 @@ mod tests {
         assert_eq!(bytes.len() as u64, stored.size);
         assert!(stored.size < data.len() as u64 / 4, "compressed to {}", stored.size);
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn frames_decompress_alone_and_the_seek_table_lists_them() {
+        let data: Vec<u8> = (0..2_500_000u32).flat_map(|i| (i % 777).to_le_bytes()).collect();
+        let store = Arc::new(InMemory::new());
+        let pipe = Pipe::start(&TaskTracker::new(), store.clone(), Path::from("k"));
+        let (tx, d) = (pipe.tx.clone(), data.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            compress(&d[..], tx, 3, 3, &Recipients::default(), &AtomicU64::new(0))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        pipe.finish(true).await.unwrap();
+        let bytes = store.get(&Path::from("k")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(done.frames.len(), data.len().div_ceil(FRAME));
+        let (mut u, mut c) = (0usize, 0usize);
+        for &(plain, stored) in &done.frames {
+            let frame = &bytes[c..c + stored as usize];
+            assert_eq!(zstd::decode_all(frame).unwrap(), &data[u..u + plain as usize]);
+            u += plain as usize;
+            c += stored as usize;
+        }
+        assert_eq!(&bytes[c..], &seek_table(&done.frames)[..]);
+        assert_eq!(&bytes[bytes.len() - 4..], &0x8F92_EAB1u32.to_le_bytes());
+        // The whole object is still one stream any decoder takes.
         assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), data);
     }
 

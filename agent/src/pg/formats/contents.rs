@@ -33,6 +33,29 @@ pub struct Table {
     /// Bytes of COPY text, newlines included.
     pub bytes: u64,
     pub digest: String,
+    /// Where its data is in a custom-format backup, so that it can be read
+    /// alone (none: a directory-format backup, whose tables are files of
+    /// their own, or one captured before positions were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+}
+
+/// Where a table's data block is in a stored custom-format archive, and
+/// the SHA-256 that proves it when it is read alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// The block's first byte in the archive (uncompressed), and its length.
+    pub at: u64,
+    pub len: u64,
+    /// SHA-256 of its COPY text (the block's chunks without their framing).
+    pub sha256: String,
+    /// The stored bytes (compressed; the plaintext of an encrypted object)
+    /// that hold the block: `[from, to)`, whole zstd frames, the first of
+    /// which starts at archive offset `frame_at`.
+    pub from: u64,
+    pub to: u64,
+    pub frame_at: u64,
 }
 
 /// Every table of a backup.
@@ -53,6 +76,37 @@ pub struct Contents {
     /// the whole backup's checksum is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_sha256: Option<String>,
+}
+
+impl Contents {
+    /// Where each table's block is in the stored bytes, from the sizes of
+    /// the zstd frames the archive was compressed into (uncompressed,
+    /// compressed; in order): the frames that hold it, whole.
+    pub fn place(&mut self, frames: &[(u64, u64)]) {
+        // Each frame's start, uncompressed and stored.
+        let mut starts = Vec::with_capacity(frames.len() + 1);
+        let (mut u, mut c) = (0u64, 0u64);
+        for &(ul, cl) in frames {
+            starts.push((u, c));
+            u += ul;
+            c += cl;
+        }
+        let end = (u, c);
+        for t in &mut self.tables {
+            let Some(p) = &mut t.position else { continue };
+            if p.at + p.len > end.0 || frames.is_empty() {
+                t.position = None;
+                continue;
+            }
+            // The last frame starting at or before the block's first byte,
+            // and the first starting at or after its end.
+            let first = starts.partition_point(|&(fu, _)| fu <= p.at) - 1;
+            let last = starts.partition_point(|&(fu, _)| fu < p.at + p.len);
+            p.frame_at = starts[first].0;
+            p.from = starts[first].1;
+            p.to = starts.get(last).map_or(end.1, |s| s.1);
+        }
+    }
 }
 
 /// The settings `Contents::settings` records.
@@ -144,9 +198,12 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
     let head = r.head().await?.context("pg_dump wrote an archive version this agent does not know")?;
     let by_id: HashMap<i32, &custom::Entry> = head.entries.iter().map(|e| (e.id, e)).collect();
     let mut tallies = HashMap::new();
+    let mut positions = HashMap::new();
     let mut seen = HashSet::new();
     let mut buf = Vec::with_capacity(custom::SLICE);
-    while let Some((kind, id)) = r.block().await? {
+    loop {
+        let at = r.position();
+        let Some((kind, id)) = r.block().await? else { break };
         let entry = by_id
             .get(&id)
             .with_context(|| format!("a data block for entry {id}, which is not in the table of contents"))?;
@@ -160,10 +217,17 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
         if kind == BLK_BLOBS {
             // Large objects: (oid, chunks) until oid 0.
             while r.blob_oid().await? != 0 {
-                skip_chunks(&mut r, &mut buf, None).await?;
+                skip_chunks(&mut r, &mut buf, None, None).await?;
             }
         } else {
-            skip_chunks(&mut r, &mut buf, tally.as_mut()).await?;
+            let mut sha = tally.is_some().then(sha2::Sha256::default);
+            skip_chunks(&mut r, &mut buf, tally.as_mut(), sha.as_mut()).await?;
+            if let Some(sha) = sha {
+                use sha2::Digest;
+                let sha256 = hex::encode(sha.finalize());
+                let len = r.position() - at;
+                positions.insert(id, Position { at, len, sha256, from: 0, to: 0, frame_at: 0 });
+            }
         }
         if let Some(t) = tally {
             tallies.insert(id, t);
@@ -176,6 +240,10 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
     }
     let mut contents = assemble(&head, |e| tallies.remove(&e.id));
     contents.head_sha256 = Some(head.sha256());
+    for t in &mut contents.tables {
+        t.position = head.entries.iter().find(|e| e.namespace == t.schema && e.tag == t.table && is_table_data(e))
+            .and_then(|e| positions.remove(&e.id));
+    }
     Ok(contents)
 }
 
@@ -184,6 +252,7 @@ async fn skip_chunks<R: AsyncRead + Unpin>(
     r: &mut custom::Reader<R>,
     buf: &mut Vec<u8>,
     mut tally: Option<&mut Tally>,
+    mut sha: Option<&mut sha2::Sha256>,
 ) -> Result<()> {
     while let Some(mut n) = r.chunk_len().await? {
         while n > 0 {
@@ -191,6 +260,9 @@ async fn skip_chunks<R: AsyncRead + Unpin>(
             n -= r.slice(n, buf).await?;
             if let Some(t) = tally.as_deref_mut() {
                 t.feed(buf);
+            }
+            if let Some(h) = sha.as_deref_mut() {
+                sha2::Digest::update(h, &buf[..]);
             }
         }
     }
@@ -237,6 +309,7 @@ fn assemble(head: &Head, mut tally_of: impl FnMut(&custom::Entry) -> Option<Tall
             rows,
             bytes,
             digest,
+            position: None,
         });
     }
     tables.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));

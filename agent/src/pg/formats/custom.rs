@@ -40,6 +40,10 @@ pub struct Entry {
     pub copy_stmt: Option<String>,
     /// Where its data is, in a directory-format archive (`3241.dat`).
     pub filename: Option<String>,
+    /// Its SQL, as pg_restore would run it (every name qualified).
+    pub defn: Option<String>,
+    /// The entries it depends on.
+    pub deps: Vec<i32>,
 }
 
 impl Entry {
@@ -86,6 +90,8 @@ pub struct Reader<R> {
     version: u32,
     int_size: usize,
     off_size: usize,
+    /// Bytes read so far: where in the archive the reader is.
+    pos: u64,
 }
 
 fn version(major: u8, minor: u8, rev: u8) -> u32 {
@@ -94,7 +100,18 @@ fn version(major: u8, minor: u8, rev: u8) -> u32 {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn new(inner: R) -> Self {
-        Reader { inner, directory: false, record: Some(Vec::new()), version: 0, int_size: 4, off_size: 8 }
+        Reader { inner, directory: false, record: Some(Vec::new()), version: 0, int_size: 4, off_size: 8, pos: 0 }
+    }
+
+    /// How many bytes of the archive were read so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// A reader of the data blocks of the archive `head` heads, from a
+    /// stream that starts at a block (a range of a stored archive).
+    pub fn blocks_of(inner: R, head: &Head, at: u64) -> Self {
+        Reader { record: None, int_size: head.int_size, pos: at, ..Reader::new(inner) }
     }
 
     /// The `toc.dat` of a directory-format dump: the same header and table
@@ -106,6 +123,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; n];
         self.inner.read_exact(&mut buf).await.context("the archive ends early")?;
+        self.pos += n as u64;
         if let Some(r) = &mut self.record {
             r.extend_from_slice(&buf);
         }
@@ -215,7 +233,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
         self.str().await?; // owner
         self.str().await?; // with oids
-        while self.str().await?.is_some() {} // dependencies
+        let mut deps = Vec::new();
+        while let Some(d) = self.str().await? {
+            deps.extend(d.trim().parse::<i32>().ok());
+        }
         let filename = if self.directory {
             // pg_backup_directory.c's _ReadExtraToc: the data file's name.
             self.str().await?.filter(|f| !f.is_empty())
@@ -227,7 +248,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         };
         let namespace = namespace.unwrap_or_default();
         let label = if namespace.is_empty() { tag.clone() } else { format!("{namespace}.{tag}") };
-        Ok((Entry { id, had_dumper, desc, label, namespace, tag, copy_stmt, filename }, defn))
+        let entry = Entry { id, had_dumper, desc, label, namespace, tag, copy_stmt, filename, defn: defn.clone(), deps };
+        Ok((entry, defn))
     }
 
     /// The next block's type and entry, or None where the archive ends.
@@ -236,6 +258,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if self.inner.read(&mut kind).await? == 0 {
             return Ok(None);
         }
+        self.pos += 1;
         let id = self.int().await? as i32;
         if kind[0] != BLK_DATA && kind[0] != BLK_BLOBS {
             bail!("unknown block type {} in the archive: it is corrupt", kind[0]);
@@ -268,6 +291,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let at = out.len();
         out.resize(at + n, 0);
         self.inner.read_exact(&mut out[at..]).await.context("the archive ends early")?;
+        self.pos += n as u64;
         Ok(n)
     }
 

@@ -117,8 +117,11 @@ pub async fn custom(task: &Task, mut cmd: ToolCommand, keys: &Keys) -> Result<(V
         return Err(stored.err().unwrap_or_else(|| anyhow!("the upload stopped early")));
     }
     exit.check()?;
-    let size = compressed?;
-    let contents = contents.context("the archive pg_dump wrote is not sound")?;
+    let compressed = compressed?;
+    let size = compressed.size;
+    let mut contents = contents.context("the archive pg_dump wrote is not sound")?;
+    // Where each table's data is stored: read alone by restore_tables().
+    contents.place(&compressed.frames);
     let stored = stored?;
     let file = FileEntry {
         path: storage.relative(&key),

@@ -200,7 +200,7 @@ impl Files<'_> {
             let compressed = tracker
                 .spawn_blocking(move || {
                     let mut reader = Watched::new(growing.open()?, &file);
-                    let size = upload::compress(&mut reader, tx, level, 1, &seal, &counter)?;
+                    let size = upload::compress(&mut reader, tx, level, 1, &seal, &counter)?.size;
                     Ok::<_, anyhow::Error>((size, reader.seen))
                 })
                 .await
