@@ -269,3 +269,60 @@ fn a_backups_user_verifies_and_reads_contents_only_of_backups_taken_with_its_rig
     assert_eq!(one::<i64>("SELECT count(*) FROM backups.list()"), 0);
     as_superuser();
 }
+
+#[pg_test]
+fn restore_tables_follows_restore_and_url_and_refuses_bad_input_with_nothing_queued() {
+    tenants();
+    // Alice's capture (owner's rights), an admin's capture of her database
+    // (agent's rights), a capture of another database, and one pending.
+    let ours: String = one("SELECT backups.capture('postgres')");
+    let admins: String = one("SELECT backups.capture('postgres')");
+    let theirs: String = one("SELECT backups.capture('template1')");
+    let pending: String = one("SELECT backups.capture('postgres')");
+    run(&format!(
+        "UPDATE backups.transfers SET status = 'completed', finished_at = now(), format = 'custom'
+          WHERE name IN ('{ours}', '{admins}', '{theirs}')"
+    ));
+    run(&format!("UPDATE backups.transfers SET options = '{{\"role\": \"shop_owners\"}}' WHERE name IN ('{ours}', '{pending}')"));
+
+    as_user("alice");
+    let before = queued("alice");
+    for (sql, want) in [
+        (format!("SELECT backups.restore_tables('{admins}', ARRAY['public.t'])"), "42501 permission denied to restore tables from"),
+        (format!("SELECT backups.restore_tables('{theirs}', ARRAY['public.t'])"), "42501 permission denied for transfer"),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY['public.t'], database => 'template1')"), "42501 permission denied to restore tables into database \"template1\""),
+        (format!("SELECT backups.restore_tables('{pending}', ARRAY['public.t'])"), "cannot restore tables from"),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY[]::text[])"), "22023 name the tables to restore"),
+        (format!("SELECT backups.restore_tables('{ours}', NULL)"), "22023 name the tables to restore"),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY['public.t', NULL])"), "22023 invalid tables pattern: NULL"),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY['a.b.c.d'])"), "22023 invalid tables pattern"),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY['t'], into_schema => 'pg_mine')"), "22023 cannot restore tables into schema \"pg_mine\""),
+        (format!("SELECT backups.restore_tables('{ours}', ARRAY['t'], database => 'no_such_db')"), "database \"no_such_db\" does not exist"),
+        ("SELECT backups.restore_tables('', ARRAY['t'])".to_string(), "22023 backups.restore_tables() needs a backup id"),
+    ] {
+        let err = refusal(&sql).unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(err.contains(want), "{sql}: {err}");
+    }
+    assert_eq!(queued("alice"), before, "a refused table restore queues nothing");
+
+    // Her own: queued as t001 into restored_<backup> of her database.
+    let t: String = one(&format!("SELECT backups.restore_tables('{ours}', ARRAY['public.orders', 'billing.*'])"));
+    assert!(t.starts_with('t'), "{t}");
+    as_superuser();
+    let (kind, target, options): (String, String, String) = (
+        one(&format!("SELECT kind FROM backups.transfers WHERE name = '{t}'")),
+        one(&format!("SELECT target FROM backups.transfers WHERE name = '{t}'")),
+        one(&format!("SELECT options::text FROM backups.transfers WHERE name = '{t}'")),
+    );
+    assert_eq!((kind.as_str(), target.as_str()), ("restore_tables", "postgres"));
+    assert_eq!(options, format!("{{\"tables\": [\"public.orders\", \"billing.*\"], \"into_schema\": \"restored_{ours}\"}}"));
+    as_user("alice");
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM backups.list() WHERE id = '{t}'")), 1);
+    // An admin restores from the admin's capture, anywhere.
+    as_user("carol");
+    let t2: String = one(&format!("SELECT backups.restore_tables('{admins}', ARRAY['t'], into_schema => 'back', database => 'template1')"));
+    assert!(t2.starts_with('t'), "{t2}");
+    as_user("bob");
+    assert_eq!(one::<i64>("SELECT count(*) FROM backups.list()"), 0);
+    as_superuser();
+}

@@ -17,7 +17,7 @@
 //!               report (the lifecycle calls), progress, task;
 //!   kinds/      the kinds listed once (mod: the `Job` dispatcher, decoded once at
 //!               the claim), one file per kind, its options and its run as named
-//!               steps: capture, restore, copy, verify;
+//!               steps: capture, restore, copy, verify, restore_tables;
 //!   steps/      what several kinds share: source (connection, pg_dump's flags),
 //!               dump and parallel_dump (a capture's), selective, fetch (a backup
 //!               back to staging, verified), remote (what a URL may fetch),
@@ -30,7 +30,8 @@
 //!               runs), tool (those as process groups);
 //!   formats/    archive (the extensions an archive names), custom (pg_dump's
 //!               custom format, read as it streams), copy_text (pg_dump's COPY
-//!               settings), contents (every table's rows and digest);
+//!               settings), contents (every table's rows and digest),
+//!               relocate (tables moved to another schema, entries and SQL);
 //!   cluster/    Cluster (mod: the one admin connection a transfer opens, which
 //!               every statement changing the cluster goes through), target
 //!               (replacing a database, applying an archive as its owner),
@@ -40,7 +41,8 @@
 //!               (what killed agents left, swept at start), roles (those a
 //!               database names, read at capture, created by restore --create)
 //! store/        storage, layout (every object key), upload, manifest, crypt (age),
-//!               verify (the one checksum-verifying reader), backups (finding and
+//!               verify (the one checksum-verifying reader), ranges (a table's
+//!               frames read alone), backups (finding and
 //!               fetching), catalog (every backup storage holds, from the
 //!               manifests alone), purge
 //! serve/        one listener (mod): links (signed download links), status (the

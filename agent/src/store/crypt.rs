@@ -214,6 +214,22 @@ impl Identities {
         Ok(Some(plain))
     }
 
+    /// The plain bytes of a stored object encrypted to `recipients`, as a
+    /// reader that seeks (age's chunks decrypt alone): for reading parts of
+    /// it (`store::ranges`).
+    pub fn open_seekable<R: std::io::Read + std::io::Seek>(
+        &self,
+        what: &str,
+        recipients: &[String],
+        stored: R,
+    ) -> Result<age::stream::StreamReader<R>> {
+        if !self.holds_any(recipients) {
+            return Err(self.not_held(what, recipients));
+        }
+        let d = age::Decryptor::new(stored).map_err(|e| unreadable(what, e))?;
+        d.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity)).map_err(|e| damaged(what, e))
+    }
+
     /// A small object (the manifest), whole.
     pub fn open_bytes(&self, what: &str, recipients: &[String], stored: &[u8]) -> Result<Vec<u8>> {
         if !self.holds_any(recipients) {

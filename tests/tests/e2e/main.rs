@@ -21,6 +21,7 @@ mod outlive;
 mod privileges;
 mod progress;
 mod restore;
+mod restore_tables;
 mod s3;
 mod selective;
 mod shell;

@@ -63,6 +63,7 @@ kinds! {
     restore::Restore,
     copy::Copy,
     verify::Verify,
+    restore_tables::RestoreTables,
 }
 
 #[cfg(test)]

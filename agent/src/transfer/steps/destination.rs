@@ -41,17 +41,7 @@ impl Destination {
     pub async fn prepare(task: &Task, name: &str, in_place: bool) -> Result<Destination> {
         let cluster = task.cluster().await?;
         let target = target::find(cluster, name).await?;
-        if target.privileged_owner {
-            task.progress.say(
-                Level::Warning,
-                format!(
-                    "{} is owned by {}, a superuser or a role with powers beyond its databases: what the archive \
-                     runs (functions in constraints, triggers, index expressions) runs with those; give the \
-                     database to an ordinary role (ALTER DATABASE ... OWNER TO) to contain it",
-                    target.name, target.owner
-                ),
-            );
-        }
+        warn_if_privileged(task, &target);
         target::check_replaceable(cluster, &target).await?;
         let (into, applier, shadow) = if in_place {
             let applier = Applier::create(cluster, &target, &task.name, task.attempt, &task.teardown).await?;
@@ -186,4 +176,20 @@ pub async fn finished_earlier(task: &Task, target: &str, swapped: Option<u32>) -
         task.progress.say(Level::Warning, w);
     }
     Ok(Some(apply::completion(task, &format!("swapped into {target} by an earlier attempt"), "read", 0)))
+}
+
+/// What the archive runs gets the owner's rights: say so when they are
+/// more than a database owner's should be.
+pub fn warn_if_privileged(task: &Task, target: &Target) {
+    if target.privileged_owner {
+        task.progress.say(
+            Level::Warning,
+            format!(
+                "{} is owned by {}, a superuser or a role with powers beyond its databases: what the archive \
+                 runs (functions in constraints, triggers, index expressions) runs with those; give the \
+                 database to an ordinary role (ALTER DATABASE ... OWNER TO) to contain it",
+                target.name, target.owner
+            ),
+        );
+    }
 }

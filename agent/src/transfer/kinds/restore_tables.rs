@@ -1,0 +1,462 @@
+//! Restore tables: some tables of a backup recreated beside the live ones,
+//! in a schema of their own, with their rows, defaults, CHECK and NOT NULL
+//! constraints and indexes (not their foreign keys, triggers or policies:
+//! `pg/formats/relocate.rs`). Everything happens in one transaction of the
+//! throwaway login that acts as the database's owner (`pg/cluster/applier.rs`),
+//! committed only once every byte loaded was proven: a failure, a cancel or
+//! a killed agent leaves no schema and no table behind, and nothing that
+//! existed is touched. It reads only what it needs: the head and the
+//! chosen tables' frames of a custom-format backup (`store/ranges.rs`),
+//! the TOC and the chosen tables' files of a parallel one; a backup taken
+//! before positions were recorded is read whole, as it streams.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::SinkExt;
+use serde::Deserialize;
+use sha2::Digest;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::pg::cluster::applier::Applier;
+use crate::pg::cluster::target;
+use crate::pg::conn::quote::{ident, literal};
+use crate::pg::conn::{self};
+use crate::pg::formats::contents::Position;
+use crate::pg::formats::custom::{self, Head, BLK_DATA};
+use crate::pg::formats::relocate;
+use crate::store::backups::{self, Stored};
+use crate::store::layout::Format;
+use crate::store::ranges::Archive;
+use crate::store::verify;
+use crate::transfer::kind::{self, Kind, Row};
+use crate::transfer::outcome::Completion;
+use crate::transfer::progress::{human, Level};
+use crate::transfer::steps::{apply, destination};
+use crate::transfer::task::Task;
+
+#[derive(Debug, Clone)]
+pub struct RestoreTables {
+    pub backup: String,
+    pub database: String,
+    pub options: Options,
+}
+
+/// What `backups.restore_tables()` asked for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// pg_dump-style patterns.
+    pub tables: Vec<String>,
+    pub into_schema: String,
+}
+
+impl Kind for RestoreTables {
+    const NAME: &'static str = "restore_tables";
+
+    fn decode(row: &Row) -> Result<Self> {
+        Ok(RestoreTables {
+            backup: row.source.clone().context("a table restore without a backup")?,
+            database: row.target(),
+            options: kind::options(row)?,
+        })
+    }
+
+    fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Completion>> {
+        Box::pin(run(task, self))
+    }
+}
+
+async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
+    // 1. The backup, as the control database recorded it.
+    let control = conn::connect(task.ctx.cfg.control()?).await?;
+    let b = backups::find(&control, Some(&job.backup)).await?;
+    drop(control);
+
+    // 2. The throwaway login that acts as the database's owner.
+    let cluster = task.cluster().await?;
+    let target = target::find(cluster, &job.database).await?;
+    destination::warn_if_privileged(task, &target);
+    let applier = Applier::create(cluster, &target, &task.name, task.attempt, &task.teardown).await?;
+    let db = conn::connect(&applier.conn()?.with_password()).await.context("connecting as the owner's login")?;
+
+    // 3. The archive's head, and the tables the patterns match in it.
+    let mut source = Source::open(task, &b).await?;
+    let head = source.head(task, &b).await?;
+    let chosen = choose(&db, &head, &job.options.tables, &b.name).await?;
+    let into = &job.options.into_schema;
+    let plan = relocate::plan(&head.entries, &chosen, into)?;
+    task.progress.say(
+        Level::Info,
+        format!(
+            "restoring {} from {} into schema {} of {}, as {}: {}",
+            plural(plan.tables.len(), "table"),
+            b.name,
+            ident(into),
+            ident(&job.database),
+            target.owner,
+            plan.tables.join(", ")
+        ),
+    );
+    let mut not = "their foreign keys, triggers, rules and policies are not recreated".to_string();
+    if !plan.left_out.is_empty() {
+        not.push_str(&format!(" (left out: {})", plan.left_out.join(", ")));
+    }
+    task.progress.say(Level::Info, not);
+
+    // 4. One transaction: the schema, the tables, their data, the rest.
+    db.batch_execute(&session(&head, &target.owner)).await.context("setting up the session")?;
+    db.batch_execute("BEGIN").await?;
+    db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(into)))
+        .await
+        .map_err(|e| worded(e, into, &job.database))?;
+    for sql in &plan.before {
+        db.batch_execute(sql).await.map_err(|e| worded(e, into, &job.database))?;
+    }
+    let mut rows = 0u64;
+    for load in &plan.data {
+        rows += source.load(task, &b, &head, &db, load).await.with_context(|| format!("loading {}", load.label))?;
+    }
+    source.finish(task, &b, &head).await?;
+    for sql in &plan.after {
+        db.batch_execute(sql).await.map_err(|e| worded(e, into, &job.database))?;
+    }
+    let fetched = source.fetched();
+    task.progress.say(
+        Level::Info,
+        format!(
+            "read {} of the {} stored ({}), every byte proven against what the capture recorded",
+            human(fetched),
+            human(b.stored_size.max(0) as u64),
+            source.how()
+        ),
+    );
+    task.commit_point();
+    db.batch_execute("COMMIT").await.context("committing the restored tables")?;
+    drop(db);
+    applier.close().await?;
+    task.progress.say(Level::Info, format!("{} rows restored into schema {}", rows, ident(into)));
+    Ok(apply::completion(task, &format!("restored {} into {}", plural(plan.tables.len(), "table"), ident(into)), "read", 0))
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The session pg_restore would have, acting as `owner`.
+fn session(head: &Head, owner: &str) -> String {
+    let encoding = head.encoding.as_deref().unwrap_or("UTF8");
+    [
+        format!("SET ROLE {}", ident(owner)),
+        format!("SET client_encoding = {}", literal(encoding)),
+        "SET statement_timeout = 0".into(),
+        "SET lock_timeout = 0".into(),
+        "SET idle_in_transaction_session_timeout = 0".into(),
+        "SET standard_conforming_strings = on".into(),
+        "SELECT pg_catalog.set_config('search_path', '', false)".into(),
+        "SET check_function_bodies = false".into(),
+        "SET xmloption = content".into(),
+        "SET client_min_messages = warning".into(),
+        "SET row_security = off".into(),
+        "SET synchronous_commit = on".into(),
+    ]
+    .join("; ")
+}
+
+/// An error of a statement of the plan, said in the user's terms.
+fn worded(e: tokio_postgres::Error, into: &str, db: &str) -> anyhow::Error {
+    let Some(d) = e.as_db_error() else { return e.into() };
+    let msg = d.message();
+    if *d.code() == SqlState::DUPLICATE_TABLE || *d.code() == SqlState::DUPLICATE_OBJECT {
+        return anyhow::anyhow!(
+            "schema {} of {} already holds what this restore would create ({msg}): nothing was restored. Pass \
+             into_schema => 'another_schema', or drop or rename what is there first",
+            ident(into),
+            ident(db)
+        );
+    }
+    if *d.code() == SqlState::UNDEFINED_OBJECT && msg.starts_with("type ") {
+        return anyhow::anyhow!(
+            "a restored table uses a {msg} in database {}: nothing was restored. Create the type first (its \
+             definition is in the backup: restore the whole backup into another database, or read it with \
+             pg_restore --schema-only from the backup's link), then run restore_tables() again",
+            ident(db)
+        );
+    }
+    if *d.code() == SqlState::UNDEFINED_FUNCTION {
+        return anyhow::anyhow!(
+            "a restored table needs a function database {} does not have ({msg}): nothing was restored. Create \
+             it first, then run restore_tables() again",
+            ident(db)
+        );
+    }
+    anyhow::Error::from(e).context("recreating the tables: nothing was restored")
+}
+
+/// The TABLE entries `patterns` match: as pg_restore -t matches them (an
+/// unqualified pattern in any schema), with the server's regular
+/// expressions, as pg_dump builds them. A pattern that matches nothing is
+/// an error.
+async fn choose(db: &Client, head: &Head, patterns: &[String], backup: &str) -> Result<HashSet<i32>> {
+    let tables: Vec<&custom::Entry> = head.entries.iter().filter(|e| e.desc == "TABLE").collect();
+    let schemas: Vec<&str> = tables.iter().map(|e| e.namespace.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|e| e.tag.as_str()).collect();
+    let mut chosen = HashSet::new();
+    let mut nothing = Vec::new();
+    for p in patterns {
+        let r = pgbackups_core::pattern::regexes(p, pgbackups_core::pattern::Kind::Table)
+            .map_err(|e| anyhow::anyhow!("invalid tables pattern {p}: {e}"))?;
+        let rows = db
+            .query(
+                "SELECT i::int4 - 1 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(s, n, i) \
+                  WHERE t.n ~ ($3::text COLLATE pg_catalog.\"default\") \
+                    AND ($4::text IS NULL OR t.s ~ ($4::text COLLATE pg_catalog.\"default\"))",
+                &[&schemas, &names, &r.name, &r.schema],
+            )
+            .await
+            .with_context(|| format!("matching pattern {p}"))?;
+        if rows.is_empty() {
+            nothing.push(p.as_str());
+        }
+        chosen.extend(rows.iter().map(|row| tables[row.get::<_, i32>(0) as usize].id));
+    }
+    if !nothing.is_empty() {
+        bail!(
+            "{} of {} no table of {backup}: nothing was restored. SELECT * FROM backups.contents('{backup}'); lists \
+             its tables",
+            nothing.join(", "),
+            if nothing.len() == 1 { "matches" } else { "match" }
+        );
+    }
+    Ok(chosen)
+}
+
+/// Where the data comes from.
+enum Source {
+    /// A custom-format backup with positions: the head and each table's
+    /// frames, read alone.
+    Ranges { archive: Archive, positions: HashMap<(String, String), Position> },
+    /// A custom-format backup without: the whole stream, tables loaded as
+    /// they pass, the rest skipped, the whole checksum checked at the end.
+    Stream { reader: Option<custom::Reader<Box<dyn AsyncRead + Unpin + Send>>>, fetched: std::sync::Arc<std::sync::atomic::AtomicU64> },
+    /// A parallel backup: its files, each proven by the manifest.
+    Files { files: HashMap<String, String>, fetched: std::sync::Arc<std::sync::atomic::AtomicU64> },
+}
+
+impl Source {
+    async fn open(task: &Task, b: &Stored) -> Result<Source> {
+        let storage = &task.ctx.storage;
+        let keys = b.keys(storage);
+        if b.format == Format::Directory {
+            let m = backups::manifest(storage, b).await?;
+            let files = m.files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect();
+            return Ok(Source::Files { files, fetched: std::sync::Arc::default() });
+        }
+        let positions: HashMap<(String, String), Position> = b
+            .contents
+            .as_ref()
+            .and_then(|c| serde_json::from_value::<Vec<RecordedTable>>(c.clone()).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| Some(((t.schema, t.table), t.position?)))
+            .collect();
+        if !positions.is_empty() && b.head_sha256.is_some() {
+            let archive = Archive::open(storage, &keys.dump(), &b.encrypted_to).await?;
+            return Ok(Source::Ranges { archive, positions });
+        }
+        task.progress.say(
+            Level::Info,
+            format!("{} was captured before table positions were recorded: reading it whole, as it streams", b.name),
+        );
+        let fetched: std::sync::Arc<std::sync::atomic::AtomicU64> = std::sync::Arc::default();
+        let object = verify::open(storage, &keys.dump(), &b.checksum, Some(fetched.clone())).await?;
+        let plain: Box<dyn AsyncRead + Unpin + Send> = Box::new(verify::decompressed(object, &b.encrypted_to).await?);
+        Ok(Source::Stream { reader: Some(custom::Reader::new(plain)), fetched })
+    }
+
+    fn how(&self) -> &'static str {
+        match self {
+            Source::Ranges { .. } => "its head and the tables' frames",
+            Source::Stream { .. } => "all of it: a backup without table positions",
+            Source::Files { .. } => "its table of contents and the tables' files",
+        }
+    }
+
+    fn fetched(&self) -> u64 {
+        match self {
+            Source::Ranges { archive, .. } => archive.fetched.load(Ordering::Relaxed),
+            Source::Stream { fetched, .. } | Source::Files { fetched, .. } => fetched.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The head, proven by the SHA-256 its capture recorded (when it did).
+    async fn head(&mut self, task: &Task, b: &Stored) -> Result<Head> {
+        let storage = &task.ctx.storage;
+        let head = match self {
+            Source::Ranges { archive, .. } => {
+                let mut r = custom::Reader::new(archive.read(0, None, 0, None));
+                r.head().await?
+            }
+            Source::Stream { reader, .. } => reader.as_mut().expect("a reader").head().await?,
+            Source::Files { files, fetched } => {
+                let sha = files.get("toc.dat").context("the manifest lists no toc.dat")?;
+                let key = b.keys(storage).dir_file("toc.dat")?;
+                let object = verify::open(storage, &key, sha, Some(fetched.clone())).await?;
+                let mut toc = Vec::new();
+                verify::decompressed(object, &b.encrypted_to).await?.read_to_end(&mut toc).await?;
+                custom::Reader::directory(&toc[..]).head().await?
+            }
+        };
+        let head = head.with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
+        if let (Some(recorded), false) = (&b.head_sha256, matches!(self, Source::Files { .. })) {
+            if &head.sha256() != recorded {
+                bail!(
+                    "checksum mismatch for {}: the head of its archive has sha256 {}, its capture recorded {recorded}; \
+                     the backup is corrupt or was replaced in storage: nothing of it was applied",
+                    b.name,
+                    head.sha256()
+                );
+            }
+        }
+        if !head.uncompressed {
+            bail!("{} holds data compressed inside the archive, which a table restore does not read", b.name);
+        }
+        Ok(head)
+    }
+
+    /// One table's data into its COPY; its rows.
+    async fn load(&mut self, task: &Task, b: &Stored, head: &Head, db: &Client, load: &relocate::Load) -> Result<u64> {
+        let entry = head.entries.iter().find(|e| e.id == load.id).context("an entry the plan names")?;
+        let sink = db.copy_in::<_, Bytes>(load.copy.as_str()).await?;
+        futures::pin_mut!(sink);
+        let storage = &task.ctx.storage;
+        match self {
+            Source::Ranges { archive, positions } => {
+                let p = positions
+                    .get(&(entry.namespace.clone(), entry.tag.clone()))
+                    .with_context(|| format!("{} has no recorded position for {}", b.name, load.label))?;
+                let range = archive.read(p.from, Some(p.to), p.at - p.frame_at, Some(p.len));
+                let mut r = custom::Reader::blocks_of(range, head, p.at);
+                match r.block().await? {
+                    Some((BLK_DATA, id)) if id == entry.id => {}
+                    _ => bail!("the stored data of {} is not where its capture recorded it: the backup is corrupt", load.label),
+                }
+                let sha = chunks_into(&mut r, sink.as_mut(), task).await?;
+                if hex::encode(sha) != p.sha256 {
+                    bail!(
+                        "checksum mismatch for the data of {} in {}: the backup is corrupt or was replaced in storage",
+                        load.label,
+                        b.name
+                    );
+                }
+            }
+            Source::Stream { reader, .. } => {
+                let r = reader.as_mut().expect("a reader");
+                loop {
+                    let (kind, id) = r
+                        .block()
+                        .await?
+                        .with_context(|| format!("{} ends without the data of {}", b.name, load.label))?;
+                    if id == entry.id && kind == BLK_DATA {
+                        chunks_into(r, sink.as_mut(), task).await?;
+                        break;
+                    }
+                    skip_block(r, kind).await?;
+                }
+            }
+            Source::Files { files, fetched } => {
+                let file = entry.filename.as_deref().with_context(|| format!("no data file for {}", load.label))?;
+                let name = file.to_string();
+                let sha = files.get(&name).with_context(|| format!("the manifest lists no {name}"))?;
+                let key = b.keys(storage).dir_file(&name)?;
+                let object = verify::open(storage, &key, sha, Some(fetched.clone())).await?;
+                let mut plain = verify::decompressed(object, &b.encrypted_to).await?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = plain.read(&mut buf).await.with_context(|| format!("reading {key}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    task.progress.counter().fetch_add(n as u64, Ordering::Relaxed);
+                    sink.as_mut().send(Bytes::copy_from_slice(&buf[..n])).await?;
+                }
+            }
+        }
+        Ok(sink.finish().await?)
+    }
+
+    /// After the data: a whole stream is read to its end, where its
+    /// checksum is checked.
+    async fn finish(&mut self, _task: &Task, b: &Stored, _head: &Head) -> Result<()> {
+        if let Source::Stream { reader, .. } = self {
+            let mut r = reader.take().expect("a reader");
+            // To the verifying reader's end, where a checksum mismatch is
+            // an error.
+            while let Some((kind, _)) = r.block().await.with_context(|| format!("reading {} to its end", b.name))? {
+                skip_block(&mut r, kind).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table's entry in the control database's contents.
+#[derive(Deserialize)]
+struct RecordedTable {
+    schema: String,
+    table: String,
+    #[serde(default)]
+    position: Option<Position>,
+}
+
+/// A data block's chunks into a COPY; the SHA-256 of what went in.
+async fn chunks_into<R: AsyncRead + Unpin>(
+    r: &mut custom::Reader<R>,
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    task: &Task,
+) -> Result<[u8; 32]> {
+    let mut sha = sha2::Sha256::new();
+    let mut buf = Vec::with_capacity(custom::SLICE);
+    while let Some(mut n) = r.chunk_len().await? {
+        while n > 0 {
+            buf.clear();
+            n -= r.slice(n, &mut buf).await?;
+            sha.update(&buf);
+            task.progress.counter().fetch_add(buf.len() as u64, Ordering::Relaxed);
+            sink.send(Bytes::copy_from_slice(&buf)).await?;
+        }
+    }
+    Ok(sha.finalize().into())
+}
+
+/// A block that is not loaded, read past.
+async fn skip_block<R: AsyncRead + Unpin>(r: &mut custom::Reader<R>, kind: u8) -> Result<()> {
+    let mut buf = Vec::with_capacity(custom::SLICE);
+    if kind == custom::BLK_BLOBS {
+        while r.blob_oid().await? != 0 {
+            while let Some(mut n) = r.chunk_len().await? {
+                while n > 0 {
+                    buf.clear();
+                    n -= r.slice(n, &mut buf).await?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    while let Some(mut n) = r.chunk_len().await? {
+        while n > 0 {
+            buf.clear();
+            n -= r.slice(n, &mut buf).await?;
+        }
+    }
+    Ok(())
+}
