@@ -36,7 +36,8 @@
 //!               every statement changing the cluster goes through), target
 //!               (replacing a database, applying an archive as its owner),
 //!               database (its properties), shadow, applier (the throwaway login
-//!               that applies it), scratch (a verification's database), size,
+//!               that applies it), beside (a table restore's one transaction),
+//!               scratch (a verification's database), size,
 //!               teardown (what a transfer leaves to drop, in order), leftovers
 //!               (what killed agents left, swept at start), roles (those a
 //!               database names, read at capture, created by restore --create)

@@ -38,6 +38,13 @@ impl Call {
         }
     }
 
+    /// A positional `text[]` argument.
+    pub fn array(mut self, values: &[String]) -> Call {
+        let items: Vec<String> = values.iter().map(|v| literal(v)).collect();
+        self.args.push(format!("ARRAY[{}]::text[]", items.join(", ")));
+        self
+    }
+
     /// `name => value`, left to its default when None.
     pub fn named(mut self, name: &str, value: Option<&str>) -> Call {
         if let Some(v) = value {

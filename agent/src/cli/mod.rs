@@ -117,6 +117,25 @@ pub enum Verb {
     /// Replace a database with a backup. With a control database: queue
     /// `backups.restore()`. With storage alone: restore into --to yourself.
     Restore(restore::RestoreArgs),
+    /// Restore tables of a backup beside the live ones: into schema
+    /// restored_<backup> (or --into-schema) of the backup's database (or
+    /// --database), with their rows and indexes; nothing live is touched.
+    RestoreTables {
+        /// The backup (b001, a003...).
+        backup: String,
+        /// pg_dump-style patterns: public.orders, 'billing.*', '"Odd Name"'.
+        #[arg(required = true)]
+        tables: Vec<String>,
+        #[arg(long)]
+        into_schema: Option<String>,
+        #[arg(long)]
+        database: Option<String>,
+        /// Follow it; exit non-zero unless it completes.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Replace database TARGET with a copy of SOURCE.
     Copy {
         source: String,
@@ -222,6 +241,14 @@ impl Verb {
                 download::run(common.load(given)?, id, output, which.filter()).await
             }
             Verb::Restore(args) => restore::run(args, given).await,
+            Verb::RestoreTables { backup, tables, into_schema, database, wait, common } => {
+                let call = control::Call::new("restore_tables")
+                    .arg(&backup)
+                    .array(&tables)
+                    .named("into_schema", into_schema.as_deref())
+                    .named("database", database.as_deref());
+                control::queue(&common.load(given)?, call, wait, common.json).await
+            }
             Verb::Copy { source, target, confirm, wait, common } => {
                 let call = control::Call::new("copy").arg(&source).arg(&target).arg(&confirm);
                 control::queue(&common.load(given)?, call, wait, common.json).await

@@ -172,7 +172,9 @@ impl Archive {
         let mut buf = vec![0u8; HANDED];
         while left > 0 {
             let want = (buf.len() as u64).min(left) as usize;
-            let n = z.read(&mut buf[..want]).with_context(|| format!("{} does not decompress; the backup is corrupt", self.key))?;
+            let n = z
+                .read(&mut buf[..want])
+                .with_context(|| format!("{} does not decompress; the backup is corrupt", self.key))?;
             if n == 0 {
                 if len.is_some() {
                     anyhow::bail!("{} ends before the data it was to hold: the backup is corrupt", self.key);

@@ -342,12 +342,11 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let pipe = Pipe::start(&TaskTracker::new(), store.clone(), Path::from("k"));
         let (tx, d) = (pipe.tx.clone(), data.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            compress(&d[..], tx, 3, 3, &Recipients::default(), &AtomicU64::new(0))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let done =
+            tokio::task::spawn_blocking(move || compress(&d[..], tx, 3, 3, &Recipients::default(), &AtomicU64::new(0)))
+                .await
+                .unwrap()
+                .unwrap();
         pipe.finish(true).await.unwrap();
         let bytes = store.get(&Path::from("k")).await.unwrap().bytes().await.unwrap();
         assert_eq!(done.frames.len(), data.len().div_ceil(FRAME));

@@ -18,6 +18,10 @@
 //!   vs the better pgcopydb" takes as the peer's time of each round the
 //!   faster of that round's two pgcopydb runs (a per-round minimum, which
 //!   can only favour the peer), then the median of those, as every row does;
+//! - restore_tables of `customers` (small) and of `events` (85% of the
+//!   data) from the round's backup, each against that round's full restore
+//!   of the same backup (targets: 0.2 and 1.0), and the share of the stored
+//!   backup each read (the agent's count of stored bytes fetched);
 //! - with JOBS_SWEEP, restore and copy again with one job: the agent under
 //!   `taskset -c <cpu>` (it takes its job count from available_parallelism,
 //!   which follows the affinity mask; it has no other knob), against
@@ -376,6 +380,10 @@ fn main() -> Result<()> {
         format!("pg_restore -j 1 --no-acl --no-owner (both sides under taskset -c {cpu})"),
         None,
     );
+    let full = "our full restore of the same backup, same round";
+    let mut table_small = Pair::new("restore_tables_small", "restore_tables (customers)", full, Some(0.20));
+    let mut table_events = Pair::new("restore_tables_events", "restore_tables (events)", full, Some(1.0));
+    let mut table_read: Vec<(String, f64)> = vec![];
     let mut copy = Pair::new("copy_pipe", "copy", "pg_dump -Fc | pg_restore", Some(0.50));
     let mut copy_pgcopydb = Pair::new("copy_pgcopydb", "copy", pgcopydb2, None);
     let mut copy_split = Pair::new("copy_pgcopydb_split", "copy", pgcopydb2_split.clone(), None);
@@ -449,6 +457,26 @@ fn main() -> Result<()> {
         let (ours, peer) =
             both(&mut b, ours_first, |b| b.restore_ours(&last_backup, None), |b| b.restore_peer(&dump, 2, None))?;
         restore.push(ours, peer);
+        // Table restores from the same backup, against that full restore.
+        for (pair, table) in [(&mut table_small, "customers"), (&mut table_events, "events")] {
+            let (secs, id, rss) = b.agent_op(
+                None,
+                &format!("SELECT backups.restore_tables('{last_backup}', ARRAY['public.{table}'], into_schema => 't_{table}')"),
+            )?;
+            pair.push((secs, rss), ours.0);
+            let read = b.c.sql(
+                "postgres",
+                &format!(
+                    "SELECT substring(l.message FROM 'read [^(]*\\(([0-9]+) bytes\\)') FROM backups.transfer_logs l \
+                     JOIN backups.transfers t ON t.id = l.transfer_id WHERE t.name = '{id}' AND l.message LIKE 'read %'"
+                ),
+            )?;
+            let stored = b
+                .c
+                .sql("postgres", &format!("SELECT stored_size FROM backups.transfers WHERE name = '{last_backup}'"))?;
+            table_read.push((table.to_string(), read.parse::<f64>().unwrap_or(f64::NAN) / stored.parse::<f64>()?));
+            b.c.sql("shop", &format!("DROP SCHEMA t_{table} CASCADE"))?;
+        }
         if sweep {
             let (ours, peer) = both(
                 &mut b,
@@ -508,6 +536,8 @@ fn main() -> Result<()> {
         &capture_j,
         &restore,
         &restore_1,
+        &table_small,
+        &table_events,
         &copy,
         &copy_pgcopydb,
         &copy_split,
@@ -579,6 +609,15 @@ fn main() -> Result<()> {
             s["copy_pgcopydb"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    for table in ["customers", "events"] {
+        let fractions: Vec<f64> = table_read.iter().filter(|(t, _)| t == table).map(|(_, f)| *f).collect();
+        if !fractions.is_empty() {
+            summary.push_str(&format!(
+                "; restore_tables of {table} read {:.1}% of the stored backup (median)",
+                median(&fractions) * 100.0
+            ));
+        }
+    }
     let skew_json = match (skew_size, &skew_capture) {
         (Some((size, share)), Some((_, secs, rss, peer))) => {
             summary.push_str(&format!(
@@ -617,6 +656,7 @@ fn main() -> Result<()> {
         "pairs": json_pairs,
         "table_markdown": table,
         "summary": summary,
+        "restore_tables_read_fraction": table_read.iter().map(|(t, f)| serde_json::json!({"table": t, "fraction": f})).collect::<Vec<_>>(),
     });
     if let Some(d) = out_path.parent() {
         std::fs::create_dir_all(d)?;

@@ -50,8 +50,13 @@ ALTER SCHEMA public OWNER TO shop_owner;
 
 /// An order-independent hash of a table's rows.
 fn rows(c: &Cluster, db: &str, table: &str) -> String {
-    c.sql(db, &format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
-        .unwrap()
+    c.sql(
+        db,
+        &format!(
+            "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+        ),
+    )
+    .unwrap()
 }
 
 /// Queue `backups.restore_tables(args)` and wait; its id and final status.
@@ -93,23 +98,58 @@ fn deleted_rows_come_back_beside_the_live_tables() {
     assert_eq!(rows(&c, "shop", "orders"), live, "the live table is untouched");
     let log = log_of(&c, &t);
     assert!(log.contains("foreign keys, triggers, rules and policies are not recreated"), "{log}");
-    assert!(log.contains("FK CONSTRAINT public.orders orders_customer_fkey") && log.contains("TRIGGER public.orders orders_touch"), "{log}");
+    assert!(
+        log.contains("FK CONSTRAINT public.orders orders_customer_fkey")
+            && log.contains("TRIGGER public.orders orders_touch"),
+        "{log}"
+    );
     assert!(log.contains("its head and the tables' frames"), "{log}");
     // Owned by the database's owner; its indexes, constraints and defaults
     // (the sequence, restored beside it, going on from the captured value).
-    assert_eq!(one(&c, "shop", &format!("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = '{schema}'")), "shop_owner");
-    assert_eq!(one(&c, "shop", &format!("SELECT relowner::regrole FROM pg_class WHERE oid = '{schema}.orders'::regclass")), "shop_owner");
     assert_eq!(
-        one(&c, "shop", &format!("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = '{schema}'")),
+        one(&c, "shop", &format!("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = '{schema}'")),
+        "shop_owner"
+    );
+    assert_eq!(
+        one(&c, "shop", &format!("SELECT relowner::regrole FROM pg_class WHERE oid = '{schema}.orders'::regclass")),
+        "shop_owner"
+    );
+    assert_eq!(
+        one(
+            &c,
+            "shop",
+            &format!(
+                "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = '{schema}'"
+            )
+        ),
         "orders_customer_idx,orders_pkey"
     );
-    assert_eq!(one(&c, "shop", &format!("SELECT count(*) FROM pg_constraint WHERE connamespace = '{schema}'::regnamespace AND contype = 'f'")), "0");
-    assert_eq!(one(&c, "shop", &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{schema}.orders'::regclass")), "0");
-    let id = one(&c, "shop", &format!("INSERT INTO {schema}.orders (customer, qty) VALUES (1, 1) RETURNING id || ' ' || feeling"));
+    assert_eq!(
+        one(
+            &c,
+            "shop",
+            &format!(
+                "SELECT count(*) FROM pg_constraint WHERE connamespace = '{schema}'::regnamespace AND contype = 'f'"
+            )
+        ),
+        "0"
+    );
+    assert_eq!(
+        one(&c, "shop", &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{schema}.orders'::regclass")),
+        "0"
+    );
+    let id = one(
+        &c,
+        "shop",
+        &format!("INSERT INTO {schema}.orders (customer, qty) VALUES (1, 1) RETURNING id || ' ' || feeling"),
+    );
     assert_eq!(id, "5001 ok");
     assert_eq!(one(&c, "shop", "SELECT last_value FROM orders_id_seq"), "5000", "the live sequence did not move");
     assert!(c.sql("shop", &format!("INSERT INTO {schema}.orders (qty, note) VALUES (1, 'forbidden')")).is_err());
-    assert!(c.sql("shop", &format!("INSERT INTO {schema}.orders (qty) VALUES (-1)")).is_err(), "the domain's check holds");
+    assert!(
+        c.sql("shop", &format!("INSERT INTO {schema}.orders (qty) VALUES (-1)")).is_err(),
+        "the domain's check holds"
+    );
     assert!(c.sql("shop", &format!("INSERT INTO {schema}.orders (qty) VALUES (NULL)")).is_ok());
 
     // A partitioned table brings its partitions, attached, in another schema.
@@ -125,7 +165,10 @@ fn deleted_rows_come_back_beside_the_live_tables() {
     // An odd name, with an identity column.
     completed(&c, &format!("'{b}', ARRAY['\"Sales #1\".\"Odd \"\"Name\"\"\"'], into_schema => 'it''s odd'"));
     assert_eq!(rows(&c, "shop", "\"it's odd\".\"Odd \"\"Name\"\"\""), before[2]);
-    assert_eq!(one(&c, "shop", "INSERT INTO \"it's odd\".\"Odd \"\"Name\"\"\" (\"it's\") VALUES ('x') RETURNING id"), "201");
+    assert_eq!(
+        one(&c, "shop", "INSERT INTO \"it's odd\".\"Odd \"\"Name\"\"\" (\"it's\") VALUES ('x') RETURNING id"),
+        "201"
+    );
 
     // A whole schema by pattern.
     completed(&c, &format!("'{b}', ARRAY['billing.*'], into_schema => 'bill'"));
@@ -138,7 +181,8 @@ fn deleted_rows_come_back_beside_the_live_tables() {
 fn one_small_table_of_a_large_backup_reads_a_small_part_of_it() {
     let TestEnv { c, store: _store, agent, .. } = shop();
     let b = capture(&c, "'shop'");
-    let stored: u64 = one(&c, "postgres", &format!("SELECT stored_size FROM backups.transfers WHERE name = '{b}'")).parse().unwrap();
+    let stored: u64 =
+        one(&c, "postgres", &format!("SELECT stored_size FROM backups.transfers WHERE name = '{b}'")).parse().unwrap();
     let read = || -> u64 {
         let io = std::fs::read_to_string(format!("/proc/{}/io", agent.pid())).unwrap();
         io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
@@ -175,7 +219,11 @@ fn from_parallel_encrypted_and_older_backups() {
     assert_eq!(rows(c, "shop", "from_enc.measures"), want_parts);
     // Parallel (directory format, encrypted too).
     let par = capture(c, "'shop', jobs => 2");
-    let t = completed(c, &format!("'{par}', ARRAY['orders', 'measures'], into_schema => 'from_par'"));
+    // (An unqualified name that now matches in two schemas is refused.)
+    let (t, status) = restore_tables(c, &format!("'{par}', ARRAY['orders'], into_schema => 'from_par'"));
+    assert_eq!(status, "failed");
+    assert!(log_of(c, &t).contains("pattern orders matches tables of 2 schemas"), "{}", log_of(c, &t));
+    let t = completed(c, &format!("'{par}', ARRAY['public.orders', 'public.measures'], into_schema => 'from_par'"));
     assert!(log_of(c, &t).contains("its table of contents and the tables' files"), "{}", log_of(c, &t));
     assert_eq!(rows(c, "shop", "from_par.orders"), want);
     assert_eq!(rows(c, "shop", "from_par.measures"), want_parts);
@@ -196,7 +244,11 @@ fn what_cannot_be_done_fails_clearly_and_leaves_nothing() {
     c.sql("shop", "CREATE TABLE moods (m mood); INSERT INTO moods VALUES ('sad'), ('happy')").unwrap();
     let b = capture(&c, "'shop'");
     let nothing_in = |schema: &str| {
-        assert_eq!(one(&c, "shop", &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'")), "0", "schema {schema} is left");
+        assert_eq!(
+            one(&c, "shop", &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'")),
+            "0",
+            "schema {schema} is left"
+        );
     };
     // A pattern that matches nothing.
     let (t, status) = restore_tables(&c, &format!("'{b}', ARRAY['orders', 'no_such_table']"));
@@ -204,11 +256,22 @@ fn what_cannot_be_done_fails_clearly_and_leaves_nothing() {
     assert!(log_of(&c, &t).contains("no_such_table matches no table of"), "{}", log_of(&c, &t));
     nothing_in(&format!("restored_{b}"));
     // A schema that already holds one of the tables: nothing else created.
-    c.sql("shop", "CREATE SCHEMA here; CREATE TABLE here.customers (x int)").unwrap();
+    c.sql("shop", "CREATE SCHEMA mine").unwrap();
+    let (t, status) = restore_tables(&c, &format!("'{b}', ARRAY['orders'], into_schema => 'mine'"));
+    assert_eq!(status, "failed");
+    assert!(
+        log_of(&c, &t).contains("permission denied for schema mine: a table restore acts as \"shop\"'s owner"),
+        "{}",
+        log_of(&c, &t)
+    );
+    c.sql("shop", "CREATE SCHEMA here AUTHORIZATION shop_owner; CREATE TABLE here.customers (x int)").unwrap();
     let (t, status) = restore_tables(&c, &format!("'{b}', ARRAY['orders', 'customers'], into_schema => 'here'"));
     assert_eq!(status, "failed");
     assert!(log_of(&c, &t).contains("already holds"), "{}", log_of(&c, &t));
-    assert_eq!(one(&c, "shop", "SELECT string_agg(relname, ',') FROM pg_class WHERE relnamespace = 'here'::regnamespace"), "customers");
+    assert_eq!(
+        one(&c, "shop", "SELECT string_agg(relname, ',') FROM pg_class WHERE relnamespace = 'here'::regnamespace"),
+        "customers"
+    );
     // A type that is gone: named, with a hint.
     c.sql("shop", "DROP TABLE moods, orders; DROP TYPE mood").unwrap();
     let (t, status) = restore_tables(&c, &format!("'{b}', ARRAY['customers', 'moods']"));
@@ -218,20 +281,48 @@ fn what_cannot_be_done_fails_clearly_and_leaves_nothing() {
     nothing_in(&format!("restored_{b}"));
     // Cancelled mid-way (its first table made, the next waiting on a
     // lock another session holds): nothing left.
-    c.sql("shop", "CREATE SCHEMA cut").unwrap();
+    c.sql("shop", "CREATE SCHEMA cut AUTHORIZATION shop_owner").unwrap();
     let mut holder = std::process::Command::new(c.program("psql"))
-        .args(["-X", "-q", "-d", &c.connstr("shop"), "-c", "BEGIN; CREATE TABLE cut.customers (x int); SELECT pg_sleep(60); ROLLBACK"])
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &c.connstr("shop"),
+            "-c",
+            "BEGIN; CREATE TABLE cut.customers (x int); SELECT pg_sleep(60); ROLLBACK",
+        ])
         .spawn()
         .unwrap();
     wait_for(&c, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND state = 'active' AND pid <> pg_backend_pid()", "1", PATIENCE)
         .unwrap();
-    let t = c.sql("postgres", &format!("SELECT backups.restore_tables('{b}', ARRAY['big', 'customers'], into_schema => 'cut')")).unwrap();
-    wait_for(&c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = 'shop'", "1", PATIENCE).unwrap();
+    let t = c
+        .sql(
+            "postgres",
+            &format!("SELECT backups.restore_tables('{b}', ARRAY['big', 'customers'], into_schema => 'cut')"),
+        )
+        .unwrap();
+    wait_for(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = 'shop'",
+        "1",
+        PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {}", log_of(&c, &t)));
     c.sql("postgres", &format!("SELECT backups.cancel('{t}')")).unwrap();
     assert_eq!(wait(&c, &t, PATIENCE).unwrap(), "cancelled");
     let _ = holder.kill();
     let _ = holder.wait();
-    wait_for(&c, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND usename LIKE 'pgbackups_apply_%'", "0", PATIENCE).unwrap();
-    assert_eq!(one(&c, "shop", "SELECT count(*) FROM pg_class WHERE relnamespace = 'cut'::regnamespace"), "0", "nothing left in cut");
+    wait_for(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND usename LIKE 'pgbackups_apply_%'",
+        "0",
+        PATIENCE,
+    )
+    .unwrap();
+    assert_eq!(
+        one(&c, "shop", "SELECT count(*) FROM pg_class WHERE relnamespace = 'cut'::regnamespace"),
+        "0",
+        "nothing left in cut"
+    );
     assert_eq!(one(&c, "shop", "SELECT count(*) FROM pg_class WHERE relname = 'big'"), "1", "only the live one");
 }

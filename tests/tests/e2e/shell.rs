@@ -88,6 +88,15 @@ fn every_verb_calls_the_control_database_and_failures_exit_non_zero() {
     assert_eq!(fingerprint(c, "shop_two").unwrap(), fingerprint(c, "shop").unwrap());
     let verified = sh.json(&["verify", "b001", "--wait"]);
     assert_eq!(verified["status"], "completed", "{verified}");
+    // Tables beside the live ones.
+    let t = sh.json(&["restore-tables", "b001", "public.customers", "orders", "--into-schema", "back", "--wait"]);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(
+        c.sql("shop", "SELECT (SELECT count(*) FROM back.customers) = (SELECT count(*) FROM customers)").unwrap(),
+        "t"
+    );
+    let said = sh.fails(&["restore-tables", "b001", "no_such_table", "--wait"]);
+    assert!(said.contains("matches no table"), "{said}");
     // A wrong confirmation is the SQL function's error, and exits 1.
     let said = sh.fails(&["restore", "b001", "shop_copy", "--confirm", "shop"]);
     assert!(said.contains("confirm"), "{said}");

@@ -6,10 +6,12 @@
 //! verification's scratch database (`scratch`), the table sizes a progress
 //! estimate reads (`size`), what a transfer leaves to drop (`teardown`),
 //! what killed agents left (`leftovers`), and the roles a database names
-//! (`roles`). Nothing outside this folder
+//! (`roles`), and the transaction a table restore makes its tables in
+//! (`beside`). Nothing outside this folder
 //! sends the cluster DDL.
 
 pub mod applier;
+pub mod beside;
 pub mod database;
 pub mod leftovers;
 pub mod roles;

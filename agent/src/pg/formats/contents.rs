@@ -241,7 +241,10 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
     let mut contents = assemble(&head, |e| tallies.remove(&e.id));
     contents.head_sha256 = Some(head.sha256());
     for t in &mut contents.tables {
-        t.position = head.entries.iter().find(|e| e.namespace == t.schema && e.tag == t.table && is_table_data(e))
+        t.position = head
+            .entries
+            .iter()
+            .find(|e| e.namespace == t.schema && e.tag == t.table && is_table_data(e))
             .and_then(|e| positions.remove(&e.id));
     }
     Ok(contents)

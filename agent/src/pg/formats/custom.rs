@@ -248,7 +248,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         };
         let namespace = namespace.unwrap_or_default();
         let label = if namespace.is_empty() { tag.clone() } else { format!("{namespace}.{tag}") };
-        let entry = Entry { id, had_dumper, desc, label, namespace, tag, copy_stmt, filename, defn: defn.clone(), deps };
+        let entry =
+            Entry { id, had_dumper, desc, label, namespace, tag, copy_stmt, filename, defn: defn.clone(), deps };
         Ok((entry, defn))
     }
 

@@ -450,7 +450,8 @@ mod tests {
     fn names_that_move_are_rewritten_and_no_other() {
         let moved: HashSet<(String, String)> =
             [("public".into(), "orders".into()), ("public".into(), "orders_id_seq".into())].into();
-        let sql = "CREATE TABLE public.orders (\n    id integer DEFAULT nextval('public.orders_id_seq'::regclass),\n    \
+        let sql =
+            "CREATE TABLE public.orders (\n    id integer DEFAULT nextval('public.orders_id_seq'::regclass),\n    \
                    mood public.mood, note text DEFAULT 'public.orders', o public.orders_x,\n    \
                    CONSTRAINT c CHECK ((note <> 'public.orders'::text))\n);";
         let out = rewrite(sql, &moved, "restored_b001", false);
@@ -458,8 +459,16 @@ mod tests {
         assert!(out.contains("mood public.mood"), "{out}");
         assert!(out.contains("o public.orders_x"), "{out}");
         assert!(out.contains("'public.orders_id_seq'::regclass"), "literals untouched: {out}");
-        let out = rewrite("ALTER TABLE ONLY public.orders ALTER COLUMN id SET DEFAULT nextval('public.orders_id_seq'::regclass);", &moved, "r", true);
-        assert_eq!(out, "ALTER TABLE ONLY \"r\".orders ALTER COLUMN id SET DEFAULT nextval('\"r\".orders_id_seq'::regclass);");
+        let out = rewrite(
+            "ALTER TABLE ONLY public.orders ALTER COLUMN id SET DEFAULT nextval('public.orders_id_seq'::regclass);",
+            &moved,
+            "r",
+            true,
+        );
+        assert_eq!(
+            out,
+            "ALTER TABLE ONLY \"r\".orders ALTER COLUMN id SET DEFAULT nextval('\"r\".orders_id_seq'::regclass);"
+        );
         let out = rewrite("ALTER SEQUENCE public.orders_id_seq OWNED BY public.orders.id;", &moved, "r", false);
         assert_eq!(out, "ALTER SEQUENCE \"r\".orders_id_seq OWNED BY \"r\".orders.id;");
         let odd: HashSet<(String, String)> = [("Odd \"S\"".into(), "T.x".into())].into();
@@ -470,17 +479,73 @@ mod tests {
     #[test]
     fn a_table_brings_its_partitions_sequences_and_indexes_not_its_foreign_keys() {
         let entries = vec![
-            entry(1, "TABLE", "public", "m", "CREATE TABLE public.m (id integer NOT NULL) PARTITION BY RANGE (id);", &[]),
+            entry(
+                1,
+                "TABLE",
+                "public",
+                "m",
+                "CREATE TABLE public.m (id integer NOT NULL) PARTITION BY RANGE (id);",
+                &[],
+            ),
             entry(2, "TABLE", "public", "m1", "CREATE TABLE public.m1 (id integer NOT NULL);", &[]),
-            entry(3, "TABLE ATTACH", "public", "m1", "ALTER TABLE ONLY public.m ATTACH PARTITION public.m1 FOR VALUES FROM (0) TO (10);", &[1, 2]),
+            entry(
+                3,
+                "TABLE ATTACH",
+                "public",
+                "m1",
+                "ALTER TABLE ONLY public.m ATTACH PARTITION public.m1 FOR VALUES FROM (0) TO (10);",
+                &[1, 2],
+            ),
             entry(4, "SEQUENCE", "public", "m1_id_seq", "CREATE SEQUENCE public.m1_id_seq;", &[]),
-            entry(5, "SEQUENCE OWNED BY", "public", "m1_id_seq", "ALTER SEQUENCE public.m1_id_seq OWNED BY public.m1.id;", &[4, 2]),
+            entry(
+                5,
+                "SEQUENCE OWNED BY",
+                "public",
+                "m1_id_seq",
+                "ALTER SEQUENCE public.m1_id_seq OWNED BY public.m1.id;",
+                &[4, 2],
+            ),
             entry(6, "TABLE DATA", "public", "m1", "", &[2]),
-            entry(7, "CONSTRAINT", "public", "m m_pkey", "ALTER TABLE ONLY public.m ADD CONSTRAINT m_pkey PRIMARY KEY (id);", &[1]),
-            entry(8, "CONSTRAINT", "public", "m1 m1_pkey", "ALTER TABLE ONLY public.m1 ADD CONSTRAINT m1_pkey PRIMARY KEY (id);", &[2]),
-            entry(9, "INDEX ATTACH", "public", "m1_pkey", "ALTER INDEX public.m_pkey ATTACH PARTITION public.m1_pkey;", &[7, 8]),
-            entry(10, "FK CONSTRAINT", "public", "m1 fk", "ALTER TABLE public.m1 ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES public.other(id);", &[2]),
-            entry(11, "SEQUENCE SET", "public", "m1_id_seq", "SELECT pg_catalog.setval('public.m1_id_seq', 5, true);", &[4]),
+            entry(
+                7,
+                "CONSTRAINT",
+                "public",
+                "m m_pkey",
+                "ALTER TABLE ONLY public.m ADD CONSTRAINT m_pkey PRIMARY KEY (id);",
+                &[1],
+            ),
+            entry(
+                8,
+                "CONSTRAINT",
+                "public",
+                "m1 m1_pkey",
+                "ALTER TABLE ONLY public.m1 ADD CONSTRAINT m1_pkey PRIMARY KEY (id);",
+                &[2],
+            ),
+            entry(
+                9,
+                "INDEX ATTACH",
+                "public",
+                "m1_pkey",
+                "ALTER INDEX public.m_pkey ATTACH PARTITION public.m1_pkey;",
+                &[7, 8],
+            ),
+            entry(
+                10,
+                "FK CONSTRAINT",
+                "public",
+                "m1 fk",
+                "ALTER TABLE public.m1 ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES public.other(id);",
+                &[2],
+            ),
+            entry(
+                11,
+                "SEQUENCE SET",
+                "public",
+                "m1_id_seq",
+                "SELECT pg_catalog.setval('public.m1_id_seq', 5, true);",
+                &[4],
+            ),
             entry(12, "TABLE", "public", "other", "CREATE TABLE public.other (id integer);", &[]),
         ];
         let p = plan(&entries, &[1].into(), "r").unwrap();
@@ -490,7 +555,11 @@ mod tests {
         assert_eq!(p.before.len(), 5, "{:?}", p.before);
         assert!(p.before[2].contains("\"r\".m ATTACH PARTITION \"r\".m1"), "{:?}", p.before);
         assert_eq!(p.after.last().unwrap(), "SELECT pg_catalog.setval('\"r\".m1_id_seq', 5, true);");
-        assert!(p.after.contains(&"ALTER INDEX \"r\".m_pkey ATTACH PARTITION \"r\".m1_pkey;".to_string()), "{:?}", p.after);
+        assert!(
+            p.after.contains(&"ALTER INDEX \"r\".m_pkey ATTACH PARTITION \"r\".m1_pkey;".to_string()),
+            "{:?}",
+            p.after
+        );
         assert_eq!(p.left_out, vec!["FK CONSTRAINT public.m1 fk"]);
         assert!(p.after.iter().chain(&p.before).all(|s| !s.contains("public.other")));
         // A partition alone is a table of its own, not attached to the live parent.
@@ -503,7 +572,14 @@ mod tests {
     fn a_child_of_a_table_that_stays_is_refused() {
         let entries = vec![
             entry(1, "TABLE", "public", "parent", "CREATE TABLE public.parent (id integer);", &[]),
-            entry(2, "TABLE", "public", "child", "CREATE TABLE public.child (x integer)\nINHERITS (public.parent);", &[1]),
+            entry(
+                2,
+                "TABLE",
+                "public",
+                "child",
+                "CREATE TABLE public.child (x integer)\nINHERITS (public.parent);",
+                &[1],
+            ),
         ];
         let e = plan(&entries, &[2].into(), "r").unwrap_err().to_string();
         assert!(e.contains("public.child inherits from public.parent"), "{e}");

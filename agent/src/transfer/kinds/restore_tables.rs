@@ -20,12 +20,12 @@ use futures::SinkExt;
 use serde::Deserialize;
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::pg::cluster::applier::Applier;
+use crate::pg::cluster::beside::Beside;
 use crate::pg::cluster::target;
-use crate::pg::conn::quote::{ident, literal};
+use crate::pg::conn::quote::ident;
 use crate::pg::conn::{self};
 use crate::pg::formats::contents::Position;
 use crate::pg::formats::custom::{self, Head, BLK_DATA};
@@ -110,38 +110,39 @@ async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
     task.progress.say(Level::Info, not);
 
     // 4. One transaction: the schema, the tables, their data, the rest.
-    db.batch_execute(&session(&head, &target.owner)).await.context("setting up the session")?;
-    db.batch_execute("BEGIN").await?;
-    db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(into)))
-        .await
-        .map_err(|e| worded(e, into, &job.database))?;
+    let encoding = head.encoding.as_deref().unwrap_or("UTF8");
+    let tx = Beside::begin(db, &target.owner, encoding, into, &job.database).await?;
     for sql in &plan.before {
-        db.batch_execute(sql).await.map_err(|e| worded(e, into, &job.database))?;
+        tx.run(sql).await?;
     }
     let mut rows = 0u64;
     for load in &plan.data {
-        rows += source.load(task, &b, &head, &db, load).await.with_context(|| format!("loading {}", load.label))?;
+        rows += source.load(task, &b, &head, &tx, load).await.with_context(|| format!("loading {}", load.label))?;
     }
-    source.finish(task, &b, &head).await?;
+    source.finish(&b).await?;
     for sql in &plan.after {
-        db.batch_execute(sql).await.map_err(|e| worded(e, into, &job.database))?;
+        tx.run(sql).await?;
     }
     let fetched = source.fetched();
     task.progress.say(
         Level::Info,
         format!(
-            "read {} of the {} stored ({}), every byte proven against what the capture recorded",
+            "read {} ({fetched} bytes) of the {} stored ({}), every byte proven against what the capture recorded",
             human(fetched),
             human(b.stored_size.max(0) as u64),
             source.how()
         ),
     );
     task.commit_point();
-    db.batch_execute("COMMIT").await.context("committing the restored tables")?;
-    drop(db);
+    tx.commit().await?;
     applier.close().await?;
     task.progress.say(Level::Info, format!("{} rows restored into schema {}", rows, ident(into)));
-    Ok(apply::completion(task, &format!("restored {} into {}", plural(plan.tables.len(), "table"), ident(into)), "read", 0))
+    Ok(apply::completion(
+        task,
+        &format!("restored {} into {}", plural(plan.tables.len(), "table"), ident(into)),
+        "read",
+        0,
+    ))
 }
 
 fn plural(n: usize, what: &str) -> String {
@@ -152,60 +153,12 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// The session pg_restore would have, acting as `owner`.
-fn session(head: &Head, owner: &str) -> String {
-    let encoding = head.encoding.as_deref().unwrap_or("UTF8");
-    [
-        format!("SET ROLE {}", ident(owner)),
-        format!("SET client_encoding = {}", literal(encoding)),
-        "SET statement_timeout = 0".into(),
-        "SET lock_timeout = 0".into(),
-        "SET idle_in_transaction_session_timeout = 0".into(),
-        "SET standard_conforming_strings = on".into(),
-        "SELECT pg_catalog.set_config('search_path', '', false)".into(),
-        "SET check_function_bodies = false".into(),
-        "SET xmloption = content".into(),
-        "SET client_min_messages = warning".into(),
-        "SET row_security = off".into(),
-        "SET synchronous_commit = on".into(),
-    ]
-    .join("; ")
-}
-
-/// An error of a statement of the plan, said in the user's terms.
-fn worded(e: tokio_postgres::Error, into: &str, db: &str) -> anyhow::Error {
-    let Some(d) = e.as_db_error() else { return e.into() };
-    let msg = d.message();
-    if *d.code() == SqlState::DUPLICATE_TABLE || *d.code() == SqlState::DUPLICATE_OBJECT {
-        return anyhow::anyhow!(
-            "schema {} of {} already holds what this restore would create ({msg}): nothing was restored. Pass \
-             into_schema => 'another_schema', or drop or rename what is there first",
-            ident(into),
-            ident(db)
-        );
-    }
-    if *d.code() == SqlState::UNDEFINED_OBJECT && msg.starts_with("type ") {
-        return anyhow::anyhow!(
-            "a restored table uses a {msg} in database {}: nothing was restored. Create the type first (its \
-             definition is in the backup: restore the whole backup into another database, or read it with \
-             pg_restore --schema-only from the backup's link), then run restore_tables() again",
-            ident(db)
-        );
-    }
-    if *d.code() == SqlState::UNDEFINED_FUNCTION {
-        return anyhow::anyhow!(
-            "a restored table needs a function database {} does not have ({msg}): nothing was restored. Create \
-             it first, then run restore_tables() again",
-            ident(db)
-        );
-    }
-    anyhow::Error::from(e).context("recreating the tables: nothing was restored")
-}
-
-/// The TABLE entries `patterns` match: as pg_restore -t matches them (an
-/// unqualified pattern in any schema), with the server's regular
-/// expressions, as pg_dump builds them. A pattern that matches nothing is
-/// an error.
+/// The TABLE entries `patterns` match, with the server's regular
+/// expressions, as pg_dump builds them. An unqualified pattern matches in
+/// any schema, as pg_restore -t does, but only in one: one that matches
+/// tables of several schemas (public.orders, and restored_b001.orders from
+/// an earlier table restore) is refused, to be qualified. A pattern that
+/// matches nothing is an error.
 async fn choose(db: &Client, head: &Head, patterns: &[String], backup: &str) -> Result<HashSet<i32>> {
     let tables: Vec<&custom::Entry> = head.entries.iter().filter(|e| e.desc == "TABLE").collect();
     let schemas: Vec<&str> = tables.iter().map(|e| e.namespace.as_str()).collect();
@@ -224,14 +177,27 @@ async fn choose(db: &Client, head: &Head, patterns: &[String], backup: &str) -> 
             )
             .await
             .with_context(|| format!("matching pattern {p}"))?;
-        if rows.is_empty() {
+        let found: Vec<&custom::Entry> = rows.iter().map(|row| tables[row.get::<_, i32>(0) as usize]).collect();
+        let mut in_schemas: Vec<&str> = found.iter().map(|e| e.namespace.as_str()).collect();
+        in_schemas.sort();
+        in_schemas.dedup();
+        if r.schema.is_none() && in_schemas.len() > 1 {
+            let some: Vec<&str> = found.iter().take(5).map(|e| e.label.as_str()).collect();
+            bail!(
+                "pattern {p} matches tables of {} schemas of {backup} ({}): nothing was restored. Qualify it with \
+                 its schema (public.{p}, or *.{p} for all of them)",
+                in_schemas.len(),
+                some.join(", ")
+            );
+        }
+        if found.is_empty() {
             nothing.push(p.as_str());
         }
-        chosen.extend(rows.iter().map(|row| tables[row.get::<_, i32>(0) as usize].id));
+        chosen.extend(found.iter().map(|e| e.id));
     }
     if !nothing.is_empty() {
         bail!(
-            "{} of {} no table of {backup}: nothing was restored. SELECT * FROM backups.contents('{backup}'); lists \
+            "{} {} no table of {backup}: nothing was restored. SELECT * FROM backups.contents('{backup}'); lists \
              its tables",
             nothing.join(", "),
             if nothing.len() == 1 { "matches" } else { "match" }
@@ -247,7 +213,10 @@ enum Source {
     Ranges { archive: Archive, positions: HashMap<(String, String), Position> },
     /// A custom-format backup without: the whole stream, tables loaded as
     /// they pass, the rest skipped, the whole checksum checked at the end.
-    Stream { reader: Option<custom::Reader<Box<dyn AsyncRead + Unpin + Send>>>, fetched: std::sync::Arc<std::sync::atomic::AtomicU64> },
+    Stream {
+        reader: Option<custom::Reader<Box<dyn AsyncRead + Unpin + Send>>>,
+        fetched: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    },
     /// A parallel backup: its files, each proven by the manifest.
     Files { files: HashMap<String, String>, fetched: std::sync::Arc<std::sync::atomic::AtomicU64> },
 }
@@ -334,9 +303,9 @@ impl Source {
     }
 
     /// One table's data into its COPY; its rows.
-    async fn load(&mut self, task: &Task, b: &Stored, head: &Head, db: &Client, load: &relocate::Load) -> Result<u64> {
+    async fn load(&mut self, task: &Task, b: &Stored, head: &Head, tx: &Beside, load: &relocate::Load) -> Result<u64> {
         let entry = head.entries.iter().find(|e| e.id == load.id).context("an entry the plan names")?;
-        let sink = db.copy_in::<_, Bytes>(load.copy.as_str()).await?;
+        let sink = tx.copy_in(&load.copy).await?;
         futures::pin_mut!(sink);
         let storage = &task.ctx.storage;
         match self {
@@ -348,7 +317,10 @@ impl Source {
                 let mut r = custom::Reader::blocks_of(range, head, p.at);
                 match r.block().await? {
                     Some((BLK_DATA, id)) if id == entry.id => {}
-                    _ => bail!("the stored data of {} is not where its capture recorded it: the backup is corrupt", load.label),
+                    _ => bail!(
+                        "the stored data of {} is not where its capture recorded it: the backup is corrupt",
+                        load.label
+                    ),
                 }
                 let sha = chunks_into(&mut r, sink.as_mut(), task).await?;
                 if hex::encode(sha) != p.sha256 {
@@ -391,12 +363,12 @@ impl Source {
                 }
             }
         }
-        Ok(sink.finish().await?)
+        sink.finish().await.map_err(|e| tx.worded(e))
     }
 
     /// After the data: a whole stream is read to its end, where its
     /// checksum is checked.
-    async fn finish(&mut self, _task: &Task, b: &Stored, _head: &Head) -> Result<()> {
+    async fn finish(&mut self, b: &Stored) -> Result<()> {
         if let Source::Stream { reader, .. } = self {
             let mut r = reader.take().expect("a reader");
             // To the verifying reader's end, where a checksum mismatch is
