@@ -295,7 +295,7 @@ fn a_new_kind_takes_a_free_letter() {
 fn each_kinds_entry_function_is_granted_to_the_role_that_may_queue_it() {
     assert_eq!(
         one::<String>("SELECT string_agg(kind || ':' || queued_by, ' ' ORDER BY kind) FROM backups.kinds"),
-        "capture:backups_user copy:backups_admin restore:backups_admin verify:backups_user"
+        "capture:backups_user copy:backups_admin restore:backups_admin restore_tables:backups_user verify:backups_user"
     );
     let wrong: Option<String> = Spi::get_one(
         "SELECT string_agg(format('%s by %s', p.oid::regprocedure, r), ', ')
