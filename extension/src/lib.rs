@@ -57,11 +57,7 @@ extension_sql_file!("../../sql/kinds/capture.sql", name = "capture", requires = 
 extension_sql_file!("../../sql/kinds/restore.sql", name = "restore", requires = ["transfers"]);
 extension_sql_file!("../../sql/kinds/copy.sql", name = "copy", requires = ["transfers"]);
 extension_sql_file!("../../sql/kinds/verify.sql", name = "verify", requires = ["transfers"]);
-extension_sql_file!(
-    "../../sql/kinds/restore_tables.sql",
-    name = "restore_tables",
-    requires = ["transfers", "selective"]
-);
+extension_sql_file!("../../sql/kinds/restore_tables.sql", name = "restore_tables", requires = ["transfers"]);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -119,8 +119,8 @@ impl Archive {
 
     /// The archive's bytes from `skip` bytes into the frame that starts at
     /// stored offset `from`, for `len` bytes (None: to the end, for as long
-    /// as they are read). Stored bytes are fetched only as the reader
-    /// reads, and never past `to`.
+    /// as they are read). Stored bytes are fetched as the reader reads, in
+    /// pieces that grow while it reads on (at most one piece past `to`).
     pub fn read(&self, from: u64, to: Option<u64>, skip: u64, len: Option<u64>) -> impl AsyncRead + Send + Unpin {
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
         let this = self.clone();

@@ -176,7 +176,9 @@ pub fn compress(
                         let job = jobs.lock().expect("the job queue").recv();
                         let Ok((seq, plain)) = job else { break };
                         let frame = match &mut z {
-                            Ok(z) => z.compress(&plain).context("compressing"),
+                            Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| z.compress(&plain)))
+                                .unwrap_or_else(|_| Err(std::io::Error::other("a compressor thread panicked")))
+                                .context("compressing"),
                             Err(e) => Err(anyhow::anyhow!("{e:#}")),
                         };
                         if finished.send((seq, plain.len(), frame)).is_err() {
@@ -195,6 +197,9 @@ pub fn compress(
                         sink.frame(plain, frame?)?;
                         next += 1;
                     }
+                }
+                if !waiting.is_empty() {
+                    bail!("a compressor thread stopped: frames of the dump are missing");
                 }
                 Ok(sink)
             });

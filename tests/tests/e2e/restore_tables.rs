@@ -144,7 +144,12 @@ fn deleted_rows_come_back_beside_the_live_tables() {
         &format!("INSERT INTO {schema}.orders (customer, qty) VALUES (1, 1) RETURNING id || ' ' || feeling"),
     );
     assert_eq!(id, "5001 ok");
-    assert_eq!(one(&c, "shop", "SELECT last_value FROM orders_id_seq"), "5000", "the live sequence did not move");
+    assert_eq!(
+        one(&c, "shop", "SELECT last_value FROM orders_id_seq"),
+        "5000",
+        "the live sequence did not move: {}",
+        log_of(&c, &t)
+    );
     assert!(c.sql("shop", &format!("INSERT INTO {schema}.orders (qty, note) VALUES (1, 'forbidden')")).is_err());
     assert!(
         c.sql("shop", &format!("INSERT INTO {schema}.orders (qty) VALUES (-1)")).is_err(),

@@ -97,6 +97,7 @@ fn every_verb_calls_the_control_database_and_failures_exit_non_zero() {
     );
     let said = sh.fails(&["restore-tables", "b001", "no_such_table", "--wait"]);
     assert!(said.contains("matches no table"), "{said}");
+    c.sql("shop", "DROP SCHEMA back CASCADE").unwrap();
     // A wrong confirmation is the SQL function's error, and exits 1.
     let said = sh.fails(&["restore", "b001", "shop_copy", "--confirm", "shop"]);
     assert!(said.contains("confirm"), "{said}");

@@ -22,9 +22,32 @@ pub struct Beside {
 }
 
 impl Beside {
+    /// Whether schema `into` says that transfer `mark` made it: an earlier
+    /// attempt committed (the agent was stopped after its COMMIT, before
+    /// the control database heard of it).
+    pub async fn made_by(client: &Client, into: &str, mark: &str) -> Result<bool> {
+        let said: Option<String> = client
+            .query_opt(
+                "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n \
+                 WHERE n.nspname = $1",
+                &[&into],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        Ok(said.is_some_and(|s| s.starts_with(mark)))
+    }
+
     /// Begin on `client` (the applier's login) as `owner`, with the COPY
-    /// text's `encoding`, and make schema `into` unless it is there.
-    pub async fn begin(client: Client, owner: &str, encoding: &str, into: &str, db: &str) -> Result<Beside> {
+    /// text's `encoding`, and make schema `into` unless it is there; one it
+    /// makes says so in its comment, which starts with `mark`.
+    pub async fn begin(
+        client: Client,
+        owner: &str,
+        encoding: &str,
+        into: &str,
+        db: &str,
+        mark: &str,
+    ) -> Result<Beside> {
         let session = [
             format!("SET ROLE {}", ident(owner)),
             format!("SET client_encoding = {}", literal(encoding)),
@@ -42,7 +65,16 @@ impl Beside {
         ];
         client.batch_execute(&session.join("; ")).await.context("setting up the session")?;
         let b = Beside { client, into: into.to_string(), db: db.to_string(), owner: owner.to_string() };
-        b.run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(into))).await?;
+        let there = b
+            .client
+            .query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[&into])
+            .await
+            .map_err(|e| b.worded(e))?
+            .is_some();
+        if !there {
+            b.run(&format!("CREATE SCHEMA {}", ident(into))).await?;
+            b.run(&format!("COMMENT ON SCHEMA {} IS {}", ident(into), literal(mark))).await?;
+        }
         Ok(b)
     }
 

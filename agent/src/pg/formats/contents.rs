@@ -240,12 +240,14 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
     }
     let mut contents = assemble(&head, |e| tallies.remove(&e.id));
     contents.head_sha256 = Some(head.sha256());
+    let data: HashMap<(&str, &str), i32> = head
+        .entries
+        .iter()
+        .filter(|e| is_table_data(e))
+        .map(|e| ((e.namespace.as_str(), e.tag.as_str()), e.id))
+        .collect();
     for t in &mut contents.tables {
-        t.position = head
-            .entries
-            .iter()
-            .find(|e| e.namespace == t.schema && e.tag == t.table && is_table_data(e))
-            .and_then(|e| positions.remove(&e.id));
+        t.position = data.get(&(t.schema.as_str(), t.table.as_str())).and_then(|id| positions.remove(id));
     }
     Ok(contents)
 }

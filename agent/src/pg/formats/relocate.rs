@@ -7,7 +7,7 @@
 //! and unquoted identifiers, string literals, comments), never on text:
 //! a type, function or table that does not move keeps its name.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::{bail, Result};
 
@@ -47,16 +47,28 @@ const LEFT_OUT: &[&str] = &["FK CONSTRAINT", "TRIGGER", "POLICY", "ROW SECURITY"
 /// The plan for TABLE entries `chosen` (partitions of a partitioned one
 /// come with it) moved to schema `into`.
 pub fn plan(entries: &[Entry], chosen: &HashSet<i32>, into: &str) -> Result<Plan> {
-    let by_id = |id: i32| entries.iter().find(|e| e.id == id);
+    let ids: HashMap<i32, &Entry> = entries.iter().map(|e| (e.id, e)).collect();
+    let by_id = |id: i32| ids.get(&id).copied();
+    let named: HashMap<(&str, &str), i32> =
+        entries.iter().filter(|e| e.desc == "TABLE").map(|e| ((e.namespace.as_str(), e.tag.as_str()), e.id)).collect();
+    let table_named = |s: &str, n: &str| named.get(&(s, n)).copied();
+    // Partitions attached by a TABLE ATTACH entry (pg_dump 14 and later),
+    // or by an ATTACH PARTITION inside the partition's own TABLE entry
+    // (pg_dump 12 and 13): (parent, partition).
+    let attached: Vec<(i32, i32)> = entries
+        .iter()
+        .filter(|e| e.desc == "TABLE ATTACH" || e.desc == "TABLE")
+        .flat_map(|e| statements(e.defn.as_deref().unwrap_or_default()))
+        .filter_map(|sql| attach_names(&sql))
+        .filter_map(|((ps, pn), (cs, cn))| Some((table_named(&ps, &pn)?, table_named(&cs, &cn)?)))
+        .collect();
     let mut tables: HashSet<i32> = chosen.clone();
     // A partitioned table brings its partitions, at any depth.
     loop {
         let before = tables.len();
-        for e in entries.iter().filter(|e| e.desc == "TABLE ATTACH") {
-            if let Some((parent, child)) = attach_ends(e, entries) {
-                if tables.contains(&parent) {
-                    tables.insert(child);
-                }
+        for &(parent, child) in &attached {
+            if tables.contains(&parent) {
+                tables.insert(child);
             }
         }
         for e in entries.iter().filter(|e| e.desc == "TABLE") {
@@ -98,7 +110,7 @@ pub fn plan(entries: &[Entry], chosen: &HashSet<i32>, into: &str) -> Result<Plan
         for e in entries {
             let all_in = !e.deps.is_empty() && e.deps.iter().all(|d| with.contains(d));
             let take = match e.desc.as_str() {
-                "SEQUENCE SET" | "INDEX ATTACH" => all_in,
+                "SEQUENCE SET" | "INDEX ATTACH" | "SEQUENCE OWNED BY" => all_in,
                 "COMMENT" => e.deps.iter().any(|d| with.contains(d)) && all_in,
                 _ => false,
             };
@@ -153,12 +165,22 @@ pub fn plan(entries: &[Entry], chosen: &HashSet<i32>, into: &str) -> Result<Plan
             if defn.trim().is_empty() {
                 continue;
             }
-            let literals = matches!(e.desc.as_str(), "DEFAULT" | "SEQUENCE SET" | "SEQUENCE");
-            let sql = rewrite(defn, &moved, into, literals);
-            if BEFORE.contains(&e.desc.as_str()) {
-                plan.before.push(sql);
-            } else if AFTER.contains(&e.desc.as_str()) {
-                plan.after.push(sql);
+            for statement in statements(defn) {
+                // A partition restored without its parent is a table of its
+                // own: its ATTACH (pg_dump 12 and 13 write it in the
+                // partition's entry) would join the live parent.
+                if let Some(((ps, pn), _)) = attach_names(&statement) {
+                    if !moved.contains(&(ps, pn)) {
+                        continue;
+                    }
+                }
+                let sql = rewrite(&statement, &moved, into, true);
+                check_target(&sql, into, &e.label)?;
+                if BEFORE.contains(&e.desc.as_str()) {
+                    plan.before.push(sql);
+                } else if AFTER.contains(&e.desc.as_str()) {
+                    plan.after.push(sql);
+                }
             }
         } else if LEFT_OUT.contains(&e.desc.as_str()) && e.deps.iter().any(|d| tables.contains(d)) {
             plan.left_out.push(format!("{} {}", e.desc, e.label));
@@ -209,16 +231,79 @@ fn partition_of(e: &Entry) -> Option<(String, String)> {
     qualified(&toks, i + 2).map(|(s, n, _)| (s, n))
 }
 
-/// A TABLE ATTACH's parent and partition entries
-/// (`ALTER TABLE ONLY s.p ATTACH PARTITION s.c ...`).
-fn attach_ends(e: &Entry, entries: &[Entry]) -> Option<(i32, i32)> {
-    let toks = tokens(e.defn.as_deref()?);
-    let only = toks.iter().position(|t| t.is_word("ONLY"))?;
+/// `ALTER TABLE ONLY s.p ATTACH PARTITION s.c ...`: the parent's and the
+/// partition's names.
+fn attach_names(sql: &str) -> Option<((String, String), (String, String))> {
+    let toks = tokens(sql);
+    if !(toks.first()?.is_word("ALTER") && toks.get(1)?.is_word("TABLE")) {
+        return None;
+    }
+    let at = toks.windows(2).position(|w| w[0].is_word("ATTACH") && w[1].is_word("PARTITION"))?;
+    let only = toks.iter().position(|t| t.is_word("ONLY")).filter(|&i| i < at)?;
     let (ps, pn, _) = qualified(&toks, only + 1)?;
-    let at = toks.iter().position(|t| t.is_word("PARTITION"))?;
-    let (cs, cn, _) = qualified(&toks, at + 1)?;
-    let find = |s: &str, n: &str| entries.iter().find(|x| x.desc == "TABLE" && x.namespace == s && x.tag == n);
-    Some((find(&ps, &pn)?.id, find(&cs, &cn)?.id))
+    let (cs, cn, _) = qualified(&toks, at + 2)?;
+    Some(((ps, pn), (cs, cn)))
+}
+
+/// `sql` split into its statements, at the semicolons that end them.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for t in tokens(sql) {
+        if t.is_punct(';') {
+            let s = sql[start..t.end].trim();
+            if s.len() > 1 {
+                out.push(s.to_string());
+            }
+            start = t.end;
+        }
+    }
+    let rest = sql[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+/// The last line of defence: every statement of the plan changes only
+/// what is in schema `into` (the relation it creates, alters, comments on
+/// or sets the value of). Anything else is refused before it runs.
+fn check_target(sql: &str, into: &str, label: &str) -> Result<()> {
+    let toks = tokens(sql);
+    let words: Vec<String> = toks
+        .iter()
+        .take(4)
+        .filter_map(|t| match &t.kind {
+            Kind::Word(w) => Some(w.to_uppercase()),
+            _ => None,
+        })
+        .collect();
+    let first_in = |from: usize| -> Option<(String, String)> {
+        (from..toks.len()).find_map(|i| {
+            let (s, n, _) = qualified(&toks, i)?;
+            (s != "pg_catalog" && !(i > 0 && toks[i - 1].is_punct('.'))).then_some((s, n))
+        })
+    };
+    let target = match words.first().map(String::as_str) {
+        // setval('s.seq', ...): the sequence in its literal.
+        Some("SELECT") => toks.iter().find_map(|t| match &t.kind {
+            Kind::Str(c) => qualified(&tokens(c), 0).map(|(s, n, _)| (s, n)),
+            _ => None,
+        }),
+        Some("CREATE") if words.contains(&"INDEX".to_string()) => {
+            let on = toks.iter().position(|t| t.is_word("ON"));
+            on.and_then(first_in)
+        }
+        Some("CREATE") | Some("ALTER") | Some("COMMENT") => first_in(0),
+        _ => None,
+    };
+    match target {
+        Some((s, _)) if s == into => Ok(()),
+        Some((s, n)) => bail!(
+            "refusing to restore {label}: a statement of its definition would change {s}.{n}, outside schema {into}"
+        ),
+        None => bail!("refusing to restore {label}: a statement of its definition is not one a table restore runs"),
+    }
 }
 
 /// The name a SEQUENCE entry creates: its tag, or for an identity column
@@ -238,7 +323,8 @@ fn constraint_name(e: &Entry) -> Option<String> {
 
 /// `sql` with the schema of every moved `schema.name` replaced by `into`;
 /// with `literals`, also inside a string literal that is exactly such a
-/// name (`nextval('s.seq'::regclass)`, `setval('s.seq', ...)`).
+/// name and names a relation (`nextval('s.seq'::regclass)`,
+/// `setval('s.seq', ...)`), never in one that is data.
 pub fn rewrite(sql: &str, moved: &HashSet<(String, String)>, into: &str, literals: bool) -> String {
     let toks = tokens(sql);
     let mut out = String::with_capacity(sql.len() + 64);
@@ -259,7 +345,7 @@ pub fn rewrite(sql: &str, moved: &HashSet<(String, String)>, into: &str, literal
                     }
                 }
             }
-            Kind::Str(content) if literals => {
+            Kind::Str(content) if literals && names_a_relation(&toks, i) => {
                 let inner = tokens(content);
                 if inner.len() == 3 {
                     if let Some((s, n, _)) = qualified(&inner, 0) {
@@ -277,6 +363,18 @@ pub fn rewrite(sql: &str, moved: &HashSet<(String, String)>, into: &str, literal
     }
     out.push_str(&sql[last..]);
     out
+}
+
+/// Whether string literal `i` names a relation: `'s.seq'::regclass`, or
+/// the first argument of `setval(`.
+fn names_a_relation(toks: &[Tok], i: usize) -> bool {
+    // pg_dump --quote-all-identifiers writes "regclass" and "setval".
+    let named = |t: Option<&Tok>, name: &str| t.and_then(Tok::ident).is_some_and(|n| n == name);
+    let cast = toks.get(i + 1).is_some_and(|t| t.is_punct(':'))
+        && toks.get(i + 2).is_some_and(|t| t.is_punct(':'))
+        && named(toks.get(i + 3), "regclass");
+    let setval = i >= 2 && toks[i - 1].is_punct('(') && named(toks.get(i - 2), "setval");
+    cast || setval
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -569,6 +667,44 @@ mod tests {
     }
 
     #[test]
+    fn an_attach_in_a_partitions_own_entry_never_reaches_the_live_parent() {
+        // pg_dump 12 and 13 write the ATTACH in the partition's TABLE entry.
+        let entries = vec![
+            entry(1, "TABLE", "public", "m", "CREATE TABLE public.m (id integer) PARTITION BY RANGE (id);", &[]),
+            entry(2, "TABLE", "public", "m1", "CREATE TABLE public.m1 (id integer);\nALTER TABLE ONLY public.m ATTACH PARTITION public.m1 FOR VALUES FROM (0) TO (10);", &[1]),
+        ];
+        let p = plan(&entries, &[2].into(), "r").unwrap();
+        assert_eq!(p.before, vec!["CREATE TABLE \"r\".m1 (id integer);"]);
+        let p = plan(&entries, &[1].into(), "r").unwrap();
+        assert_eq!(p.tables, vec!["public.m", "public.m1"]);
+        assert_eq!(p.before[2], "ALTER TABLE ONLY \"r\".m ATTACH PARTITION \"r\".m1 FOR VALUES FROM (0) TO (10);");
+    }
+
+    #[test]
+    fn a_statement_that_would_change_anything_outside_the_new_schema_is_refused() {
+        let entries = vec![
+            entry(1, "TABLE", "public", "t", "CREATE TABLE public.t (id integer);", &[]),
+            entry(
+                2,
+                "INDEX",
+                "public",
+                "t_i",
+                "CREATE INDEX t_i ON public.t (id); ALTER TABLE public.other ADD COLUMN x int;",
+                &[1],
+            ),
+        ];
+        let e = plan(&entries, &[1].into(), "r").unwrap_err().to_string();
+        assert!(e.contains("would change public.other, outside schema r"), "{e}");
+        let entries =
+            vec![entry(1, "TABLE", "public", "t", "CREATE TABLE public.t (id integer); DROP TABLE public.t;", &[])];
+        assert!(plan(&entries, &[1].into(), "r").is_err());
+        // A literal that is data stays as it is, even when it reads like a moved name.
+        let moved: HashSet<(String, String)> = [("public".into(), "t".into())].into();
+        let out = rewrite("ALTER TABLE ONLY public.t ALTER COLUMN n SET DEFAULT 'public.t'::text;", &moved, "r", true);
+        assert_eq!(out, "ALTER TABLE ONLY \"r\".t ALTER COLUMN n SET DEFAULT 'public.t'::text;");
+    }
+
+    #[test]
     fn a_child_of_a_table_that_stays_is_refused() {
         let entries = vec![
             entry(1, "TABLE", "public", "parent", "CREATE TABLE public.parent (id integer);", &[]),
@@ -584,5 +720,42 @@ mod tests {
         let e = plan(&entries, &[2].into(), "r").unwrap_err().to_string();
         assert!(e.contains("public.child inherits from public.parent"), "{e}");
         assert!(plan(&entries, &[1, 2].into(), "r").is_ok());
+    }
+}
+#[cfg(test)]
+mod serial_tests {
+    use super::*;
+
+    /// A serial column as pg_dump writes it (the sequence depends on its
+    /// table; OWNED BY on the sequence), with --quote-all-identifiers.
+    #[test]
+    fn a_serial_columns_sequence_moves_with_it_however_pg_dump_quotes() {
+        let mk = |id: i32, desc: &str, tag: &str, defn: &str, deps: &[i32]| Entry {
+            id,
+            had_dumper: false,
+            desc: desc.into(),
+            label: format!("public.{tag}"),
+            namespace: "public".into(),
+            tag: tag.into(),
+            copy_stmt: None,
+            filename: None,
+            defn: Some(defn.into()),
+            deps: deps.to_vec(),
+        };
+        let entries = vec![
+            mk(1, "TABLE", "orders", "CREATE TABLE \"public\".\"orders\" (\n    \"id\" integer NOT NULL\n);\n", &[]),
+            mk(2, "SEQUENCE", "orders_id_seq", "CREATE SEQUENCE \"public\".\"orders_id_seq\"\n    AS integer\n    CACHE 1;\n", &[1]),
+            mk(3, "SEQUENCE OWNED BY", "orders_id_seq", "ALTER SEQUENCE \"public\".\"orders_id_seq\" OWNED BY \"public\".\"orders\".\"id\";\n", &[2]),
+            mk(4, "DEFAULT", "orders id", "ALTER TABLE ONLY \"public\".\"orders\" ALTER COLUMN \"id\" SET DEFAULT \"nextval\"('\"public\".\"orders_id_seq\"'::\"regclass\");\n", &[1, 2]),
+            mk(5, "SEQUENCE SET", "orders_id_seq", "SELECT \"pg_catalog\".\"setval\"('\"public\".\"orders_id_seq\"', 5000, true);\n", &[2]),
+        ];
+        let p = plan(&entries, &[1].into(), "r").unwrap();
+        assert_eq!(p.before.len(), 4, "{:#?}", p.before);
+        assert_eq!(p.before[2], "ALTER SEQUENCE \"r\".\"orders_id_seq\" OWNED BY \"r\".\"orders\".\"id\";");
+        assert_eq!(
+            p.before[3],
+            "ALTER TABLE ONLY \"r\".\"orders\" ALTER COLUMN \"id\" SET DEFAULT \"nextval\"('\"r\".\"orders_id_seq\"'::\"regclass\");"
+        );
+        assert_eq!(p.after, vec!["SELECT \"pg_catalog\".\"setval\"('\"r\".\"orders_id_seq\"', 5000, true);"]);
     }
 }

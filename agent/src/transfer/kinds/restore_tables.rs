@@ -85,11 +85,19 @@ async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
     let applier = Applier::create(cluster, &target, &task.name, task.attempt, &task.teardown).await?;
     let db = conn::connect(&applier.conn()?.with_password()).await.context("connecting as the owner's login")?;
 
+    // An earlier attempt may have committed, and been stopped before it
+    // said so: its schema says who made it.
+    let into = &job.options.into_schema;
+    let mark = format!("Tables of {} restored by {}", b.name, task.name);
+    if task.attempt > 1 && Beside::made_by(&db, into, &mark).await? {
+        task.progress.say(Level::Info, format!("an earlier attempt committed schema {}: nothing to do again", ident(into)));
+        return Ok(apply::completion(task, &format!("restored into {} by an earlier attempt", ident(into)), "read", 0));
+    }
+
     // 3. The archive's head, and the tables the patterns match in it.
     let mut source = Source::open(task, &b).await?;
     let head = source.head(task, &b).await?;
     let chosen = choose(&db, &head, &job.options.tables, &b.name).await?;
-    let into = &job.options.into_schema;
     let plan = relocate::plan(&head.entries, &chosen, into)?;
     task.progress.say(
         Level::Info,
@@ -111,7 +119,8 @@ async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
 
     // 4. One transaction: the schema, the tables, their data, the rest.
     let encoding = head.encoding.as_deref().unwrap_or("UTF8");
-    let tx = Beside::begin(db, &target.owner, encoding, into, &job.database).await?;
+    let mark = format!("{mark} ({}: {})", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"), plan.tables.join(", "));
+    let tx = Beside::begin(db, &target.owner, encoding, into, &job.database, &mark).await?;
     for sql in &plan.before {
         tx.run(sql).await?;
     }
@@ -135,7 +144,10 @@ async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
     );
     task.commit_point();
     tx.commit().await?;
-    applier.close().await?;
+    // Committed: what follows cannot fail the restore.
+    if let Err(e) = applier.close().await {
+        task.progress.say(Level::Warning, format!("dropping the login that restored the tables: {e:#}"));
+    }
     task.progress.say(Level::Info, format!("{} rows restored into schema {}", rows, ident(into)));
     Ok(apply::completion(
         task,
@@ -216,6 +228,8 @@ enum Source {
     Stream {
         reader: Option<custom::Reader<Box<dyn AsyncRead + Unpin + Send>>>,
         fetched: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        /// The head's SHA-256: recorded, or read from the whole backup proven.
+        head_sha256: String,
     },
     /// A parallel backup: its files, each proven by the manifest.
     Files { files: HashMap<String, String>, fetched: std::sync::Arc<std::sync::atomic::AtomicU64> },
@@ -247,9 +261,28 @@ impl Source {
             format!("{} was captured before table positions were recorded: reading it whole, as it streams", b.name),
         );
         let fetched: std::sync::Arc<std::sync::atomic::AtomicU64> = std::sync::Arc::default();
-        let object = verify::open(storage, &keys.dump(), &b.checksum, Some(fetched.clone())).await?;
-        let plain: Box<dyn AsyncRead + Unpin + Send> = Box::new(verify::decompressed(object, &b.encrypted_to).await?);
-        Ok(Source::Stream { reader: Some(custom::Reader::new(plain)), fetched })
+        let open = || async {
+            let object = verify::open(storage, &keys.dump(), &b.checksum, Some(fetched.clone())).await?;
+            let plain: Box<dyn AsyncRead + Unpin + Send> =
+                Box::new(verify::decompressed(object, &b.encrypted_to).await?);
+            anyhow::Ok(custom::Reader::new(plain))
+        };
+        // Older still, its head's checksum was not recorded either: read it
+        // whole once, proven by its checksum, before any of its SQL runs;
+        // then the head read again must be the one proven.
+        let head_sha256 = match &b.head_sha256 {
+            Some(h) => h.clone(),
+            None => {
+                task.progress.say(Level::Info, format!("{} has no recorded head checksum: verifying it whole first", b.name));
+                let mut r = open().await?;
+                let head = r.head().await?.with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
+                while let Some((kind, _)) = r.block().await.with_context(|| format!("reading {} to its end", b.name))? {
+                    skip_block(&mut r, kind).await?;
+                }
+                head.sha256()
+            }
+        };
+        Ok(Source::Stream { reader: Some(open().await?), fetched, head_sha256 })
     }
 
     fn how(&self) -> &'static str {
@@ -286,7 +319,12 @@ impl Source {
             }
         };
         let head = head.with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
-        if let (Some(recorded), false) = (&b.head_sha256, matches!(self, Source::Files { .. })) {
+        let proven = match self {
+            Source::Stream { head_sha256, .. } => Some(&*head_sha256),
+            Source::Ranges { .. } => b.head_sha256.as_ref(),
+            Source::Files { .. } => None,
+        };
+        if let Some(recorded) = proven {
             if &head.sha256() != recorded {
                 bail!(
                     "checksum mismatch for {}: the head of its archive has sha256 {}, its capture recorded {recorded}; \
