@@ -157,7 +157,7 @@ impl Archive {
         let mut plain: Box<dyn ReadSeek> = if self.recipients.is_empty() {
             Box::new(raw)
         } else {
-            Box::new(self.identities.open_seekable(&self.key.to_string(), &self.recipients, raw)?)
+            Box::new(self.identities.open_seekable(self.key.as_ref(), &self.recipients, raw)?)
         };
         plain.seek(SeekFrom::Start(from))?;
         let frames: Box<dyn Read + Send> = match to {

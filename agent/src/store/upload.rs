@@ -368,6 +368,66 @@ mod tests {
         assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), data);
     }
 
+    /// Not a test: `cargo test --release -p pgbackups --bin pgbackups
+    /// frames_against_one_multithreaded_frame -- --ignored --nocapture`
+    /// times compress() against zstd's own multithreaded single frame (what
+    /// captures used before frames) on COPY-like text, on all cores.
+    #[test]
+    #[ignore]
+    fn frames_against_one_multithreaded_frame() {
+        use std::time::Instant;
+        let mut data = Vec::with_capacity(600 << 20);
+        let mut x: u64 = 42;
+        let mut i = 0u64;
+        while data.len() < 600 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            i += 1;
+            data.extend_from_slice(
+                format!(
+                    "{i}\t{}\t{{\"ua\": \"Mozilla/5.0 {}\", \"session\": \"{:016x}{:016x}\"}}\t{}.{:02}\t2026-0{}-1{} 12:{:02}:00+00\n",
+                    1 + x % 1_000_000,
+                    x % 100,
+                    x,
+                    x.rotate_left(17),
+                    x % 500,
+                    x % 100,
+                    1 + x % 9,
+                    x % 10,
+                    x % 60
+                )
+                .as_bytes(),
+            );
+        }
+        let threads = all_cores();
+        for round in 0..2 {
+            let t = Instant::now();
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            enc.include_checksum(true).unwrap();
+            enc.multithread(threads).unwrap();
+            std::io::Write::write_all(&mut enc, &data).unwrap();
+            let one = enc.finish().unwrap().len();
+            let mt = t.elapsed();
+            let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+            let sink = std::thread::spawn(move || {
+                let mut n = 0;
+                while let Some(b) = rx.blocking_recv() {
+                    n += b.len();
+                }
+                n
+            });
+            let t = Instant::now();
+            compress(&data[..], tx, 3, threads, &Recipients::default(), &AtomicU64::new(0)).unwrap();
+            let framed = sink.join().unwrap();
+            let fr = t.elapsed();
+            println!(
+                "round {round}: {} MB; one multithreaded frame {mt:?} ({one} bytes); frames {fr:?} ({framed} bytes)",
+                data.len() >> 20
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_pipe_dropped_mid_stream_aborts_its_upload_at_once() {
         let store = Arc::new(InMemory::new());

@@ -18,10 +18,11 @@
 //!   vs the better pgcopydb" takes as the peer's time of each round the
 //!   faster of that round's two pgcopydb runs (a per-round minimum, which
 //!   can only favour the peer), then the median of those, as every row does;
-//! - restore_tables of `customers` (small) and of `events` (85% of the
-//!   data) from the round's backup, each against that round's full restore
-//!   of the same backup (targets: 0.2 and 1.0), and the share of the stored
-//!   backup each read (the agent's count of stored bytes fetched);
+//! - restore_tables of `plans` (100 rows, added to `shop` for it), of
+//!   `customers` (15% of the data) and of `events` (85%) from the round's
+//!   backup, each against that round's full restore of the same backup
+//!   (targets: 0.2 for `plans`, 1.0 for `events`), and the share of the
+//!   stored backup each read (the agent's count of stored bytes fetched);
 //! - with JOBS_SWEEP, restore and copy again with one job: the agent under
 //!   `taskset -c <cpu>` (it takes its job count from available_parallelism,
 //!   which follows the affinity mask; it has no other knob), against
@@ -357,6 +358,13 @@ fn main() -> Result<()> {
     // The same server settings for both sides of every pair.
     let c = Cluster::start_with(&["max_wal_size = '8GB'", "checkpoint_timeout = '30min'", "shared_buffers = '512MB'"])?;
     let (db_size, events_share) = generate(&c, "shop", "realistic.sql", scale)?;
+    // One small table beside them, for restore_tables (the dataset's
+    // smallest, customers, is 15% of it).
+    c.sql(
+        "shop",
+        "CREATE TABLE plans (id int PRIMARY KEY, name text NOT NULL, price numeric(8,2)); \
+         INSERT INTO plans SELECT g, 'plan ' || g, g * 9.99 FROM generate_series(1, 100) g",
+    )?;
     let skew_size = if skew { Some(generate(&c, "skew", "skew.sql", scale)?) } else { None };
 
     let base = tempfile::Builder::new().prefix("pgbackups-bench-").tempdir()?;
@@ -381,7 +389,8 @@ fn main() -> Result<()> {
         None,
     );
     let full = "our full restore of the same backup, same round";
-    let mut table_small = Pair::new("restore_tables_small", "restore_tables (customers)", full, Some(0.20));
+    let mut table_small = Pair::new("restore_tables_small", "restore_tables (plans, 100 rows)", full, Some(0.20));
+    let mut table_customers = Pair::new("restore_tables_customers", "restore_tables (customers, 15%)", full, None);
     let mut table_events = Pair::new("restore_tables_events", "restore_tables (events)", full, Some(1.0));
     let mut table_read: Vec<(String, f64)> = vec![];
     let mut copy = Pair::new("copy_pipe", "copy", "pg_dump -Fc | pg_restore", Some(0.50));
@@ -458,7 +467,9 @@ fn main() -> Result<()> {
             both(&mut b, ours_first, |b| b.restore_ours(&last_backup, None), |b| b.restore_peer(&dump, 2, None))?;
         restore.push(ours, peer);
         // Table restores from the same backup, against that full restore.
-        for (pair, table) in [(&mut table_small, "customers"), (&mut table_events, "events")] {
+        for (pair, table) in
+            [(&mut table_small, "plans"), (&mut table_customers, "customers"), (&mut table_events, "events")]
+        {
             let (secs, id, rss) = b.agent_op(
                 None,
                 &format!("SELECT backups.restore_tables('{last_backup}', ARRAY['public.{table}'], into_schema => 't_{table}')"),
@@ -537,6 +548,7 @@ fn main() -> Result<()> {
         &restore,
         &restore_1,
         &table_small,
+        &table_customers,
         &table_events,
         &copy,
         &copy_pgcopydb,
@@ -609,7 +621,7 @@ fn main() -> Result<()> {
             s["copy_pgcopydb"].as_f64().unwrap_or(f64::NAN),
         ));
     }
-    for table in ["customers", "events"] {
+    for table in ["plans", "customers", "events"] {
         let fractions: Vec<f64> = table_read.iter().filter(|(t, _)| t == table).map(|(_, f)| *f).collect();
         if !fractions.is_empty() {
             summary.push_str(&format!(

@@ -721,33 +721,17 @@ mod tests {
         assert!(e.contains("public.child inherits from public.parent"), "{e}");
         assert!(plan(&entries, &[1, 2].into(), "r").is_ok());
     }
-}
-#[cfg(test)]
-mod serial_tests {
-    use super::*;
 
     /// A serial column as pg_dump writes it (the sequence depends on its
     /// table; OWNED BY on the sequence), with --quote-all-identifiers.
     #[test]
     fn a_serial_columns_sequence_moves_with_it_however_pg_dump_quotes() {
-        let mk = |id: i32, desc: &str, tag: &str, defn: &str, deps: &[i32]| Entry {
-            id,
-            had_dumper: false,
-            desc: desc.into(),
-            label: format!("public.{tag}"),
-            namespace: "public".into(),
-            tag: tag.into(),
-            copy_stmt: None,
-            filename: None,
-            defn: Some(defn.into()),
-            deps: deps.to_vec(),
-        };
         let entries = vec![
-            mk(1, "TABLE", "orders", "CREATE TABLE \"public\".\"orders\" (\n    \"id\" integer NOT NULL\n);\n", &[]),
-            mk(2, "SEQUENCE", "orders_id_seq", "CREATE SEQUENCE \"public\".\"orders_id_seq\"\n    AS integer\n    CACHE 1;\n", &[1]),
-            mk(3, "SEQUENCE OWNED BY", "orders_id_seq", "ALTER SEQUENCE \"public\".\"orders_id_seq\" OWNED BY \"public\".\"orders\".\"id\";\n", &[2]),
-            mk(4, "DEFAULT", "orders id", "ALTER TABLE ONLY \"public\".\"orders\" ALTER COLUMN \"id\" SET DEFAULT \"nextval\"('\"public\".\"orders_id_seq\"'::\"regclass\");\n", &[1, 2]),
-            mk(5, "SEQUENCE SET", "orders_id_seq", "SELECT \"pg_catalog\".\"setval\"('\"public\".\"orders_id_seq\"', 5000, true);\n", &[2]),
+            entry(1, "TABLE", "public", "orders", "CREATE TABLE \"public\".\"orders\" (\n    \"id\" integer NOT NULL\n);\n", &[]),
+            entry(2, "SEQUENCE", "public", "orders_id_seq", "CREATE SEQUENCE \"public\".\"orders_id_seq\"\n    AS integer\n    CACHE 1;\n", &[1]),
+            entry(3, "SEQUENCE OWNED BY", "public", "orders_id_seq", "ALTER SEQUENCE \"public\".\"orders_id_seq\" OWNED BY \"public\".\"orders\".\"id\";\n", &[2]),
+            entry(4, "DEFAULT", "public", "orders id", "ALTER TABLE ONLY \"public\".\"orders\" ALTER COLUMN \"id\" SET DEFAULT \"nextval\"('\"public\".\"orders_id_seq\"'::\"regclass\");\n", &[1, 2]),
+            entry(5, "SEQUENCE SET", "public", "orders_id_seq", "SELECT \"pg_catalog\".\"setval\"('\"public\".\"orders_id_seq\"', 5000, true);\n", &[2]),
         ];
         let p = plan(&entries, &[1].into(), "r").unwrap();
         assert_eq!(p.before.len(), 4, "{:#?}", p.before);

@@ -90,7 +90,8 @@ async fn run(task: &Task, job: &RestoreTables) -> Result<Completion> {
     let into = &job.options.into_schema;
     let mark = format!("Tables of {} restored by {}", b.name, task.name);
     if task.attempt > 1 && Beside::made_by(&db, into, &mark).await? {
-        task.progress.say(Level::Info, format!("an earlier attempt committed schema {}: nothing to do again", ident(into)));
+        task.progress
+            .say(Level::Info, format!("an earlier attempt committed schema {}: nothing to do again", ident(into)));
         return Ok(apply::completion(task, &format!("restored into {} by an earlier attempt", ident(into)), "read", 0));
     }
 
@@ -273,9 +274,13 @@ impl Source {
         let head_sha256 = match &b.head_sha256 {
             Some(h) => h.clone(),
             None => {
-                task.progress.say(Level::Info, format!("{} has no recorded head checksum: verifying it whole first", b.name));
+                task.progress
+                    .say(Level::Info, format!("{} has no recorded head checksum: verifying it whole first", b.name));
                 let mut r = open().await?;
-                let head = r.head().await?.with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
+                let head = r
+                    .head()
+                    .await?
+                    .with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
                 while let Some((kind, _)) = r.block().await.with_context(|| format!("reading {} to its end", b.name))? {
                     skip_block(&mut r, kind).await?;
                 }
