@@ -215,10 +215,7 @@ pub async fn read_custom<R: AsyncRead + Unpin>(input: R) -> Result<Contents> {
         }
         let mut tally = (kind == BLK_DATA && is_table_data(entry) && head.uncompressed).then(Tally::default);
         if kind == BLK_BLOBS {
-            // Large objects: (oid, chunks) until oid 0.
-            while r.blob_oid().await? != 0 {
-                skip_chunks(&mut r, &mut buf, None, None).await?;
-            }
+            r.skip_block(kind).await?;
         } else {
             let mut sha = tally.is_some().then(sha2::Sha256::default);
             skip_chunks(&mut r, &mut buf, tally.as_mut(), sha.as_mut()).await?;

@@ -304,6 +304,30 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(())
     }
 
+    /// The rest of a block of type `kind` whose header was read, read
+    /// past: its chunks, or a BLOBS block's (oid, chunks) until oid 0.
+    pub async fn skip_block(&mut self, kind: u8) -> Result<()> {
+        let mut buf = Vec::with_capacity(SLICE);
+        if kind != BLK_BLOBS {
+            return self.skip_chunks(&mut buf).await;
+        }
+        while self.blob_oid().await? != 0 {
+            self.skip_chunks(&mut buf).await?;
+        }
+        Ok(())
+    }
+
+    /// Chunks up to the zero length that ends them, read past.
+    async fn skip_chunks(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        while let Some(mut n) = self.chunk_len().await? {
+            while n > 0 {
+                buf.clear();
+                n -= self.slice(n, buf).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// What was read so far, then all that follows, into `file`: the
     /// archive staged whole, for what is not streamed.
     pub async fn stage(mut self, already: &[u8], file: &std::path::Path) -> Result<()> {

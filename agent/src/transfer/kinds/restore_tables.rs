@@ -282,7 +282,7 @@ impl Source {
                     .await?
                     .with_context(|| format!("{} is an archive version this agent does not read", b.name))?;
                 while let Some((kind, _)) = r.block().await.with_context(|| format!("reading {} to its end", b.name))? {
-                    skip_block(&mut r, kind).await?;
+                    r.skip_block(kind).await?;
                 }
                 head.sha256()
             }
@@ -385,7 +385,7 @@ impl Source {
                         chunks_into(r, sink.as_mut(), task).await?;
                         break;
                     }
-                    skip_block(r, kind).await?;
+                    r.skip_block(kind).await?;
                 }
             }
             Source::Files { files, fetched } => {
@@ -417,7 +417,7 @@ impl Source {
             // To the verifying reader's end, where a checksum mismatch is
             // an error.
             while let Some((kind, _)) = r.block().await.with_context(|| format!("reading {} to its end", b.name))? {
-                skip_block(&mut r, kind).await?;
+                r.skip_block(kind).await?;
             }
         }
         Ok(())
@@ -451,27 +451,4 @@ async fn chunks_into<R: AsyncRead + Unpin>(
         }
     }
     Ok(sha.finalize().into())
-}
-
-/// A block that is not loaded, read past.
-async fn skip_block<R: AsyncRead + Unpin>(r: &mut custom::Reader<R>, kind: u8) -> Result<()> {
-    let mut buf = Vec::with_capacity(custom::SLICE);
-    if kind == custom::BLK_BLOBS {
-        while r.blob_oid().await? != 0 {
-            while let Some(mut n) = r.chunk_len().await? {
-                while n > 0 {
-                    buf.clear();
-                    n -= r.slice(n, &mut buf).await?;
-                }
-            }
-        }
-        return Ok(());
-    }
-    while let Some(mut n) = r.chunk_len().await? {
-        while n > 0 {
-            buf.clear();
-            n -= r.slice(n, &mut buf).await?;
-        }
-    }
-    Ok(())
 }
